@@ -1,0 +1,233 @@
+"""The object model: blobs, trees and commits, and their canonical msgpack encodings.
+
+* **Blob**: a file's content as the ordered list of ``(chunk id, length)``. A file that
+  is one chunk has no blob object: its tree entry points at the chunk (``KIND_CHUNKFILE``).
+* **Tree**: one directory; entries sorted by the UTF-8 bytes of their names, each
+  ``[name, kind, id, size, mode]``. Nested like git, so a change rewrites only the
+  directories on its path and equal subtrees share ids.
+* **Commit**: ``{"meta": {...}, "parents": [ids], "tree": id}`` with every map's keys
+  sorted, recursively.
+
+Canonical means: equal objects encode to equal bytes on every machine and Python
+version (msgpack picks the smallest integer encoding; we sort every map; floats are
+always float64), hence equal ids. Decoders validate shape, order and names, because a
+remote may be hostile: a tree never yields a name that could escape a folder.
+See docs/format.md for the byte-level description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import msgpack
+
+from dsvc.errors import IntegrityError, InvalidPathError
+from dsvc.ids import ID_SIZE, TAG_BLOB, TAG_COMMIT, TAG_TREE, object_id, to_hex
+
+KIND_TREE = 1
+KIND_FILE = 2  # id is a blob object (list of chunks)
+KIND_CHUNKFILE = 3  # id is the file's only chunk
+FILE_KINDS = (KIND_FILE, KIND_CHUNKFILE)
+
+MODE_FILE = 0o644
+MODE_EXEC = 0o755
+MODE_DIR = 0
+
+
+def validate_name(name: Any) -> str:
+    """Check one path component; returns it or raises :class:`InvalidPathError`."""
+    if not isinstance(name, str):
+        raise InvalidPathError(f"path component must be text, got {name!r}")
+    if name in ("", ".", ".."):
+        raise InvalidPathError(f"path component {name!r} is not allowed")
+    if "/" in name or "\x00" in name or "\\" in name:
+        raise InvalidPathError(f"path component {name!r} contains '/', '\\' or NUL")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidPathError(
+            f"file name {name.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
+            "rename it or leave it out"
+        ) from e
+    return name
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """Split a dataset path ``a/b/c`` into validated components (leading ``/`` ignored)."""
+    parts = tuple(p for p in path.replace("\\", "/").split("/") if p not in ("", "."))
+    for p in parts:
+        validate_name(p)
+    return parts
+
+
+class Entry(NamedTuple):
+    """One tree entry (the name is the key in the tree's mapping)."""
+
+    kind: int
+    id: bytes
+    size: int
+    mode: int = MODE_FILE
+
+    @property
+    def is_tree(self) -> bool:
+        return self.kind == KIND_TREE
+
+
+def _packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True, strict_types=False)
+
+
+def _unpackb(data: bytes, what: str, oid: bytes | None) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        label = to_hex(oid) if oid else "?"
+        raise IntegrityError(f"{what} {label}: malformed encoding ({e})", oid) from e
+
+
+# -- blobs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A file's content: ordered chunk ids with their lengths."""
+
+    chunks: tuple[tuple[bytes, int], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.chunks)
+
+    def encode(self) -> bytes:
+        return _packb([[c, n] for c, n in self.chunks])
+
+    @property
+    def id(self) -> bytes:
+        return object_id(TAG_BLOB, self.encode())
+
+    @classmethod
+    def decode(cls, data: bytes, oid: bytes | None = None) -> Blob:
+        raw = _unpackb(data, "blob", oid)
+        try:
+            chunks = tuple((bytes(c), int(n)) for c, n in raw)
+            ok = all(len(c) == ID_SIZE and n >= 0 for c, n in chunks)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise IntegrityError(f"blob {to_hex(oid) if oid else '?'}: malformed", oid)
+        return cls(chunks)
+
+
+# -- trees -------------------------------------------------------------------------
+
+
+def _name_key(name: str) -> bytes:
+    return name.encode("utf-8")
+
+
+def encode_tree(entries: Mapping[str, Entry]) -> bytes:
+    """Canonical bytes of a tree (entries sorted by UTF-8 name)."""
+    return _packb(
+        [
+            [n, e.kind, e.id, e.size, e.mode]
+            for n, e in sorted(entries.items(), key=lambda x: _name_key(x[0]))
+        ]
+    )
+
+
+def tree_id(entries: Mapping[str, Entry]) -> bytes:
+    return object_id(TAG_TREE, encode_tree(entries))
+
+
+def decode_tree(data: bytes, oid: bytes | None = None) -> dict[str, Entry]:
+    """Decode and validate a tree; names that could escape a folder raise IntegrityError."""
+    raw = _unpackb(data, "tree", oid)
+    label = to_hex(oid) if oid else "?"
+    if not isinstance(raw, list):
+        raise IntegrityError(f"tree {label}: malformed", oid)
+    out: dict[str, Entry] = {}
+    prev: bytes | None = None
+    for item in raw:
+        try:
+            name, kind, eid, size, mode = item
+            eid = bytes(eid)
+            if kind not in (KIND_TREE, KIND_FILE, KIND_CHUNKFILE) or len(eid) != ID_SIZE:
+                raise ValueError("bad kind or id")
+            if not isinstance(size, int) or size < 0 or not isinstance(mode, int):
+                raise ValueError("bad size or mode")
+            validate_name(name)
+        except (TypeError, ValueError, InvalidPathError) as e:
+            raise IntegrityError(f"tree {label}: malformed entry {item!r:.80} ({e})", oid) from e
+        k = _name_key(name)
+        if prev is not None and k <= prev:
+            raise IntegrityError(f"tree {label}: entries not strictly sorted", oid)
+        prev = k
+        out[name] = Entry(kind, eid, size, mode)
+    return out
+
+
+# -- commits -----------------------------------------------------------------------
+
+
+def canonical(obj: Any) -> Any:
+    """Recursively sort map keys so msgpack output is canonical.
+
+    Tuples become lists (msgpack has one array type). Keys must be str or bytes.
+    """
+    if isinstance(obj, Mapping):
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, str | bytes):
+                raise TypeError(f"metadata keys must be str or bytes, got {k!r}")
+            items.append((k, canonical(v)))
+        items.sort(key=lambda kv: (isinstance(kv[0], bytes), kv[0]))
+        return dict(items)
+    if isinstance(obj, list | tuple):
+        return [canonical(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class Commit:
+    """An immutable version: a root tree, ordered parents and a metadata map."""
+
+    tree: bytes
+    parents: tuple[bytes, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return _packb(
+            canonical({"meta": self.meta, "parents": list(self.parents), "tree": self.tree})
+        )
+
+    @property
+    def id(self) -> bytes:
+        return object_id(TAG_COMMIT, self.encode())
+
+    @classmethod
+    def decode(cls, data: bytes, oid: bytes | None = None) -> Commit:
+        raw = _unpackb(data, "commit", oid)
+        try:
+            tree = bytes(raw["tree"])
+            parents = tuple(bytes(p) for p in raw["parents"])
+            meta = raw["meta"]
+            if len(tree) != ID_SIZE or any(len(p) != ID_SIZE for p in parents):
+                raise ValueError("bad id length")
+            if not isinstance(meta, dict):
+                raise ValueError("meta is not a map")
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntegrityError(
+                f"commit {to_hex(oid) if oid else '?'}: malformed ({e})", oid
+            ) from e
+        return cls(tree, parents, meta)
+
+
+def iter_entries(entries: Mapping[str, Entry]) -> Iterable[tuple[str, Entry]]:
+    """Entries in canonical (UTF-8 byte) order."""
+    return sorted(entries.items(), key=lambda x: _name_key(x[0]))
+
+
+EMPTY_TREE_BYTES = encode_tree({})
+EMPTY_TREE_ID = object_id(TAG_TREE, EMPTY_TREE_BYTES)

@@ -1,0 +1,414 @@
+"""The local store: one LMDB environment under ``DSVC_HOME/store.lmdb``.
+
+Named databases (keys and values are documented in docs/format.md):
+
+============  ==========================================================================
+``chunks``    chunk id -> frame (codec byte + payload) of a piece of file content
+``objects``   object id -> type tag + frame, for blobs, trees and commits
+``refs``      ref name (utf-8) -> 16-byte id; changed only by compare-and-swap
+``records``   record key (utf-8) -> msgpack map (dataset records, drafts, remote state)
+``statcache`` absolute path (fs bytes) -> msgpack [size, mtime_ns, ino, kind, id, seen_ns]
+``config``    key (utf-8) -> msgpack value (format version, chunker parameters...)
+``remote``    per-remote caches (pack indexes) kept by the transport layer
+============  ==========================================================================
+
+Invariants (what crash safety rests on):
+
+* Every write goes through an LMDB write transaction, so a process killed at any
+  moment leaves the old or the new state, never a torn one.
+* A write batch puts content before anything that refers to it: chunks, then blobs and
+  trees, then commits, then records and refs. A batch that commits early (size limit)
+  therefore never publishes a reference to missing content.
+* Objects are immutable and content-addressed; writing one twice is a no-op.
+* One writer at a time (LMDB's lock, across processes); readers never block.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from dsvc import codec
+from dsvc.chunker import DEFAULT_PARAMS, Chunker, ChunkerParams
+from dsvc.errors import ConfigError, ConflictError, IntegrityError, ObjectNotFoundError
+from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, object_id, to_hex
+from dsvc.objects import (
+    KIND_CHUNKFILE,
+    KIND_FILE,
+    Blob,
+    Commit,
+    Entry,
+    decode_tree,
+    encode_tree,
+)
+
+FORMAT_VERSION = 1
+#: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
+DEFAULT_MAP_SIZE = 1 << 40
+DB_NAMES = ("chunks", "objects", "refs", "records", "statcache", "config", "remote")
+#: a write batch commits once it holds this many bytes (bounded memory, bounded redo)
+BATCH_BYTES = 64 << 20
+
+
+def default_home() -> Path:
+    """``$DSVC_HOME`` or ``~/.dsvc``."""
+    return Path(os.environ.get("DSVC_HOME") or Path.home() / ".dsvc").expanduser().absolute()
+
+
+def _pack(v: Any) -> bytes:
+    return msgpack.packb(v, use_bin_type=True)
+
+
+def _unpack(b: bytes) -> Any:
+    return msgpack.unpackb(b, raw=False)
+
+
+class WriteBatch:
+    """Buffered writes that land in LMDB in one or more transactions.
+
+    Not thread-safe: one batch belongs to one thread. ``flush`` commits; leaving the
+    ``Store.batch()`` block flushes, and an exception discards what was not flushed.
+    """
+
+    def __init__(self, store: Store, limit: int = BATCH_BYTES) -> None:
+        self.store = store
+        self.limit = limit
+        self._ops: list[tuple[str, bytes, bytes | None]] = []
+        self._bytes = 0
+        self._pending: set[bytes] = set()  # ids queued but not yet committed
+        self.new_chunk_bytes = 0  # stored (framed) bytes of chunks added by this batch
+        self.new_chunks = 0
+
+    def _add(self, db: str, key: bytes, value: bytes | None) -> None:
+        self._ops.append((db, key, value))
+        self._bytes += len(key) + (len(value) if value else 0)
+        if self._bytes >= self.limit:
+            self.flush()
+
+    def has(self, oid: bytes) -> bool:
+        return oid in self._pending
+
+    def put_chunk_frame(self, cid: bytes, frame: bytes) -> None:
+        """Queue a framed chunk (see :func:`dsvc.codec.encode_frame`)."""
+        if cid in self._pending:
+            return
+        self._pending.add(cid)
+        self.new_chunks += 1
+        self.new_chunk_bytes += len(frame)
+        self._add("chunks", cid, frame)
+
+    def put_chunk(self, data: bytes | memoryview, level: int | None = None) -> bytes:
+        cid = object_id(TAG_CHUNK, data)
+        if cid not in self._pending and not self.store.has_chunk(cid):
+            self.put_chunk_frame(
+                cid, codec.encode_frame(data, self.store.level if level is None else level)
+            )
+        return cid
+
+    def put_object(self, tag: bytes, data: bytes) -> bytes:
+        oid = object_id(tag, data)
+        if oid not in self._pending:
+            self._pending.add(oid)
+            self._add("objects", oid, tag + codec.encode_frame(data, self.store.level))
+        return oid
+
+    def put_tree(self, entries: dict[str, Entry]) -> bytes:
+        return self.put_object(TAG_TREE, encode_tree(entries))
+
+    def put_blob(self, blob: Blob) -> bytes:
+        return self.put_object(TAG_BLOB, blob.encode())
+
+    def put_commit(self, commit: Commit) -> bytes:
+        return self.put_object(TAG_COMMIT, commit.encode())
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._add(db, key, value)
+
+    def put_record(self, key: str, value: Any) -> None:
+        self._add("records", key.encode(), _pack(value))
+
+    def delete(self, db: str, key: bytes) -> None:
+        self._add(db, key, None)
+
+    def flush(self) -> None:
+        if not self._ops:
+            return
+        ops, self._ops, self._bytes = self._ops, [], 0
+        self.store._apply(ops)
+        self._pending.clear()
+
+
+class Store:
+    """A dsvc store rooted at ``home`` (the folder holding ``store.lmdb``, ``cache/``...)."""
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        chunker_params: ChunkerParams | None = None,
+        level: int | None = None,
+        map_size: int | None = None,
+    ) -> None:
+        self.home = Path(home).expanduser().absolute() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "store.lmdb"
+        size = map_size or int(os.environ.get("DSVC_MAP_SIZE", DEFAULT_MAP_SIZE))
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=size,
+                max_dbs=len(DB_NAMES) + 2,
+                subdir=True,
+                max_readers=1024,
+                lock=True,
+                sync=True,
+                metasync=True,
+                readahead=False,
+            )
+        except lmdb.Error as e:
+            raise ConfigError(f"cannot open the store at {self.path}: {e}") from e
+        self.env.reader_check()  # clear reader slots left by killed processes
+        with self.env.begin(write=True) as txn:
+            self._dbs = {n: self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
+        self._write_lock = threading.Lock()
+        self.chunker_params = self._init_config(chunker_params)
+        self.chunker = Chunker(self.chunker_params)
+        stored_level = self.get_config("zstd_level")
+        self.level = level if level is not None else int(stored_level)
+
+    # -- configuration ---------------------------------------------------------
+
+    def _init_config(self, params: ChunkerParams | None) -> ChunkerParams:
+        with self.env.begin(write=True) as txn:
+            cfg = self._dbs["config"]
+            raw = txn.get(b"chunker", db=cfg)
+            if raw is None:
+                chosen = params or DEFAULT_PARAMS
+                txn.put(b"format_version", _pack(FORMAT_VERSION), db=cfg)
+                txn.put(b"chunker", _pack(chosen.to_config()), db=cfg)
+                txn.put(b"zstd_level", _pack(codec.DEFAULT_LEVEL), db=cfg)
+                return chosen
+            version = _unpack(txn.get(b"format_version", db=cfg) or _pack(FORMAT_VERSION))
+            if version > FORMAT_VERSION:
+                raise ConfigError(
+                    f"store {self.path} has format {version}, this dsvc reads up to "
+                    f"{FORMAT_VERSION}: upgrade dsvc"
+                )
+            stored = ChunkerParams.from_config(_unpack(raw))
+            if params is not None and params != stored:
+                raise ConfigError(
+                    f"store {self.path} was created with chunker {stored.to_config()}; it cannot "
+                    f"change to {params.to_config()} (dedup would break). Use a new DSVC_HOME."
+                )
+            return stored
+
+    def get_config(self, key: str, default: Any = None) -> Any:
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode(), db=self._dbs["config"])
+        return default if raw is None else _unpack(raw)
+
+    def set_config(self, key: str, value: Any) -> None:
+        if key in ("chunker", "format_version"):
+            raise ConfigError(f"config key {key!r} is fixed when the store is created")
+        self._apply([("config", key.encode(), _pack(value))])
+
+    # -- transactions ----------------------------------------------------------
+
+    @contextmanager
+    def batch(self, limit: int = BATCH_BYTES) -> Iterator[WriteBatch]:
+        """Buffered writes, committed on exit (and whenever ``limit`` bytes are queued)."""
+        b = WriteBatch(self, limit)
+        yield b
+        b.flush()
+
+    def _apply(self, ops: list[tuple[str, bytes, bytes | None]]) -> None:
+        dbs = self._dbs
+        while True:
+            try:
+                with self._write_lock, self.env.begin(write=True) as txn:
+                    for db, key, value in ops:
+                        if value is None:
+                            txn.delete(key, db=dbs[db])
+                        elif db in ("chunks", "objects"):
+                            txn.put(key, value, db=dbs[db], overwrite=False)
+                        else:
+                            txn.put(key, value, db=dbs[db])
+                return
+            except lmdb.MapFullError:
+                # only reachable with a small DSVC_MAP_SIZE: grow and redo the batch
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read-only snapshot transaction."""
+        with self.env.begin(buffers=False) as txn:
+            yield txn
+
+    def db(self, name: str) -> Any:
+        """Handle of a named database (for layers that keep their own tables)."""
+        return self._dbs[name]
+
+    # -- content ---------------------------------------------------------------
+
+    def has_chunk(self, cid: bytes) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(cid, db=self._dbs["chunks"]) is not None
+
+    def has_object(self, oid: bytes) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(oid, db=self._dbs["objects"]) is not None
+
+    def missing(self, db: str, ids: list[bytes]) -> list[bytes]:
+        """The subset of ``ids`` absent from ``db`` (one transaction)."""
+        h = self._dbs[db]
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=h)
+            return [i for i in ids if not cur.set_key(i)]
+
+    def get_chunk_frame(self, cid: bytes) -> bytes:
+        with self.env.begin() as txn:
+            frame = txn.get(cid, db=self._dbs["chunks"])
+        if frame is None:
+            raise ObjectNotFoundError(f"chunk {to_hex(cid)} is not in the store {self.path}", cid)
+        return frame
+
+    def get_chunk(self, cid: bytes) -> bytes:
+        """A chunk's bytes, verified against its id."""
+        return codec.decode_frame(self.get_chunk_frame(cid), TAG_CHUNK, cid)
+
+    def get_object_frame(self, oid: bytes) -> bytes | None:
+        """``tag + frame`` of an object, or None."""
+        with self.env.begin() as txn:
+            return txn.get(oid, db=self._dbs["objects"])
+
+    def get_object(self, oid: bytes, tag: bytes) -> bytes:
+        raw = self.get_object_frame(oid)
+        if raw is None:
+            kind = {TAG_TREE: "tree", TAG_BLOB: "blob", TAG_COMMIT: "commit"}.get(tag, "object")
+            raise ObjectNotFoundError(f"{kind} {to_hex(oid)} is not in the store {self.path}", oid)
+        if raw[:1] != tag:
+            raise IntegrityError(
+                f"object {to_hex(oid)} has type {raw[:1]!r}, expected {tag!r}", oid
+            )
+        return codec.decode_frame(raw[1:], tag, oid)
+
+    def get_tree(self, oid: bytes) -> dict[str, Entry]:
+        return decode_tree(self.get_object(oid, TAG_TREE), oid)
+
+    def get_blob(self, oid: bytes) -> Blob:
+        return Blob.decode(self.get_object(oid, TAG_BLOB), oid)
+
+    def get_commit(self, oid: bytes) -> Commit:
+        return Commit.decode(self.get_object(oid, TAG_COMMIT), oid)
+
+    def put_tree(self, entries: dict[str, Entry]) -> bytes:
+        with self.batch() as b:
+            return b.put_tree(entries)
+
+    def put_commit(self, commit: Commit) -> bytes:
+        with self.batch() as b:
+            return b.put_commit(commit)
+
+    def file_chunks(self, entry: Entry) -> list[tuple[bytes, int]]:
+        """The ``(chunk id, length)`` list of a file entry."""
+        if entry.kind == KIND_CHUNKFILE:
+            return [(entry.id, entry.size)]
+        if entry.kind == KIND_FILE:
+            return list(self.get_blob(entry.id).chunks)
+        raise ValueError("not a file entry")
+
+    def read_file(self, entry: Entry) -> Iterator[bytes]:
+        """Yield a file's content chunk by chunk, each verified against its id."""
+        for cid, _ in self.file_chunks(entry):
+            yield self.get_chunk(cid)
+
+    # -- refs and records ------------------------------------------------------
+
+    def get_ref(self, name: str) -> bytes | None:
+        with self.env.begin() as txn:
+            return txn.get(name.encode(), db=self._dbs["refs"])
+
+    def cas_ref(self, name: str, old: bytes | None, new: bytes | None) -> None:
+        """Set ref ``name`` to ``new`` if it is still ``old``; else raise ConflictError."""
+        with self._write_lock, self.env.begin(write=True, db=self._dbs["refs"]) as txn:
+            cur = txn.get(name.encode())
+            if cur != old:
+                raise ConflictError(
+                    f"ref {name!r} changed underneath (expected "
+                    f"{to_hex(old) if old else 'absent'}, found {to_hex(cur) if cur else 'absent'})"
+                )
+            if new is None:
+                txn.delete(name.encode())
+            else:
+                txn.put(name.encode(), new)
+
+    def iter_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        p = prefix.encode()
+        with self.env.begin(db=self._dbs["refs"]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(p):
+                return
+            for k, v in cur:
+                if not k.startswith(p):
+                    break
+                yield k.decode(), v
+
+    def get_record(self, key: str) -> Any:
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode(), db=self._dbs["records"])
+        return None if raw is None else _unpack(raw)
+
+    def put_record(self, key: str, value: Any) -> None:
+        self._apply([("records", key.encode(), _pack(value))])
+
+    def delete_record(self, key: str) -> None:
+        self._apply([("records", key.encode(), None)])
+
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        p = prefix.encode()
+        out = []
+        with self.env.begin(db=self._dbs["records"]) as txn:
+            cur = txn.cursor()
+            if cur.set_range(p):
+                for k, v in cur:
+                    if not k.startswith(p):
+                        break
+                    out.append((k.decode(), _unpack(v)))
+        return iter(out)
+
+    # -- stat cache ------------------------------------------------------------
+
+    def statcache_get_many(self, keys: list[bytes]) -> list[list | None]:
+        h = self._dbs["statcache"]
+        with self.env.begin(db=h) as txn:
+            return [None if (raw := txn.get(k)) is None else _unpack(raw) for k in keys]
+
+    # -- maintenance -----------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Entry counts per database plus the size of the data file."""
+        out: dict[str, int] = {}
+        with self.env.begin() as txn:
+            for n, h in self._dbs.items():
+                out[n] = txn.stat(h)["entries"]
+        out["file_bytes"] = (self.path / "data.mdb").stat().st_size
+        return out
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.home)!r})"
