@@ -1,0 +1,255 @@
+"""Materializing files of a tree into a folder.
+
+Rules (checked by tests, relied on by the dataset layer):
+
+* **Atomic**: the folder is built under a temporary name beside the target and renamed
+  into place, so a reader (another process included) sees no folder or a whole one. A
+  builder that loses the race to another one discards its copy and uses the winner's.
+* **Contained**: every path is joined from validated names (no ``/``, ``.``, ``..``,
+  NUL; trees from a remote are validated when decoded) and checked to stay below the
+  target, so no tree, however hostile, writes outside the folder asked for.
+* **Verified**: chunks are checked against their ids as they are read.
+* **Shared**: with a content cache, each distinct file content is written once into
+  ``cache/content`` (read-only) and hard-linked into every copy that holds it; a link
+  that cannot be made (another filesystem, link limit) falls back to a copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsvc.errors import InvalidPathError, StateError
+from dsvc.ids import to_hex
+from dsvc.objects import MODE_EXEC, Entry, validate_name
+from dsvc.store import Store
+
+RelPath = tuple[str, ...]
+ProgressFn = Callable[[int], None]
+
+_GROUP_BYTES = 8 << 20
+_GROUP_FILES = 256
+
+
+@dataclass
+class CheckoutStats:
+    files: int = 0
+    bytes: int = 0
+    linked: int = 0  # files hard-linked from the content cache
+    written: int = 0  # files whose bytes were written by this call
+
+
+def safe_join(root: str, rel: RelPath) -> str:
+    """Join validated names below ``root``; refuses anything that would escape it."""
+    if not rel:
+        raise InvalidPathError(f"empty path below {root!r}")
+    for name in rel:
+        validate_name(name)
+    full = os.path.join(root, *rel)
+    if os.path.commonpath([root, os.path.normpath(full)]) != root:
+        raise InvalidPathError(f"path {'/'.join(rel)!r} would escape {root!r}")
+    return full
+
+
+def _write_file(store: Store, entry: Entry, dest: str) -> None:
+    # O_EXCL + O_NOFOLLOW: never write through a link or over something already there
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        for data in store.read_file(entry):
+            f.write(data)
+    if entry.mode == MODE_EXEC:
+        os.chmod(dest, 0o755)
+
+
+class ContentCache:
+    """Read-only files named by content id, hard-linked into local copies."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, entry: Entry) -> str:
+        h = to_hex(entry.id)
+        suffix = "x" if entry.mode == MODE_EXEC else ""
+        return os.path.join(self.root, h[:2], h + suffix)
+
+    def ensure(self, store: Store, entry: Entry) -> str:
+        """Path of a cached copy of ``entry``'s content, writing it first if missing."""
+        p = self.path_for(entry)
+        if os.path.exists(p):
+            return p
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        tmp = f"{p}.tmp-{uuid.uuid4().hex}"
+        try:
+            _write_file(store, entry, tmp)
+            os.chmod(tmp, 0o555 if entry.mode == MODE_EXEC else 0o444)
+            os.replace(tmp, p)  # same content either way: a concurrent writer is harmless
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return p
+
+
+def _place(store: Store, cache: ContentCache | None, entry: Entry, dest: str) -> bool:
+    """Put one file at ``dest``; returns True when it was linked from the cache."""
+    if cache is None:
+        _write_file(store, entry, dest)
+        return False
+    src = cache.ensure(store, entry)
+    try:
+        os.link(src, dest)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
+            raise
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o555 if entry.mode == MODE_EXEC else 0o444)
+    return False
+
+
+def materialize(
+    store: Store,
+    files: Sequence[tuple[RelPath, Entry]],
+    target: str | os.PathLike[str],
+    *,
+    content_cache: ContentCache | None = None,
+    overwrite: bool = False,
+    max_workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> CheckoutStats:
+    """Write ``files`` into a new folder ``target``, atomically.
+
+    If ``target`` already exists: with ``overwrite`` it is replaced (the old content is
+    moved aside and removed only after the new folder is in place); an existing empty
+    folder is simply replaced; otherwise StateError.
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    if os.path.lexists(target) and not overwrite and not _is_empty_dir(target):
+        raise StateError(
+            f"target folder {target!r} is not empty; pass overwrite=True to replace it"
+        )
+    tmp = os.path.join(parent, f".{os.path.basename(target)}.dsvc-tmp-{uuid.uuid4().hex}")
+    os.mkdir(tmp)
+    stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
+    try:
+        _fill(store, files, tmp, content_cache, max_workers, progress, stats)
+        _swap_in(tmp, target, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats
+
+
+def materialize_shared(
+    store: Store,
+    files: Sequence[tuple[RelPath, Entry]],
+    target: str | os.PathLike[str],
+    *,
+    content_cache: ContentCache,
+    max_workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[CheckoutStats, bool]:
+    """Build a shared read-only copy at ``target`` unless one is already there.
+
+    Safe with concurrent builders in several processes: the first rename wins and the
+    others discard their work. Returns ``(stats, built_by_this_call)``.
+    """
+    target = os.path.abspath(os.fspath(target))
+    if os.path.isdir(target):
+        return CheckoutStats(), False
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(target)}.dsvc-tmp-{uuid.uuid4().hex}")
+    os.mkdir(tmp)
+    stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
+    try:
+        _fill(store, files, tmp, content_cache, max_workers, progress, stats)
+        try:
+            os.rename(tmp, target)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.isdir(target):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return stats, False
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats, True
+
+
+def _is_empty_dir(p: str) -> bool:
+    return os.path.isdir(p) and not os.path.islink(p) and not os.listdir(p)
+
+
+def _swap_in(tmp: str, target: str, overwrite: bool) -> None:
+    if not os.path.lexists(target):
+        os.rename(tmp, target)
+        return
+    if _is_empty_dir(target):
+        os.rmdir(target)
+        os.rename(tmp, target)
+        return
+    if not overwrite:  # appeared while we were building
+        raise StateError(f"target folder {target!r} appeared while building; not overwriting")
+    trash = f"{tmp}.old"
+    os.rename(target, trash)
+    os.rename(tmp, target)
+    if os.path.isdir(trash) and not os.path.islink(trash):
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.unlink(trash)
+
+
+def _fill(
+    store: Store,
+    files: Sequence[tuple[RelPath, Entry]],
+    root: str,
+    cache: ContentCache | None,
+    max_workers: int | None,
+    progress: ProgressFn | None,
+    stats: CheckoutStats,
+) -> None:
+    dests = [safe_join(root, rel) for rel, _ in files]
+    dirs = sorted({os.path.dirname(d) for d in dests})
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    prog = progress or (lambda n: None)
+
+    def run(idx: list[int]) -> tuple[int, int]:
+        linked = 0
+        nbytes = 0
+        for i in idx:
+            entry = files[i][1]
+            if _place(store, cache, entry, dests[i]):
+                linked += 1
+            nbytes += entry.size
+        prog(nbytes)
+        return linked, len(idx)
+
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    cur_bytes = 0
+    for i, (_, e) in enumerate(files):
+        cur.append(i)
+        cur_bytes += e.size
+        if cur_bytes >= _GROUP_BYTES or len(cur) >= _GROUP_FILES:
+            groups.append(cur)
+            cur, cur_bytes = [], 0
+    if cur:
+        groups.append(cur)
+    workers = max_workers or min(32, (os.cpu_count() or 1) + 2)
+    with ThreadPoolExecutor(workers, thread_name_prefix="dsvc-checkout") as pool:
+        for linked, n in pool.map(run, groups):
+            stats.linked += linked
+            stats.written += n - linked
