@@ -368,6 +368,23 @@ class Store:
     def put_record(self, key: str, value: Any) -> None:
         self._apply([("records", key.encode(), _pack(value))])
 
+    def cas_record(self, key: str, old: Any, new: Any) -> None:
+        """Replace record ``key`` by ``new`` only if it still equals ``old``.
+
+        ``old=None`` means the record must not exist; ``new=None`` deletes it. Raises
+        ConflictError when another writer got there first.
+        """
+        k = key.encode()
+        old_raw = None if old is None else _pack(old)
+        with self._write_lock, self.env.begin(write=True, db=self._dbs["records"]) as txn:
+            cur = txn.get(k)
+            if cur != old_raw:
+                raise ConflictError(f"record {key!r} was changed by another writer")
+            if new is None:
+                txn.delete(k)
+            else:
+                txn.put(k, _pack(new))
+
     def delete_record(self, key: str) -> None:
         self._apply([("records", key.encode(), None)])
 

@@ -1,0 +1,1223 @@
+"""``Dataset``: ClearML Data's Dataset class on the dsvc store.
+
+A ClearML script runs after changing only its import line. Differences, all
+deliberate, are listed in docs/coming-from-clearml.md; the main ones: no server (the
+local store under ``DSVC_HOME`` plus object-store remotes replace it), and a finalized
+dataset refuses modification client-side.
+
+State lives in the store, never only in the object: every call re-reads the dataset's
+record and writes its change back with compare-and-swap, so ``create`` in one process,
+``add_files`` in a second and ``finalize`` in a third work, and two processes editing
+one draft do not lose each other's files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dsvc import registry as reg
+from dsvc.checkout import ContentCache, materialize, materialize_shared
+from dsvc.errors import (
+    DsvcError,
+    InvalidPathError,
+    NotFoundError,
+    StateError,
+    UsageError,
+)
+from dsvc.ids import TAG_BLOB, object_id, to_hex
+from dsvc.ingest import Ingestor, ScanItem, scan
+from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Blob, Commit, Entry, split_path
+from dsvc.progress import Progress
+from dsvc.store import Store
+from dsvc.treeops import Trees, apply_edits, diff, lookup, merge, walk
+
+RelPath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a dataset, as ClearML's ``FileEntry`` exposes it."""
+
+    relative_path: str
+    hash: str
+    size: int
+    parent_dataset_id: str | None = None
+    local_path: str | None = None
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def _as_list(v: str | Iterable[str] | None) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [v]
+    return list(v)
+
+
+def _clean_dataset_path(dataset_path: str | None) -> RelPath:
+    """Validate a path inside a dataset; a leading ``/`` means the dataset root."""
+    if not dataset_path:
+        return ()
+    try:
+        return split_path(str(dataset_path))
+    except InvalidPathError as e:
+        raise InvalidPathError(
+            f"dataset_path {dataset_path!r} is not allowed ({e}); use a path relative to "
+            "the dataset root without '..'"
+        ) from None
+
+
+def _id_of(d: str | Dataset) -> str:
+    return d.id if isinstance(d, Dataset) else str(d)
+
+
+def _store() -> Store:
+    return reg.open_store()
+
+
+def _remote(store: Store, spec: str | None, *, required: bool = False) -> Any:
+    """The remote for ``spec`` (a remote name or URL; None: the default), or None.
+
+    The transport layer is imported lazily so local work never loads it.
+    """
+    from dsvc.remote import sync
+
+    return sync.resolve(store, spec, required=required)
+
+
+class Dataset:
+    """A dataset version: a draft you edit, or a finalized, immutable version.
+
+    Get instances through :meth:`create`, :meth:`get` or :meth:`squash`.
+    """
+
+    def __init__(self, store: Store, record: dict[str, Any]) -> None:
+        self._store = store
+        self._rec = record
+
+    # -- identity ------------------------------------------------------------------
+
+    def _refresh(self) -> dict[str, Any]:
+        self._rec = reg.require(self._store, self._rec["id"])
+        return self._rec
+
+    @property
+    def id(self) -> str:
+        """Stable 32-hex id, available from ``create`` on."""
+        return self._rec["id"]
+
+    @property
+    def name(self) -> str:
+        return self._refresh()["name"]
+
+    @property
+    def project(self) -> str:
+        return self._refresh()["project"]
+
+    @property
+    def version(self) -> str:
+        return self._refresh()["version"]
+
+    @version.setter
+    def version(self, value: str) -> None:
+        self._update(lambda r: {**r, "version": str(value)}, allow_final=True)
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self._refresh().get("tags") or [])
+
+    @tags.setter
+    def tags(self, values: Sequence[str]) -> None:
+        self._update(lambda r: {**r, "tags": list(values)}, allow_final=True)
+
+    def add_tags(self, tags: str | Sequence[str]) -> None:
+        """Add tags (kept unique, in order)."""
+        new = _as_list(tags)
+        self._update(
+            lambda r: {**r, "tags": list(dict.fromkeys([*r.get("tags", []), *new]))},
+            allow_final=True,
+        )
+
+    def remove_tags(self, tags: str | Sequence[str]) -> None:
+        drop = set(_as_list(tags))
+        self._update(
+            lambda r: {**r, "tags": [t for t in r.get("tags", []) if t not in drop]},
+            allow_final=True,
+        )
+
+    @property
+    def description(self) -> str:
+        return self._refresh().get("description") or ""
+
+    def set_description(self, description: str) -> None:
+        self._update(lambda r: {**r, "description": str(description)}, allow_final=True)
+
+    @property
+    def status(self) -> str:
+        return self._refresh()["status"]
+
+    def is_final(self) -> bool:
+        """True once the dataset is finalized (or published)."""
+        return self._refresh()["status"] in reg.COMPLETED_STATES
+
+    def is_dirty(self) -> bool:
+        """True when the draft has changes that were not uploaded yet."""
+        r = self._refresh()
+        return r["status"] == reg.DRAFT and r.get("uploaded_tree") != r["tree"]
+
+    def __repr__(self) -> str:
+        r = self._rec
+        return f"<Dataset {r['project']}/{r['name']} v{r['version']} {r['id']} ({r['status']})>"
+
+    def _trees(self) -> Trees:
+        return Trees(self._store)
+
+    def _update(self, change: Any, *, allow_final: bool = False) -> dict[str, Any]:
+        def checked(r: dict[str, Any]) -> dict[str, Any]:
+            if not allow_final and r["status"] != reg.DRAFT:
+                raise StateError(
+                    f"dataset {r['project']}/{r['name']} ({r['id']}) is finalized and cannot "
+                    "be modified; create a child version with "
+                    f"Dataset.create(parent_datasets=['{r['id']}'], ...)"
+                )
+            return change(r)
+
+        self._rec = reg.update(self._store, self.id, checked)
+        return self._rec
+
+    # -- creation and lookup ---------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        dataset_name: str | None = None,
+        dataset_project: str | None = None,
+        dataset_tags: Sequence[str] | None = None,
+        parent_datasets: Sequence[str | Dataset] | None = None,
+        use_current_task: bool = False,
+        dataset_version: str | None = None,
+        output_uri: str | None = None,
+        description: str | None = None,
+    ) -> Dataset:
+        """Create a new draft whose content is the in-order merge of its parents.
+
+        A later parent overrides an earlier one for the same path. The project defaults
+        to the last parent's; the version to the highest existing version bumped.
+        """
+        store = _store()
+        parents = [reg.require(store, _id_of(p)) for p in (parent_datasets or [])]
+        for p in parents:
+            if p["status"] not in reg.COMPLETED_STATES:
+                raise StateError(
+                    f"parent dataset {p['project']}/{p['name']} ({p['id']}) is not finalized; "
+                    "finalize it before using it as a parent"
+                )
+        if use_current_task and not dataset_name:
+            raise UsageError("use_current_task needs a ClearML server; pass dataset_name")
+        if not dataset_name or not str(dataset_name).strip():
+            if parents:
+                dataset_name = parents[-1]["name"]
+            else:
+                raise UsageError("Dataset.create needs a non-empty dataset_name")
+        if not dataset_project:
+            if not parents:
+                raise UsageError(
+                    f"dataset {dataset_name!r} needs dataset_project (or parent_datasets to "
+                    "take the project from)"
+                )
+            dataset_project = parents[-1]["project"]
+        siblings = reg.filter_records(
+            reg.all_records(store), project=dataset_project, name=dataset_name
+        )
+        if dataset_version is None:
+            dataset_version = reg.next_version(siblings)
+        elif any(s.get("version") == dataset_version for s in siblings):
+            raise UsageError(
+                f"dataset {dataset_project}/{dataset_name} already has version "
+                f"{dataset_version}; pick another dataset_version or leave it out"
+            )
+        trees = Trees(store)
+        with store.batch() as b:
+            trees.batch = b
+            base = merge(trees, [p["tree"] for p in parents])
+        now = _now()
+        rec = {
+            "id": uuid.uuid4().hex,
+            "name": str(dataset_name),
+            "project": str(dataset_project),
+            "version": str(dataset_version),
+            "tags": list(dataset_tags or []),
+            "description": description or "",
+            "status": reg.DRAFT,
+            "parents": [p["id"] for p in parents],
+            "parent_commits": [p["commit"] for p in parents],
+            "base_tree": base,
+            "tree": base,
+            "uploaded_tree": None,
+            "commit": None,
+            "created": now,
+            "modified": now,
+            "finalized": None,
+            "output_uri": output_uri,
+            "remote": None,
+            "metadata": {},
+            "archived": False,
+        }
+        reg.insert(store, rec)
+        _remember(store, rec["id"])
+        return cls(store, rec)
+
+    @classmethod
+    def get(
+        cls,
+        dataset_id: str | None = None,
+        dataset_project: str | None = None,
+        dataset_name: str | None = None,
+        dataset_tags: Sequence[str] | None = None,
+        only_completed: bool = False,
+        only_published: bool = False,
+        include_archived: bool = False,
+        auto_create: bool = False,
+        writable_copy: bool = False,
+        dataset_version: str | None = None,
+        alias: str | None = None,
+        overridable: bool = False,
+        shallow_search: bool = False,
+        **kwargs: Any,
+    ) -> Dataset:
+        """Find a dataset by id; by project + name (highest version, else most recent);
+        or by project or tags alone (most recent). Looks in the local store, then in the
+        default remote. ``writable_copy=True`` returns a new child draft of the found one.
+        """
+        store = _store()
+        rec = _find(
+            store,
+            dataset_id,
+            dataset_project,
+            dataset_name,
+            dataset_tags,
+            dataset_version,
+            only_completed,
+            only_published,
+            include_archived,
+        )
+        if rec is None:
+            if auto_create and dataset_name and dataset_project:
+                return cls.create(
+                    dataset_name=dataset_name,
+                    dataset_project=dataset_project,
+                    dataset_tags=dataset_tags,
+                    dataset_version=dataset_version,
+                )
+            raise NotFoundError(
+                _not_found_message(
+                    dataset_id, dataset_project, dataset_name, dataset_tags, dataset_version
+                )
+            )
+        ds = cls(store, rec)
+        if writable_copy:
+            if rec["status"] not in reg.COMPLETED_STATES:
+                raise StateError(
+                    f"dataset {rec['id']} is a draft; a writable copy needs a finalized version"
+                )
+            return cls.create(
+                dataset_name=rec["name"],
+                dataset_project=rec["project"],
+                parent_datasets=[rec["id"]],
+                dataset_tags=rec.get("tags"),
+            )
+        _remember(store, rec["id"])
+        return ds
+
+    @classmethod
+    def list_datasets(
+        cls,
+        dataset_project: str | None = None,
+        partial_name: str | None = None,
+        tags: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        only_completed: bool = True,
+        recursive_project_search: bool = True,
+        include_archived: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Datasets of the local store and the default remote, newest first."""
+        store = _store()
+        recs = {r["id"]: r for r in _remote_records(store)}
+        recs.update({r["id"]: r for r in reg.all_records(store)})
+        found = reg.filter_records(
+            recs.values(),
+            project=dataset_project,
+            partial_name=partial_name,
+            tags=tags,
+            ids=ids,
+            only_completed=only_completed,
+            include_archived=include_archived,
+            recursive_project=recursive_project_search,
+        )
+        found.sort(key=lambda r: r["created"], reverse=True)
+        return [_summary(r) for r in found]
+
+    @classmethod
+    def delete(
+        cls,
+        dataset_id: str | None = None,
+        dataset_project: str | None = None,
+        dataset_name: str | None = None,
+        force: bool = False,
+        dataset_version: str | None = None,
+        entire_dataset: bool = False,
+        shallow_search: bool = False,
+        delete_files: bool = True,
+        delete_external_files: bool = False,
+    ) -> None:
+        """Delete one version (or every version with ``entire_dataset``) from the local
+        store. Content shared with other versions stays; ``dsvc gc`` reclaims the rest.
+        A version that is the parent of another is kept unless ``force``.
+        """
+        store = _store()
+        recs = reg.all_records(store)
+        if dataset_id:
+            targets = [reg.require(store, dataset_id)]
+        elif dataset_project and dataset_name:
+            targets = reg.filter_records(
+                recs, project=dataset_project, name=dataset_name, version=dataset_version
+            )
+            if not entire_dataset and dataset_version is None:
+                one = reg.newest(targets, by_version=True)
+                targets = [one] if one else []
+        else:
+            raise UsageError("Dataset.delete needs dataset_id, or dataset_project and dataset_name")
+        if not targets:
+            raise NotFoundError(
+                _not_found_message(dataset_id, dataset_project, dataset_name, None, dataset_version)
+            )
+        doomed = {t["id"] for t in targets}
+        if not force:
+            for r in recs:
+                if r["id"] not in doomed and doomed.intersection(r.get("parents", [])):
+                    raise StateError(
+                        f"dataset {r['project']}/{r['name']} ({r['id']}) uses a dataset being "
+                        "deleted as parent; pass force=True to delete anyway"
+                    )
+        for t in targets:
+            reg.remove(store, t["id"])
+
+    @classmethod
+    def rename(cls, new_dataset_name: str, dataset_project: str, dataset_name: str) -> None:
+        """Rename every version of ``dataset_project/dataset_name``."""
+        if not new_dataset_name:
+            raise UsageError("new_dataset_name must not be empty")
+        cls._relabel(dataset_project, dataset_name, {"name": str(new_dataset_name)})
+
+    @classmethod
+    def move_to_project(
+        cls, new_dataset_project: str, dataset_project: str, dataset_name: str
+    ) -> None:
+        """Move every version of ``dataset_project/dataset_name`` to another project."""
+        if not new_dataset_project:
+            raise UsageError("new_dataset_project must not be empty")
+        cls._relabel(dataset_project, dataset_name, {"project": str(new_dataset_project)})
+
+    @classmethod
+    def _relabel(cls, project: str, name: str, fields: dict[str, Any]) -> None:
+        store = _store()
+        targets = reg.filter_records(reg.all_records(store), project=project, name=name)
+        if not targets:
+            raise NotFoundError(
+                f"no dataset {project}/{name}; list them with Dataset.list_datasets()"
+            )
+        for t in targets:
+            reg.update(store, t["id"], lambda r: {**r, **fields})
+
+    # -- content -------------------------------------------------------------------
+
+    def add_files(
+        self,
+        path: str | os.PathLike[str],
+        wildcard: str | Sequence[str] | None = None,
+        local_base_folder: str | None = None,
+        dataset_path: str | None = None,
+        recursive: bool = True,
+        verbose: bool = False,
+        max_workers: int | None = None,
+    ) -> int:
+        """Add a file or a folder; returns the number of files added or changed.
+
+        Unchanged files cost a ``stat`` (stat cache), changed ones store only new chunks.
+        """
+        self._require_draft()
+        src = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        if not os.path.exists(src):
+            raise NotFoundError(f"cannot add {src!r} to dataset {self.id}: no such file or folder")
+        prefix = _clean_dataset_path(dataset_path)
+        sr = scan(
+            src,
+            wildcard=list(wildcard) if isinstance(wildcard, list | tuple) else wildcard,
+            recursive=recursive,
+        )
+        items = sr.items
+        if local_base_folder:
+            items = _rebase(items, src, local_base_folder)
+        entries, skipped = self._ingest(items, verbose, max_workers, f"add {os.path.basename(src)}")
+        for p, why in [*sr.skipped, *skipped]:
+            _warn(f"skipped {p}: {why}")
+        edits = {(*prefix, *rel): e for rel, e in entries.items()}
+        return self._apply(edits)
+
+    def _ingest(
+        self, items: list[ScanItem], verbose: bool, max_workers: int | None, desc: str
+    ) -> tuple[dict[RelPath, Entry], list[tuple[str, str]]]:
+        total = sum(i.size for i in items)
+        with Progress(desc, total, enabled=verbose or total > (64 << 20)) as bar:
+            ing = Ingestor(self._store, max_workers=max_workers, progress=bar.update)
+            entries, stats = ing.ingest(items)
+        if verbose:
+            print(
+                f"{self.id}: {stats.files} files, {stats.cached_files} unchanged, "
+                f"{stats.new_chunks} new chunks ({stats.new_bytes_stored} bytes stored)"
+            )
+        return entries, stats.skipped
+
+    def _apply(self, edits: dict[RelPath, Entry | None]) -> int:
+        """Apply edits to the staged tree (CAS on the record); returns how many changed."""
+        if not edits:
+            return 0
+        changed = 0
+
+        def change(r: dict[str, Any]) -> dict[str, Any]:
+            nonlocal changed
+            trees = Trees(self._store)
+            with self._store.batch() as b:
+                trees.batch = b
+                old = r["tree"]
+                changed = sum(1 for p, e in edits.items() if lookup(trees, old, p) != e)
+                new = apply_edits(trees, old, edits)
+            return {**r, "tree": new}
+
+        self._update(change)
+        return changed
+
+    def remove_files(
+        self, dataset_path: str | None = None, recursive: bool = True, verbose: bool = False
+    ) -> int:
+        """Remove files matching ``dataset_path`` (wildcards allowed); returns how many.
+
+        Matching follows ClearML (see docs/guide.md): with ``recursive``, ``*`` also
+        crosses ``/`` (``*.csv`` removes every CSV at any depth); a folder path removes
+        everything below it; a leading ``/`` is ignored.
+        """
+        self._require_draft()
+        pattern = (dataset_path or "").replace("\\", "/").lstrip("/")
+        if not pattern:
+            raise UsageError(f"remove_files on dataset {self.id} needs dataset_path")
+        trees = self._trees()
+        doomed = [
+            p
+            for p, _ in walk(trees, self._rec["tree"])
+            if _remove_match("/".join(p), pattern, recursive)
+        ]
+        if verbose:
+            for p in doomed:
+                print(f"removing {'/'.join(p)}")
+        return self._apply(dict.fromkeys(doomed))
+
+    def sync_folder(
+        self,
+        local_path: str | os.PathLike[str],
+        dataset_path: str | None = None,
+        verbose: bool = False,
+    ) -> tuple[int, int, int]:
+        """Make the content under ``dataset_path`` equal to ``local_path``.
+
+        Returns ``(removed, added, modified)`` file counts.
+        """
+        self._require_draft()
+        src = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
+        if not os.path.isdir(src):
+            raise NotFoundError(f"cannot sync dataset {self.id} from {src!r}: not a folder")
+        prefix = _clean_dataset_path(dataset_path)
+        sr = scan(src)
+        entries, skipped = self._ingest(sr.items, verbose, None, f"sync {os.path.basename(src)}")
+        for p, why in [*sr.skipped, *skipped]:
+            _warn(f"skipped {p}: {why}")
+        trees = self._trees()
+        sub = lookup(trees, self._rec["tree"], prefix) if prefix else None
+        current: dict[RelPath, Entry] = {}
+        if not prefix:
+            current = dict(walk(trees, self._refresh()["tree"]))
+        elif sub is not None and sub.kind == KIND_TREE:
+            current = {p[len(prefix) :]: e for p, e in walk(trees, sub.id, prefix)}
+        elif sub is not None:
+            current = {(): sub}  # a file where the folder should be: it goes
+        removed = [p for p in current if p not in entries]
+        added = [p for p in entries if p not in current]
+        modified = [p for p, e in entries.items() if p in current and current[p] != e]
+        edits: dict[RelPath, Entry | None] = {(*prefix, *p): None for p in removed}
+        edits.update({(*prefix, *p): entries[p] for p in (*added, *modified)})
+        if verbose:
+            print(
+                f"{self.id}: {len(removed)} removed, {len(added)} added, {len(modified)} modified"
+            )
+        self._apply(edits)
+        return len(removed), len(added), len(modified)
+
+    # -- listing -------------------------------------------------------------------
+
+    def _files(self, dataset_id: str | None = None) -> dict[str, Entry]:
+        rec = self._refresh() if dataset_id is None else reg.require(self._store, dataset_id)
+        return {"/".join(p): e for p, e in walk(self._trees(), rec["tree"])}
+
+    def list_files(
+        self, dataset_path: str | None = None, recursive: bool = True, dataset_id: str | None = None
+    ) -> list[str]:
+        """Paths of the files in the dataset, optionally filtered by a wildcard."""
+        files = sorted(self._files(dataset_id))
+        if not dataset_path:
+            return files
+        pattern = dataset_path.replace("\\", "/").lstrip("/")
+        return [f for f in files if _remove_match(f, pattern, recursive)]
+
+    def _changes(self, dataset_id: str | None) -> list[Any]:
+        rec = self._refresh()
+        if dataset_id is None:
+            base = rec["base_tree"]
+        else:
+            base = reg.require(self._store, dataset_id)["tree"]
+        return list(diff(self._trees(), base, rec["tree"]))
+
+    def list_added_files(self, dataset_id: str | None = None) -> list[str]:
+        """Files added compared with ``dataset_id`` (default: the merge of the parents)."""
+        return ["/".join(c.path) for c in self._changes(dataset_id) if c.status == "added"]
+
+    def list_removed_files(self, dataset_id: str | None = None) -> list[str]:
+        return ["/".join(c.path) for c in self._changes(dataset_id) if c.status == "removed"]
+
+    def list_modified_files(self, dataset_id: str | None = None) -> list[str]:
+        return ["/".join(c.path) for c in self._changes(dataset_id) if c.status == "modified"]
+
+    @property
+    def file_entries_dict(self) -> dict[str, FileEntry]:
+        """``relative path -> FileEntry`` for every file of this version."""
+        rec = self._refresh()
+        base = rec["base_tree"]
+        trees = self._trees()
+        own = {"/".join(c.path) for c in diff(trees, base, rec["tree"]) if c.new is not None}
+        parents = rec.get("parents") or []
+        out = {}
+        for path, e in self._files().items():
+            owner = (
+                rec["id"] if path in own or not parents else self._owner(path, e, parents, trees)
+            )
+            out[path] = FileEntry(path, to_hex(e.id), e.size, owner)
+        return out
+
+    def _owner(self, path: str, e: Entry, parents: list[str], trees: Trees) -> str | None:
+        parts = tuple(path.split("/"))
+        for pid in reversed(parents):
+            prec = reg.get(self._store, pid)
+            if prec is not None and lookup(trees, prec["tree"], parts) == e:
+                return pid
+        return None
+
+    @property
+    def file_entries(self) -> list[FileEntry]:
+        return list(self.file_entries_dict.values())
+
+    @property
+    def link_entries_dict(self) -> dict[str, Any]:
+        """External links are not supported: always empty (see docs/coming-from-clearml.md)."""
+        return {}
+
+    def get_dependency_graph(self) -> dict[str, list[str]]:
+        """``{dataset id: [parent ids]}`` for this version and all its ancestors."""
+        graph: dict[str, list[str]] = {}
+        todo = [self.id]
+        while todo:
+            did = todo.pop()
+            if did in graph:
+                continue
+            rec = reg.get(self._store, did) or _remote_record(self._store, did)
+            parents = list(rec.get("parents", [])) if rec else []
+            graph[did] = parents
+            todo.extend(parents)
+        return graph
+
+    def get_num_chunks(self, include_parents: bool = True) -> int:
+        """Number of distinct content chunks the version's files are made of."""
+        seen: set[bytes] = set()
+        for e in self._files().values():
+            for cid, _ in self._store.file_chunks(e):
+                seen.add(cid)
+        return len(seen)
+
+    # -- metadata ------------------------------------------------------------------
+
+    def set_metadata(
+        self, metadata: Any, metadata_name: str = "metadata", ui_visible: bool = True
+    ) -> None:
+        """Attach msgpack-able data (dicts, lists, numbers, text, bytes) under a name.
+
+        Allowed on drafts only: a finalized version's metadata is part of its commit.
+        pandas DataFrames are stored as their dict form (``to_dict('split')``).
+        """
+        if hasattr(metadata, "to_dict"):
+            metadata = {"__dataframe__": metadata.to_dict(orient="split")}
+        import msgpack
+
+        try:
+            msgpack.packb(metadata, use_bin_type=True)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"metadata {metadata_name!r} cannot be stored: {e}") from None
+        self._update(
+            lambda r: {**r, "metadata": {**r.get("metadata", {}), metadata_name: metadata}}
+        )
+
+    def get_metadata(self, metadata_name: str = "metadata") -> Any:
+        """The metadata stored under ``metadata_name`` (None if absent)."""
+        value = (self._refresh().get("metadata") or {}).get(metadata_name)
+        if isinstance(value, dict) and "__dataframe__" in value:
+            try:
+                import pandas as pd
+
+                d = value["__dataframe__"]
+                return pd.DataFrame(d["data"], index=d["index"], columns=d["columns"])
+            except ImportError:
+                return value["__dataframe__"]
+        return value
+
+    # -- upload and finalize -----------------------------------------------------------
+
+    def upload(
+        self,
+        show_progress: bool = True,
+        verbose: bool = False,
+        output_url: str | None = None,
+        compression: Any = None,
+        chunk_size: int | None = None,
+        max_workers: int | None = None,
+        retries: int = 3,
+    ) -> None:
+        """Send the draft's content that the destination lacks.
+
+        Destination: ``output_url``, else the dataset's ``output_uri``, else the default
+        remote. With no remote at all the local store is the storage and upload only
+        records that the current content is stored.
+        """
+        rec = self._refresh()
+        if rec["status"] != reg.DRAFT:
+            raise StateError(f"dataset {rec['id']} is finalized; nothing to upload")
+        spec = output_url or rec.get("output_uri")
+        remote = _remote(self._store, spec, required=spec is not None)
+        tree = rec["tree"]
+        where = None
+        if remote is not None:
+            remote.push_tree(
+                self._store,
+                tree,
+                show_progress=show_progress,
+                verbose=verbose,
+                pack_size_mb=chunk_size,
+                max_workers=max_workers,
+                retries=retries,
+            )
+            where = remote.url
+        self._update(lambda r: {**r, "uploaded_tree": tree, "remote": where or r.get("remote")})
+
+    def finalize(
+        self, verbose: bool = False, raise_on_error: bool = True, auto_upload: bool = False
+    ) -> bool:
+        """Freeze the draft into an immutable version (writes its commit).
+
+        With a remote, refused while changes are not uploaded (``auto_upload=True``
+        uploads them first); then the version is published to the remote.
+        """
+        try:
+            rec = self._refresh()
+            if rec["status"] != reg.DRAFT:
+                raise StateError(f"dataset {rec['id']} is already finalized")
+            spec = rec.get("remote") or rec.get("output_uri")
+            remote = _remote(self._store, spec, required=spec is not None)
+            if remote is not None and rec.get("uploaded_tree") != rec["tree"]:
+                if not auto_upload:
+                    raise StateError(
+                        f"dataset {rec['project']}/{rec['name']} ({rec['id']}) has changes that "
+                        f"were not uploaded to {remote.url}; call upload() first or "
+                        "finalize(auto_upload=True)"
+                    )
+                self.upload(show_progress=verbose, verbose=verbose)
+                rec = self._refresh()
+            commit = Commit(
+                tree=rec["tree"],
+                parents=tuple(rec.get("parent_commits") or ()),
+                meta=_commit_meta(rec),
+            )
+            cid = self._store.put_commit(commit)
+            if remote is not None:
+                remote.publish(self._store, {**rec, "status": reg.FINAL, "commit": cid})
+
+            def done(r: dict[str, Any]) -> dict[str, Any]:
+                if r["tree"] != rec["tree"]:
+                    raise StateError(f"dataset {r['id']} changed while finalizing; finalize again")
+                return {**r, "status": reg.FINAL, "commit": cid, "finalized": _now()}
+
+            self._update(done)
+            if verbose:
+                print(f"finalized {rec['project']}/{rec['name']} v{rec['version']} ({rec['id']})")
+            return True
+        except DsvcError:
+            if raise_on_error:
+                raise
+            return False
+
+    def publish(self, raise_on_error: bool = True) -> bool:
+        """Mark a finalized version as published."""
+        try:
+            rec = self._refresh()
+            if rec["status"] == reg.DRAFT:
+                raise StateError(f"dataset {rec['id']} must be finalized before publishing")
+            self._update(lambda r: {**r, "status": reg.PUBLISHED}, allow_final=True)
+            return True
+        except DsvcError:
+            if raise_on_error:
+                raise
+            return False
+
+    # -- local copies --------------------------------------------------------------
+
+    def _selected(
+        self, part: int | None, num_parts: int | None, files: str | Sequence[str] | None
+    ) -> list[tuple[RelPath, Entry]]:
+        entries = list(walk(self._trees(), self._rec["tree"]))
+        pats = _as_list(files)
+        if pats:
+            pats = [p.replace("\\", "/").lstrip("/") for p in pats]
+            entries = [
+                (p, e) for p, e in entries if any(_remove_match("/".join(p), q, True) for q in pats)
+            ]
+        if num_parts is not None or part is not None:
+            entries = split_parts(entries, part, num_parts)
+        return entries
+
+    def _ensure_content(
+        self, entries: list[tuple[RelPath, Entry]], max_workers: int | None
+    ) -> None:
+        """Fetch from the remote whatever content of ``entries`` is not local."""
+        missing = [e for _, e in entries if not _have_file(self._store, e)]
+        if not missing:
+            return
+        rec = self._rec
+        remote = _remote(self._store, rec.get("remote") or rec.get("output_uri"))
+        if remote is None:
+            raise NotFoundError(
+                f"dataset {rec['id']}: {len(missing)} files have content that is not in the local "
+                "store and no remote is configured; add the remote it was pushed to"
+            )
+        remote.fetch_files(self._store, missing, max_workers=max_workers)
+
+    def get_local_copy(
+        self,
+        use_soft_links: bool | None = None,
+        part: int | None = None,
+        num_parts: int | None = None,
+        raise_on_error: bool = True,
+        max_workers: int | None = None,
+        files: str | Sequence[str] | None = None,
+    ) -> str:
+        """A read-only folder with the version's files, in the cache under DSVC_HOME.
+
+        Built once (atomically, safe across processes) and reused; identical files of
+        different versions share disk through hard links.
+        """
+        try:
+            rec = self._refresh()
+            if rec["status"] not in reg.COMPLETED_STATES:
+                raise StateError(
+                    f"dataset {rec['project']}/{rec['name']} ({rec['id']}) is not finalized; "
+                    "finalize it first, or use get_mutable_local_copy() for a draft"
+                )
+            name = rec["id"]
+            if files:
+                key = "\0".join(sorted(_as_list(files)))
+                name += "-sel-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+            if num_parts is not None or part is not None:
+                name += f"-part-{part}-of-{num_parts}"
+            target = self._store.home / "cache" / "datasets" / name
+            if target.is_dir():
+                return str(target)
+            entries = self._selected(part, num_parts, files)
+            self._ensure_content(entries, max_workers)
+            cache = ContentCache(self._store.home / "cache" / "content")
+            with Progress(
+                f"copy {rec['name']}",
+                sum(e.size for _, e in entries),
+                enabled=sum(e.size for _, e in entries) > (64 << 20),
+            ) as bar:
+                materialize_shared(
+                    self._store,
+                    entries,
+                    target,
+                    content_cache=cache,
+                    max_workers=max_workers,
+                    progress=bar.update,
+                )
+            return str(target)
+        except DsvcError:
+            if raise_on_error:
+                raise
+            return ""
+
+    def get_mutable_local_copy(
+        self,
+        target_folder: str | os.PathLike[str],
+        overwrite: bool = False,
+        part: int | None = None,
+        num_parts: int | None = None,
+        raise_on_error: bool = True,
+        max_workers: int | None = None,
+    ) -> str | None:
+        """Independent, writable files in ``target_folder`` (drafts allowed)."""
+        try:
+            target = os.path.abspath(os.path.expanduser(os.fspath(target_folder)))
+            if os.path.isdir(target) and os.listdir(target) and not overwrite:
+                raise StateError(
+                    f"target folder {target!r} already contains files; pass overwrite=True to "
+                    "replace them"
+                )
+            self._refresh()
+            entries = self._selected(part, num_parts, None)
+            self._ensure_content(entries, max_workers)
+            total = sum(e.size for _, e in entries)
+            with Progress(f"copy {self._rec['name']}", total, enabled=total > (64 << 20)) as bar:
+                materialize(
+                    self._store,
+                    entries,
+                    target,
+                    overwrite=overwrite,
+                    max_workers=max_workers,
+                    progress=bar.update,
+                )
+            return target
+        except DsvcError:
+            if raise_on_error:
+                raise
+            return None
+
+    def verify_dataset_hash(
+        self, local_copy_path: str | None = None, skip_hash: bool = False, verbose: bool = False
+    ) -> list[str]:
+        """Paths whose file in ``local_copy_path`` (default: the cached copy) is missing,
+        has the wrong size or (unless ``skip_hash``) the wrong content."""
+        root = local_copy_path or self.get_local_copy()
+        bad = []
+        chunker = self._store.chunker
+        for path, e in self._files().items():
+            full = os.path.join(root, *path.split("/"))
+            try:
+                size = os.path.getsize(full)
+            except OSError:
+                bad.append(path)
+                continue
+            if size != e.size:
+                bad.append(path)
+                continue
+            if skip_hash:
+                continue
+            with open(full, "rb") as f:
+                chunks = [(object_id(b"C", c), len(c)) for c in chunker.cut_stream(f)]
+            fid = (
+                chunks[0][0]
+                if len(chunks) == 1
+                else object_id(TAG_BLOB, Blob(tuple(chunks)).encode())
+            )
+            if fid != e.id:
+                bad.append(path)
+        if verbose:
+            for p in bad:
+                print(f"mismatch: {p}")
+        return bad
+
+    # -- squash ----------------------------------------------------------------------
+
+    @classmethod
+    def squash(
+        cls,
+        dataset_name: str,
+        dataset_ids: Sequence[str | Dataset] | None = None,
+        dataset_project_name_pairs: Sequence[tuple[str, str]] | None = None,
+        output_url: str | None = None,
+    ) -> Dataset:
+        """A new finalized, parentless version: the in-order merge of the full content of
+        each listed version. Writes trees and one commit; copies no file content.
+        """
+        store = _store()
+        if dataset_ids:
+            recs = [
+                _find(store, _id_of(d), None, None, None, None, False, False, True)
+                for d in dataset_ids
+            ]
+            if any(r is None for r in recs):
+                raise NotFoundError(
+                    f"squash: dataset {[_id_of(d) for d in dataset_ids]} not all found"
+                )
+        elif dataset_project_name_pairs:
+            recs = [
+                _find(store, None, p, n, None, None, True, False, True)
+                for p, n in dataset_project_name_pairs
+            ]
+            if any(r is None for r in recs):
+                raise NotFoundError(
+                    f"squash: not every (project, name) in {dataset_project_name_pairs} exists"
+                )
+        else:
+            raise UsageError("Dataset.squash needs dataset_ids or dataset_project_name_pairs")
+        if not dataset_name:
+            raise UsageError("Dataset.squash needs a non-empty dataset_name")
+        for r in recs:
+            if r["status"] not in reg.COMPLETED_STATES:
+                raise StateError(f"squash: dataset {r['id']} is not finalized")
+        trees = Trees(store)
+        with store.batch() as b:
+            trees.batch = b
+            root = merge(trees, [r["tree"] for r in recs])
+        ds = cls.create(
+            dataset_name=dataset_name, dataset_project=recs[0]["project"], output_uri=output_url
+        )
+        squashed_from = [r["id"] for r in recs]
+        ds._update(
+            lambda r: {
+                **r,
+                "tree": root,
+                "base_tree": trees.ensure_empty(),
+                "squashed_from": squashed_from,
+            }
+        )
+        if output_url is not None:
+            ds.upload(output_url=output_url)
+        else:
+            ds._update(lambda r: {**r, "uploaded_tree": root})
+        ds.finalize()
+        return ds
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _require_draft(self) -> dict[str, Any]:
+        r = self._refresh()
+        if r["status"] != reg.DRAFT:
+            raise StateError(
+                f"dataset {r['project']}/{r['name']} ({r['id']}) is finalized and cannot be "
+                f"modified; create a child with Dataset.create(parent_datasets=['{r['id']}'])"
+            )
+        return r
+
+
+# -- module helpers --------------------------------------------------------------------
+
+
+def _warn(msg: str) -> None:
+    import sys
+
+    print(f"dsvc: {msg}", file=sys.stderr)
+
+
+def _remember(store: Store, dataset_id: str) -> None:
+    store.put_record(reg.LAST_USED, dataset_id)
+
+
+def last_used(store: Store) -> str | None:
+    """The id of the dataset most recently created or fetched (clearml-data's rule)."""
+    return store.get_record(reg.LAST_USED)
+
+
+def _commit_meta(rec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dataset_id": rec["id"],
+        "name": rec["name"],
+        "project": rec["project"],
+        "version": rec["version"],
+        "tags": list(rec.get("tags") or []),
+        "description": rec.get("description") or "",
+        "created": rec["created"],
+        "parents": list(rec.get("parents") or []),
+        "metadata": rec.get("metadata") or {},
+    }
+
+
+def _summary(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": r["name"],
+        "project": r["project"],
+        "id": r["id"],
+        "tags": list(r.get("tags") or []),
+        "version": r.get("version"),
+        "created": datetime.fromtimestamp(r["created"] / 1e9, tz=UTC),
+        "status": r["status"],
+    }
+
+
+def _remove_match(path: str, pattern: str, recursive: bool) -> bool:
+    """ClearML's dataset-path matching (see docs/guide.md)."""
+    if path == pattern or path.startswith(pattern.rstrip("/") + "/"):
+        return True
+    if recursive:
+        if fnmatch.fnmatchcase(path, pattern):
+            return True
+        # a bare name pattern also matches the file name at any depth
+        return "/" not in pattern and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
+    a, b = path.split("/"), pattern.split("/")
+    return len(a) == len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
+
+
+def _rebase(items: list[ScanItem], src: str, base: str) -> list[ScanItem]:
+    """Re-express scanned paths relative to ``local_base_folder``."""
+    root = os.path.abspath(os.path.expanduser(base))
+    out = []
+    for it in items:
+        rel = os.path.relpath(it.abs_path, root)
+        if rel.startswith(".." + os.sep) or rel == ".." or os.path.isabs(rel):
+            raise InvalidPathError(
+                f"{it.abs_path!r} is not inside local_base_folder {root!r}; pick a base folder "
+                "that contains the files"
+            )
+        out.append(
+            ScanItem(
+                it.abs_path,
+                split_path(rel.replace(os.sep, "/")),
+                it.size,
+                it.mtime_ns,
+                it.ino,
+                it.mode,
+            )
+        )
+    return out
+
+
+def split_parts(
+    entries: list[tuple[RelPath, Entry]], part: int | None, num_parts: int | None
+) -> list[tuple[RelPath, Entry]]:
+    """Part ``part`` (0-based) of ``num_parts`` contiguous slices balanced by bytes.
+
+    Deterministic: files are in canonical order; a file goes to the part in which the
+    midpoint of its byte range falls, so every file lands in exactly one part.
+    """
+    if num_parts is None or part is None:
+        raise UsageError("part and num_parts go together (part counts from 0)")
+    if num_parts < 1 or not 0 <= part < num_parts:
+        raise UsageError(f"part must be in 0..{num_parts - 1}, got {part}")
+    total = sum(e.size for _, e in entries)
+    n = len(entries)
+    out = []
+    acc = 0
+    for i, (p, e) in enumerate(entries):
+        # by byte midpoint; a dataset of only empty files is split by count
+        k = int((acc + e.size / 2) * num_parts / total) if total else i * num_parts // n
+        acc += e.size
+        if min(k, num_parts - 1) == part:
+            out.append((p, e))
+    return out
+
+
+def _have_file(store: Store, e: Entry) -> bool:
+    if e.kind == KIND_CHUNKFILE:
+        return store.has_chunk(e.id)
+    if not store.has_object(e.id):
+        return False
+    return not store.missing("chunks", [c for c, _ in store.get_blob(e.id).chunks])
+
+
+def _remote_records(store: Store) -> list[dict[str, Any]]:
+    remote = _remote(store, None)
+    return remote.list_records(store) if remote is not None else []
+
+
+def _remote_record(store: Store, dataset_id: str) -> dict[str, Any] | None:
+    remote = _remote(store, None)
+    if remote is None:
+        return None
+    return remote.get_record(store, dataset_id)
+
+
+def _find(
+    store: Store,
+    dataset_id: str | None,
+    project: str | None,
+    name: str | None,
+    tags: Sequence[str] | None,
+    version: str | None,
+    only_completed: bool,
+    only_published: bool,
+    include_archived: bool,
+) -> dict[str, Any] | None:
+    """Local lookup first, then the default remote (whose records are cached locally)."""
+    for source in ("local", "remote"):
+        if source == "local":
+            if dataset_id:
+                rec = reg.get(store, dataset_id)
+                candidates = [rec] if rec else []
+            else:
+                candidates = reg.all_records(store)
+        else:
+            remote = _remote(store, None)
+            if remote is None:
+                return None
+            if dataset_id:
+                rec = remote.get_record(store, dataset_id)
+                candidates = [rec] if rec else []
+            else:
+                candidates = remote.list_records(store)
+        found = reg.filter_records(
+            candidates,
+            project=project,
+            name=name,
+            tags=tags,
+            version=version,
+            only_completed=only_completed,
+            only_published=only_published,
+            include_archived=include_archived,
+        )
+        if found:
+            best = reg.newest(found, by_version=bool(name))
+            if source == "remote" and best is not None:
+                best = remote.import_record(store, best)
+            return best
+    return None
+
+
+def _not_found_message(
+    dataset_id: str | None,
+    project: str | None,
+    name: str | None,
+    tags: Sequence[str] | None,
+    version: str | None,
+) -> str:
+    if dataset_id:
+        what = f"id {dataset_id}"
+    else:
+        bits = [
+            f"project {project!r}" if project else "",
+            f"name {name!r}" if name else "",
+            f"tags {list(tags)!r}" if tags else "",
+            f"version {version!r}" if version else "",
+        ]
+        what = ", ".join(b for b in bits if b) or "no criteria"
+        if not (dataset_id or project or name or tags):
+            return "Dataset.get needs dataset_id, dataset_project/dataset_name or dataset_tags"
+    return (
+        f"no dataset found with {what} (locally or on the default remote); list them with "
+        "Dataset.list_datasets() or `dsvc search`"
+    )
+
+
+def local_cache_root(store: Store) -> Path:
+    return store.home / "cache"

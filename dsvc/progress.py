@@ -1,0 +1,56 @@
+"""Progress display for long work: a thread-safe byte counter drawn with tqdm on stderr.
+
+Work-layer functions take a plain ``progress(n_bytes)`` callback; the dataset and CLI
+layers create a :class:`Progress` and pass its ``update``. Bars are hidden when stderr
+is not a terminal (tqdm's own rule), when ``DSVC_QUIET`` is set, or when ``enabled`` is
+False.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from tqdm import tqdm
+
+
+class Progress:
+    """A byte progress bar that many threads may update at once."""
+
+    def __init__(
+        self, desc: str, total: int | None = None, *, enabled: bool = True, unit: str = "B"
+    ) -> None:
+        disable: bool | None = None  # None: tqdm hides itself when stderr is not a tty
+        if not enabled or os.environ.get("DSVC_QUIET"):
+            disable = True
+        if os.environ.get("DSVC_FORCE_PROGRESS"):
+            disable = False
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=disable,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0.2,
+        )
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+            self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,192 @@
+"""Dataset records: what a version is called and where it stands, kept in the store.
+
+A record is a msgpack map under ``ds/<dataset id>`` in the ``records`` database (its
+fields are listed in docs/format.md). Records are the mutable side of a dataset
+(name, tags, status, the staged tree of a draft); commits are the immutable side.
+
+Every change to a record is a compare-and-swap against the value read, so two processes
+editing one draft never lose each other's work: the loser re-applies its change to the
+new value (see :func:`update`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dsvc.errors import ConflictError, NotFoundError
+from dsvc.store import Store, default_home
+
+DRAFT = "draft"
+FINAL = "final"
+PUBLISHED = "published"
+COMPLETED_STATES = (FINAL, PUBLISHED)
+
+PREFIX = "ds/"
+LAST_USED = "state/last_dataset"
+
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def open_store(home: str | os.PathLike[str] | None = None) -> Store:
+    """The process-wide store for ``home`` (default ``$DSVC_HOME``).
+
+    LMDB forbids opening one environment twice in a process, so stores are shared.
+    """
+    path = str(default_home() if home is None else os.path.abspath(os.fspath(home)))
+    with _stores_lock:
+        s = _stores.get(path)
+        if s is None:
+            s = _stores[path] = Store(path)
+        return s
+
+
+def key(dataset_id: str) -> str:
+    return PREFIX + dataset_id
+
+
+def get(store: Store, dataset_id: str) -> dict[str, Any] | None:
+    return store.get_record(key(dataset_id))
+
+
+def require(store: Store, dataset_id: str) -> dict[str, Any]:
+    rec = get(store, dataset_id)
+    if rec is None:
+        raise NotFoundError(
+            f"dataset {dataset_id} not found in {store.home}; check the id with `dsvc search`"
+        )
+    return rec
+
+
+def insert(store: Store, rec: dict[str, Any]) -> None:
+    store.cas_record(key(rec["id"]), None, rec)
+
+
+def update(
+    store: Store,
+    dataset_id: str,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    tries: int = 50,
+) -> dict[str, Any]:
+    """Apply ``change`` to the current record with compare-and-swap, retrying on races.
+
+    ``change`` gets a copy of the current record and returns the new one; it may raise
+    to abort (nothing is written). Returns the record as stored.
+    """
+    for _ in range(tries):
+        cur = require(store, dataset_id)
+        new = change(dict(cur))
+        new["modified"] = time.time_ns()
+        try:
+            store.cas_record(key(dataset_id), cur, new)
+            return new
+        except ConflictError:
+            continue
+    raise ConflictError(f"dataset {dataset_id}: too many concurrent updates, try again")
+
+
+def remove(store: Store, dataset_id: str) -> None:
+    store.delete_record(key(dataset_id))
+
+
+def all_records(store: Store) -> list[dict[str, Any]]:
+    return [v for _, v in store.iter_records(PREFIX)]
+
+
+# -- versions ----------------------------------------------------------------------
+
+_VER_RE = re.compile(r"^\d+(\.\d+)*$")
+
+
+def parse_version(v: str | None) -> tuple[int, ...] | None:
+    """``"1.2.3"`` -> ``(1, 2, 3)``; None for anything that is not dotted numbers."""
+    if not v or not _VER_RE.match(v.strip()):
+        return None
+    return tuple(int(x) for x in v.strip().split("."))
+
+
+def bump(v: str) -> str:
+    """``1.0.0`` -> ``1.0.1``, ``1.2`` -> ``1.3`` (last component + 1)."""
+    parts = parse_version(v)
+    if parts is None:
+        return v + ".1"
+    return ".".join(str(x) for x in (*parts[:-1], parts[-1] + 1))
+
+
+def next_version(records: Iterable[dict[str, Any]]) -> str:
+    """The version a new member of a project/name gets: highest semantic version bumped."""
+    best: tuple[int, ...] | None = None
+    best_text = ""
+    for r in records:
+        p = parse_version(r.get("version"))
+        if p is not None and (best is None or p > best):
+            best, best_text = p, r["version"]
+    return "1.0.0" if best is None else bump(best_text)
+
+
+def newest(records: list[dict[str, Any]], by_version: bool) -> dict[str, Any] | None:
+    """Highest semantic version when ``by_version`` (ties: most recent), else most recent."""
+    if not records:
+        return None
+    if by_version:
+        versioned = [r for r in records if parse_version(r.get("version")) is not None]
+        if versioned:
+            return max(versioned, key=lambda r: (parse_version(r["version"]), r["created"]))
+    return max(records, key=lambda r: r["created"])
+
+
+def project_matches(project: str, wanted: str, recursive: bool) -> bool:
+    return project == wanted or (recursive and project.startswith(wanted.rstrip("/") + "/"))
+
+
+def name_matches(name: str, partial: str) -> bool:
+    """ClearML treats ``partial_name`` as a regular expression searched in the name."""
+    try:
+        return re.search(partial, name) is not None
+    except re.error:
+        return partial in name
+
+
+def filter_records(
+    records: Iterable[dict[str, Any]],
+    *,
+    project: str | None = None,
+    name: str | None = None,
+    partial_name: str | None = None,
+    tags: Iterable[str] | None = None,
+    ids: Iterable[str] | None = None,
+    version: str | None = None,
+    only_completed: bool = False,
+    only_published: bool = False,
+    include_archived: bool = True,
+    recursive_project: bool = False,
+) -> list[dict[str, Any]]:
+    tagset = set(tags or ())
+    idset = set(ids) if ids is not None else None
+    out = []
+    for r in records:
+        if idset is not None and r["id"] not in idset:
+            continue
+        if project is not None and not project_matches(r["project"], project, recursive_project):
+            continue
+        if name is not None and r["name"] != name:
+            continue
+        if partial_name is not None and not name_matches(r["name"], partial_name):
+            continue
+        if tagset and not tagset.intersection(r.get("tags") or ()):
+            continue
+        if version is not None and r.get("version") != version:
+            continue
+        if only_published and r["status"] != PUBLISHED:
+            continue
+        if only_completed and r["status"] not in COMPLETED_STATES:
+            continue
+        if not include_archived and r.get("archived"):
+            continue
+        out.append(r)
+    return out
