@@ -28,6 +28,7 @@ from dsvc import registry as reg
 from dsvc.checkout import ContentCache, materialize, materialize_shared
 from dsvc.errors import (
     DsvcError,
+    IntegrityError,
     InvalidPathError,
     NotFoundError,
     StateError,
@@ -470,11 +471,15 @@ class Dataset:
         items = sr.items
         if local_base_folder:
             items = _rebase(items, src, local_base_folder)
-        entries, skipped = self._ingest(items, verbose, max_workers, f"add {os.path.basename(src)}")
-        for p, why in [*sr.skipped, *skipped]:
-            _warn(f"skipped {p}: {why}")
-        edits = {(*prefix, *rel): e for rel, e in entries.items()}
-        return self._apply(edits)
+        # the lease keeps `gc` away from chunks no record references until _apply ran
+        with self._store.lease(f"add_files {self.id}"):
+            entries, skipped = self._ingest(
+                items, verbose, max_workers, f"add {os.path.basename(src)}"
+            )
+            for p, why in [*sr.skipped, *skipped]:
+                _warn(f"skipped {p}: {why}")
+            edits = {(*prefix, *rel): e for rel, e in entries.items()}
+            return self._apply(edits)
 
     def _ingest(
         self, items: list[ScanItem], verbose: bool, max_workers: int | None, desc: str
@@ -548,30 +553,33 @@ class Dataset:
         if not os.path.isdir(src):
             raise NotFoundError(f"cannot sync dataset {self.id} from {src!r}: not a folder")
         prefix = _clean_dataset_path(dataset_path)
-        sr = scan(src)
-        entries, skipped = self._ingest(sr.items, verbose, None, f"sync {os.path.basename(src)}")
-        for p, why in [*sr.skipped, *skipped]:
-            _warn(f"skipped {p}: {why}")
-        trees = self._trees()
-        sub = lookup(trees, self._rec["tree"], prefix) if prefix else None
-        current: dict[RelPath, Entry] = {}
-        if not prefix:
-            current = dict(walk(trees, self._refresh()["tree"]))
-        elif sub is not None and sub.kind == KIND_TREE:
-            current = {p[len(prefix) :]: e for p, e in walk(trees, sub.id, prefix)}
-        elif sub is not None:
-            current = {(): sub}  # a file where the folder should be: it goes
-        removed = [p for p in current if p not in entries]
-        added = [p for p in entries if p not in current]
-        modified = [p for p, e in entries.items() if p in current and current[p] != e]
-        edits: dict[RelPath, Entry | None] = {(*prefix, *p): None for p in removed}
-        edits.update({(*prefix, *p): entries[p] for p in (*added, *modified)})
-        if verbose:
-            print(
-                f"{self.id}: {len(removed)} removed, {len(added)} added, {len(modified)} modified"
+        with self._store.lease(f"sync_folder {self.id}"):
+            sr = scan(src)
+            entries, skipped = self._ingest(
+                sr.items, verbose, None, f"sync {os.path.basename(src)}"
             )
-        self._apply(edits)
-        return len(removed), len(added), len(modified)
+            for p, why in [*sr.skipped, *skipped]:
+                _warn(f"skipped {p}: {why}")
+            trees = self._trees()
+            sub = lookup(trees, self._rec["tree"], prefix) if prefix else None
+            current: dict[RelPath, Entry] = {}
+            if not prefix:
+                current = dict(walk(trees, self._refresh()["tree"]))
+            elif sub is not None and sub.kind == KIND_TREE:
+                current = {p[len(prefix) :]: e for p, e in walk(trees, sub.id, prefix)}
+            elif sub is not None:
+                current = {(): sub}  # a file where the folder should be: it goes
+            removed = [p for p in current if p not in entries]
+            added = [p for p in entries if p not in current]
+            modified = [p for p, e in entries.items() if p in current and current[p] != e]
+            edits: dict[RelPath, Entry | None] = {(*prefix, *p): None for p in removed}
+            edits.update({(*prefix, *p): entries[p] for p in (*added, *modified)})
+            if verbose:
+                print(
+                    f"{self.id}: {len(removed)} removed, {len(added)} added, {len(modified)} modified"
+                )
+            self._apply(edits)
+            return len(removed), len(added), len(modified)
 
     # -- listing -------------------------------------------------------------------
 
@@ -824,7 +832,25 @@ class Dataset:
                 f"dataset {rec['id']}: {len(missing)} files have content that is not in the local "
                 "store and no remote is configured; add the remote it was pushed to"
             )
-        remote.fetch_files(self._store, missing, max_workers=max_workers)
+        try:
+            remote.fetch_files(self._store, missing, max_workers=max_workers)
+        except IntegrityError as e:
+            bad = e.object_id
+            where = [
+                "/".join(p)
+                for p, en in entries
+                if bad is not None
+                and (
+                    en.id == bad
+                    or (
+                        en.kind != KIND_CHUNKFILE
+                        and any(c == bad for c, _ in self._store.file_chunks(en))
+                    )
+                )
+            ]
+            raise IntegrityError(
+                f"{e} (file {where[0] if where else '?'} of dataset {rec['id']})", bad
+            ) from None
 
     def get_local_copy(
         self,

@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dsvc.errors import ConflictError, NotFoundError
-from dsvc.store import Store, default_home
+from dsvc.store import RECORD_PREFIX, Store, default_home
 
 DRAFT = "draft"
 FINAL = "final"
 PUBLISHED = "published"
 COMPLETED_STATES = (FINAL, PUBLISHED)
 
-PREFIX = "ds/"
+PREFIX = RECORD_PREFIX
 LAST_USED = "state/last_dataset"
 
 _stores: dict[str, Store] = {}

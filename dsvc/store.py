@@ -7,7 +7,7 @@ Named databases (keys and values are documented in docs/format.md):
 ``objects``   object id -> type tag + frame, for blobs, trees and commits
 ``refs``      ref name (utf-8) -> 16-byte id; changed only by compare-and-swap
 ``records``   record key (utf-8) -> msgpack map (dataset records, drafts, remote state)
-``statcache`` absolute path (fs bytes) -> msgpack [size, mtime_ns, ino, kind, id, seen_ns]
+``statcache`` absolute path (fs bytes) -> msgpack [size, mtime_ns, ino, kind, id, mode]
 ``config``    key (utf-8) -> msgpack value (format version, chunker parameters...)
 ``remote``    per-remote caches (pack indexes) kept by the transport layer
 ============  ==========================================================================
@@ -26,7 +26,10 @@ Invariants (what crash safety rests on):
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +58,9 @@ DEFAULT_MAP_SIZE = 1 << 40
 DB_NAMES = ("chunks", "objects", "refs", "records", "statcache", "config", "remote")
 #: a write batch commits once it holds this many bytes (bounded memory, bounded redo)
 BATCH_BYTES = 64 << 20
+#: key prefix of dataset records in the ``records`` database
+RECORD_PREFIX = "ds/"
+LEASE_PREFIX = "lease/"
 
 
 def default_home() -> Path:
@@ -175,7 +181,7 @@ class Store:
         except lmdb.Error as e:
             raise ConfigError(f"cannot open the store at {self.path}: {e}") from e
         self.env.reader_check()  # clear reader slots left by killed processes
-        with self.env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             self._dbs = {n: self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
         self._write_lock = threading.Lock()
         self.chunker_params = self._init_config(chunker_params)
@@ -186,7 +192,7 @@ class Store:
     # -- configuration ---------------------------------------------------------
 
     def _init_config(self, params: ChunkerParams | None) -> ChunkerParams:
-        with self.env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             cfg = self._dbs["config"]
             raw = txn.get(b"chunker", db=cfg)
             if raw is None:
@@ -210,7 +216,7 @@ class Store:
             return stored
 
     def get_config(self, key: str, default: Any = None) -> Any:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             raw = txn.get(key.encode(), db=self._dbs["config"])
         return default if raw is None else _unpack(raw)
 
@@ -220,6 +226,14 @@ class Store:
         self._apply([("config", key.encode(), _pack(value))])
 
     # -- transactions ----------------------------------------------------------
+
+    def _begin(self, **kw: Any) -> lmdb.Transaction:
+        """``env.begin``, adopting a map grown by another process (MDB_MAP_RESIZED)."""
+        try:
+            return self.env.begin(**kw)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)  # 0 = take the size recorded in the file
+            return self.env.begin(**kw)
 
     @contextmanager
     def batch(self, limit: int = BATCH_BYTES) -> Iterator[WriteBatch]:
@@ -232,7 +246,7 @@ class Store:
         dbs = self._dbs
         while True:
             try:
-                with self._write_lock, self.env.begin(write=True) as txn:
+                with self._write_lock, self._begin(write=True) as txn:
                     for db, key, value in ops:
                         if value is None:
                             txn.delete(key, db=dbs[db])
@@ -248,7 +262,7 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
         """A read-only snapshot transaction."""
-        with self.env.begin(buffers=False) as txn:
+        with self._begin(buffers=False) as txn:
             yield txn
 
     def db(self, name: str) -> Any:
@@ -258,22 +272,22 @@ class Store:
     # -- content ---------------------------------------------------------------
 
     def has_chunk(self, cid: bytes) -> bool:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             return txn.get(cid, db=self._dbs["chunks"]) is not None
 
     def has_object(self, oid: bytes) -> bool:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             return txn.get(oid, db=self._dbs["objects"]) is not None
 
     def missing(self, db: str, ids: list[bytes]) -> list[bytes]:
         """The subset of ``ids`` absent from ``db`` (one transaction)."""
         h = self._dbs[db]
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             cur = txn.cursor(db=h)
             return [i for i in ids if not cur.set_key(i)]
 
     def get_chunk_frame(self, cid: bytes) -> bytes:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             frame = txn.get(cid, db=self._dbs["chunks"])
         if frame is None:
             raise ObjectNotFoundError(f"chunk {to_hex(cid)} is not in the store {self.path}", cid)
@@ -285,7 +299,7 @@ class Store:
 
     def get_object_frame(self, oid: bytes) -> bytes | None:
         """``tag + frame`` of an object, or None."""
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             return txn.get(oid, db=self._dbs["objects"])
 
     def get_object(self, oid: bytes, tag: bytes) -> bytes:
@@ -332,12 +346,12 @@ class Store:
     # -- refs and records ------------------------------------------------------
 
     def get_ref(self, name: str) -> bytes | None:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             return txn.get(name.encode(), db=self._dbs["refs"])
 
     def cas_ref(self, name: str, old: bytes | None, new: bytes | None) -> None:
         """Set ref ``name`` to ``new`` if it is still ``old``; else raise ConflictError."""
-        with self._write_lock, self.env.begin(write=True, db=self._dbs["refs"]) as txn:
+        with self._write_lock, self._begin(write=True, db=self._dbs["refs"]) as txn:
             cur = txn.get(name.encode())
             if cur != old:
                 raise ConflictError(
@@ -351,7 +365,7 @@ class Store:
 
     def iter_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         p = prefix.encode()
-        with self.env.begin(db=self._dbs["refs"]) as txn:
+        with self._begin(db=self._dbs["refs"]) as txn:
             cur = txn.cursor()
             if not cur.set_range(p):
                 return
@@ -361,7 +375,7 @@ class Store:
                 yield k.decode(), v
 
     def get_record(self, key: str) -> Any:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             raw = txn.get(key.encode(), db=self._dbs["records"])
         return None if raw is None else _unpack(raw)
 
@@ -376,7 +390,7 @@ class Store:
         """
         k = key.encode()
         old_raw = None if old is None else _pack(old)
-        with self._write_lock, self.env.begin(write=True, db=self._dbs["records"]) as txn:
+        with self._write_lock, self._begin(write=True, db=self._dbs["records"]) as txn:
             cur = txn.get(k)
             if cur != old_raw:
                 raise ConflictError(f"record {key!r} was changed by another writer")
@@ -391,7 +405,7 @@ class Store:
     def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         p = prefix.encode()
         out = []
-        with self.env.begin(db=self._dbs["records"]) as txn:
+        with self._begin(db=self._dbs["records"]) as txn:
             cur = txn.cursor()
             if cur.set_range(p):
                 for k, v in cur:
@@ -400,11 +414,50 @@ class Store:
                     out.append((k.decode(), _unpack(v)))
         return iter(out)
 
+    # -- leases ----------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, what: str) -> Iterator[None]:
+        """Announce work that writes content not yet referenced by any record (an
+        ingest), so a concurrent ``gc`` does not sweep it. A killed process leaves its
+        lease behind; :meth:`live_leases` ignores leases of dead processes."""
+        key = f"{LEASE_PREFIX}{uuid.uuid4().hex}"
+        self.put_record(
+            key,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "what": what,
+                "started": time.time(),
+            },
+        )
+        try:
+            yield
+        finally:
+            self.delete_record(key)
+
+    def live_leases(self, max_age: float = 86400.0) -> list[dict[str, Any]]:
+        """Leases of processes still running (same host) or younger than ``max_age``."""
+        host = socket.gethostname()
+        out = []
+        for _, v in self.iter_records(LEASE_PREFIX):
+            if v.get("host") == host:
+                try:
+                    os.kill(int(v["pid"]), 0)
+                except ProcessLookupError:
+                    continue
+                except PermissionError:
+                    pass
+                out.append(v)
+            elif time.time() - float(v.get("started", 0)) < max_age:
+                out.append(v)
+        return out
+
     # -- stat cache ------------------------------------------------------------
 
     def statcache_get_many(self, keys: list[bytes]) -> list[list | None]:
         h = self._dbs["statcache"]
-        with self.env.begin(db=h) as txn:
+        with self._begin(db=h) as txn:
             return [None if (raw := txn.get(k)) is None else _unpack(raw) for k in keys]
 
     # -- maintenance -----------------------------------------------------------
@@ -412,7 +465,7 @@ class Store:
     def stats(self) -> dict[str, int]:
         """Entry counts per database plus the size of the data file."""
         out: dict[str, int] = {}
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             for n, h in self._dbs.items():
                 out[n] = txn.stat(h)["entries"]
         out["file_bytes"] = (self.path / "data.mdb").stat().st_size

@@ -1,17 +1,630 @@
-"""Push and fetch of datasets through a remote (placeholder until the transport lands)."""
+"""Push and fetch through a remote: the git-remote protocol of dsvc (DESIGN.md §4).
+
+Layout under the remote's prefix::
+
+    dsvc.json                 {"format": 1, "chunker": {...}}   create-only
+    packs/<id>.pack           stored values back to back (see packs.py)
+    packs/<id>.idx            the pack's index, written after the pack
+    datasets/<dataset id>     msgpack record of a finalized version   create-only
+    refs/names/<project>/<name>   {"project", "name", "versions": {id: version}}  CAS
+
+Invariants (what makes concurrent and interrupted pushes safe):
+
+1. *Closure*: an object is on the remote only if everything it references is. Push
+   uploads every chunk pack and waits for all of them before it uploads blob and tree
+   packs, and those go children first, one pack after the other. So "this tree is on
+   the remote" proves its whole subtree is, and push skips it without looking inside.
+2. *Index last*: a pack counts only once its index exists (packs.py).
+3. *Refs last*: a dataset record is written after its commit and content, and the
+   ref that lists it is updated after the record, by compare-and-swap; a lost race
+   re-reads the ref and retries, so no version is ever dropped from it.
+4. *Verified reads*: every value fetched is checked against its id before it is
+   stored locally; a mismatch names the pack and the object.
+
+Transport knows records only as opaque maps with ``id``, ``tree``, ``commit``,
+``project`` and ``name`` fields; what they mean belongs to the dataset layer.
+"""
 
 from __future__ import annotations
 
-import os
+import json
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
-from dsvc.errors import ConfigError
-from dsvc.store import Store
+import msgpack
+import xxhash
+
+from dsvc import codec
+from dsvc.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
+from dsvc.ids import TAG_CHUNK, to_hex
+from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Commit, Entry
+from dsvc.progress import Progress
+from dsvc.remote.backend import Backend
+from dsvc.remote.config import lookup
+from dsvc.remote.packs import (
+    KIND_CHUNK,
+    KIND_OBJECT,
+    PackBuilder,
+    RemoteIndex,
+    decode_index,
+    pack_name,
+)
+from dsvc.store import RECORD_PREFIX, Store
+
+FORMAT = 1
+DEFAULT_PACK_MB = 64
+DEFAULT_WORKERS = 8  # network I/O, not CPU: more requests in flight than cores
+#: ranges closer than this are read with one request
+COALESCE_GAP = 1 << 20
+#: records we drop before publishing (local bookkeeping only)
+_LOCAL_FIELDS = ("uploaded_tree", "remote")
+
+_open: dict[tuple[str, str], Remote] = {}
+_open_lock = threading.Lock()
 
 
-def resolve(store: Store, spec: str | None, *, required: bool = False) -> Any:
-    """The remote named or addressed by ``spec`` (None: the default), or None."""
-    spec = spec or os.environ.get("DSVC_REMOTE") or store.get_config("default_remote")
-    if not spec:
+@dataclass
+class PushStats:
+    packs: int = 0
+    objects: int = 0
+    chunks: int = 0
+    bytes_sent: int = 0
+    skipped_objects: int = 0
+
+
+@dataclass
+class FetchStats:
+    objects: int = 0
+    bytes_received: int = 0
+    requests: int = 0
+
+
+@dataclass
+class GcStats:
+    packs_deleted: int = 0
+    bytes_deleted: int = 0
+    packs_kept: int = 0
+    packs_too_young: int = 0
+    deleted: list[str] = field(default_factory=list)
+
+
+def resolve(
+    store: Store, spec: str | None, *, required: bool = False, retries: int = 3
+) -> Remote | None:
+    """The remote named or addressed by ``spec`` (None: ``DSVC_REMOTE`` or the default).
+
+    Returns None when no remote is configured (unless ``required``).
+    """
+    found = lookup(store, spec)
+    if found is None:
+        if required:
+            raise ConfigError("no remote configured; add one with `dsvc remote add NAME URL`")
         return None
-    raise ConfigError(f"remote {spec!r}: remotes are not available yet")
+    name, url, options = found
+    k = (str(store.home), url)
+    with _open_lock:
+        r = _open.get(k)
+        if r is None:
+            r = _open[k] = Remote(store, name, url, options, retries=retries)
+        return r
+
+
+def _ref_key(project: str, name: str) -> str:
+    return f"refs/names/{quote(project, safe='')}/{quote(name, safe='')}"
+
+
+def _encode(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _decode(data: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except Exception as e:
+        raise IntegrityError(f"{what} is malformed ({e})") from e
+
+
+class Remote:
+    """One remote seen from one local store."""
+
+    def __init__(
+        self, store: Store, name: str | None, url: str, options: dict[str, str], retries: int = 3
+    ) -> None:
+        self.backend = Backend.from_url(url, options, retries=retries)
+        self.name = name
+        self.url = self.backend.url
+        self.index = RemoteIndex(store, "r" + xxhash.xxh3_64_hexdigest(self.url.encode()))
+        self._checked = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Remote({self.name or ''!r}, {self.url!r})"
+
+    # -- repository setup ------------------------------------------------------------
+
+    def ensure_repo(self, store: Store, *, create: bool) -> bool:
+        """Check (or create) ``dsvc.json``; False when absent and not ``create``."""
+        with self._lock:
+            if self._checked:
+                return True
+            raw = self.backend.get_versioned("dsvc.json")
+            if raw is None:
+                if not create:
+                    return False
+                self.backend.check_conditional_writes()
+                doc = {"format": FORMAT, "chunker": store.chunker_params.to_config()}
+                self.backend.create("dsvc.json", json.dumps(doc, indent=1).encode())
+                raw = self.backend.get_versioned("dsvc.json")
+                assert raw is not None
+            try:
+                doc = json.loads(raw[0])
+            except ValueError as e:
+                raise IntegrityError(f"remote {self.url}: dsvc.json is not valid JSON ({e})") from e
+            if int(doc.get("format", 0)) > FORMAT:
+                raise ConfigError(f"remote {self.url} has format {doc['format']}; upgrade dsvc")
+            if doc.get("chunker") != store.chunker_params.to_config():
+                raise ConfigError(
+                    f"remote {self.url} uses chunker {doc.get('chunker')} but the local store uses "
+                    f"{store.chunker_params.to_config()}; use a store created with the same "
+                    "parameters (dsvc clone creates one)"
+                )
+            self._checked = True
+            return True
+
+    def refresh_index(self, store: Store, *, forget_gone: bool = False) -> None:
+        """Load the indexes of packs we have not seen yet (in parallel)."""
+        known = self.index.known_packs()
+        on_remote = {}
+        for info in self.backend.list("packs/"):
+            if info.key.endswith(".idx"):
+                on_remote[bytes.fromhex(info.key[len("packs/") : -len(".idx")])] = info
+        new = [p for p in on_remote if p not in known]
+
+        def load(pid: bytes) -> tuple[bytes, list]:
+            name = pack_name(pid)
+            return pid, decode_index(self.backend.get(f"packs/{name}.idx"), name)
+
+        if new:
+            with ThreadPoolExecutor(DEFAULT_WORKERS) as pool:
+                for pid, entries in pool.map(load, new):
+                    self.index.add_pack(pid, entries)
+        if forget_gone:
+            for pid in known - on_remote.keys():
+                self.index.forget_pack(pid, [])
+
+    # -- push ---------------------------------------------------------------------
+
+    def _plan(self, store: Store, roots: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """Objects (children first) and chunks the remote lacks below ``roots``."""
+        objects: list[bytes] = []
+        chunks: dict[bytes, None] = {}
+        seen: set[bytes] = set()
+
+        def visit(tid: bytes) -> None:
+            if tid in seen or self.index.has(tid):
+                return  # closure invariant: the whole subtree is there
+            seen.add(tid)
+            for e in store.get_tree(tid).values():
+                if e.kind == KIND_TREE:
+                    visit(e.id)
+                elif e.kind == KIND_CHUNKFILE:
+                    chunks[e.id] = None
+                elif e.id not in seen and not self.index.has(e.id):
+                    seen.add(e.id)
+                    for cid, _ in store.get_blob(e.id).chunks:
+                        chunks[cid] = None
+                    objects.append(e.id)
+            objects.append(tid)
+
+        for r in roots:
+            visit(r)
+        return objects, self.index.missing(chunks)
+
+    def _upload_pack(self, builder: PackBuilder, stats: PushStats, bar: Progress | None) -> None:
+        pid, data, index = builder.finish()
+        name = pack_name(pid)
+        self.backend.put(f"packs/{name}.pack", data)
+        self.backend.put(f"packs/{name}.idx", index)  # index last: the pack now counts
+        entries = decode_index(index, name)
+        self.index.add_pack(pid, entries)
+        with self._lock:
+            stats.packs += 1
+            stats.bytes_sent += len(data) + len(index)
+        if bar is not None:
+            bar.update(len(data))
+
+    def push_tree(
+        self,
+        store: Store,
+        tree: bytes,
+        *,
+        show_progress: bool = True,
+        verbose: bool = False,
+        pack_size_mb: int | None = None,
+        max_workers: int | None = None,
+        retries: int = 3,
+        extra_objects: Sequence[bytes] = (),
+    ) -> PushStats:
+        """Upload what the remote lacks of ``tree`` (and ``extra_objects``, e.g. a commit,
+        which go last). A second push of the same content sends nothing."""
+        self.ensure_repo(store, create=True)
+        self.refresh_index(store)
+        stats = PushStats()
+        objects, chunks = self._plan(store, [tree])
+        objects += [o for o in extra_objects if not self.index.has(o)]
+        limit = (pack_size_mb or DEFAULT_PACK_MB) << 20
+        workers = max_workers or DEFAULT_WORKERS
+        total = 0
+        with store.read() as txn:
+            db = store.db("chunks")
+            sizes = [len(txn.get(c, db=db) or b"") for c in chunks]
+            total = sum(sizes)
+        with Progress(f"push {self.url}", total, enabled=show_progress) as bar:
+            # 1. chunks, packs in parallel; wait for all (closure invariant)
+            slots = threading.BoundedSemaphore(workers + 1)  # bounds packs held in memory
+            futures: list[Future] = []
+            with ThreadPoolExecutor(workers, thread_name_prefix="dsvc-push") as pool:
+
+                def submit(b: PackBuilder) -> None:
+                    slots.acquire()
+                    fut = pool.submit(self._upload_pack, b, stats, bar)
+                    fut.add_done_callback(lambda _f: slots.release())
+                    futures.append(fut)
+
+                builder = PackBuilder()
+                for cid in chunks:
+                    builder.add(cid, KIND_CHUNK, store.get_chunk_frame(cid))
+                    if builder.size >= limit:
+                        submit(builder)
+                        builder = PackBuilder()
+                if len(builder):
+                    submit(builder)
+                for f in futures:
+                    f.result()
+            # 2. objects, children first, one pack at a time
+            builder = PackBuilder()
+            for oid in objects:
+                raw = store.get_object_frame(oid)
+                if raw is None:
+                    raise NotFoundError(f"object {to_hex(oid)} is missing from the local store")
+                builder.add(oid, KIND_OBJECT, raw)
+                if builder.size >= limit:
+                    self._upload_pack(builder, stats, None)
+                    builder = PackBuilder()
+            if len(builder):
+                self._upload_pack(builder, stats, None)
+        stats.chunks = len(chunks)
+        stats.objects = len(objects)
+        if verbose:
+            print(
+                f"pushed {stats.chunks} chunks and {stats.objects} objects in {stats.packs} packs "
+                f"({stats.bytes_sent} bytes) to {self.url}"
+            )
+        return stats
+
+    def publish(self, store: Store, record: dict[str, Any]) -> None:
+        """Make a finalized version visible: commit, record (create-only), then its ref."""
+        commit = record["commit"]
+        self.push_tree(store, record["tree"], show_progress=False, extra_objects=[commit])
+        rec = {k: v for k, v in record.items() if k not in _LOCAL_FIELDS}
+        key = f"datasets/{rec['id']}"
+        if not self.backend.create(key, _encode(rec)):
+            existing = _decode(self.backend.get(key), key)
+            if existing.get("commit") != commit:
+                raise ConflictError(
+                    f"remote {self.url} already has dataset {rec['id']} with another commit"
+                )
+        self.update_ref(rec["project"], rec["name"], rec["id"], rec.get("version"))
+
+    def update_ref(self, project: str, name: str, dataset_id: str, version: str | None) -> None:
+        """Add a version to the ref of ``project/name`` (compare-and-swap, retried)."""
+        key = _ref_key(project, name)
+        for attempt in range(100):
+            cur = self.backend.get_versioned(key)
+            doc = {"project": project, "name": name, "versions": {}}
+            if cur is not None:
+                doc = _decode(cur[0], key)
+            if doc["versions"].get(dataset_id) == version and cur is not None:
+                return
+            doc["versions"][dataset_id] = version
+            try:
+                self.backend.compare_and_swap(key, _encode(doc), None if cur is None else cur[1])
+                return
+            except ConflictError:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise ConflictError(f"remote {self.url}: ref {key} is too contended; try again")
+
+    def read_ref(self, project: str, name: str) -> dict[str, Any] | None:
+        cur = self.backend.get_versioned(_ref_key(project, name))
+        return None if cur is None else _decode(cur[0], _ref_key(project, name))
+
+    def push_dataset(
+        self, store: Store, dataset_id: str, *, show_progress: bool = True
+    ) -> PushStats:
+        """Push a finalized local version, its parents first; idempotent."""
+        total = PushStats()
+        order: list[dict[str, Any]] = []
+        seen: set[str] = set()
+
+        def visit(did: str) -> None:
+            if did in seen:
+                return
+            seen.add(did)
+            rec = store.get_record(RECORD_PREFIX + did)
+            if rec is None:
+                return  # a parent known only remotely is already there
+            if rec.get("commit") is None:
+                raise ConfigError(f"dataset {did} is a draft; finalize it before pushing")
+            for p in rec.get("parents") or []:
+                visit(p)
+            order.append(rec)
+
+        visit(dataset_id)
+        for rec in order:
+            if self.get_record(store, rec["id"]) is not None:
+                continue
+            s = self.push_tree(
+                store, rec["tree"], show_progress=show_progress, extra_objects=[rec["commit"]]
+            )
+            self.publish(store, rec)
+            total.packs += s.packs
+            total.objects += s.objects
+            total.chunks += s.chunks
+            total.bytes_sent += s.bytes_sent
+        return total
+
+    # -- records ------------------------------------------------------------------
+
+    def _record_cache_key(self, dataset_id: str) -> bytes:
+        return self.index.prefix + b"r/" + dataset_id.encode()
+
+    def get_record(self, store: Store, dataset_id: str) -> dict[str, Any] | None:
+        """The remote's record of ``dataset_id`` (records are immutable: cached)."""
+        with store.read() as txn:
+            raw = txn.get(self._record_cache_key(dataset_id), db=store.db("remote"))
+        if raw is None:
+            if not self.ensure_repo(store, create=False):
+                return None
+            got = self.backend.get_versioned(f"datasets/{dataset_id}")
+            if got is None:
+                return None
+            raw = got[0]
+            with store.batch() as b:
+                b.put("remote", self._record_cache_key(dataset_id), raw)
+        rec = _decode(raw, f"record datasets/{dataset_id}")
+        rec["remote"] = self.url
+        return rec
+
+    def list_records(self, store: Store) -> list[dict[str, Any]]:
+        """Every dataset record on the remote (new ones fetched in parallel)."""
+        if not self.ensure_repo(store, create=False):
+            return []
+        ids = [i.key[len("datasets/") :] for i in self.backend.list("datasets/")]
+        with ThreadPoolExecutor(DEFAULT_WORKERS) as pool:
+            recs = list(pool.map(lambda i: self.get_record(store, i), ids))
+        return [r for r in recs if r is not None]
+
+    def import_record(self, store: Store, record: dict[str, Any]) -> dict[str, Any]:
+        """Copy a remote record and its metadata (commit, trees, blobs) into the local store
+        so the version can be looked up and listed offline; content stays remote until
+        a local copy needs it. Returns the local record."""
+        self.fetch_metadata(
+            store, record["tree"], [record["commit"]] if record.get("commit") else []
+        )
+        key = RECORD_PREFIX + record["id"]
+        local = {**record, "remote": self.url, "uploaded_tree": record["tree"]}
+        try:
+            store.cas_record(key, None, local)
+        except ConflictError:
+            pass  # already imported (by us or a concurrent process)
+        return store.get_record(key)
+
+    # -- fetch --------------------------------------------------------------------
+
+    def _fetch_values(
+        self,
+        store: Store,
+        ids: Iterable[bytes],
+        *,
+        workers: int | None = None,
+        bar: Progress | None = None,
+    ) -> FetchStats:
+        """Read the values of ``ids`` from packs (ranged reads), verify, store locally."""
+        want = list(dict.fromkeys(ids))
+        stats = FetchStats()
+        if not want:
+            return stats
+        locs = self.index.locate(want)
+        if len(locs) < len(want):
+            self.refresh_index(store)
+            locs = self.index.locate(want)
+        missing = [i for i in want if i not in locs]
+        if missing:
+            raise NotFoundError(
+                f"remote {self.url} lacks {len(missing)} objects (e.g. {to_hex(missing[0])}); "
+                "the version was not completely pushed, or was garbage-collected"
+            )
+        by_pack: dict[bytes, list[tuple[bytes, Any]]] = defaultdict(list)
+        for oid, loc in locs.items():
+            by_pack[loc.pack].append((oid, loc))
+        jobs = []
+        for pack, items in by_pack.items():
+            items.sort(key=lambda x: x[1].offset)
+            group: list[tuple[bytes, Any]] = []
+            for it in items:
+                if group:
+                    last = group[-1][1]
+                    span = it[1].offset + it[1].length - group[0][1].offset
+                    if it[1].offset - (last.offset + last.length) > COALESCE_GAP or span > (
+                        16 << 20
+                    ):
+                        jobs.append((pack, group))
+                        group = []
+                group.append(it)
+            if group:
+                jobs.append((pack, group))
+
+        def run(job: tuple[bytes, list[tuple[bytes, Any]]]) -> tuple[int, int]:
+            pack, group = job
+            name = pack_name(pack)
+            start = group[0][1].offset
+            end = group[-1][1].offset + group[-1][1].length
+            data = self.backend.get_range(f"packs/{name}.pack", start, end - start)
+            with store.batch() as b:
+                for oid, loc in group:
+                    value = data[loc.offset - start : loc.offset - start + loc.length]
+                    _verify(value, oid, loc.kind, name)
+                    if loc.kind == KIND_CHUNK:
+                        b.put_chunk_frame(oid, bytes(value))
+                    else:
+                        b.put("objects", oid, bytes(value))
+            if bar is not None:
+                bar.update(end - start)
+            return len(group), end - start
+
+        with ThreadPoolExecutor(
+            workers or DEFAULT_WORKERS, thread_name_prefix="dsvc-fetch"
+        ) as pool:
+            for n, nbytes in pool.map(run, jobs):
+                stats.objects += n
+                stats.bytes_received += nbytes
+                stats.requests += 1
+        return stats
+
+    def fetch_metadata(self, store: Store, tree: bytes, extra: Sequence[bytes] = ()) -> FetchStats:
+        """Fetch every tree and blob below ``tree`` (and ``extra`` objects) not yet local."""
+        total = FetchStats()
+        level = [tree]
+        first = True
+        while level:
+            need = store.missing("objects", level + (list(extra) if first else []))
+            first = False
+            s = self._fetch_values(store, need)
+            total.objects += s.objects
+            total.bytes_received += s.bytes_received
+            nxt: list[bytes] = []
+            blobs: list[bytes] = []
+            for tid in level:
+                for e in store.get_tree(tid).values():
+                    if e.kind == KIND_TREE:
+                        nxt.append(e.id)
+                    elif e.kind == KIND_FILE:
+                        blobs.append(e.id)
+            s = self._fetch_values(store, store.missing("objects", blobs))
+            total.objects += s.objects
+            level = list(dict.fromkeys(nxt))
+        return total
+
+    def fetch_files(
+        self,
+        store: Store,
+        entries: Sequence[Entry],
+        *,
+        max_workers: int | None = None,
+        show_progress: bool = True,
+    ) -> FetchStats:
+        """Fetch the chunks of ``entries`` that are not local, verifying each."""
+        blobs = [e.id for e in entries if e.kind == KIND_FILE]
+        self._fetch_values(store, store.missing("objects", blobs))
+        chunks: list[bytes] = []
+        for e in entries:
+            chunks.extend(c for c, _ in store.file_chunks(e))
+        need = store.missing("chunks", list(dict.fromkeys(chunks)))
+        locs = self.index.locate(need)
+        total = sum(loc.length for loc in locs.values())
+        with Progress(f"fetch {self.url}", total or None, enabled=show_progress) as bar:
+            return self._fetch_values(store, need, workers=max_workers, bar=bar)
+
+    def fetch_commit(self, store: Store, commit_id: bytes) -> Commit:
+        if not store.has_object(commit_id):
+            self._fetch_values(store, [commit_id])
+        return store.get_commit(commit_id)
+
+    # -- garbage collection -------------------------------------------------------
+
+    def gc(
+        self, store: Store, *, grace_seconds: float = 86400, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Delete packs that no dataset record reaches and that are older than the grace
+        period (so packs of a push still in progress elsewhere survive)."""
+        if not self.ensure_repo(store, create=False):
+            return {"packs_deleted": 0, "bytes_deleted": 0, "packs_kept": 0}
+        self.refresh_index(store, forget_gone=True)
+        reachable: set[bytes] = set()
+        for rec in self.list_records(store):
+            self.fetch_metadata(store, rec["tree"], [rec["commit"]] if rec.get("commit") else [])
+            reachable.add(rec["commit"])
+            _reach(store, rec["tree"], reachable)
+        now = time.time()
+        stats = GcStats()
+        infos = {i.key: i for i in self.backend.list("packs/")}
+        for key, info in infos.items():
+            if not key.endswith(".pack"):
+                continue
+            name = key[len("packs/") : -len(".pack")]
+            idx = infos.get(f"packs/{name}.idx")
+            young = (
+                info.last_modified is not None
+                and now - info.last_modified.timestamp() < grace_seconds
+            )
+            if idx is not None:
+                entries = decode_index(self.backend.get(idx.key), name)
+                if any(oid in reachable for oid, *_ in entries):
+                    stats.packs_kept += 1
+                    continue
+            else:
+                entries = []
+            if young:
+                stats.packs_too_young += 1
+                continue
+            stats.packs_deleted += 1
+            stats.bytes_deleted += info.size
+            stats.deleted.append(name)
+            if not dry_run:
+                if idx is not None:
+                    self.backend.delete(idx.key)  # index first: readers stop trusting the pack
+                self.backend.delete(key)
+                self.index.forget_pack(bytes.fromhex(name), entries)
+        return {
+            "packs_deleted": stats.packs_deleted,
+            "bytes_deleted": stats.bytes_deleted,
+            "packs_kept": stats.packs_kept,
+            "packs_too_young": stats.packs_too_young,
+            "dry_run": dry_run,
+        }
+
+
+def _verify(value: bytes | memoryview, oid: bytes, kind: int, pack: str) -> None:
+    try:
+        if kind == KIND_CHUNK:
+            codec.decode_frame(value, TAG_CHUNK, oid)
+        else:
+            codec.decode_frame(memoryview(value)[1:], bytes(value[:1]), oid)
+    except IntegrityError as e:
+        raise IntegrityError(
+            f"remote pack {pack}: object {to_hex(oid)} is corrupted ({e}); the remote copy is "
+            "damaged: push the version again from a store that has it",
+            oid,
+        ) from None
+
+
+def _reach(store: Store, tree: bytes, out: set[bytes]) -> None:
+    """Add every object and chunk id below ``tree`` to ``out``."""
+    if tree in out:
+        return
+    out.add(tree)
+    for e in store.get_tree(tree).values():
+        if e.kind == KIND_TREE:
+            _reach(store, e.id, out)
+        elif e.kind == KIND_CHUNKFILE:
+            out.add(e.id)
+        elif e.id not in out:
+            out.add(e.id)
+            out.update(c for c, _ in store.get_blob(e.id).chunks)

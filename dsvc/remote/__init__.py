@@ -1,0 +1,5 @@
+"""Remotes: object stores that dsvc pushes to and fetches from (see DESIGN.md §4)."""
+
+from dsvc.remote.backend import Backend, ObjectInfo, ObjectVersion
+
+__all__ = ["Backend", "ObjectInfo", "ObjectVersion"]

@@ -1,0 +1,567 @@
+"""One typed object-store client for every kind of remote (S3, GCS, Azure, local, memory).
+
+This is a thin layer over ``obstore`` (the Rust ``object_store`` crate). It adds what the
+packs/push/fetch layer needs and obstore leaves to the caller:
+
+* one URL syntax for remotes (``s3://``, ``gs://``, ``azure://``/``az://``, ``file://``,
+  plain paths, ``memory://``), with keys relative to the URL's prefix;
+* dsvc's exception hierarchy instead of obstore's, with one-line messages that name the
+  remote (never its credentials) and say what to do;
+* compare-and-swap on local folders, which obstore's ``LocalStore`` does not implement;
+* a probe (:meth:`Backend.check_conditional_writes`) that refuses remotes which silently
+  ignore conditional writes, since refs would then lose updates without any error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import obstore
+import obstore.exceptions as obx
+from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
+
+from dsvc.errors import ConfigError, ConflictError, InvalidPathError, NotFoundError, RemoteError
+
+__all__ = ["Backend", "ObjectInfo", "ObjectVersion"]
+
+# Client (HTTP) options obstore takes separately from the store's own config keys.
+_CLIENT_KEYS = frozenset(
+    [
+        "allow_http",
+        "allow_invalid_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "default_headers",
+        "http1_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "http2_only",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "root_certificate",
+        "randomize_addresses",
+        "read_timeout",
+        "timeout",
+        "user_agent",
+    ]
+)
+# Option / environment variable names whose values are secrets and get scrubbed from text.
+_SECRET_NAME = re.compile(r"(secret|password|token|sas|credential|account_key|access_key)", re.I)
+# Signed-URL and header fragments that may carry secrets in a server's error text.
+_SECRET_TEXT = re.compile(
+    r"((?:X-Amz-(?:Signature|Credential|Security-Token)|sig|Signature|se|sv|skoid|sktid|"
+    r"access_token)=)[^&\s\"']+|(Authorization:?\s*)\S+(\s+\S+)?",
+    re.I,
+)
+# A whole PUT of a big file is one request; above this size put_file uses multipart.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_CHUNK = 16 * 1024 * 1024
+# Lock files for local compare-and-swap live under this key prefix, hidden from list().
+_LOCK_DIR = ".dsvc-locks"
+_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
+_WRITE_OPS = frozenset({"put", "upload to", "create"})
+# memory:// stores are shared by name within the process, so two Backends on the same
+# memory URL see the same objects (as two clients of one bucket would).
+_MEMORY_STORES: dict[str, MemoryStore] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """What a conditional write compares against: the ETag and/or the store's version.
+
+    S3 and Azure compare the ETag, GCS the generation (``version``), local folders and
+    memory the ETag. Keep both: each store uses what it needs.
+    """
+
+    etag: str | None
+    version: str | None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Metadata of one stored object; ``key`` is relative to the remote's prefix."""
+
+    key: str
+    size: int
+    version: ObjectVersion
+    last_modified: datetime | None
+
+
+class Backend:
+    """A remote object store addressed by URL; every key is relative to the URL's prefix.
+
+    Construct with :meth:`from_url`. Thread-safe: obstore stores may be shared by threads.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        url: str,
+        *,
+        local_root: Path | None = None,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self._store = store
+        self.url = url  # display form, credential-free
+        self._local_root = local_root  # set for file:// and plain paths (local CAS)
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+    def __repr__(self) -> str:
+        return f"Backend({self.url!r})"
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_url(
+        cls, url: str, options: dict[str, str] | None = None, *, retries: int = 3
+    ) -> Backend:
+        """Open the remote at ``url``.
+
+        ``options`` are obstore store config keys (``endpoint``, ``region``,
+        ``access_key_id``, ``account_name``, ``service_account``, ...) and client keys
+        (``allow_http``, ``connect_timeout``, ``timeout``, ...). Anything not given comes
+        from the usual ``AWS_*`` / ``GOOGLE_*`` / ``AZURE_*`` environment variables, which
+        obstore reads itself. An ``http://`` endpoint turns ``allow_http`` on.
+        ``retries`` bounds the retries of transient failures (connection, 5xx, timeouts).
+        """
+        opts = {k.lower(): str(v) for k, v in (options or {}).items()}
+        secrets = _secret_values(opts)
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):
+            return cls._local(url, parts.path if scheme == "file" else url, secrets)
+        if scheme == "memory":
+            name = (parts.netloc + parts.path).strip("/")
+            with _MEMORY_LOCK:
+                store = _MEMORY_STORES.setdefault(name, MemoryStore())
+            return cls(store, f"memory://{name}", secrets=secrets)
+
+        client = {k: opts.pop(k) for k in list(opts) if k in _CLIENT_KEYS}
+        endpoint = opts.get("endpoint") or opts.get("base_url") or ""
+        if endpoint.startswith("http://"):
+            client.setdefault("allow_http", "true")
+        # Bounded: a dead remote fails within seconds, a slow big upload still finishes.
+        client.setdefault("connect_timeout", "3s")
+        client.setdefault("timeout", "300s")
+        retry = {
+            "max_retries": max(0, int(retries)),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=200),
+                "max_backoff": timedelta(seconds=4),
+                "base": 2,
+            },
+            "retry_timeout": timedelta(seconds=20),
+        }
+        userinfo, _, hostpart = parts.netloc.rpartition("@")
+        # "user:secret@host" is credentials (dropped); abfs's "container@account" is not.
+        bucket = hostpart if ":" in userinfo else parts.netloc
+        prefix = parts.path.strip("/")
+        display = f"{scheme}://{bucket}/{prefix}".rstrip("/")
+        kwargs: dict[str, Any] = {"client_options": client, "retry_config": retry}
+        try:
+            if scheme == "s3":
+                store: Any = S3Store(bucket, prefix=prefix or None, config=opts, **kwargs)
+            elif scheme in ("gs", "gcs"):
+                store = GCSStore(bucket, prefix=prefix or None, config=opts, **kwargs)
+            elif scheme in ("azure", "az", "abfs", "abfss"):
+                account, container, prefix = _parse_azure(bucket, prefix)
+                if account and "account_name" not in opts:
+                    opts["account_name"] = account
+                store = AzureStore(container, prefix=prefix or None, config=opts, **kwargs)
+            else:
+                raise ConfigError(
+                    f"unsupported remote URL scheme {scheme!r} in {_scrub_url(url)}; use s3://, "
+                    "gs://, azure://, az://, file://, a local path or memory://"
+                )
+        except (obx.BaseError, ValueError, TypeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            text = _scrub(_first_line(str(e)), secrets)
+            raise ConfigError(f"remote {display}: invalid configuration: {text}") from None
+        return cls(store, display, secrets=secrets)
+
+    @classmethod
+    def _local(cls, url: str, path: str, secrets: tuple[str, ...]) -> Backend:
+        root = Path(path).expanduser().absolute()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            store = LocalStore(str(root))
+        except (OSError, obx.BaseError) as e:
+            raise RemoteError(f"remote {root}: cannot create or open the folder: {e}") from None
+        return cls(
+            store,
+            str(root) if not url.startswith("file:") else f"file://{root}",
+            local_root=root,
+            secrets=secrets,
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: str) -> bytes:
+        """The whole object; :class:`NotFoundError` if it does not exist."""
+        with self._errors("get", key):
+            return bytes(obstore.get(self._store, _check_key(key)).bytes())
+
+    def get_versioned(self, key: str) -> tuple[bytes, ObjectVersion] | None:
+        """The object and the version to pass to :meth:`compare_and_swap`; None if missing."""
+        try:
+            with self._errors("get", key):
+                result = obstore.get(self._store, _check_key(key))
+                data = bytes(result.bytes())
+        except NotFoundError:
+            return None
+        meta = result.meta
+        return data, ObjectVersion(meta.get("e_tag"), meta.get("version"))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from offset ``start``; fewer only at the end of the object."""
+        if length <= 0:
+            return b""
+        with self._errors("get range of", key):
+            return bytes(
+                obstore.get_range(self._store, _check_key(key), start=start, length=length)
+            )
+
+    def get_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Several ``(start, length)`` ranges of one object; obstore coalesces near ones."""
+        if not ranges:
+            return []
+        with self._errors("get ranges of", key):
+            out = obstore.get_ranges(
+                self._store,
+                _check_key(key),
+                starts=[s for s, _ in ranges],
+                lengths=[n for _, n in ranges],
+            )
+        return [bytes(b) for b in out]
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Metadata of the object, or None if it does not exist."""
+        try:
+            with self._errors("head", key):
+                return _info(obstore.head(self._store, _check_key(key)))
+        except NotFoundError:
+            return None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a plain string prefix)."""
+        # obstore lists whole path segments, so list the parent "folder" and filter.
+        folder = prefix if prefix.endswith("/") or not prefix else prefix.rpartition("/")[0]
+        with self._errors("list", prefix or "/"):
+            for batch in obstore.list(self._store, folder.rstrip("/") or None):
+                for meta in batch:
+                    info = _info(meta)
+                    if info.key.startswith(prefix) and not _internal(info.key):
+                        yield info
+
+    # ------------------------------------------------------------------ writes
+
+    def put(self, key: str, data: bytes | memoryview) -> ObjectVersion:
+        """Write (overwrite) the object atomically; returns its new version."""
+        with self._errors("put", key):
+            return _version(obstore.put(self._store, _check_key(key), data, use_multipart=False))
+
+    def put_file(self, key: str, path: str) -> ObjectVersion:
+        """Upload a local file, streamed; multipart when it is larger than 64 MiB."""
+        size = os.path.getsize(path)
+        with self._errors("upload to", key):
+            return _version(
+                obstore.put(
+                    self._store,
+                    _check_key(key),
+                    Path(path),
+                    use_multipart=size > MULTIPART_THRESHOLD,
+                    chunk_size=MULTIPART_CHUNK,
+                    max_concurrency=4,
+                )
+            )
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Create the object only if absent: True if written, False if it already existed."""
+        try:
+            with self._errors("create", key):
+                obstore.put(self._store, _check_key(key), data, mode="create", use_multipart=False)
+        except ConflictError:
+            return False
+        return True
+
+    def compare_and_swap(
+        self, key: str, data: bytes, expected: ObjectVersion | None
+    ) -> ObjectVersion:
+        """Replace the object only if it is still at ``expected`` (None: must not exist).
+
+        Returns the new version; :class:`ConflictError` when another writer got there first.
+        """
+        _check_key(key)
+        if expected is None:
+            with self._errors("create", key):
+                return _version(
+                    obstore.put(self._store, key, data, mode="create", use_multipart=False)
+                )
+        if self._local_root is not None:
+            return self._local_cas(key, data, expected)
+        mode = {k: v for k, v in (("e_tag", expected.etag), ("version", expected.version)) if v}
+        if not mode:
+            raise ConflictError(
+                f"remote {self.url}: cannot update {key!r}: expected version is empty"
+            )
+        with self._errors("update", key, missing_is_conflict=True):
+            return _version(obstore.put(self._store, key, data, mode=mode, use_multipart=False))  # type: ignore[arg-type]
+
+    def delete(self, key: str) -> None:
+        """Delete the object; a missing object is not an error."""
+        with contextlib.suppress(NotFoundError), self._errors("delete", key):
+            if self._local_root is not None:
+                with self._key_lock(key):  # not between a local CAS's check and its write
+                    obstore.delete(self._store, _check_key(key))
+            else:
+                obstore.delete(self._store, _check_key(key))
+
+    def check_conditional_writes(self) -> None:
+        """Refuse a remote that accepts conditional writes but does not enforce them.
+
+        Creates a temporary ``_probe/`` object twice (the second must be refused) and tries
+        a compare-and-swap against a stale version (it must fail). Without this an S3-like
+        server that ignores If-None-Match / If-Match would let concurrent pushes silently
+        overwrite each other's refs.
+        """
+        key = f"_probe/{uuid.uuid4().hex}"
+        problem = None
+        try:
+            if not self.create(key, b"1"):
+                problem = "a fresh create-if-absent was refused"
+            elif self.create(key, b"2"):
+                problem = "a second create-if-absent of the same key succeeded"
+            else:
+                first = self.get_versioned(key)
+                assert first is not None
+                self.compare_and_swap(key, b"3", first[1])  # current version: must succeed
+                try:
+                    self.compare_and_swap(key, b"4", first[1])  # now stale: must fail
+                    problem = "a compare-and-swap with a stale version succeeded"
+                except ConflictError:
+                    pass
+        except ConflictError:
+            problem = "a compare-and-swap with the current version was refused"
+        finally:
+            with contextlib.suppress(RemoteError):
+                self.delete(key)
+        if problem:
+            raise ConfigError(
+                f"remote {self.url} ignores conditional writes ({problem}); refusing to use it, "
+                "since concurrent pushes could silently lose ref updates. Use a store that "
+                "supports If-None-Match/If-Match (AWS S3, GCS, Azure, MinIO, recent Ceph)."
+            )
+
+    # ------------------------------------------------------------------ local CAS
+
+    def _local_cas(self, key: str, data: bytes, expected: ObjectVersion) -> ObjectVersion:
+        # obstore's LocalStore has no PutMode::Update. One flock per key (shared by all
+        # processes on this machine, and over NFSv4) makes check-then-replace atomic. The
+        # new content goes to a temp file that os.replace swaps in, so readers see old or
+        # new bytes, never a mix; the new file has a new inode, hence a new ETag.
+        assert self._local_root is not None
+        target = self._local_root / key
+        with self._key_lock(key):
+            current = self.head(key)
+            if current is None or current.version.etag != expected.etag:
+                raise ConflictError(
+                    f"remote {self.url}: {key!r} was changed by another writer "
+                    "(compare-and-swap lost); re-read it and retry"
+                )
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise RemoteError(f"remote {self.url}: cannot write {key!r}: {e}") from None
+            info = self.head(key)
+        assert info is not None
+        return info.version
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        assert self._local_root is not None
+        lock_dir = self._local_root / _LOCK_DIR
+        lock_dir.mkdir(exist_ok=True)
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    # ------------------------------------------------------------------ errors
+
+    @contextlib.contextmanager
+    def _errors(self, op: str, key: str, *, missing_is_conflict: bool = False) -> Iterator[None]:
+        """Translate obstore exceptions into dsvc's, with a credential-free one-line message."""
+        try:
+            yield
+        except (ConflictError, NotFoundError, ConfigError, InvalidPathError):
+            raise
+        except obx.AlreadyExistsError:
+            raise ConflictError(f"remote {self.url}: {key!r} already exists") from None
+        except obx.PreconditionError:
+            raise ConflictError(
+                f"remote {self.url}: {key!r} was changed by another writer "
+                "(compare-and-swap lost); re-read it and retry"
+            ) from None
+        except (FileNotFoundError, obx.NotFoundError) as e:
+            if _bucket_missing(str(e)) or op in _WRITE_OPS:
+                # a write can only meet "not found" when the bucket/container is missing
+                self._raise_remote(op, key, e, bucket_missing=True)
+            if missing_is_conflict:
+                raise ConflictError(
+                    f"remote {self.url}: {key!r} was deleted by another writer; re-read it"
+                ) from None
+            raise NotFoundError(f"remote {self.url}: {key!r} does not exist") from None
+        except (obx.BaseError, OSError, NotImplementedError, ValueError) as e:
+            self._raise_remote(op, key, e)
+
+    def _raise_remote(
+        self, op: str, key: str, e: BaseException, *, bucket_missing: bool = False
+    ) -> NoReturn:
+        text = str(e)
+        detail = _scrub(_first_line(text), self._secrets)
+        low = text.lower()
+        if bucket_missing or _bucket_missing(text):
+            hint = "the bucket/container does not exist: create it or fix the remote URL"
+        elif isinstance(
+            e, obx.UnauthenticatedError | obx.PermissionDeniedError | PermissionError
+        ) or any(
+            s in low
+            for s in (
+                "status: 403",
+                "status: 401",
+                "accessdenied",
+                "signaturedoesnotmatch",
+                "invalidaccesskeyid",
+                "authenticationfailed",
+                "forbidden",
+            )
+        ):
+            hint = (
+                "access denied: check the credentials (AWS_*/GOOGLE_*/AZURE_* environment "
+                "variables or the remote's options)"
+            )
+        elif any(s in low for s in ("connect", "timed out", "timeout", "dns error", "refused")):
+            hint = "cannot reach the remote: check the endpoint and the network, then retry"
+        elif isinstance(e, obx.UnknownConfigurationKeyError):
+            hint = "fix the remote's options"
+        else:
+            hint = "see the detail above; retry, or check the remote's configuration"
+        raise RemoteError(f"remote {self.url}: {op} {key!r} failed: {detail} -- {hint}") from None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InvalidPathError(f"invalid remote key {key!r}: use 'a/b/c' without '.', '..' or '//'")
+    return key
+
+
+def _info(meta: Any) -> ObjectInfo:
+    return ObjectInfo(
+        key=meta["path"],
+        size=int(meta["size"]),
+        version=ObjectVersion(meta.get("e_tag"), meta.get("version")),
+        last_modified=meta.get("last_modified"),
+    )
+
+
+def _version(result: Any) -> ObjectVersion:
+    return ObjectVersion(result.get("e_tag"), result.get("version"))
+
+
+def _parse_azure(host: str, prefix: str) -> tuple[str | None, str, str]:
+    """(account, container, prefix) from ``account.blob.core.windows.net/container/p`` or
+    ``container/p`` (ClearML writes the former, obstore and fsspec the latter)."""
+    if ".blob." in host or ".dfs." in host:
+        account = host.split(".", 1)[0]
+        container, _, rest = prefix.partition("/")
+        if not container:
+            raise ConfigError(f"azure remote {host}: missing container name in the URL")
+        return account, container, rest
+    if "@" in host:  # abfs://container@account.dfs.core.windows.net/path
+        container, _, acct_host = host.partition("@")
+        return acct_host.split(".", 1)[0], container, prefix
+    return None, host, prefix
+
+
+def _internal(key: str) -> bool:
+    """Lock files and in-flight temp files of local compare-and-swap: not objects."""
+    return key.startswith(_LOCK_DIR + "/") or bool(_TMP_NAME.fullmatch(key.rpartition("/")[2]))
+
+
+def _bucket_missing(text: str) -> bool:
+    return any(
+        s in text
+        for s in (
+            "NoSuchBucket",
+            "ContainerNotFound",
+            "bucket does not exist",
+            "The specified bucket does not exist",
+        )
+    )
+
+
+def _first_line(text: str) -> str:
+    """obstore's message in one line: its first line, minus the server's XML/JSON body
+    (whose error code and message are appended instead) and the Rust debug dump (of which
+    only the OS error, e.g. "Connection refused", is kept)."""
+    head = text.split("\n\nDebug source:", 1)[0].strip().splitlines()
+    line = re.sub(r":\s*(<\?xml[^>]*\?>|\{)\s*$", "", head[0] if head else text)
+    extra = [m.group(1).strip() for m in re.finditer(r"<(?:Code|Message)>([^<]{1,200})<", text)]
+    extra += re.findall(r'message: "([^"]{1,120})"', text)[:1]
+    extra += re.findall(r'"message"\s*:\s*"([^"]{1,200})"', text)[:1]
+    if extra:
+        line = f"{line} ({'; '.join(dict.fromkeys(extra))})"
+    return line if len(line) <= 500 else line[:500] + "..."
+
+
+def _secret_values(opts: dict[str, str]) -> tuple[str, ...]:
+    vals = [v for k, v in opts.items() if _SECRET_NAME.search(k)]
+    vals += [
+        v
+        for k, v in os.environ.items()
+        if k.startswith(("AWS_", "AZURE_", "GOOGLE_", "GCS_")) and _SECRET_NAME.search(k)
+    ]
+    return tuple(v for v in vals if v)
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return _SECRET_TEXT.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+
+
+def _scrub_url(url: str) -> str:
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc.rpartition('@')[2]}{p.path}"  # no userinfo, no query

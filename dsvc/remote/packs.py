@@ -1,0 +1,159 @@
+"""Pack files and their indexes, and the local cache of a remote's indexes.
+
+A pack is ``MAGIC`` followed by stored values exactly as the local store keeps them
+(a chunk's frame, or an object's tag byte + frame), back to back. Its index is a
+msgpack map ``{"v": 1, "entries": [[id, kind, offset, length], ...]}`` with ``kind``
+0 for a chunk and 1 for an object, sorted by id. A pack is named by the xxh3-128 of its
+bytes, so a re-uploaded pack has the same name and uploading it twice is harmless.
+
+Invariant: an index is written only after its pack is complete, and readers trust only
+packs that have an index; so a push killed mid-way leaves at worst a pack without an
+index, which the next push ignores (and re-creates under the same name) and ``gc``
+removes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgpack
+import xxhash
+
+from dsvc.errors import IntegrityError
+from dsvc.ids import ID_SIZE, to_hex
+from dsvc.store import Store
+
+MAGIC = b"DSVCPK01"
+KIND_CHUNK = 0
+KIND_OBJECT = 1
+INDEX_VERSION = 1
+
+#: local cache row: pack id (16) + offset (8) + length (4) + kind (1)
+_ROW = struct.Struct(">16sQIB")
+
+
+@dataclass(frozen=True)
+class Location:
+    pack: bytes
+    offset: int
+    length: int
+    kind: int
+
+
+class PackBuilder:
+    """Accumulates stored values into one pack (in memory, bounded by the caller)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = [MAGIC]
+        self._entries: list[tuple[bytes, int, int, int]] = []
+        self.size = len(MAGIC)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, oid: bytes, kind: int, value: bytes) -> None:
+        self._entries.append((oid, kind, self.size, len(value)))
+        self._parts.append(value)
+        self.size += len(value)
+
+    def finish(self) -> tuple[bytes, bytes, bytes]:
+        """``(pack id, pack bytes, index bytes)``."""
+        data = b"".join(self._parts)
+        pid = xxhash.xxh3_128(data).digest()
+        entries = sorted(self._entries)
+        index = msgpack.packb(
+            {"v": INDEX_VERSION, "entries": [list(e) for e in entries]}, use_bin_type=True
+        )
+        return pid, data, index
+
+
+def decode_index(data: bytes, pack_name: str) -> list[tuple[bytes, int, int, int]]:
+    """Parse and validate an index; IntegrityError names the pack when it is malformed."""
+    try:
+        raw = msgpack.unpackb(data, raw=False)
+        if raw.get("v") != INDEX_VERSION:
+            raise ValueError(f"unknown index version {raw.get('v')!r}")
+        out = []
+        for oid, kind, off, length in raw["entries"]:
+            if len(oid) != ID_SIZE or kind not in (KIND_CHUNK, KIND_OBJECT) or off < len(MAGIC):
+                raise ValueError("bad entry")
+            if length < 1:
+                raise ValueError("bad length")
+            out.append((bytes(oid), int(kind), int(off), int(length)))
+        return out
+    except Exception as e:  # msgpack raises several unrelated types
+        raise IntegrityError(f"pack index {pack_name}.idx is malformed ({e})") from e
+
+
+class RemoteIndex:
+    """Which objects a remote holds and where, cached in the local store.
+
+    Keys in the ``remote`` database: ``<remote key>/o/<object id>`` -> location row,
+    ``<remote key>/p/<pack id>`` -> b"" for each index already loaded.
+    """
+
+    def __init__(self, store: Store, remote_key: str) -> None:
+        self.store = store
+        self.prefix = remote_key.encode() + b"/"
+
+    def known_packs(self) -> set[bytes]:
+        p = self.prefix + b"p/"
+        out = set()
+        with self.store.read() as txn:
+            cur = txn.cursor(db=self.store.db("remote"))
+            if cur.set_range(p):
+                for k, _ in cur:
+                    if not k.startswith(p):
+                        break
+                    out.add(k[len(p) :])
+        return out
+
+    def add_pack(self, pack: bytes, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
+        with self.store.batch() as b:
+            for oid, kind, off, length in entries:
+                b.put("remote", self.prefix + b"o/" + oid, _ROW.pack(pack, off, length, kind))
+            b.put("remote", self.prefix + b"p/" + pack, b"")
+
+    def forget_pack(self, pack: bytes, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
+        with self.store.batch() as b:
+            for oid, *_ in entries:
+                b.delete("remote", self.prefix + b"o/" + oid)
+            b.delete("remote", self.prefix + b"p/" + pack)
+
+    def locate(self, ids: Iterable[bytes]) -> dict[bytes, Location]:
+        out = {}
+        with self.store.read() as txn:
+            db = self.store.db("remote")
+            for oid in ids:
+                raw = txn.get(self.prefix + b"o/" + oid, db=db)
+                if raw is not None:
+                    out[oid] = Location(*_ROW.unpack(raw))
+        return out
+
+    def has(self, oid: bytes) -> bool:
+        with self.store.read() as txn:
+            return txn.get(self.prefix + b"o/" + oid, db=self.store.db("remote")) is not None
+
+    def missing(self, ids: Iterable[bytes]) -> list[bytes]:
+        with self.store.read() as txn:
+            db = self.store.db("remote")
+            return [i for i in ids if txn.get(self.prefix + b"o/" + i, db=db) is None]
+
+    def clear(self) -> None:
+        keys = []
+        with self.store.read() as txn:
+            cur = txn.cursor(db=self.store.db("remote"))
+            if cur.set_range(self.prefix):
+                for k, _ in cur:
+                    if not k.startswith(self.prefix):
+                        break
+                    keys.append(k)
+        with self.store.batch() as b:
+            for k in keys:
+                b.delete("remote", k)
+
+
+def pack_name(pid: bytes) -> str:
+    return to_hex(pid)
