@@ -15,7 +15,14 @@ DEPS_STAMP := $(VENV)/.dsvc-test-deps
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: test lint bench deps
+.PHONY: test lint bench deps demo install
+
+# The main job on the embedded default (a scratch local store, nothing to configure).
+demo: install
+	$(VENV)/bin/dsvc demo
+
+install: $(PY)
+	$(PY) -m pip install -q -e .
 
 test: deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -24,8 +31,8 @@ lint: deps
 	$(VENV)/bin/ruff check dsvc tests benchmarks
 
 bench: deps
-	@if [ -f benchmarks/run.py ]; then $(PY) benchmarks/run.py $(BENCH_ARGS); \
-	else echo "bench: benchmarks/run.py does not exist yet" >&2; exit 1; fi
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench_core.py $(BENCH_ARGS)
 
 deps: $(DEPS_STAMP) $(AZURITE)
 

@@ -1,0 +1,91 @@
+"""The layering rule of docs/architecture.md: each module imports only layers below it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "dsvc"
+
+LAYERS = {
+    "model": 0,
+    "store": 1,
+    "transport": 2,
+    "work": 3,
+    "dataset": 4,
+    "face": 5,
+}
+
+MODULES = {
+    "dsvc": "face",
+    "dsvc.__main__": "face",
+    "dsvc.cli": "face",
+    "dsvc.demo": "face",
+    "dsvc.dataset": "dataset",
+    "dsvc.registry": "dataset",
+    "dsvc.maintenance": "dataset",
+    "dsvc.ingest": "work",
+    "dsvc.checkout": "work",
+    "dsvc.treeops": "work",
+    "dsvc.remote": "transport",
+    "dsvc.store": "store",
+    "dsvc.ids": "model",
+    "dsvc.chunker": "model",
+    "dsvc.codec": "model",
+    "dsvc.objects": "model",
+    "dsvc.errors": "model",
+    "dsvc.progress": "model",
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        if name in MODULES:
+            return MODULES[name]
+    raise KeyError(module)
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dsvc"):
+            out.add(node.module)
+            for alias in node.names:  # `from dsvc import codec` imports dsvc.codec
+                if node.module == "dsvc":
+                    out.add(f"dsvc.{alias.name}")
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("dsvc"))
+    return out
+
+
+FILES = sorted(p for p in ROOT.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT.parent)))
+def test_imports_only_lower_layers(path: Path) -> None:
+    me = module_name(path)
+    mine = LAYERS[layer_of(me)]
+    for imp in imports(path):
+        if imp == "dsvc" or imp == me:
+            continue
+        theirs = LAYERS[layer_of(imp)]
+        same_layer_ok = theirs == mine
+        assert theirs < mine or same_layer_ok, f"{me} ({layer_of(me)}) imports {imp} ({layer_of(imp)})"
+
+
+def test_every_module_has_a_layer() -> None:
+    for path in FILES:
+        layer_of(module_name(path))
