@@ -31,6 +31,7 @@ from dsvc.errors import (
     IntegrityError,
     InvalidPathError,
     NotFoundError,
+    RemoteError,
     StateError,
     UsageError,
 )
@@ -773,6 +774,9 @@ class Dataset:
             )
             cid = self._store.put_commit(commit)
             if remote is not None:
+                for pid in rec.get("parents") or []:  # lineage complete on the remote
+                    if remote.get_record(self._store, pid) is None:
+                        remote.push_dataset(self._store, pid, show_progress=False)
                 remote.publish(self._store, {**rec, "status": reg.FINAL, "commit": cid})
 
             def done(r: dict[str, Any]) -> dict[str, Any]:
@@ -1185,39 +1189,43 @@ def _find(
     only_published: bool,
     include_archived: bool,
 ) -> dict[str, Any] | None:
-    """Local lookup first, then the default remote (whose records are cached locally)."""
-    for source in ("local", "remote"):
-        if source == "local":
-            if dataset_id:
-                rec = reg.get(store, dataset_id)
-                candidates = [rec] if rec else []
-            else:
-                candidates = reg.all_records(store)
-        else:
+    """Find a record locally and on the default remote.
+
+    By id: the local record, else the remote's (imported locally). By name, project or
+    tags: the best match among local AND remote records, since another machine may have
+    pushed a newer version; a remote that cannot be reached is reported and the lookup
+    continues with local records only.
+    """
+    remote = None
+    if dataset_id:
+        rec = reg.get(store, dataset_id)
+        if rec is None:
             remote = _remote(store, None)
-            if remote is None:
-                return None
-            if dataset_id:
-                rec = remote.get_record(store, dataset_id)
-                candidates = [rec] if rec else []
-            else:
-                candidates = remote.list_records(store)
-        found = reg.filter_records(
-            candidates,
-            project=project,
-            name=name,
-            tags=tags,
-            version=version,
-            only_completed=only_completed,
-            only_published=only_published,
-            include_archived=include_archived,
-        )
-        if found:
-            best = reg.newest(found, by_version=bool(name))
-            if source == "remote" and best is not None:
-                best = remote.import_record(store, best)
-            return best
-    return None
+            rec = remote.get_record(store, dataset_id) if remote is not None else None
+        candidates = [rec] if rec else []
+    else:
+        candidates = reg.all_records(store)
+        try:
+            remote = _remote(store, None)
+            if remote is not None:
+                local_ids = {r["id"] for r in candidates}
+                candidates += [r for r in remote.list_records(store) if r["id"] not in local_ids]
+        except RemoteError as e:
+            _warn(f"{e}; looking in the local store only")
+    found = reg.filter_records(
+        candidates,
+        project=project,
+        name=name,
+        tags=tags,
+        version=version,
+        only_completed=only_completed,
+        only_published=only_published,
+        include_archived=include_archived,
+    )
+    best = reg.newest(found, by_version=bool(name))
+    if best is not None and reg.get(store, best["id"]) is None and remote is not None:
+        best = remote.import_record(store, best)
+    return best
 
 
 def _not_found_message(
