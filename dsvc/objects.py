@@ -47,9 +47,12 @@ def validate_name(name: Any) -> str:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError as e:
+        try:  # a file system name that was not UTF-8: show its raw bytes
+            shown = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # any other lone surrogate
+            shown = name.encode("utf-8", "backslashreplace")
         raise InvalidPathError(
-            f"file name {name.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
-            "rename it or leave it out"
+            f"file name {shown!r} is not valid UTF-8; rename it or leave it out"
         ) from e
     return name
 
@@ -77,6 +80,15 @@ class Entry(NamedTuple):
 
 def _packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=False)
+
+
+def _is_id(v: Any) -> bool:
+    """An id is a msgpack bin of exactly ID_SIZE bytes (not an int or a list)."""
+    return isinstance(v, bytes) and len(v) == ID_SIZE
+
+
+def _is_uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _unpackb(data: bytes, what: str, oid: bytes | None) -> Any:
@@ -111,8 +123,8 @@ class Blob:
     def decode(cls, data: bytes, oid: bytes | None = None) -> Blob:
         raw = _unpackb(data, "blob", oid)
         try:
-            chunks = tuple((bytes(c), int(n)) for c, n in raw)
-            ok = all(len(c) == ID_SIZE and n >= 0 for c, n in chunks)
+            chunks = tuple((c, n) for c, n in raw)
+            ok = all(_is_id(c) and _is_uint(n) for c, n in chunks)
         except (TypeError, ValueError):
             ok = False
         if not ok:
@@ -152,10 +164,11 @@ def decode_tree(data: bytes, oid: bytes | None = None) -> dict[str, Entry]:
     for item in raw:
         try:
             name, kind, eid, size, mode = item
-            eid = bytes(eid)
-            if kind not in (KIND_TREE, KIND_FILE, KIND_CHUNKFILE) or len(eid) != ID_SIZE:
-                raise ValueError("bad kind or id")
-            if not isinstance(size, int) or size < 0 or not isinstance(mode, int):
+            if not _is_uint(kind) or kind not in (KIND_TREE, KIND_FILE, KIND_CHUNKFILE):
+                raise ValueError("bad kind")
+            if not _is_id(eid):
+                raise ValueError("bad id")
+            if not _is_uint(size) or not _is_uint(mode):
                 raise ValueError("bad size or mode")
             validate_name(name)
         except (TypeError, ValueError, InvalidPathError) as e:
@@ -210,10 +223,10 @@ class Commit:
     def decode(cls, data: bytes, oid: bytes | None = None) -> Commit:
         raw = _unpackb(data, "commit", oid)
         try:
-            tree = bytes(raw["tree"])
-            parents = tuple(bytes(p) for p in raw["parents"])
+            tree = raw["tree"]
+            parents = tuple(raw["parents"])
             meta = raw["meta"]
-            if len(tree) != ID_SIZE or any(len(p) != ID_SIZE for p in parents):
+            if not isinstance(raw["parents"], list) or not all(map(_is_id, (tree, *parents))):
                 raise ValueError("bad id length")
             if not isinstance(meta, dict):
                 raise ValueError("meta is not a map")

@@ -42,11 +42,14 @@ class Trees:
     def __init__(self, store: Store, batch: WriteBatch | None = None) -> None:
         self.store = store
         self.batch = batch
-        self._mem: dict[bytes, dict[str, Entry]] = {EMPTY_TREE_ID: {}}
+        # trees known to be stored (or queued in ``batch``): ``put`` skips rewriting them
+        self._mem: dict[bytes, dict[str, Entry]] = {}
 
     def get(self, tid: bytes) -> dict[str, Entry]:
         t = self._mem.get(tid)
         if t is None:
+            if tid == EMPTY_TREE_ID:  # readable even before it is stored
+                return {}
             t = self.store.get_tree(tid)
             if len(self._mem) < 100_000:
                 self._mem[tid] = t

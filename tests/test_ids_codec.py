@@ -1,0 +1,200 @@
+"""Object ids and zstd/raw frames (dsvc.ids, dsvc.codec)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import xxhash
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from dsvc import codec
+from dsvc.codec import RAW, ZSTD, decode_frame, encode_frame
+from dsvc.errors import IntegrityError
+from dsvc.ids import (
+    TAG_BLOB,
+    TAG_CHUNK,
+    TAG_COMMIT,
+    TAG_TREE,
+    chunk_id,
+    from_hex,
+    is_hex_id,
+    object_id,
+    to_hex,
+)
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# data that compresses well: a few short words repeated
+repetitive = st.builds(
+    lambda parts, n: b"".join(parts) * n,
+    st.lists(st.binary(min_size=1, max_size=8), min_size=1, max_size=4),
+    st.integers(min_value=64, max_value=2000),
+)
+any_data = st.one_of(st.binary(max_size=5000), repetitive)
+
+
+# -- ids -------------------------------------------------------------------------
+
+
+def test_object_id_is_xxh3_128_of_tag_then_bytes():
+    data = b"hello dsvc"
+    assert object_id(TAG_CHUNK, data) == xxhash.xxh3_128(b"C" + data).digest()
+    assert chunk_id(data) == xxhash.xxh3_128_digest(b"C" + data)
+    assert len(chunk_id(b"")) == 16
+    assert (TAG_CHUNK, TAG_BLOB, TAG_TREE, TAG_COMMIT) == (b"C", b"B", b"T", b"M")
+
+
+@given(st.binary(max_size=300))
+@SETTINGS
+def test_tags_separate_id_spaces(data):
+    ids = {object_id(t, data) for t in (TAG_CHUNK, TAG_BLOB, TAG_TREE, TAG_COMMIT)}
+    assert len(ids) == 4
+
+
+@given(st.binary(min_size=16, max_size=16))
+@SETTINGS
+def test_hex_round_trip(oid):
+    h = to_hex(oid)
+    assert len(h) == 32 and h == h.lower()
+    assert is_hex_id(h) and is_hex_id(h.upper())
+    assert from_hex(h) == oid
+    assert from_hex(f"  {h.upper()}\n") == oid
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "0" * 31, "0" * 33, "g" * 32, "0x" + "0" * 30])
+def test_from_hex_rejects_and_names_the_text(bad):
+    assert not is_hex_id(bad)
+    with pytest.raises(ValueError, match="not a dsvc id") as ei:
+        from_hex(bad)
+    assert repr(bad) in str(ei.value)
+
+
+# -- frames ------------------------------------------------------------------------
+
+
+@given(any_data, st.integers(min_value=0, max_value=5))
+@SETTINGS
+def test_frame_round_trip(data, level):
+    frame = encode_frame(data, level)
+    assert decode_frame(frame, TAG_CHUNK, chunk_id(data)) == data
+    # memoryview input and output of bytearray input are accepted too
+    assert decode_frame(memoryview(frame), TAG_CHUNK, chunk_id(data)) == data
+    assert encode_frame(bytearray(data), level) == frame
+
+
+@given(any_data, st.integers(min_value=0, max_value=5))
+@SETTINGS
+def test_codec_choice_rule(data, level):
+    frame = encode_frame(data, level)
+    if frame[0] == RAW:
+        assert frame[1:] == data
+    else:
+        assert frame[0] == ZSTD
+        assert level > 0 and len(data) >= 64
+        # zstd is only kept when it saves at least MIN_SAVING
+        assert len(frame) - 1 <= len(data) * (1 - codec.MIN_SAVING)
+    if level <= 0 or len(data) < 64:
+        assert frame[0] == RAW
+
+
+@given(st.integers(min_value=64, max_value=200_000), st.integers(min_value=1, max_value=5))
+@settings(max_examples=25, deadline=None)
+def test_random_bytes_stay_raw(n, level):
+    data = os.urandom(n)
+    frame = encode_frame(data, level)
+    assert frame[0] == RAW and frame[1:] == data
+
+
+@given(repetitive, st.integers(min_value=1, max_value=5))
+@SETTINGS
+def test_repetitive_data_is_zstd(data, level):
+    frame = encode_frame(data, level)
+    assert frame[0] == ZSTD
+    assert len(frame) < len(data) // 2
+
+
+def test_zstd_frame_records_content_size():
+    import zstandard
+
+    data = b"dsvc " * 1000
+    frame = encode_frame(data, 3)
+    assert frame[0] == ZSTD
+    assert zstandard.frame_content_size(frame[1:]) == len(data)
+
+
+@given(any_data, st.integers(0, 5), st.data())
+@settings(max_examples=300, deadline=None)
+def test_single_byte_corruption_never_returns_wrong_bytes(data, level, draw):
+    frame = encode_frame(data, level)
+    i = draw.draw(st.integers(0, len(frame) - 1), label="offset")
+    x = draw.draw(st.integers(1, 255), label="xor")
+    # a zstd frame length field that turns into 8 bytes (FHD bits 7-6) is a known bug,
+    # covered separately by test_corrupt_content_size_is_an_integrity_error
+    assume(not (frame[0] == ZSTD and i == 5 and ((frame[5] ^ x) >> 6) == 3 and frame[5] >> 6 != 3))
+    bad = bytearray(frame)
+    bad[i] ^= x
+    cid = chunk_id(data)
+    try:
+        out = decode_frame(bytes(bad), TAG_CHUNK, cid)
+    except IntegrityError as e:
+        assert e.object_id == cid
+        assert to_hex(cid) in str(e)
+        return
+    # zstd frames have bits a decoder must ignore (FHD "unused" bit): flipping one may
+    # still decode to the right content; anything else must fail
+    assert frame[0] == ZSTD and i >= 1
+    assert out == data
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="codec bug: a corrupted zstd header declaring a huge content size makes "
+    "decode_frame raise MemoryError (python-zstandard allocates the declared size) "
+    "instead of IntegrityError",
+)
+def test_corrupt_content_size_is_an_integrity_error():
+    data = b"abc" * 1000
+    frame = bytearray(encode_frame(data, 1))
+    assert frame[0] == ZSTD and frame[1:5] == b"\x28\xb5\x2f\xfd"
+    frame[5] |= 0xC0  # frame header descriptor: 8-byte content size field
+    cid = chunk_id(data)
+    with pytest.raises(IntegrityError, match=to_hex(cid)):
+        decode_frame(bytes(frame), TAG_CHUNK, cid)
+
+
+@given(any_data, st.binary(min_size=16, max_size=16), st.integers(0, 5))
+@SETTINGS
+def test_wrong_id_is_an_integrity_error_naming_the_id(data, wrong, level):
+    assume(wrong != chunk_id(data))
+    with pytest.raises(IntegrityError) as ei:
+        decode_frame(encode_frame(data, level), TAG_CHUNK, wrong)
+    assert to_hex(wrong) in str(ei.value)
+    assert ei.value.object_id == wrong
+
+
+def test_wrong_tag_is_an_integrity_error():
+    data = b"x" * 100
+    with pytest.raises(IntegrityError):
+        decode_frame(encode_frame(data), TAG_BLOB, chunk_id(data))
+
+
+@pytest.mark.parametrize(
+    "frame,what",
+    [(b"", "empty frame"), (b"\x07abc", "unknown codec byte 7"), (b"\x01notzstd", "corrupt zstd")],
+)
+def test_malformed_frames(frame, what):
+    oid = chunk_id(b"abc")
+    with pytest.raises(IntegrityError, match=what) as ei:
+        decode_frame(frame, TAG_CHUNK, oid)
+    assert to_hex(oid) in str(ei.value)
+
+
+def test_truncated_zstd_frame():
+    data = b"0123456789" * 500
+    frame = encode_frame(data, 3)
+    cid = chunk_id(data)
+    for cut in (2, 6, len(frame) // 2, len(frame) - 1):
+        with pytest.raises(IntegrityError):
+            decode_frame(frame[:cut], TAG_CHUNK, cid)
