@@ -1,0 +1,467 @@
+"""What every ``dsvc`` command shares: the root group and its global options, error
+handling and exit codes, output helpers (tables, JSON, human sizes and times), and how
+a command finds "its" dataset (``--id``, a unique id prefix, or the last used one).
+
+Exit codes (documented in docs/cli.md, checked by tests/test_cli.py):
+
+====  =======================================================================
+0     success
+1     internal error (a bug: rerun with ``--debug`` and report the traceback)
+2     usage: bad option, bad combination, invalid path or configuration
+3     not found: dataset, file, remote, config key
+4     wrong state: e.g. modifying a finalized dataset, non-empty target folder
+5     integrity: stored or materialized bytes do not match their hash
+6     remote: a remote is unreachable or refused the request
+7     conflict: a concurrent writer won a compare-and-swap; retry
+130   interrupted (Ctrl-C)
+====  =======================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from dsvc import __version__
+from dsvc.errors import DsvcError, NotFoundError, UsageError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_STATE = 4
+EXIT_INTEGRITY = 5
+EXIT_REMOTE = 6
+EXIT_CONFLICT = 7
+EXIT_INTERRUPTED = 130
+
+#: (code, meaning) for the docs and ``dsvc --help``
+EXIT_CODES: list[tuple[int, str, str]] = [
+    (EXIT_OK, "-", "success"),
+    (EXIT_INTERNAL, "-", "internal error (a bug): rerun with --debug and report the traceback"),
+    (EXIT_USAGE, "UsageError, InvalidPathError, ConfigError", "bad usage, path or configuration"),
+    (EXIT_NOT_FOUND, "NotFoundError", "dataset, file, remote or key not found"),
+    (EXIT_STATE, "StateError", "wrong state (e.g. modifying a finalized dataset)"),
+    (EXIT_INTEGRITY, "IntegrityError", "stored or copied bytes do not match their hash"),
+    (EXIT_REMOTE, "RemoteError", "remote unreachable or refused the request"),
+    (EXIT_CONFLICT, "ConflictError", "a concurrent writer got there first: retry"),
+    (EXIT_INTERRUPTED, "-", "interrupted (Ctrl-C)"),
+]
+
+_state: dict[str, bool] = {"debug": False, "quiet": False}
+
+
+# -- the root group ------------------------------------------------------------------
+
+
+class GreedyCommand(click.Command):
+    """A command whose list options take several values after one flag, as in
+    clearml-data (``--files a.csv b.csv``), besides the click way (repeating the flag).
+
+    ``greedy`` names the long options (``multiple=True``) whose following words, up to
+    the next word starting with ``-``, are all values.
+    """
+
+    greedy: frozenset[str] = frozenset()
+
+    def __init__(self, *a: Any, greedy: Iterable[str] = (), **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.greedy = frozenset(greedy)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_greedy(args, self.greedy))
+
+
+def expand_greedy(args: Sequence[str], greedy: Iterable[str]) -> list[str]:
+    """``--files a b -x`` -> ``--files a --files b -x`` for the options in ``greedy``."""
+    greedy = set(greedy)
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        out.append(a)
+        i += 1
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a in greedy:
+            first = True
+            while i < len(args) and not args[i].startswith("-"):
+                if not first:
+                    out.append(a)
+                out.append(args[i])
+                first = False
+                i += 1
+    return out
+
+
+#: help sections of the root command, in workflow order
+SECTIONS: list[tuple[str, list[str]]] = [
+    (
+        "Dataset commands (clearml-data)",
+        [
+            "create", "add", "remove", "sync", "upload", "close", "publish", "list", "search",
+            "get", "squash", "compare", "verify", "delete", "rename", "move", "set-description",
+        ],
+    ),
+    (
+        "Git-style commands",
+        [
+            "init", "remote", "push", "fetch", "pull", "clone", "log", "graph", "diff", "gc",
+            "fsck", "config", "demo",
+        ],
+    ),
+]  # fmt: skip
+
+
+class DsvcGroup(click.Group):
+    """Lists commands in workflow order, in the sections of :data:`SECTIONS`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        order = [n for _, names in SECTIONS for n in names]
+        known = [n for n in order if n in self.commands]
+        return known + sorted(set(self.commands) - set(known))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        listed: set[str] = set()
+        for title, names in [*SECTIONS, ("Other commands", sorted(self.commands))]:
+            rows = []
+            for n in names:
+                cmd = self.commands.get(n)
+                if cmd is None or cmd.hidden or n in listed:
+                    continue
+                listed.add(n)
+                rows.append((n, cmd.get_short_help_str(limit=120)))
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=DsvcGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="dsvc")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="DSVC_HOME",
+    help="Store folder (default: $DSVC_HOME, else ~/.dsvc).",
+)
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bars or chatter; print only results."
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(home: str | None, quiet: bool, debug: bool) -> None:
+    """dsvc: Git-style, content-addressed dataset versions with ClearML Data's verbs.
+
+    Every dataset version is an immutable commit over deduplicated, compressed chunks in
+    a local store; remotes (S3, GCS, Azure, a folder) are pushed to like git remotes.
+
+    \b
+    Example:
+      dsvc create --project demo --name images
+      dsvc add --files ./images
+      dsvc close
+      dsvc get --copy ./work
+
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 wrong state,
+    5 integrity, 6 remote, 7 conflict, 130 interrupted. See docs/cli.md.
+    """
+    if home:
+        os.environ["DSVC_HOME"] = os.path.abspath(os.path.expanduser(home))
+    if quiet:
+        os.environ["DSVC_QUIET"] = "1"
+        _state["quiet"] = True
+    if debug:
+        _state["debug"] = True
+
+
+def is_quiet() -> bool:
+    return _state["quiet"] or bool(os.environ.get("DSVC_QUIET"))
+
+
+# -- running and errors --------------------------------------------------------------
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+#: the dataset layer speaks Python; on the command line its hints name flags and commands
+_CLI_HINTS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"Dataset\.create\(parent_datasets=\['([0-9a-f]+)'\][^)]*\)"), r"`dsvc create --parents \1`"),
+    (re.compile(r"Dataset\.list_datasets\(\)"), "`dsvc search`"),
+    (re.compile(r"call upload\(\) first or finalize\(auto_upload=True\)"), "run `dsvc upload` first, or `dsvc close`"),
+    (re.compile(r"pass overwrite=True"), "pass --overwrite"),
+    (re.compile(r"pass force=True"), "pass --force"),
+    (re.compile(r"use get_mutable_local_copy\(\) for a draft"), "use `dsvc get --copy DIR` for a draft"),
+    (re.compile(r"Dataset\.create needs a non-empty dataset_name"), "create needs --name (and --project), or --parents"),
+    (re.compile(r"needs dataset_project \(or parent_datasets to take the project from\)"), "needs --project (or --parents to take the project from)"),
+    (re.compile(r"pick another dataset_version or leave it out"), "pick another --version or leave it out"),
+]  # fmt: skip
+
+
+def cli_hints(msg: str) -> str:
+    for pat, repl in _CLI_HINTS:
+        msg = pat.sub(repl, msg)
+    return msg
+
+
+def error_line(msg: str) -> None:
+    click.echo(f"dsvc: error: {one_line(msg)}", err=True)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (``main`` exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in args or bool(os.environ.get("DSVC_DEBUG"))
+    try:
+        rv = cli.main(args=args, prog_name="dsvc", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # `dsvc remote` alone: show its help
+        click.echo(e.ctx.get_help(), err=True)
+        return EXIT_USAGE
+    except click.ClickException as e:
+        cmd = getattr(getattr(e, "ctx", None), "command_path", "dsvc")
+        hint = f" (see '{cmd} --help')" if isinstance(e, click.UsageError) else ""
+        error_line(e.format_message() + hint)
+        return e.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("dsvc: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except DsvcError as e:
+        if _state["debug"]:
+            traceback.print_exc()
+        error_line(cli_hints(str(e)))
+        return e.exit_code
+    except BrokenPipeError:  # `dsvc list | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return EXIT_OK
+    except Exception as e:  # a bug: one line unless --debug
+        if _state["debug"]:
+            traceback.print_exc()
+            return EXIT_INTERNAL
+        error_line(
+            f"internal error: {type(e).__name__}: {e}; rerun with --debug for the traceback "
+            "and report it"
+        )
+        return EXIT_INTERNAL
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def say(text: str = "", *, err: bool = False) -> None:
+    """Chatter for people (suppressed by --quiet)."""
+    if not is_quiet():
+        click.echo(text, err=err)
+
+
+def result(text: str) -> None:
+    """A result line on stdout (always printed)."""
+    click.echo(text)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, bytes):
+        return o.hex()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    return str(o)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False))
+
+
+def human_size(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(seconds), 60)
+    if m < 60:
+        return f"{m} min {s} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min"
+
+
+def human_time(ns: int | None) -> str:
+    if not ns:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso_time(ns: int | None) -> str | None:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat() if ns else None
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], right: Iterable[int] = ()) -> None:
+    """Aligned columns; ``right`` lists the column indexes aligned right (sizes)."""
+    right = set(right)
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, r in enumerate(cells):
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+            for i, c in enumerate(r)
+            if i < len(widths)
+        ]
+        line = "  ".join(parts).rstrip()
+        click.echo(click.style(line, bold=True) if n == 0 and sys.stdout.isatty() else line)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+# -- the store and dataset lookup ----------------------------------------------------
+
+
+def open_store() -> Any:
+    from dsvc import registry
+
+    return registry.open_store()
+
+
+def remember(store: Any, dataset_id: str) -> None:
+    """Make ``dataset_id`` the default for the next command (clearml-data's state)."""
+    from dsvc import registry
+
+    store.put_record(registry.LAST_USED, dataset_id)
+
+
+def expand_id(store: Any, text: str) -> str:
+    """A full dataset id from a full id or a unique prefix (>= 4 hex chars) of a local one."""
+    from dsvc import registry
+
+    t = text.strip().lower()
+    if registry.get(store, t) is not None or len(t) >= 32:
+        return t
+    if len(t) >= 4:
+        hits = [r["id"] for r in registry.all_records(store) if r["id"].startswith(t)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UsageError(
+                f"dataset id prefix {text!r} is ambiguous ({len(hits)} datasets); give more "
+                "characters"
+            )
+    return t
+
+
+def dataset_id_or_last(store: Any, given: str | None, what: str = "this command") -> str:
+    """``--id`` (expanded), else the last used dataset; a usage error when neither."""
+    from dsvc.dataset import last_used
+
+    if given:
+        return expand_id(store, given)
+    last = last_used(store)
+    if not last:
+        raise UsageError(
+            f"{what} needs a dataset: pass --id ID (or run `dsvc create` first; the last "
+            "created or used dataset is the default)"
+        )
+    return last
+
+
+def get_dataset(
+    store: Any,
+    dataset_id: str | None,
+    project: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    what: str = "this command",
+) -> Any:
+    """The Dataset for ``--id``, or ``--project/--name[/--version]``, or the last used."""
+    from dsvc.dataset import Dataset
+
+    if dataset_id or not (project or name):
+        return Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, what))
+    if version and not (project and name):
+        raise UsageError("--version needs --project and --name")
+    return Dataset.get(dataset_project=project, dataset_name=name, dataset_version=version)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def short(dataset_id: str | None) -> str:
+    return (dataset_id or "-")[:8]
+
+
+def dataset_label(rec: dict[str, Any]) -> str:
+    return f"{rec['project']}/{rec['name']} v{rec.get('version')}"
+
+
+def record_json(rec: dict[str, Any]) -> dict[str, Any]:
+    """The public fields of a dataset record (ids as hex, times as ISO 8601)."""
+    from dsvc.ids import to_hex
+
+    def hx(v: Any) -> Any:
+        return to_hex(v) if isinstance(v, bytes) else v
+
+    return {
+        "id": rec["id"],
+        "project": rec["project"],
+        "name": rec["name"],
+        "version": rec.get("version"),
+        "status": rec["status"],
+        "tags": list(rec.get("tags") or []),
+        "description": rec.get("description") or "",
+        "parents": list(rec.get("parents") or []),
+        "squashed_from": list(rec.get("squashed_from") or []),
+        "created": iso_time(rec.get("created")),
+        "finalized": iso_time(rec.get("finalized")),
+        "commit": hx(rec.get("commit")),
+        "tree": hx(rec.get("tree")),
+        "remote": rec.get("remote"),
+    }
+
+
+def tree_size(store: Any, tree: bytes | None) -> int | None:
+    """Total bytes of a version (root tree entries carry their subtree sizes)."""
+    if tree is None:
+        return None
+    try:
+        return sum(e.size for e in store.get_tree(tree).values())
+    except NotFoundError:
+        return None
+    except DsvcError:
+        return None
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise UsageError(f"option {p!r} must look like KEY=VALUE")
+        out[k.strip()] = v
+    return out

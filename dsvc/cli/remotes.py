@@ -1,0 +1,379 @@
+"""Git-style commands that talk to remotes: remote, push, fetch, pull, clone."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import click
+
+from dsvc.cli.core import (
+    cli,
+    emit_json,
+    expand_id,
+    human_duration,
+    human_size,
+    is_quiet,
+    json_option,
+    open_store,
+    parse_options,
+    plural,
+    result,
+    say,
+    short,
+    table,
+)
+from dsvc.errors import ConfigError, NotFoundError, StateError
+
+
+def remote_for(store: Any, spec: str | None) -> Any:
+    """The remote ``spec`` names (None: the default); a config error when there is none."""
+    from dsvc.remote import sync
+
+    r = sync.resolve(store, spec, required=True)
+    if r is None:
+        raise ConfigError(
+            "no remote configured; add one with `dsvc remote add origin URL` (or pass a URL)"
+        )
+    return r
+
+
+def _remote_name(r: Any) -> str:
+    return getattr(r, "name", None) or getattr(r, "url", "remote")
+
+
+# -- remote ---------------------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=False, no_args_is_help=True)
+def remote() -> None:
+    """Manage remotes: object stores (s3://, gs://, azure://, a folder) to push to.
+
+    \b
+    Example:
+      dsvc remote add origin s3://bucket/datasets -o region=eu-west-1
+      dsvc remote list
+    """
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option (endpoint, region...). Credentials belong in the environment.",
+)
+@click.option("--default", "make_default", is_flag=True, help="Make it the default remote.")
+def remote_add(name: str, url: str, options: tuple[str, ...], make_default: bool) -> None:
+    """Add a remote NAME at URL (the first remote becomes the default).
+
+    \b
+    Example:
+      dsvc remote add origin s3://bucket/datasets
+      dsvc remote add share /mnt/share/dsvc --default
+    """
+    from dsvc.remote import config
+
+    store = open_store()
+    if "://" not in url and not url.startswith("/"):
+        url = os.path.abspath(os.path.expanduser(url))  # a relative folder
+    config.add_remote(store, name, url, parse_options(options), make_default=make_default)
+    result(f"Added remote {name} -> {url}")
+
+
+@remote.command("remove")
+@click.argument("name")
+def remote_remove(name: str) -> None:
+    """Forget remote NAME (nothing on the remote is deleted).
+
+    \b
+    Example:
+      dsvc remote remove old-share
+    """
+    from dsvc.remote import config
+
+    config.remove_remote(open_store(), name)
+    result(f"Removed remote {name}")
+
+
+@remote.command("list")
+@json_option
+def remote_list(as_json: bool) -> None:
+    """List remotes (credentials masked); * marks the default.
+
+    \b
+    Example:
+      dsvc remote list --json
+    """
+    from dsvc.remote import config
+
+    rows = config.list_remotes(open_store())
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        say("no remotes; add one with `dsvc remote add origin URL`", err=True)
+        return
+    table(
+        [
+            (
+                "*" if r["default"] else "",
+                r["name"],
+                r["url"],
+                " ".join(f"{k}={v}" for k, v in sorted(r["options"].items())),
+            )
+            for r in rows
+        ],
+        ["", "NAME", "URL", "OPTIONS"],
+    )
+
+
+@remote.command("set-default")
+@click.argument("name")
+def remote_set_default(name: str) -> None:
+    """Make NAME the default remote.
+
+    \b
+    Example:
+      dsvc remote set-default origin
+    """
+    from dsvc.remote import config
+
+    config.set_default_remote(open_store(), name)
+    result(f"Default remote is now {name}")
+
+
+# -- push / fetch / pull / clone ---------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("remote_spec", metavar="[REMOTE]", required=False)
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this dataset (repeat for several; default: every finalized one).",
+)
+@json_option
+def push(remote_spec: str | None, ids: tuple[str, ...], as_json: bool) -> None:
+    """Push finalized datasets (content, commits, records) to a remote.
+
+    Only what the remote lacks is sent; pushing again is a no-op.
+
+    \b
+    Example:
+      dsvc push              # every finalized dataset to the default remote
+      dsvc push origin --id 3f2a1b2c
+    """
+    from dsvc import registry as reg
+
+    store = open_store()
+    r = remote_for(store, remote_spec)
+    if ids:
+        recs = [reg.require(store, expand_id(store, i)) for i in ids]
+        for rec in recs:
+            if rec["status"] not in reg.COMPLETED_STATES:
+                raise StateError(
+                    f"dataset {rec['id']} is a draft; close it (`dsvc close --id {rec['id']}`) "
+                    "before pushing"
+                )
+    else:
+        recs = [x for x in reg.all_records(store) if x["status"] in reg.COMPLETED_STATES]
+        recs.sort(key=lambda x: x["created"])
+    if not recs:
+        say("nothing to push: no finalized dataset (close one with `dsvc close`)", err=True)
+        if as_json:
+            emit_json({"remote": r.url, "datasets": 0, "packs": 0, "objects": 0, "bytes_sent": 0})
+        return
+    t0 = time.monotonic()
+    packs = objects = sent = 0
+    for rec in recs:
+        st = r.push_dataset(store, rec["id"], show_progress=not is_quiet())
+        packs += st.packs
+        objects += st.objects
+        sent += st.bytes_sent
+        say(
+            f"  {short(rec['id'])} {rec['project']}/{rec['name']} v{rec.get('version')}: "
+            f"{plural(st.objects, 'object')}, {human_size(st.bytes_sent)}",
+            err=True,
+        )
+    took = time.monotonic() - t0
+    if as_json:
+        emit_json(
+            {
+                "remote": r.url,
+                "datasets": len(recs),
+                "packs": packs,
+                "objects": objects,
+                "bytes_sent": sent,
+                "seconds": round(took, 3),
+            }
+        )
+        return
+    result(
+        f"Pushed {len(recs)} dataset{'s' if len(recs) != 1 else ''} to {_remote_name(r)}: "
+        f"{objects} new objects in {packs} packs, {human_size(sent)} sent in {human_duration(took)}"
+    )
+
+
+def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Import the remote's records missing locally; returns (all remote, newly imported)."""
+    from dsvc import registry as reg
+
+    remote_recs = r.list_records(store)
+    new = []
+    for rec in remote_recs:
+        if reg.get(store, rec["id"]) is None:
+            new.append(r.import_record(store, rec))
+    return remote_recs, new
+
+
+def _missing_entries(store: Any, tree: bytes) -> list[Any]:
+    from dsvc.objects import KIND_CHUNKFILE
+    from dsvc.treeops import Trees, walk
+
+    out = []
+    for _, e in walk(Trees(store), tree):
+        if e.kind == KIND_CHUNKFILE:
+            if not store.has_chunk(e.id):
+                out.append(e)
+        elif not store.has_object(e.id) or store.missing(
+            "chunks", [c for c, _ in store.get_blob(e.id).chunks]
+        ):
+            out.append(e)
+    return out
+
+
+@cli.command()
+@click.argument("remote_spec", metavar="[REMOTE]", required=False)
+@json_option
+def fetch(remote_spec: str | None, as_json: bool) -> None:
+    """Fetch dataset records and metadata from a remote (no file content).
+
+    \b
+    Example:
+      dsvc fetch origin && dsvc search --project demo
+    """
+    store = open_store()
+    r = remote_for(store, remote_spec)
+    remote_recs, new = _fetch_records(store, r)
+    if as_json:
+        emit_json(
+            {"remote": r.url, "remote_datasets": len(remote_recs), "new": [x["id"] for x in new]}
+        )
+        return
+    result(
+        f"Fetched {len(new)} new dataset record{'s' if len(new) != 1 else ''} from {_remote_name(r)} ({len(remote_recs)} on the remote)"
+    )
+    for x in new:
+        say(f"  {short(x['id'])} {x['project']}/{x['name']} v{x.get('version')}", err=True)
+
+
+@cli.command()
+@click.argument("remote_spec", metavar="[REMOTE]", required=False)
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this dataset's content (repeat for several; default: all).",
+)
+@click.option("--max-workers", type=int, help="Parallel downloads.")
+@json_option
+def pull(
+    remote_spec: str | None, ids: tuple[str, ...], max_workers: int | None, as_json: bool
+) -> None:
+    """Fetch records from a remote, then the content of the datasets (all, or --id).
+
+    \b
+    Example:
+      dsvc pull origin --id 3f2a1b2c
+    """
+    from dsvc import registry as reg
+
+    store = open_store()
+    r = remote_for(store, remote_spec)
+    t0 = time.monotonic()
+    remote_recs, new = _fetch_records(store, r)
+    wanted = [expand_id(store, i) for i in ids] if ids else [x["id"] for x in remote_recs]
+    files = nbytes = 0
+    for did in wanted:
+        rec = reg.get(store, did)
+        if rec is None:
+            rec = r.get_record(store, did)
+            if rec is None:
+                raise NotFoundError(f"dataset {did} is not on remote {_remote_name(r)}")
+            rec = r.import_record(store, rec)
+        missing = _missing_entries(store, rec["tree"])
+        if missing:
+            r.fetch_files(store, missing, max_workers=max_workers, show_progress=not is_quiet())
+            files += len(missing)
+            nbytes += sum(e.size for e in missing)
+    took = time.monotonic() - t0
+    if as_json:
+        emit_json(
+            {
+                "remote": r.url,
+                "new": [x["id"] for x in new],
+                "datasets": wanted,
+                "files_fetched": files,
+                "bytes": nbytes,
+                "seconds": round(took, 3),
+            }
+        )
+        return
+    result(
+        f"Pulled {len(wanted)} dataset{'s' if len(wanted) != 1 else ''} from {_remote_name(r)} "
+        f"({len(new)} new): {files} files, {human_size(nbytes)} in {human_duration(took)}"
+    )
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--name", "remote_name", default="origin", show_default=True, help="Name of the remote."
+)
+@click.option(
+    "-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option."
+)
+def clone(url: str, directory: str | None, remote_name: str, options: tuple[str, ...]) -> None:
+    """Create a store that tracks the remote at URL and fetch its dataset records.
+
+    Content is fetched on demand (`dsvc get`) or with `dsvc pull`.
+
+    \b
+    Example:
+      dsvc clone s3://bucket/datasets ./team-store
+      DSVC_HOME=./team-store dsvc get --project demo --name images --copy ./work
+    """
+    from dsvc import registry as reg
+    from dsvc.remote import config
+    from dsvc.store import default_home
+
+    if "://" not in url and not url.startswith("/"):
+        url = os.path.abspath(os.path.expanduser(url))
+    home = os.path.abspath(directory) if directory else str(default_home())
+    if directory:
+        os.environ["DSVC_HOME"] = home
+    store = reg.open_store(home)
+    if reg.all_records(store) or config.list_remotes(store):
+        raise StateError(
+            f"the store in {home} is not empty; clone into a new folder: dsvc clone {url} DIR"
+        )
+    config.add_remote(store, remote_name, url, parse_options(options), make_default=True)
+    try:
+        r = remote_for(store, remote_name)
+        remote_recs, new = _fetch_records(store, r)
+    except BaseException:
+        config.remove_remote(store, remote_name)
+        raise
+    result(f"Cloned {len(new)} dataset{'s' if len(new) != 1 else ''} from {url} into {home}")
+    if directory and home != str(default_home()):
+        say(f"  use it with: export DSVC_HOME={home}", err=True)

@@ -1,0 +1,143 @@
+"""Drawing a lineage DAG: indented text for the terminal, Graphviz dot, Mermaid, and a
+built-in SVG layout for when Graphviz is not installed."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+from xml.sax.saxutils import escape
+
+from dsvc.cli.core import short
+
+
+def _label(did: str, rec: dict[str, Any] | None) -> tuple[str, str]:
+    if rec is None:
+        return f"{short(did)} (not found)", ""
+    return (
+        f"{rec['project']}/{rec['name']} v{rec.get('version')}",
+        f"{rec['status']} · {short(did)}",
+    )
+
+
+def render_text(root: str, nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+    """The DAG as an indented tree from the version down to its ancestors."""
+    enc = (getattr(sys.stdout, "encoding", None) or "ascii").lower()
+    fancy = "utf" in enc
+    tee, last, pipe, blank, dot = (
+        ("├── ", "└── ", "│   ", "    ", "●") if fancy else ("|-- ", "`-- ", "|   ", "    ", "*")
+    )
+    up: dict[str, list[tuple[str, str]]] = {}
+    for p, c, kind in edges:
+        up.setdefault(c, []).append((p, kind))
+    lines: list[str] = []
+    shown: set[str] = set()
+
+    def line_for(did: str, kind: str) -> str:
+        title, sub = _label(did, nodes.get(did))
+        tag = "squash of " if kind == "squash" else ""
+        return f"{dot} {tag}{short(did)}  {title}" + (f"  ({sub.split(' · ')[0]})" if sub else "")
+
+    def walk(did: str, prefix: str, kind: str, is_last: bool, top: bool) -> None:
+        conn = "" if top else (last if is_last else tee)
+        if did in shown:
+            lines.append(f"{prefix}{conn}{dot} {short(did)}  (shown above)")
+            return
+        lines.append(prefix + conn + line_for(did, kind))
+        shown.add(did)
+        kids = up.get(did, [])
+        ext = "" if top else (blank if is_last else pipe)
+        for i, (p, k) in enumerate(kids):
+            walk(p, prefix + ext, k, i == len(kids) - 1, False)
+
+    walk(root, "", "parent", True, True)
+    return "\n".join(lines)
+
+
+def render_dot(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+    out = [
+        "digraph dsvc {",
+        '  rankdir=TB; node [shape=box, style="rounded,filled", fillcolor="#eef3fb", '
+        'fontname="Helvetica", fontsize=11]; edge [color="#555555"];',
+    ]
+    for did, rec in nodes.items():
+        title, sub = _label(did, rec)
+        label = (title + ("\\n" + sub if sub else "")).replace('"', '\\"')
+        out.append(f'  "{did}" [label="{label}"];')
+    for p, c, kind in edges:
+        style = ' [style=dashed, label="squash"]' if kind == "squash" else ""
+        out.append(f'  "{p}" -> "{c}"{style};')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render_mermaid(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+    out = ["graph TD"]
+    for did, rec in nodes.items():
+        title, sub = _label(did, rec)
+        text = (title + ("<br/>" + sub if sub else "")).replace('"', "#quot;")
+        out.append(f'  d{did[:12]}["{text}"]')
+    for p, c, kind in edges:
+        arrow = "-. squash .->" if kind == "squash" else "-->"
+        out.append(f"  d{p[:12]} {arrow} d{c[:12]}")
+    return "\n".join(out) + "\n"
+
+
+def render_svg(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+    """A layered drawing (oldest on top) for when Graphviz is not installed."""
+    ups: dict[str, list[str]] = {}
+    for p, c, _ in edges:
+        ups.setdefault(c, []).append(p)
+    depth: dict[str, int] = {}
+
+    def d(n: str, seen: frozenset[str] = frozenset()) -> int:
+        if n not in depth:
+            ps = [p for p in ups.get(n, []) if p not in seen]
+            depth[n] = 0 if not ps else 1 + max(d(p, seen | {n}) for p in ps)
+        return depth[n]
+
+    for n in nodes:
+        d(n)
+    rows: dict[int, list[str]] = {}
+    for n in sorted(nodes, key=lambda n: ((nodes[n] or {}).get("created") or 0, n)):
+        rows.setdefault(depth[n], []).append(n)
+    bw, bh, gx, gy, m = 230, 46, 30, 50, 20
+    width = max(len(r) for r in rows.values()) * (bw + gx) - gx + 2 * m
+    height = len(rows) * (bh + gy) - gy + 2 * m
+    pos: dict[str, tuple[float, float]] = {}
+    for lvl, row in rows.items():
+        off = (width - 2 * m - (len(row) * (bw + gx) - gx)) / 2
+        for i, n in enumerate(row):
+            pos[n] = (m + off + i * (bw + gx), m + lvl * (bh + gy))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif">',
+        '<defs><marker id="arr" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>',
+        '<rect width="100%" height="100%" fill="white"/>',
+    ]
+    for p, c, kind in edges:
+        if p not in pos or c not in pos:
+            continue
+        x1, y1 = pos[p][0] + bw / 2, pos[p][1] + bh
+        x2, y2 = pos[c][0] + bw / 2, pos[c][1]
+        dash = ' stroke-dasharray="5,4"' if kind == "squash" else ""
+        parts.append(
+            f'<line x1="{x1:.0f}" y1="{y1:.0f}" x2="{x2:.0f}" y2="{y2:.0f}" stroke="#555" '
+            f'stroke-width="1.4"{dash} marker-end="url(#arr)"/>'
+        )
+    for n, (x, y) in pos.items():
+        title, sub = _label(n, nodes[n])
+        parts.append(
+            f'<rect x="{x:.0f}" y="{y:.0f}" width="{bw}" height="{bh}" rx="8" fill="#eef3fb" '
+            'stroke="#4a6fa5"/>'
+        )
+        parts.append(
+            f'<text x="{x + bw / 2:.0f}" y="{y + 19:.0f}" font-size="12" text-anchor="middle">'
+            f"{escape(title[:34])}</text>"
+        )
+        parts.append(
+            f'<text x="{x + bw / 2:.0f}" y="{y + 36:.0f}" font-size="10" fill="#555" '
+            f'text-anchor="middle">{escape(sub)}</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

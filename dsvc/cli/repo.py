@@ -1,0 +1,295 @@
+"""Git-style commands on the store: init, gc, fsck, config, demo (remotes: ``remotes``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import click
+
+from dsvc.cli.core import (
+    cli,
+    emit_json,
+    human_duration,
+    human_size,
+    is_quiet,
+    json_option,
+    open_store,
+    result,
+    say,
+)
+from dsvc.cli.remotes import remote_for
+from dsvc.errors import IntegrityError, NotFoundError, UsageError
+
+# -- init ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+def init(directory: str | None) -> None:
+    """Create a store in DIRECTORY (default: --home, $DSVC_HOME or ~/.dsvc).
+
+    Commands use the store in $DSVC_HOME (or --home); point it at the new store.
+
+    \b
+    Example:
+      dsvc init ./team-store && export DSVC_HOME=$PWD/team-store
+    """
+    from dsvc import registry
+    from dsvc.store import default_home
+
+    home = os.path.abspath(directory) if directory else str(default_home())
+    existed = os.path.exists(os.path.join(home, "store.lmdb"))
+    store = registry.open_store(home)
+    params = store.chunker_params
+    verb = "Reinitialized existing" if existed else "Initialized empty"
+    result(f"{verb} dsvc store in {home}")
+    say(
+        f"  chunks {human_size(params.min_size)}/{human_size(params.avg_size)}/"
+        f"{human_size(params.max_size)} (min/avg/max), zstd level {store.level}"
+    )
+    if directory and os.path.abspath(directory) != str(default_home()):
+        say(f"  use it with: export DSVC_HOME={home}   (or dsvc --home {home} ...)")
+
+
+# -- gc / fsck ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--remote",
+    "remote_spec",
+    metavar="REMOTE",
+    help="Collect garbage on this remote instead of the local store.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option(
+    "--grace",
+    type=int,
+    default=3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="On a remote: keep packs younger than this (pushes in flight).",
+)
+@json_option
+def gc(remote_spec: str | None, dry_run: bool, grace: int, as_json: bool) -> None:
+    """Delete content no dataset version references any more (after `dsvc delete`).
+
+    \b
+    Example:
+      dsvc gc --dry-run
+      dsvc gc --remote origin
+    """
+    store = open_store()
+    t0 = time.monotonic()
+    if remote_spec:
+        counts = remote_for(store, remote_spec).gc(store, grace_seconds=grace, dry_run=dry_run)
+    else:
+        from dsvc.maintenance import local_gc
+
+        counts = local_gc(store, dry_run=dry_run)
+    if as_json:
+        emit_json({"dry_run": dry_run, **counts})
+        return
+    where = f"remote {remote_spec}" if remote_spec else f"store {store.home}"
+    result(
+        f"gc {'(dry run) ' if dry_run else ''}on {where} in {human_duration(time.monotonic() - t0)}"
+    )
+    for k, v in counts.items():
+        shown = human_size(v) if "bytes" in k and isinstance(v, int) else v
+        result(f"  {k}: {shown}")
+
+
+def fsck_store(store: Any, progress: bool = True) -> dict[str, Any]:
+    """Decode and hash every chunk and object of ``store``; returns counts and bad ids."""
+    from dsvc.codec import decode_frame
+    from dsvc.errors import DsvcError
+    from dsvc.errors import IntegrityError as IErr
+    from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
+    from dsvc.objects import Blob, Commit, decode_tree
+    from dsvc.progress import Progress
+
+    stats = store.stats()
+    total = stats.get("chunks", 0) + stats.get("objects", 0)
+    out: dict[str, Any] = {
+        "chunks": 0,
+        "objects": 0,
+        "bytes": 0,
+        "bad_chunks": [],
+        "bad_objects": [],
+    }
+    parse = {TAG_BLOB: Blob.decode, TAG_TREE: decode_tree, TAG_COMMIT: Commit.decode}
+    with (
+        Progress("fsck", total, enabled=progress and total > 20_000, unit="obj") as bar,
+        store.read() as txn,
+    ):
+        for cid, frame in txn.cursor(db=store.db("chunks")):
+            out["chunks"] += 1
+            out["bytes"] += len(frame)
+            try:
+                decode_frame(frame, TAG_CHUNK, cid)
+            except IErr:
+                out["bad_chunks"].append(to_hex(cid))
+            bar.update(1)
+        for oid, raw in txn.cursor(db=store.db("objects")):
+            out["objects"] += 1
+            out["bytes"] += len(raw)
+            try:
+                tag = bytes(raw[:1])
+                if tag not in parse:
+                    raise IErr("unknown type tag", oid)
+                parse[tag](decode_frame(raw[1:], tag, oid), oid)  # hash, then structure
+            except DsvcError:
+                out["bad_objects"].append(to_hex(oid))
+            bar.update(1)
+    return out
+
+
+@cli.command()
+@json_option
+def fsck(as_json: bool) -> None:
+    """Verify every chunk and object of the store against its hash (exit 5 if any is bad).
+
+    \b
+    Example:
+      dsvc fsck && echo store is sound
+    """
+    store = open_store()
+    t0 = time.monotonic()
+    rep = fsck_store(store, progress=not is_quiet())
+    bad = len(rep["bad_chunks"]) + len(rep["bad_objects"])
+    if as_json:
+        emit_json({**rep, "ok": bad == 0})
+    else:
+        result(
+            f"checked {rep['chunks']} chunks and {rep['objects']} objects "
+            f"({human_size(rep['bytes'])}) in {human_duration(time.monotonic() - t0)}"
+        )
+        for cid in rep["bad_chunks"]:
+            result(f"bad chunk {cid}")
+        for oid in rep["bad_objects"]:
+            result(f"bad object {oid}")
+    if bad:
+        raise IntegrityError(
+            f"{bad} corrupted item{'s' if bad != 1 else ''} in {store.path}; datasets using them "
+            "cannot be read: re-fetch them from a remote (`dsvc pull`) or re-add the files"
+        )
+
+
+# -- config ----------------------------------------------------------------------------------
+
+_MANAGED = {"remotes": "dsvc remote add/remove", "default_remote": "dsvc remote set-default"}
+
+
+@cli.group(no_args_is_help=True)
+def config() -> None:
+    """Read and change store settings (zstd_level...).
+
+    \b
+    Example:
+      dsvc config get chunker
+      dsvc config set zstd_level 3
+    """
+
+
+def _all_config(store: Any) -> dict[str, Any]:
+    import msgpack
+
+    out = {}
+    with store.read() as txn:
+        for k, v in txn.cursor(db=store.db("config")):
+            out[k.decode()] = msgpack.unpackb(v, raw=False)
+    if "remotes" in out:
+        from dsvc.remote.config import mask_options
+
+        out["remotes"] = {
+            n: {**r, "options": mask_options(r.get("options"))} for n, r in out["remotes"].items()
+        }
+    return out
+
+
+@config.command("get")
+@click.argument("key", required=False)
+@json_option
+def config_get(key: str | None, as_json: bool) -> None:
+    """Print the value of KEY (every setting when KEY is left out).
+
+    \b
+    Example:
+      dsvc config get zstd_level
+    """
+    store = open_store()
+    values = _all_config(store)
+    if key is None:
+        if as_json:
+            emit_json(values)
+        else:
+            for k in sorted(values):
+                result(f"{k} = {json.dumps(values[k], sort_keys=True)}")
+        return
+    if key not in values:
+        raise NotFoundError(f"no setting {key!r}; see `dsvc config get` for all of them")
+    v = values[key]
+    if as_json:
+        emit_json(v)
+    else:
+        result(v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Set KEY to VALUE (parsed as JSON when it is valid JSON, else text).
+
+    \b
+    Example:
+      dsvc config set zstd_level 3
+    """
+    store = open_store()
+    if key in _MANAGED:
+        raise UsageError(f"{key!r} is managed by `{_MANAGED[key]}`")
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    if key == "zstd_level" and not (isinstance(parsed, int) and 0 <= parsed <= 19):
+        raise UsageError("zstd_level must be an integer from 0 (no compression) to 19")
+    store.set_config(key, parsed)
+    result(f"{key} = {json.dumps(parsed)}")
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Work here (kept) instead of a temporary folder.",
+)
+@click.option(
+    "--size-mb",
+    type=float,
+    default=6.0,
+    show_default=True,
+    help="Approximate size of the sample data.",
+)
+@click.option("--keep", is_flag=True, help="Keep the temporary folder.")
+def demo(workdir: str | None, size_mb: float, keep: bool) -> None:
+    """Run the whole workflow on generated sample data in a scratch store.
+
+    create, add, close; modify and sync a second version; squash; push to a folder
+    remote; clone into a second empty store and get the files back, byte for byte.
+    Nothing outside the scratch folder is touched.
+
+    \b
+    Example:
+      dsvc demo
+      dsvc demo --workdir ./demo --size-mb 50
+    """
+    from dsvc.demo import run_demo
+
+    run_demo(workdir=workdir, size_mb=size_mb, keep=keep, echo=click.echo)
