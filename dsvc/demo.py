@@ -163,11 +163,7 @@ def _use_home(home: Path) -> Any:
 def _close_store(home: Path) -> None:
     from dsvc import registry
 
-    stores = getattr(registry, "_stores", None)
-    if isinstance(stores, dict):
-        s = stores.pop(str(home.absolute()), None)
-        if s is not None:
-            s.close()
+    registry.close_store(home)
 
 
 def _prepare(workdir: str | None) -> tuple[Path, bool]:

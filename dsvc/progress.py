@@ -1,5 +1,9 @@
 """Progress display for long work: a thread-safe byte counter drawn with tqdm on stderr.
 
+A bar appears only once its work has run for a second (tqdm's ``delay``;
+``DSVC_PROGRESS_DELAY`` changes it), so every step that takes longer than that shows one
+and quick steps stay silent.
+
 Work-layer functions take a plain ``progress(n_bytes)`` callback; the dataset and CLI
 layers create a :class:`Progress` and pass its ``update``. Bars are hidden when stderr
 is not a terminal (tqdm's own rule), when ``DSVC_QUIET`` is set, or when ``enabled`` is
@@ -37,6 +41,7 @@ class Progress:
             leave=False,
             dynamic_ncols=True,
             mininterval=0.2,
+            delay=float(os.environ.get("DSVC_PROGRESS_DELAY", "1.0")),
         )
         self._lock = threading.Lock()
         self.count = 0

@@ -46,6 +46,14 @@ def open_store(home: str | os.PathLike[str] | None = None) -> Store:
         return s
 
 
+def close_store(home: str | os.PathLike[str]) -> None:
+    """Close and forget the process-wide store for ``home`` (no-op if not open)."""
+    with _stores_lock:
+        s = _stores.pop(str(os.path.abspath(os.fspath(home))), None)
+    if s is not None:
+        s.close()
+
+
 def key(dataset_id: str) -> str:
     return PREFIX + dataset_id
 

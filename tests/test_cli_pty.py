@@ -29,7 +29,8 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _spawn(home: Path, *args: str) -> pexpect.spawn:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSVC_")}
-    env.update(DSVC_HOME=str(home), COLUMNS="100", TERM="xterm")
+    # the bar waits 1 s before drawing; this machine may add 100 MiB faster than that
+    env.update(DSVC_HOME=str(home), COLUMNS="100", TERM="xterm", DSVC_PROGRESS_DELAY="0")
     return pexpect.spawn(
         DSVC[0], [*DSVC[1:], *args], env=env, dimensions=(24, 100), timeout=60, encoding="utf-8"
     )

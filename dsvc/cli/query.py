@@ -76,7 +76,7 @@ def list_cmd(
       dsvc list --id 3f2a1b2c --filter '*.csv'
       dsvc list --project demo --name images --modified --json
     """
-    from dsvc.dataset import _remove_match
+    from dsvc.dataset import match_dataset_path
 
     store = open_store()
     ds = get_dataset(store, dataset_id, project, name, version, "list")
@@ -89,7 +89,7 @@ def list_cmd(
     paths = sorted(status) if modified else sorted(entries)
     if filters:
         pats = [f.replace("\\", "/").lstrip("/") for f in filters]
-        paths = [p for p in paths if any(_remove_match(p, q, True) for q in pats)]
+        paths = [p for p in paths if any(match_dataset_path(p, q, True) for q in pats)]
     rows = []
     for p in paths:
         e = entries.get(p)
