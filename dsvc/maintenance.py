@@ -17,9 +17,10 @@ import shutil
 from typing import Any
 
 from dsvc import codec
-from dsvc.errors import StateError
-from dsvc.ids import TAG_CHUNK, to_hex
-from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Commit
+from dsvc.errors import DsvcError, IntegrityError, StateError
+from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
+from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Blob, Commit, decode_tree
+from dsvc.progress import Progress
 from dsvc.registry import all_records
 from dsvc.store import Store
 
@@ -106,23 +107,39 @@ def local_gc(store: Store, *, dry_run: bool = False) -> dict[str, Any]:
     return stats
 
 
-def fsck(store: Store) -> dict[str, Any]:
-    """Verify every chunk and object against its id; returns counts and bad ids."""
-    bad: list[str] = []
-    counts = {"chunks": 0, "objects": 0}
-    with store.read() as txn:
-        for k, v in txn.cursor(db=store.db("chunks")):
-            counts["chunks"] += 1
+def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
+    """Decode and hash every chunk and object, then check each object's structure.
+
+    Returns counts, stored bytes and the hex ids of bad chunks and bad objects.
+    """
+    out: dict[str, Any] = {
+        "chunks": 0,
+        "objects": 0,
+        "bytes": 0,
+        "bad_chunks": [],
+        "bad_objects": [],
+    }
+    parse = {TAG_BLOB: Blob.decode, TAG_TREE: decode_tree, TAG_COMMIT: Commit.decode}
+    stats = store.stats()
+    total = stats.get("chunks", 0) + stats.get("objects", 0)
+    with Progress("fsck", total, enabled=progress, unit="obj") as bar, store.read() as txn:
+        for cid, frame in txn.cursor(db=store.db("chunks")):
+            out["chunks"] += 1
+            out["bytes"] += len(frame)
             try:
-                codec.decode_frame(v, TAG_CHUNK, k)
-            except Exception:
-                bad.append(to_hex(k))
-        for k, v in txn.cursor(db=store.db("objects")):
-            counts["objects"] += 1
+                codec.decode_frame(frame, TAG_CHUNK, cid)
+            except IntegrityError:
+                out["bad_chunks"].append(to_hex(cid))
+            bar.update(1)
+        for oid, raw in txn.cursor(db=store.db("objects")):
+            out["objects"] += 1
+            out["bytes"] += len(raw)
             try:
-                data = codec.decode_frame(v[1:], v[:1], k)
-                if v[:1] == b"M":
-                    Commit.decode(data, k)
-            except Exception:
-                bad.append(to_hex(k))
-    return {**counts, "bad": bad}
+                tag = bytes(raw[:1])
+                if tag not in parse:
+                    raise IntegrityError(f"object {to_hex(oid)}: unknown type tag {tag!r}", oid)
+                parse[tag](codec.decode_frame(raw[1:], tag, oid), oid)  # hash, then structure
+            except DsvcError:
+                out["bad_objects"].append(to_hex(oid))
+            bar.update(1)
+    return out

@@ -102,51 +102,6 @@ def gc(remote_spec: str | None, dry_run: bool, grace: int, as_json: bool) -> Non
         result(f"  {k}: {shown}")
 
 
-def fsck_store(store: Any, progress: bool = True) -> dict[str, Any]:
-    """Decode and hash every chunk and object of ``store``; returns counts and bad ids."""
-    from dsvc.codec import decode_frame
-    from dsvc.errors import DsvcError
-    from dsvc.errors import IntegrityError as IErr
-    from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
-    from dsvc.objects import Blob, Commit, decode_tree
-    from dsvc.progress import Progress
-
-    stats = store.stats()
-    total = stats.get("chunks", 0) + stats.get("objects", 0)
-    out: dict[str, Any] = {
-        "chunks": 0,
-        "objects": 0,
-        "bytes": 0,
-        "bad_chunks": [],
-        "bad_objects": [],
-    }
-    parse = {TAG_BLOB: Blob.decode, TAG_TREE: decode_tree, TAG_COMMIT: Commit.decode}
-    with (
-        Progress("fsck", total, enabled=progress and total > 20_000, unit="obj") as bar,
-        store.read() as txn,
-    ):
-        for cid, frame in txn.cursor(db=store.db("chunks")):
-            out["chunks"] += 1
-            out["bytes"] += len(frame)
-            try:
-                decode_frame(frame, TAG_CHUNK, cid)
-            except IErr:
-                out["bad_chunks"].append(to_hex(cid))
-            bar.update(1)
-        for oid, raw in txn.cursor(db=store.db("objects")):
-            out["objects"] += 1
-            out["bytes"] += len(raw)
-            try:
-                tag = bytes(raw[:1])
-                if tag not in parse:
-                    raise IErr("unknown type tag", oid)
-                parse[tag](decode_frame(raw[1:], tag, oid), oid)  # hash, then structure
-            except DsvcError:
-                out["bad_objects"].append(to_hex(oid))
-            bar.update(1)
-    return out
-
-
 @cli.command()
 @json_option
 def fsck(as_json: bool) -> None:
@@ -158,6 +113,8 @@ def fsck(as_json: bool) -> None:
     """
     store = open_store()
     t0 = time.monotonic()
+    from dsvc.maintenance import fsck as fsck_store
+
     rep = fsck_store(store, progress=not is_quiet())
     bad = len(rep["bad_chunks"]) + len(rep["bad_objects"])
     if as_json:
