@@ -538,11 +538,16 @@ def _first_line(text: str) -> str:
     only the OS error, e.g. "Connection refused", is kept)."""
     head = text.split("\n\nDebug source:", 1)[0].strip().splitlines()
     line = re.sub(r":\s*(<\?xml[^>]*\?>|\{)\s*$", "", head[0] if head else text)
-    extra = [m.group(1).strip() for m in re.finditer(r"<(?:Code|Message)>([^<]{1,200})<", text)]
+    extra = [
+        m.group(1).strip().splitlines()[0]  # Azure appends "\nRequestId:...\nTime:..."
+        for m in re.finditer(r"<(?:Code|Message)>\s*([^<]{1,200})<", text)
+        if m.group(1).strip()
+    ]
     extra += re.findall(r'message: "([^"]{1,120})"', text)[:1]
     extra += re.findall(r'"message"\s*:\s*"([^"]{1,200})"', text)[:1]
     if extra:
         line = f"{line} ({'; '.join(dict.fromkeys(extra))})"
+    line = " ".join(line.split())  # one line, whatever the server sent
     return line if len(line) <= 500 else line[:500] + "..."
 
 

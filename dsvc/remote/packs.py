@@ -116,12 +116,6 @@ class RemoteIndex:
                 b.put("remote", self.prefix + b"o/" + oid, _ROW.pack(pack, off, length, kind))
             b.put("remote", self.prefix + b"p/" + pack, b"")
 
-    def forget_pack(self, pack: bytes, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
-        with self.store.batch() as b:
-            for oid, *_ in entries:
-                b.delete("remote", self.prefix + b"o/" + oid)
-            b.delete("remote", self.prefix + b"p/" + pack)
-
     def locate(self, ids: Iterable[bytes]) -> dict[bytes, Location]:
         out = {}
         with self.store.read() as txn:
@@ -132,14 +126,58 @@ class RemoteIndex:
                     out[oid] = Location(*_ROW.unpack(raw))
         return out
 
-    def has(self, oid: bytes) -> bool:
+    def has(self, oid: bytes, exclude: frozenset[bytes] | set[bytes] = frozenset()) -> bool:
+        """Whether the remote holds ``oid`` in a pack not in ``exclude``."""
         with self.store.read() as txn:
-            return txn.get(self.prefix + b"o/" + oid, db=self.store.db("remote")) is not None
+            raw = txn.get(self.prefix + b"o/" + oid, db=self.store.db("remote"))
+        return raw is not None and (not exclude or bytes(raw[:16]) not in exclude)
 
-    def missing(self, ids: Iterable[bytes]) -> list[bytes]:
+    def missing(
+        self, ids: Iterable[bytes], exclude: frozenset[bytes] | set[bytes] = frozenset()
+    ) -> list[bytes]:
+        """The ``ids`` the remote lacks (or holds only in packs in ``exclude``)."""
+        out = []
         with self.store.read() as txn:
             db = self.store.db("remote")
-            return [i for i in ids if txn.get(self.prefix + b"o/" + i, db=db) is None]
+            for i in ids:
+                raw = txn.get(self.prefix + b"o/" + i, db=db)
+                if raw is None or (exclude and bytes(raw[:16]) in exclude):
+                    out.append(i)
+        return out
+
+    def forget_packs(self, packs: set[bytes]) -> None:
+        """Drop every location in ``packs`` (deleted from the remote) from the cache."""
+        if not packs:
+            return
+        o = self.prefix + b"o/"
+        keys = [self.prefix + b"p/" + p for p in packs]
+        with self.store.read() as txn:
+            cur = txn.cursor(db=self.store.db("remote"))
+            if cur.set_range(o):
+                for k, v in cur:
+                    if not k.startswith(o):
+                        break
+                    if bytes(v[:16]) in packs:
+                        keys.append(bytes(k))
+        with self.store.batch() as b:
+            for k in keys:
+                b.delete("remote", k)
+
+    def reset_packs(self) -> None:
+        """Forget which indexes were loaded, so the next refresh reloads them all (an
+        object whose cached location was forgotten may still be in another pack)."""
+        p = self.prefix + b"p/"
+        keys = []
+        with self.store.read() as txn:
+            cur = txn.cursor(db=self.store.db("remote"))
+            if cur.set_range(p):
+                for k, _ in cur:
+                    if not k.startswith(p):
+                        break
+                    keys.append(bytes(k))
+        with self.store.batch() as b:
+            for k in keys:
+                b.delete("remote", k)
 
     def clear(self) -> None:
         keys = []

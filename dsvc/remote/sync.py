@@ -66,6 +66,13 @@ COALESCE_GAP = 1 << 20
 #: records we drop before publishing (local bookkeeping only)
 _LOCAL_FIELDS = ("uploaded_tree", "remote")
 
+#: the gc marks document (see Remote.gc)
+GC_MARKS = "gc/marks"
+#: how long a pusher waits for a sweep that is deleting a pack it wants to re-upload
+RESCUE_WAIT = 120.0
+#: a "deleting" mark older than this belongs to a gc that crashed
+STALE_SWEEP = 600.0
+
 _open: dict[tuple[str, str], Remote] = {}
 _open_lock = threading.Lock()
 
@@ -142,6 +149,8 @@ class Remote:
         self.url = self.backend.url
         self.index = RemoteIndex(store, "r" + xxhash.xxh3_64_hexdigest(self.url.encode()))
         self._checked = False
+        self._cas_checked = False
+        self._doomed: frozenset[bytes] = frozenset()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -150,15 +159,22 @@ class Remote:
     # -- repository setup ------------------------------------------------------------
 
     def ensure_repo(self, store: Store, *, create: bool) -> bool:
-        """Check (or create) ``dsvc.json``; False when absent and not ``create``."""
+        """Check (or create) ``dsvc.json``; False when absent and not ``create``.
+
+        ``create`` means "about to write": the first write through this client also
+        probes that the store enforces conditional writes, whoever created the remote
+        (a client behind an S3 clone that ignores them must not touch refs).
+        """
         with self._lock:
+            if create and not self._cas_checked:
+                self.backend.check_conditional_writes()
+                self._cas_checked = True
             if self._checked:
                 return True
             raw = self.backend.get_versioned("dsvc.json")
             if raw is None:
                 if not create:
                     return False
-                self.backend.check_conditional_writes()
                 doc = {"format": FORMAT, "chunker": store.chunker_params.to_config()}
                 self.backend.create("dsvc.json", json.dumps(doc, indent=1).encode())
                 raw = self.backend.get_versioned("dsvc.json")
@@ -178,13 +194,18 @@ class Remote:
             self._checked = True
             return True
 
-    def refresh_index(self, store: Store, *, forget_gone: bool = False) -> None:
-        """Load the indexes of packs we have not seen yet (in parallel)."""
+    def refresh_index(self, store: Store, *, forget_gone: bool = True) -> None:
+        """Load the indexes of packs we have not seen yet (in parallel), forget packs that
+        are gone, and note the packs ``gc`` has marked for deletion (see :meth:`gc`)."""
         known = self.index.known_packs()
         on_remote = {}
         for info in self.backend.list("packs/"):
             if info.key.endswith(".idx"):
-                on_remote[bytes.fromhex(info.key[len("packs/") : -len(".idx")])] = info
+                try:
+                    pid = bytes.fromhex(info.key[len("packs/") : -len(".idx")])
+                except ValueError:
+                    continue  # not ours
+                on_remote[pid] = info
         new = [p for p in on_remote if p not in known]
 
         def load(pid: bytes) -> tuple[bytes, list]:
@@ -196,8 +217,45 @@ class Remote:
                 for pid, entries in pool.map(load, new):
                     self.index.add_pack(pid, entries)
         if forget_gone:
-            for pid in known - on_remote.keys():
-                self.index.forget_pack(pid, [])
+            self.index.forget_packs(known - on_remote.keys())
+        doc, _ = self._read_marks()
+        self._doomed = frozenset(bytes.fromhex(n) for n in (*doc["marked"], *doc["deleting"]))
+
+    # -- gc marks -----------------------------------------------------------------
+
+    def _read_marks(self) -> tuple[dict[str, dict[str, float]], Any]:
+        got = self.backend.get_versioned(GC_MARKS)
+        if got is None:
+            return {"marked": {}, "deleting": {}}, None
+        doc = _decode(got[0], GC_MARKS)
+        return {
+            "marked": dict(doc.get("marked") or {}),
+            "deleting": dict(doc.get("deleting") or {}),
+        }, got[1]
+
+    def _rescue(self, name: str) -> None:
+        """A pack we are about to (re-)upload is marked by ``gc``: take the mark off first,
+        or wait until a sweep that already started deleting it is done."""
+        deadline = time.monotonic() + RESCUE_WAIT
+        while True:
+            doc, ver = self._read_marks()
+            since = doc["deleting"].get(name)
+            if (
+                since is not None
+                and time.time() - since < STALE_SWEEP
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)  # a sweep is deleting it right now: upload after it
+                continue
+            if name not in doc["marked"] and since is None:
+                return
+            doc["marked"].pop(name, None)
+            doc["deleting"].pop(name, None)  # a stale sweep (crashed gc): cancel it
+            try:
+                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+                return
+            except ConflictError:
+                continue
 
     # -- push ---------------------------------------------------------------------
 
@@ -208,7 +266,7 @@ class Remote:
         seen: set[bytes] = set()
 
         def visit(tid: bytes) -> None:
-            if tid in seen or self.index.has(tid):
+            if tid in seen or self.index.has(tid, doomed):
                 return  # closure invariant: the whole subtree is there
             seen.add(tid)
             for e in store.get_tree(tid).values():
@@ -216,20 +274,23 @@ class Remote:
                     visit(e.id)
                 elif e.kind == KIND_CHUNKFILE:
                     chunks[e.id] = None
-                elif e.id not in seen and not self.index.has(e.id):
+                elif e.id not in seen and not self.index.has(e.id, doomed):
                     seen.add(e.id)
                     for cid, _ in store.get_blob(e.id).chunks:
                         chunks[cid] = None
                     objects.append(e.id)
             objects.append(tid)
 
+        doomed = self._doomed  # packs gc marked: their content does not count
         for r in roots:
             visit(r)
-        return objects, self.index.missing(chunks)
+        return objects, self.index.missing(chunks, doomed)
 
     def _upload_pack(self, builder: PackBuilder, stats: PushStats, bar: Progress | None) -> None:
         pid, data, index = builder.finish()
         name = pack_name(pid)
+        if pid in self._doomed:  # same bytes as a pack gc marked: unmark it first
+            self._rescue(name)
         self.backend.put(f"packs/{name}.pack", data)
         self.backend.put(f"packs/{name}.idx", index)  # index last: the pack now counts
         entries = decode_index(index, name)
@@ -258,7 +319,7 @@ class Remote:
         self.refresh_index(store)
         stats = PushStats()
         objects, chunks = self._plan(store, [tree])
-        objects += [o for o in extra_objects if not self.index.has(o)]
+        objects += [o for o in extra_objects if not self.index.has(o, self._doomed)]
         limit = (pack_size_mb or DEFAULT_PACK_MB) << 20
         workers = max_workers or DEFAULT_WORKERS
         total = 0
@@ -436,13 +497,37 @@ class Remote:
         workers: int | None = None,
         bar: Progress | None = None,
     ) -> FetchStats:
-        """Read the values of ``ids`` from packs (ranged reads), verify, store locally."""
+        """Read the values of ``ids`` from packs (ranged reads), verify, store locally.
+
+        A pack that vanished since its index was cached (``gc`` swept it; the objects
+        may have been pushed again in another pack) gets one retry on fresh indexes.
+        """
         want = list(dict.fromkeys(ids))
+        try:
+            return self._fetch_once(store, want, workers=workers, bar=bar)
+        except NotFoundError:
+            self.refresh_index(store)
+            chunks = set(store.missing("chunks", want))
+            rest = [i for i in store.missing("objects", want) if i in chunks]
+            return self._fetch_once(store, rest, workers=workers, bar=bar)
+
+    def _fetch_once(
+        self,
+        store: Store,
+        want: list[bytes],
+        *,
+        workers: int | None = None,
+        bar: Progress | None = None,
+    ) -> FetchStats:
         stats = FetchStats()
         if not want:
             return stats
         locs = self.index.locate(want)
         if len(locs) < len(want):
+            self.refresh_index(store)
+            locs = self.index.locate(want)
+        if len(locs) < len(want):  # a cached location may have been forgotten: reload all
+            self.index.reset_packs()
             self.refresh_index(store)
             locs = self.index.locate(want)
         missing = [i for i in want if i not in locs]
@@ -552,53 +637,108 @@ class Remote:
     def gc(
         self, store: Store, *, grace_seconds: float = 86400, dry_run: bool = False
     ) -> dict[str, Any]:
-        """Delete packs that no dataset record reaches and that are older than the grace
-        period (so packs of a push still in progress elsewhere survive)."""
+        """Delete packs that no dataset record reaches: mark, then sweep after a grace period.
+
+        Each run (1) computes what the records on the remote reach, (2) marks unreached
+        packs older than ``grace_seconds`` in ``gc/marks`` (compare-and-swap), and (3)
+        deletes the packs marked at least ``grace_seconds`` ago and still unreached
+        (index first, then pack). A referenced pack loses its mark. Pushers ignore
+        marked packs when deciding what the remote already has, and take the mark off a
+        pack they upload again, so a push that started before the mark is safe as long
+        as it finishes within the grace period. ``grace_seconds=0`` marks and sweeps in
+        one run (only when nobody else is pushing).
+        """
+        zero = {"packs_deleted": 0, "bytes_deleted": 0, "packs_kept": 0, "packs_marked": 0}
         if not self.ensure_repo(store, create=False):
-            return {"packs_deleted": 0, "bytes_deleted": 0, "packs_kept": 0}
-        self.refresh_index(store, forget_gone=True)
+            return {**zero, "packs_too_young": 0, "dry_run": dry_run}
+        if not dry_run:
+            self.ensure_repo(store, create=True)  # probes conditional writes once
+        self.refresh_index(store)
         reachable: set[bytes] = set()
         for rec in self.list_records(store):
             self.fetch_metadata(store, rec["tree"], [rec["commit"]] if rec.get("commit") else [])
             reachable.add(rec["commit"])
             _reach(store, rec["tree"], reachable)
-        now = time.time()
-        stats = GcStats()
-        infos = {i.key: i for i in self.backend.list("packs/")}
-        for key, info in infos.items():
-            if not key.endswith(".pack"):
-                continue
-            name = key[len("packs/") : -len(".pack")]
-            idx = infos.get(f"packs/{name}.idx")
-            young = (
-                info.last_modified is not None
-                and now - info.last_modified.timestamp() < grace_seconds
-            )
-            if idx is not None:
-                entries = decode_index(self.backend.get(idx.key), name)
+        for attempt in range(20):
+            now = time.time()
+            stats = GcStats()
+            marked_now = 0
+            infos = {i.key: i for i in self.backend.list("packs/")}
+            doc, ver = self._read_marks()
+            marks = doc["marked"]
+            sweep: dict[str, tuple[Any, Any, list]] = {}
+            for key, info in infos.items():
+                if not key.endswith(".pack"):
+                    continue
+                name = key[len("packs/") : -len(".pack")]
+                idx = infos.get(f"packs/{name}.idx")
+                entries = decode_index(self.backend.get(idx.key), name) if idx else []
                 if any(oid in reachable for oid, *_ in entries):
                     stats.packs_kept += 1
+                    marks.pop(name, None)
+                    doc["deleting"].pop(name, None)
                     continue
-            else:
-                entries = []
-            if young:
-                stats.packs_too_young += 1
-                continue
-            stats.packs_deleted += 1
-            stats.bytes_deleted += info.size
-            stats.deleted.append(name)
-            if not dry_run:
+                if name in doc["deleting"]:
+                    sweep[name] = (info, idx, entries)  # a crashed sweep: finish it
+                    continue
+                if name not in marks:
+                    modified = info.last_modified.timestamp() if info.last_modified else now
+                    if now - modified < grace_seconds:
+                        stats.packs_too_young += 1
+                        continue
+                    marks[name] = now
+                    marked_now += 1
+                if now - marks[name] >= grace_seconds:
+                    sweep[name] = (info, idx, entries)
+                else:
+                    stats.packs_too_young += 1
+            for name in [n for n in marks if f"packs/{n}.pack" not in infos]:
+                del marks[name]  # deleted by someone else
+            for name, (info, _, _) in sweep.items():
+                stats.packs_deleted += 1
+                stats.bytes_deleted += info.size
+                stats.deleted.append(name)
+            if dry_run:
+                break
+            for name in sweep:
+                marks.pop(name, None)
+                doc["deleting"].setdefault(name, now)
+            try:  # commit marks and the sweep list before deleting anything
+                if doc["marked"] or doc["deleting"] or ver is not None:
+                    ver = self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+            except ConflictError:
+                time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))
+                continue  # a pusher rescued a pack (or another gc ran): start over
+            for info, idx, _ in sweep.values():
                 if idx is not None:
-                    self.backend.delete(idx.key)  # index first: readers stop trusting the pack
-                self.backend.delete(key)
-                self.index.forget_pack(bytes.fromhex(name), entries)
+                    self.backend.delete(idx.key)  # index first: readers stop trusting it
+                self.backend.delete(info.key)
+            self.index.forget_packs({bytes.fromhex(n) for n in sweep})
+            self._clear_deleting(set(sweep))
+            break
+        else:
+            raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
         return {
             "packs_deleted": stats.packs_deleted,
             "bytes_deleted": stats.bytes_deleted,
             "packs_kept": stats.packs_kept,
+            "packs_marked": marked_now,
             "packs_too_young": stats.packs_too_young,
             "dry_run": dry_run,
         }
+
+    def _clear_deleting(self, names: set[str]) -> None:
+        for _ in range(100):
+            doc, ver = self._read_marks()
+            if not names & doc["deleting"].keys():
+                return
+            for n in names:
+                doc["deleting"].pop(n, None)
+            try:
+                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+                return
+            except ConflictError:
+                time.sleep(random.uniform(0, 0.05))
 
 
 def _verify(value: bytes | memoryview, oid: bytes, kind: int, pack: str) -> None:
