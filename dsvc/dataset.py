@@ -37,7 +37,15 @@ from dsvc.errors import (
 )
 from dsvc.ids import TAG_BLOB, object_id, to_hex
 from dsvc.ingest import Ingestor, ScanItem, scan
-from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Blob, Commit, Entry, split_path
+from dsvc.objects import (
+    EMPTY_TREE_ID,
+    KIND_CHUNKFILE,
+    KIND_TREE,
+    Blob,
+    Commit,
+    Entry,
+    split_path,
+)
 from dsvc.progress import Progress
 from dsvc.store import Store
 from dsvc.treeops import Trees, apply_edits, diff, lookup, merge, walk
@@ -232,7 +240,10 @@ class Dataset:
             if parents:
                 dataset_name = parents[-1]["name"]
             else:
-                raise UsageError("Dataset.create needs a non-empty dataset_name")
+                raise UsageError(
+                    "Dataset.create needs a non-empty dataset_name and a dataset_project (or "
+                    "parent_datasets to take them from); there is no ClearML task to name it"
+                )
         if not dataset_project:
             if not parents:
                 raise UsageError(
@@ -240,8 +251,9 @@ class Dataset:
                     "take the project from)"
                 )
             dataset_project = parents[-1]["project"]
+        # versions pushed from other machines count too, so numbering never repeats
         siblings = reg.filter_records(
-            reg.all_records(store), project=dataset_project, name=dataset_name
+            _known_records(store), project=dataset_project, name=dataset_name
         )
         if dataset_version is None:
             dataset_version = reg.next_version(siblings)
@@ -276,6 +288,7 @@ class Dataset:
             "remote": None,
             "metadata": {},
             "archived": False,
+            "removed_any": False,
         }
         reg.insert(store, rec)
         _remember(store, rec["id"])
@@ -356,10 +369,8 @@ class Dataset:
     ) -> list[dict[str, Any]]:
         """Datasets of the local store and the default remote, newest first."""
         store = _store()
-        recs = {r["id"]: r for r in _remote_records(store)}
-        recs.update({r["id"]: r for r in reg.all_records(store)})
         found = reg.filter_records(
-            recs.values(),
+            _known_records(store),
             project=dataset_project,
             partial_name=partial_name,
             tags=tags,
@@ -497,7 +508,12 @@ class Dataset:
         return entries, stats.skipped
 
     def _apply(self, edits: dict[RelPath, Entry | None]) -> int:
-        """Apply edits to the staged tree (CAS on the record); returns how many changed."""
+        """Apply edits to the staged tree (CAS on the record); returns how many changed.
+
+        Also keeps the record's ``removed_any`` flag: False while every edit since
+        ``create`` only added or replaced files, so the staged tree holds every path of
+        its base (``squash`` uses that to skip merging along a lineage).
+        """
         if not edits:
             return 0
         changed = 0
@@ -508,9 +524,9 @@ class Dataset:
             with self._store.batch() as b:
                 trees.batch = b
                 old = r["tree"]
-                changed = sum(1 for p, e in edits.items() if lookup(trees, old, p) != e)
+                changed, removes = _edit_effects(trees, old, edits)
                 new = apply_edits(trees, old, edits)
-            return {**r, "tree": new}
+            return {**r, "tree": new, "removed_any": bool(r.get("removed_any", True) or removes)}
 
         self._update(change)
         return changed
@@ -561,19 +577,30 @@ class Dataset:
             )
             for p, why in [*sr.skipped, *skipped]:
                 _warn(f"skipped {p}: {why}")
+            # build the folder's tree and diff it with the staged one: equal subtrees
+            # (the unchanged folders) are skipped by id, never opened
             trees = self._trees()
-            sub = lookup(trees, self._rec["tree"], prefix) if prefix else None
-            current: dict[RelPath, Entry] = {}
-            if not prefix:
-                current = dict(walk(trees, self._refresh()["tree"]))
-            elif sub is not None and sub.kind == KIND_TREE:
-                current = {p[len(prefix) :]: e for p, e in walk(trees, sub.id, prefix)}
-            elif sub is not None:
-                current = {(): sub}  # a file where the folder should be: it goes
-            removed = [p for p in current if p not in entries]
-            added = [p for p in entries if p not in current]
-            modified = [p for p, e in entries.items() if p in current and current[p] != e]
-            edits: dict[RelPath, Entry | None] = {(*prefix, *p): None for p in removed}
+            with self._store.batch() as b:
+                trees.batch = b
+                folder = apply_edits(trees, EMPTY_TREE_ID, entries) if entries else EMPTY_TREE_ID
+            trees.batch = None
+            cur_root = self._refresh()["tree"]
+            sub = lookup(trees, cur_root, prefix)
+            removed: list[RelPath] = []
+            added: list[RelPath] = []
+            modified: list[RelPath] = []
+            edits: dict[RelPath, Entry | None] = {}
+            if sub is not None and sub.kind != KIND_TREE:
+                removed = [()]  # a file where the folder should be: it goes
+                edits[prefix] = None
+                added = list(entries)
+            else:
+                old_sub = sub.id if sub is not None else EMPTY_TREE_ID
+                for c in diff(trees, old_sub, folder):
+                    {"added": added, "removed": removed, "modified": modified}[c.status].append(
+                        c.path
+                    )
+            edits.update({(*prefix, *p): None for p in removed if p})
             edits.update({(*prefix, *p): entries[p] for p in (*added, *modified)})
             if verbose:
                 print(
@@ -591,11 +618,20 @@ class Dataset:
     def list_files(
         self, dataset_path: str | None = None, recursive: bool = True, dataset_id: str | None = None
     ) -> list[str]:
-        """Paths of the files in the dataset, optionally filtered by a wildcard."""
-        files = sorted(self._files(dataset_id))
+        """Sorted paths of the dataset's files, optionally filtered by a wildcard
+        (``dataset_path``, rules in docs/matching.md) and, as in ClearML, by
+        ``dataset_id``: only the files whose current content was added by that version
+        (this one or an ancestor; see ``FileEntry.parent_dataset_id``).
+        """
+        if dataset_id is None:
+            files = sorted(self._files())
+        else:
+            files = sorted(
+                p for p, fe in self.file_entries_dict.items() if fe.parent_dataset_id == dataset_id
+            )
         if not dataset_path:
             return files
-        pattern = dataset_path.replace("\\", "/").lstrip("/")
+        pattern = str(dataset_path).replace("\\", "/").lstrip("/")
         return [f for f in files if _remove_match(f, pattern, recursive)]
 
     def _changes(self, dataset_id: str | None) -> list[Any]:
@@ -618,27 +654,18 @@ class Dataset:
 
     @property
     def file_entries_dict(self) -> dict[str, FileEntry]:
-        """``relative path -> FileEntry`` for every file of this version."""
-        rec = self._refresh()
-        base = rec["base_tree"]
-        trees = self._trees()
-        own = {"/".join(c.path) for c in diff(trees, base, rec["tree"]) if c.new is not None}
-        parents = rec.get("parents") or []
-        out = {}
-        for path, e in self._files().items():
-            owner = (
-                rec["id"] if path in own or not parents else self._owner(path, e, parents, trees)
-            )
-            out[path] = FileEntry(path, to_hex(e.id), e.size, owner)
-        return out
+        """``relative path -> FileEntry`` for every file of this version.
 
-    def _owner(self, path: str, e: Entry, parents: list[str], trees: Trees) -> str | None:
-        parts = tuple(path.split("/"))
-        for pid in reversed(parents):
-            prec = reg.get(self._store, pid)
-            if prec is not None and lookup(trees, prec["tree"], parts) == e:
-                return pid
-        return None
+        ``parent_dataset_id`` is the version (this one or an ancestor) whose change
+        gave the file its current content, as in ClearML.
+        """
+        rec = self._refresh()
+        files = self._files()
+        owners = _owners(self._store, self._trees(), rec, files)
+        return {
+            path: FileEntry(path, to_hex(e.id), e.size, owners.get(path, rec["id"]))
+            for path, e in files.items()
+        }
 
     @property
     def file_entries(self) -> list[FileEntry]:
@@ -826,7 +853,7 @@ class Dataset:
         self, entries: list[tuple[RelPath, Entry]], max_workers: int | None
     ) -> None:
         """Fetch from the remote whatever content of ``entries`` is not local."""
-        missing = [e for _, e in entries if not _have_file(self._store, e)]
+        missing = _missing_files(self._store, [e for _, e in entries])
         if not missing:
             return
         rec = self._rec
@@ -1020,7 +1047,7 @@ class Dataset:
         trees = Trees(store)
         with store.batch() as b:
             trees.batch = b
-            root = merge(trees, [r["tree"] for r in recs])
+            root = _squash_tree(store, trees, recs)
         ds = cls.create(
             dataset_name=dataset_name, dataset_project=recs[0]["project"], output_uri=output_url
         )
@@ -1097,14 +1124,27 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _remove_match(path: str, pattern: str, recursive: bool) -> bool:
-    """ClearML's dataset-path matching (see docs/guide.md)."""
+    """ClearML's dataset-path matching (``matches_any_wildcard``; see docs/matching.md).
+
+    Besides ClearML's rule, a pattern naming a file or a folder exactly matches that file
+    or everything below that folder (``data`` and ``data/`` both match ``data/a/x.jpg``).
+
+    * recursive: the pattern is split at its last ``/`` into a folder part and a file
+      part; the path must match ``<folder part>*`` and end with ``/<file part>`` (``*``
+      crosses ``/``): ``*.csv`` matches every CSV at any depth, ``data/*.jpg`` matches
+      ``data/sub/x.jpg``, ``x.csv`` matches ``a/b/x.csv``.
+    * not recursive: the path and the pattern must have the same number of components,
+      each matched by ``fnmatch`` (``*.csv`` matches top-level CSVs only).
+    """
     if path == pattern or path.startswith(pattern.rstrip("/") + "/"):
         return True
     if recursive:
-        if fnmatch.fnmatchcase(path, pattern):
-            return True
-        # a bare name pattern also matches the file name at any depth
-        return "/" not in pattern and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
+        file_part = pattern.rsplit("/", 1)[-1]
+        dir_part = pattern[: len(pattern) - len(file_part)] + "*"
+        return bool(file_part) and (
+            fnmatch.fnmatchcase(path, dir_part)
+            and fnmatch.fnmatchcase("/" + path, "*/" + file_part)
+        )
     a, b = path.split("/"), pattern.split("/")
     return len(a) == len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
 
@@ -1133,6 +1173,108 @@ def _rebase(items: list[ScanItem], src: str, base: str) -> list[ScanItem]:
     return out
 
 
+def _edit_effects(
+    trees: Trees, root: bytes, edits: dict[RelPath, Entry | None]
+) -> tuple[int, bool]:
+    """``(files added or changed or removed, whether any existing file goes away)``.
+
+    A file goes away when it is removed, when a file replaces a folder, or when a file
+    is set below a path that is a file now (the folder replaces it).
+    """
+    changed = 0
+    removes = False
+    for path, new in edits.items():
+        tid: bytes | None = root
+        cur: Entry | None = None
+        for i, name in enumerate(path):
+            cur = trees.get(tid).get(name) if tid is not None else None
+            if cur is None or i == len(path) - 1:
+                break
+            if cur.kind != KIND_TREE:  # a file where a folder is needed
+                if new is not None:
+                    removes = True
+                cur = None
+                break
+            tid = cur.id
+        if new is None:
+            if cur is not None:
+                changed += 1
+                removes = True
+        elif cur != new:
+            changed += 1
+            if cur is not None and cur.kind == KIND_TREE:
+                removes = True
+    return changed, removes
+
+
+def _squash_tree(store: Store, trees: Trees, recs: list[dict[str, Any]]) -> bytes:
+    """The in-order merge of the full trees of ``recs``.
+
+    Along a lineage most steps need no merging: when a version only added or replaced
+    files since its base (``removed_any`` is False), its tree holds every path of its
+    base, and a base holds every path of its last parent, so merging any tree of that
+    chain with the version's tree gives the version's tree. Only the other steps run
+    the tree merge (whose cost is the tree entries that differ).
+    """
+    chains: dict[str, set[bytes]] = {}
+
+    def covered(rec: dict[str, Any]) -> set[bytes]:
+        """Trees whose every path is also in ``rec``'s tree."""
+        path = []
+        r: dict[str, Any] | None = rec
+        while r is not None and r["id"] not in chains:
+            path.append(r)
+            clean = r.get("removed_any", True) is False and r.get("base_tree") is not None
+            parents = r.get("parents") or []
+            r = reg.get(store, parents[-1]) if clean and parents else None
+            if r is not None and r.get("status") not in reg.COMPLETED_STATES:
+                r = None
+        below = chains.get(r["id"], set()) if r is not None else set()
+        for x in reversed(path):
+            own = {x["tree"]}
+            if x.get("removed_any", True) is False and x.get("base_tree") is not None:
+                own.add(x["base_tree"])
+                parents = x.get("parents") or []
+                if parents and below:
+                    own |= below
+            chains[x["id"]] = below = own
+        return chains[rec["id"]]
+
+    acc: bytes | None = None
+    for r in recs:
+        skip = acc is None or acc in covered(r)
+        acc = r["tree"] if skip else merge(trees, [acc, r["tree"]])
+    return acc if acc is not None else trees.ensure_empty()
+
+
+def _owners(
+    store: Store, trees: Trees, rec: dict[str, Any], files: dict[str, Entry]
+) -> dict[str, str]:
+    """For each path of ``files`` (the content of ``rec``), the id of the version that
+    introduced that content: the latest parent holding the same entry at the same path
+    passes the question on to its own parents, else it is ``rec``'s own change."""
+    out: dict[str, str] = {}
+    todo: list[tuple[dict[str, Any], dict[str, Entry]]] = [(rec, files)]
+    while todo:
+        r, remaining = todo.pop()
+        for pid in reversed(r.get("parents") or []):
+            if not remaining:
+                break
+            prec = reg.get(store, pid)
+            if prec is None:
+                continue
+            same = {
+                p: e
+                for p, e in remaining.items()
+                if lookup(trees, prec["tree"], tuple(p.split("/"))) == e
+            }
+            if same:
+                todo.append((prec, same))
+                remaining = {p: e for p, e in remaining.items() if p not in same}
+        out.update(dict.fromkeys(remaining, r["id"]))
+    return out
+
+
 def split_parts(
     entries: list[tuple[RelPath, Entry]], part: int | None, num_parts: int | None
 ) -> list[tuple[RelPath, Entry]]:
@@ -1158,12 +1300,33 @@ def split_parts(
     return out
 
 
-def _have_file(store: Store, e: Entry) -> bool:
-    if e.kind == KIND_CHUNKFILE:
-        return store.has_chunk(e.id)
-    if not store.has_object(e.id):
-        return False
-    return not store.missing("chunks", [c for c, _ in store.get_blob(e.id).chunks])
+def _missing_files(store: Store, entries: list[Entry]) -> list[Entry]:
+    """The entries whose content is not complete in the local store (few transactions)."""
+    unique = list({e.id: e for e in entries}.values())
+    single = [e for e in unique if e.kind == KIND_CHUNKFILE]
+    blobs = [e for e in unique if e.kind != KIND_CHUNKFILE]
+    absent = set(store.missing("chunks", [e.id for e in single]))
+    absent |= set(store.missing("objects", [e.id for e in blobs]))
+    need: dict[bytes, list[bytes]] = {}
+    for e in blobs:
+        if e.id not in absent:
+            need[e.id] = [c for c, _ in store.get_blob(e.id).chunks]
+    if need:
+        lacking = set(store.missing("chunks", list({c for cs in need.values() for c in cs})))
+        if lacking:
+            absent |= {b for b, cs in need.items() if lacking.intersection(cs)}
+    return [e for e in entries if e.id in absent]
+
+
+def _known_records(store: Store) -> list[dict[str, Any]]:
+    """Local records plus the default remote's (local only if it cannot be reached)."""
+    recs = {r["id"]: r for r in reg.all_records(store)}
+    try:
+        for r in _remote_records(store):
+            recs.setdefault(r["id"], r)
+    except RemoteError as e:
+        _warn(f"{e}; numbering versions from the local store only")
+    return list(recs.values())
 
 
 def _remote_records(store: Store) -> list[dict[str, Any]]:

@@ -61,6 +61,8 @@ from dsvc.store import RECORD_PREFIX, Store
 FORMAT = 1
 DEFAULT_PACK_MB = 64
 DEFAULT_WORKERS = 8  # network I/O, not CPU: more requests in flight than cores
+#: bound on pack bytes a push holds in memory at once
+PUSH_MEMORY = 256 << 20
 #: ranges closer than this are read with one request
 COALESCE_GAP = 1 << 20
 #: records we drop before publishing (local bookkeeping only)
@@ -329,7 +331,8 @@ class Remote:
             total = sum(sizes)
         with Progress(f"push {self.url}", total, enabled=show_progress) as bar:
             # 1. chunks, packs in parallel; wait for all (closure invariant)
-            slots = threading.BoundedSemaphore(workers + 1)  # bounds packs held in memory
+            # packs held in memory (being built or uploaded): at most ~PUSH_MEMORY bytes
+            slots = threading.BoundedSemaphore(max(2, min(workers + 1, PUSH_MEMORY // limit)))
             futures: list[Future] = []
             with ThreadPoolExecutor(workers, thread_name_prefix="dsvc-push") as pool:
 
