@@ -24,10 +24,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dsvc.errors import InvalidPathError, StateError
-from dsvc.ids import to_hex
-from dsvc.objects import MODE_EXEC, Entry, validate_name
+from dsvc import codec
+from dsvc.errors import IntegrityError, InvalidPathError, ObjectNotFoundError, StateError
+from dsvc.ids import TAG_BLOB, TAG_CHUNK, to_hex
+from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, MODE_EXEC, Blob, Entry, validate_name
 from dsvc.store import Store
 
 RelPath = tuple[str, ...]
@@ -57,14 +59,80 @@ def safe_join(root: str, rel: RelPath) -> str:
     return full
 
 
-def _write_file(store: Store, entry: Entry, dest: str) -> None:
+def _joiner(root: str) -> Callable[[RelPath], str]:
+    """``safe_join`` for many paths below one ``root``: each distinct name is validated
+    once. A validated name holds no ``/``, ``\\`` or NUL and is not ``.`` or ``..``,
+    so joining such names below ``root`` cannot leave it (what ``safe_join`` checks)."""
+    ok: set[str] = set()
+    prefix = root.rstrip(os.sep) + os.sep
+
+    def join(rel: RelPath) -> str:
+        if not rel:
+            raise InvalidPathError(f"empty path below {root!r}")
+        for name in rel:
+            if name not in ok:
+                validate_name(name)
+                ok.add(name)
+        return prefix + "/".join(rel)
+
+    return join
+
+
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _file_chunks(store: Store, txn: Any, entry: Entry) -> list[tuple[bytes, int]]:
+    if entry.kind == KIND_CHUNKFILE:
+        return [(entry.id, entry.size)]
+    if entry.kind != KIND_FILE:
+        raise ValueError("not a file entry")
+    raw = txn.get(entry.id, db=store.db("objects"))
+    if raw is None:
+        raise ObjectNotFoundError(
+            f"blob {to_hex(entry.id)} is not in the store {store.path}", entry.id
+        )
+    if bytes(raw[:1]) != TAG_BLOB:
+        raise IntegrityError(
+            f"object {to_hex(entry.id)} has type {bytes(raw[:1])!r}, expected {TAG_BLOB!r}",
+            entry.id,
+        )
+    data = codec.decode_frame(memoryview(raw)[1:], TAG_BLOB, entry.id)
+    return list(Blob.decode(data, entry.id).chunks)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    n = os.write(fd, data)
+    if n < len(data):
+        mv = memoryview(data)
+        while n < len(mv):
+            n += os.write(fd, mv[n:])
+
+
+def _write_file_txn(store: Store, txn: Any, entry: Entry, dest: str) -> None:
+    """Write ``entry``'s content to a new file ``dest``, reading chunks in ``txn`` (a
+    read transaction with ``buffers=True``: raw chunks go from the map to the file
+    without a copy). Every chunk is verified before a byte of it is written."""
+    chunks = _file_chunks(store, txn, entry)
     # O_EXCL + O_NOFOLLOW: never write through a link or over something already there
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        for data in store.read_file(entry):
-            f.write(data)
+    fd = os.open(dest, _O_CREATE, 0o644)
+    try:
+        cdb = store.db("chunks")
+        for cid, _ in chunks:
+            frame = txn.get(cid, db=cdb)
+            if frame is None:
+                raise ObjectNotFoundError(
+                    f"chunk {to_hex(cid)} is not in the store {store.path}", cid
+                )
+            _write_all(fd, codec.decode_frame_view(frame, TAG_CHUNK, cid))
+    finally:
+        os.close(fd)
     if entry.mode == MODE_EXEC:
         os.chmod(dest, 0o755)
+
+
+def _write_file(store: Store, entry: Entry, dest: str) -> None:
+    with store._begin(buffers=True) as txn:
+        _write_file_txn(store, txn, entry, dest)
 
 
 class ContentCache:
@@ -79,32 +147,42 @@ class ContentCache:
         suffix = "x" if entry.mode == MODE_EXEC else ""
         return os.path.join(self.root, h[:2], h + suffix)
 
-    def ensure(self, store: Store, entry: Entry) -> str:
-        """Path of a cached copy of ``entry``'s content, writing it first if missing."""
+    def ensure(self, store: Store, entry: Entry, txn: Any = None) -> str:
+        """Path of a cached copy of ``entry``'s content, writing it first if missing.
+
+        A cached file is published with ``link`` and never replaced once there: another
+        process may be linking it at that moment, and ``link`` to a name that is being
+        renamed over can fail with ENOENT.
+        """
         p = self.path_for(entry)
         if os.path.exists(p):
             return p
         os.makedirs(os.path.dirname(p), exist_ok=True)
         tmp = f"{p}.tmp-{uuid.uuid4().hex}"
         try:
-            _write_file(store, entry, tmp)
+            if txn is None:
+                _write_file(store, entry, tmp)
+            else:
+                _write_file_txn(store, txn, entry, tmp)
             os.chmod(tmp, 0o555 if entry.mode == MODE_EXEC else 0o444)
-            os.replace(tmp, p)  # same content either way: a concurrent writer is harmless
-        except BaseException:
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                pass  # same content, written by someone else first
+        finally:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-            raise
         return p
 
 
-def _place(store: Store, cache: ContentCache | None, entry: Entry, dest: str) -> bool:
+def _place(store: Store, cache: ContentCache | None, entry: Entry, dest: str, txn: Any) -> bool:
     """Put one file at ``dest``; returns True when it was linked from the cache."""
     if cache is None:
-        _write_file(store, entry, dest)
+        _write_file_txn(store, txn, entry, dest)
         return False
-    src = cache.ensure(store, entry)
+    src = cache.ensure(store, entry, txn)
     try:
         os.link(src, dest)
         return True
@@ -220,20 +298,23 @@ def _fill(
     progress: ProgressFn | None,
     stats: CheckoutStats,
 ) -> None:
-    dests = [safe_join(root, rel) for rel, _ in files]
-    dirs = sorted({os.path.dirname(d) for d in dests})
-    for d in dirs:
-        os.makedirs(d, exist_ok=True)
+    join = _joiner(root)
+    dests = [join(rel) for rel, _ in files]
+    for d in sorted({os.path.dirname(d) for d in dests}):
+        if d != root:
+            os.makedirs(d, exist_ok=True)
     prog = progress or (lambda n: None)
 
     def run(idx: list[int]) -> tuple[int, int]:
         linked = 0
         nbytes = 0
-        for i in idx:
-            entry = files[i][1]
-            if _place(store, cache, entry, dests[i]):
-                linked += 1
-            nbytes += entry.size
+        # one read snapshot per group; raw chunks are written straight from the map
+        with store._begin(buffers=True) as txn:
+            for i in idx:
+                entry = files[i][1]
+                if _place(store, cache, entry, dests[i], txn):
+                    linked += 1
+                nbytes += entry.size
         prog(nbytes)
         return linked, len(idx)
 
@@ -248,8 +329,19 @@ def _fill(
             cur, cur_bytes = [], 0
     if cur:
         groups.append(cur)
-    workers = max_workers or min(32, (os.cpu_count() or 1) + 2)
+    workers = min(max_workers or default_workers(), len(groups))
+    if workers <= 1:
+        for g in groups:
+            linked, n = run(g)
+            stats.linked += linked
+            stats.written += n - linked
+        return
     with ThreadPoolExecutor(workers, thread_name_prefix="dsvc-checkout") as pool:
         for linked, n in pool.map(run, groups):
             stats.linked += linked
             stats.written += n - linked
+
+
+def default_workers() -> int:
+    """Threads for materializing: creating files and copying bytes release the GIL."""
+    return min(32, (os.cpu_count() or 1) + 2)

@@ -56,17 +56,24 @@ def encode_frame(data: bytes | bytearray | memoryview, level: int = DEFAULT_LEVE
         z = _compressor(level).compress(data)
         if len(z) <= n * (1.0 - MIN_SAVING):
             return b"\x01" + z
-    return b"\x00" + bytes(data)
+    return b"\x00" + data  # one copy (bytes + any buffer makes new bytes)
 
 
 def decode_frame(frame: bytes | memoryview, tag: bytes, oid: bytes) -> bytes:
     """Return the payload of ``frame`` after checking it hashes to ``oid`` under ``tag``."""
+    data = decode_frame_view(frame, tag, oid)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def decode_frame_view(frame: bytes | memoryview, tag: bytes, oid: bytes) -> bytes | memoryview:
+    """Like :func:`decode_frame`, but a raw payload comes back as a view into ``frame``
+    (no copy): valid as long as ``frame`` is (for an LMDB buffer, its transaction)."""
     if len(frame) < 1:
         raise IntegrityError(f"object {to_hex(oid)}: empty frame", oid)
     codec = frame[0]
     body = memoryview(frame)[1:]
     if codec == RAW:
-        data = bytes(body)
+        data = body
     elif codec == ZSTD:
         try:
             data = _decompressor().decompress(body)

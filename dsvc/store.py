@@ -101,6 +101,11 @@ class WriteBatch:
     def has(self, oid: bytes) -> bool:
         return oid in self._pending
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued and not yet committed (drops when the batch flushes)."""
+        return self._bytes
+
     def put_chunk_frame(self, cid: bytes, frame: bytes) -> None:
         """Queue a framed chunk (see :func:`dsvc.codec.encode_frame`)."""
         if cid in self._pending:
