@@ -548,7 +548,7 @@ class Dataset:
         doomed = [
             p
             for p, _ in walk(trees, self._rec["tree"])
-            if _remove_match("/".join(p), pattern, recursive)
+            if match_dataset_path("/".join(p), pattern, recursive)
         ]
         if verbose:
             for p in doomed:
@@ -632,7 +632,7 @@ class Dataset:
         if not dataset_path:
             return files
         pattern = str(dataset_path).replace("\\", "/").lstrip("/")
-        return [f for f in files if _remove_match(f, pattern, recursive)]
+        return [f for f in files if match_dataset_path(f, pattern, recursive)]
 
     def _changes(self, dataset_id: str | None) -> list[Any]:
         rec = self._refresh()
@@ -843,7 +843,9 @@ class Dataset:
         if pats:
             pats = [p.replace("\\", "/").lstrip("/") for p in pats]
             entries = [
-                (p, e) for p, e in entries if any(_remove_match("/".join(p), q, True) for q in pats)
+                (p, e)
+                for p, e in entries
+                if any(match_dataset_path("/".join(p), q, True) for q in pats)
             ]
         if num_parts is not None or part is not None:
             entries = split_parts(entries, part, num_parts)
@@ -1123,7 +1125,7 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _remove_match(path: str, pattern: str, recursive: bool) -> bool:
+def match_dataset_path(path: str, pattern: str, recursive: bool) -> bool:
     """ClearML's dataset-path matching (``matches_any_wildcard``; see docs/matching.md).
 
     Besides ClearML's rule, a pattern naming a file or a folder exactly matches that file
