@@ -24,6 +24,9 @@ ZSTD = 1
 #: keep raw unless compression saves at least this fraction of the size
 MIN_SAVING = 0.05
 DEFAULT_LEVEL = 1
+#: no chunk or object is larger (chunks are at most 16 MiB; a tree of a million
+#: entries is ~60 MiB): a frame declaring more is damaged
+MAX_OBJECT = 1 << 30
 
 _local = threading.local()
 
@@ -76,8 +79,12 @@ def decode_frame_view(frame: bytes | memoryview, tag: bytes, oid: bytes) -> byte
         data = body
     elif codec == ZSTD:
         try:
+            # a damaged header may declare any size: check it before zstd allocates it
+            declared = zstandard.frame_content_size(body)
+            if declared < 0 or declared > MAX_OBJECT:
+                raise zstandard.ZstdError(f"implausible content size {declared}")
             data = _decompressor().decompress(body)
-        except zstandard.ZstdError as e:
+        except (zstandard.ZstdError, MemoryError) as e:
             raise IntegrityError(f"object {to_hex(oid)}: corrupt zstd frame ({e})", oid) from e
     else:
         raise IntegrityError(f"object {to_hex(oid)}: unknown codec byte {codec}", oid)

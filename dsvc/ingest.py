@@ -108,6 +108,13 @@ def _decode_name(name: str, parent: str) -> str:
         raise InvalidPathError(f"{os.path.join(parent, name)!r}: {e}") from e
 
 
+def _validated(rel: RelPath, root: str) -> RelPath:
+    """Check every component of a kept path; the error names the file on disk."""
+    for i, n in enumerate(rel):
+        _decode_name(n, os.path.join(root, *rel[:i]))
+    return rel
+
+
 def matches_wildcard(rel: RelPath, patterns: list[str], recursive: bool) -> bool:
     """ClearML's ``add_files`` wildcard rule (pathlib ``rglob``/``glob`` semantics).
 
@@ -173,8 +180,9 @@ def scan(
             continue
         with it:
             for de in it:
-                name = _decode_name(de.name, d)
-                r = (*rel, name)
+                # names are validated only for files that are kept (below): a name the
+                # wildcard leaves out must not stop the add
+                r = (*rel, de.name)
                 try:
                     if de.is_symlink():
                         target = os.path.realpath(de.path)
@@ -186,6 +194,9 @@ def scan(
                             lst = os.stat(de.path)
                         except FileNotFoundError:
                             out.skipped.append((de.path, "dangling symlink"))
+                            continue
+                        except OSError as e:  # a loop, or a target we may not stat
+                            out.skipped.append((de.path, f"broken symlink ({e.strerror})"))
                             continue
                         if not statmod.S_ISREG(lst.st_mode):
                             out.skipped.append((de.path, "symlink to a folder is not entered"))
@@ -204,6 +215,8 @@ def scan(
                     continue
                 if patterns and not matches_wildcard(r, patterns, recursive):
                     continue
+                if not all(n.isascii() and "\\" not in n for n in r):
+                    r = _validated(r, root)
                 out.items.append(
                     ScanItem(
                         de.path, r, lst.st_size, lst.st_mtime_ns, lst.st_ino, _mode(lst.st_mode)
@@ -375,9 +388,19 @@ class _BufferPool:
                 self._free.append(buf)
 
 
-def _read_all(path: str, size: int) -> bytes:
-    """The whole content of a small file; raises _Changed if it is not ``size`` bytes."""
-    fd = os.open(path, _O_READ)
+def _unchanged_since_scan(fd: int, item: ScanItem) -> None:
+    """Raise _Changed unless the open file still has the size, mtime and inode seen by
+    the scan: the stat cache pairs those with the content just read, so a same-size
+    rewrite in between must not be cached (it would be served for the new content)."""
+    st = os.fstat(fd)
+    if st.st_size != item.size or st.st_mtime_ns != item.mtime_ns or st.st_ino != item.ino:
+        raise _Changed(item)
+
+
+def _read_all(item: ScanItem) -> bytes:
+    """The whole content of a small file (callers check its length against the scan)."""
+    size = item.size
+    fd = os.open(item.abs_path, _O_READ)
     try:
         data = os.read(fd, size + 1)
         if len(data) < size:  # short read (not expected for regular files): go on
@@ -390,6 +413,7 @@ def _read_all(path: str, size: int) -> bytes:
                 parts.append(more)
                 got += len(more)
             data = b"".join(parts)
+        _unchanged_since_scan(fd, item)
     finally:
         os.close(fd)
     return data
@@ -490,7 +514,7 @@ class Ingestor:
             cur = txn.cursor(db=self._chunks_db)
             for item in group:
                 try:
-                    data = _read_all(item.abs_path, item.size)
+                    data = _read_all(item)
                 except Exception as e:
                     if _skip(item, e, skipped):
                         continue
@@ -556,6 +580,7 @@ class Ingestor:
                     else:
                         pending.append(pool.submit(job, buf, chunks))
                     del chunks
+                _unchanged_since_scan(f.fileno(), item)
         finally:
             # never leave while a job still uses a window (or an error is unreported)
             results = [p.result() if isinstance(p, Future) else p for p in _wait_all(pending)]

@@ -148,12 +148,6 @@ def test_single_byte_corruption_never_returns_wrong_bytes(data, level, draw):
     assert out == data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec bug: a corrupted zstd header declaring a huge content size makes "
-    "decode_frame raise MemoryError (python-zstandard allocates the declared size) "
-    "instead of IntegrityError",
-)
 def test_corrupt_content_size_is_an_integrity_error():
     data = b"abc" * 1000
     frame = bytearray(encode_frame(data, 1))

@@ -147,11 +147,6 @@ def test_scan_symlinks(tmp_path):
         assert {os.path.basename(p) for p, _ in stats.skipped} == set(reasons)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest bug: a symlink loop inside the folder makes scan() raise a raw OSError "
-    "(ELOOP) instead of skipping and reporting it",
-)
 def test_scan_symlink_loop_is_skipped(tmp_path):
     write_file(tmp_path / "ok.txt", b"ok")
     os.symlink("loop2", tmp_path / "loop1")
@@ -198,11 +193,6 @@ def test_invalid_utf8_name_is_refused_and_nothing_is_lost(tmp_path, store):
     assert rels(scan(folder, recursive=False)) == ["good.txt"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest bug: scan validates every name before applying the wildcard, so a "
-    "non-UTF-8 name that the wildcard leaves out still aborts the whole add",
-)
 def test_invalid_utf8_name_left_out_by_the_wildcard(tmp_path):
     make_tree(tmp_path, {"good.txt": b"good", "sub/x.txt": b"x"})
     fd = os.open(os.fsencode(tmp_path / "sub") + b"/bad\xff.bin", os.O_WRONLY | os.O_CREAT)
@@ -314,11 +304,6 @@ def test_file_changing_size_between_scan_and_read_is_skipped(tmp_path, store, si
     assert s2.cached_files == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest bug: a same-size change between scan and read is not detected; the "
-    "stat cache then pairs the scan-time mtime with the new content",
-)
 def test_same_size_change_between_scan_and_read(tmp_path, store):
     folder = tmp_path / "data"
     make_tree(folder, {"f.txt": b"version A"})
