@@ -140,12 +140,12 @@ class ContentCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._prefix = str(root).rstrip(os.sep) + os.sep
         root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, entry: Entry) -> str:
-        h = to_hex(entry.id)
-        suffix = "x" if entry.mode == MODE_EXEC else ""
-        return os.path.join(self.root, h[:2], h + suffix)
+        h = entry.id.hex()
+        return f"{self._prefix}{h[:2]}/{h}{'x' if entry.mode == MODE_EXEC else ''}"
 
     def ensure(self, store: Store, entry: Entry, txn: Any = None) -> str:
         """Path of a cached copy of ``entry``'s content, writing it first if missing.
@@ -177,17 +177,29 @@ class ContentCache:
         return p
 
 
+#: link failures that mean "copy instead" (another filesystem, link limit, no links)
+_NO_LINK = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
+
+
 def _place(store: Store, cache: ContentCache | None, entry: Entry, dest: str, txn: Any) -> bool:
     """Put one file at ``dest``; returns True when it was linked from the cache."""
     if cache is None:
         _write_file_txn(store, txn, entry, dest)
         return False
-    src = cache.ensure(store, entry, txn)
-    try:
+    src = cache.path_for(entry)
+    try:  # link first: for content already cached (the common case) one syscall
         os.link(src, dest)
         return True
+    except FileNotFoundError:
+        cache.ensure(store, entry, txn)
+        try:
+            os.link(src, dest)
+            return True
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
     except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
+        if e.errno not in _NO_LINK:
             raise
     shutil.copyfile(src, dest)
     os.chmod(dest, 0o555 if entry.mode == MODE_EXEC else 0o444)
