@@ -46,6 +46,12 @@ class Progress:
         self._lock = threading.Lock()
         self.count = 0
 
+    def set_total(self, total: int | None) -> None:
+        """Set the total once it is known (the bar may start before)."""
+        with self._lock:
+            self._bar.total = total
+            self._bar.refresh()
+
     def update(self, n: int) -> None:
         with self._lock:
             self.count += n

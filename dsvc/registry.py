@@ -51,7 +51,24 @@ def close_store(home: str | os.PathLike[str]) -> None:
     with _stores_lock:
         s = _stores.pop(str(os.path.abspath(os.fspath(home))), None)
     if s is not None:
-        s.close()
+        _close(s)
+
+
+def close_all() -> None:
+    """Close every process-wide store. Each maps a large virtual range (LMDB), so a
+    process that visits many stores (a test run) closes those it is done with."""
+    with _stores_lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for s in stores:
+        _close(s)
+
+
+def _close(s: Store) -> None:
+    from dsvc.remote import sync  # transport is below this layer; imported only here
+
+    sync.forget(s)
+    s.close()
 
 
 def key(dataset_id: str) -> str:

@@ -116,3 +116,16 @@ def remote_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any
 # ======================================================================================
 # end of the remote object stores block
 # ======================================================================================
+
+
+# -- store hygiene (shared by all tests) ---------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _close_stores_after_each_test() -> Iterator[None]:
+    """Each open store maps a 1 TiB virtual range (LMDB); a run that kept every store of
+    every test open would run out of address space. Close them between tests."""
+    yield
+    from dsvc import registry
+
+    registry.close_all()

@@ -125,6 +125,13 @@ def resolve(
         return r
 
 
+def forget(store: Store) -> None:
+    """Drop the cached remotes of ``store`` (before the store is closed)."""
+    with _open_lock:
+        for k in [k for k in _open if k[0] == str(store.home)]:
+            del _open[k]
+
+
 def _ref_key(project: str, name: str) -> str:
     return f"refs/names/{quote(project, safe='')}/{quote(name, safe='')}"
 
@@ -288,8 +295,10 @@ class Remote:
             visit(r)
         return objects, self.index.missing(chunks, doomed)
 
-    def _upload_pack(self, builder: PackBuilder, stats: PushStats, bar: Progress | None) -> None:
-        pid, data, index = builder.finish()
+    def _upload_pack(
+        self, packed: tuple[bytes, bytes, bytes], stats: PushStats, bar: Progress | None
+    ) -> None:
+        pid, data, index = packed
         name = pack_name(pid)
         if pid in self._doomed:  # same bytes as a pack gc marked: unmark it first
             self._rescue(name)
@@ -324,12 +333,18 @@ class Remote:
         objects += [o for o in extra_objects if not self.index.has(o, self._doomed)]
         limit = (pack_size_mb or DEFAULT_PACK_MB) << 20
         workers = max_workers or DEFAULT_WORKERS
-        total = 0
-        with store.read() as txn:
-            db = store.db("chunks")
-            sizes = [len(txn.get(c, db=db) or b"") for c in chunks]
-            total = sum(sizes)
-        with Progress(f"push {self.url}", total, enabled=show_progress) as bar:
+        # one zero-copy snapshot for sizing and packing: each chunk is copied once, into
+        # its pack (PackBuilder.finish), never into a bytes object of its own
+        with (
+            store._begin(buffers=True) as txn,
+            Progress(f"push {self.url}", None, enabled=show_progress) as bar,
+        ):
+            cdb = store.db("chunks")
+            frames = [txn.get(c, db=cdb) for c in chunks]
+            if any(f is None for f in frames):
+                gone = chunks[frames.index(None)]
+                raise NotFoundError(f"chunk {to_hex(gone)} is missing from the local store")
+            bar.set_total(sum(len(f) for f in frames))
             # 1. chunks, packs in parallel; wait for all (closure invariant)
             # packs held in memory (being built or uploaded): at most ~PUSH_MEMORY bytes
             slots = threading.BoundedSemaphore(max(2, min(workers + 1, PUSH_MEMORY // limit)))
@@ -338,13 +353,13 @@ class Remote:
 
                 def submit(b: PackBuilder) -> None:
                     slots.acquire()
-                    fut = pool.submit(self._upload_pack, b, stats, bar)
+                    fut = pool.submit(self._upload_pack, b.finish(), stats, bar)
                     fut.add_done_callback(lambda _f: slots.release())
                     futures.append(fut)
 
                 builder = PackBuilder()
-                for cid in chunks:
-                    builder.add(cid, KIND_CHUNK, store.get_chunk_frame(cid))
+                for cid, frame in zip(chunks, frames):
+                    builder.add(cid, KIND_CHUNK, frame)
                     if builder.size >= limit:
                         submit(builder)
                         builder = PackBuilder()
@@ -360,10 +375,10 @@ class Remote:
                     raise NotFoundError(f"object {to_hex(oid)} is missing from the local store")
                 builder.add(oid, KIND_OBJECT, raw)
                 if builder.size >= limit:
-                    self._upload_pack(builder, stats, None)
+                    self._upload_pack(builder.finish(), stats, None)
                     builder = PackBuilder()
             if len(builder):
-                self._upload_pack(builder, stats, None)
+                self._upload_pack(builder.finish(), stats, None)
         stats.chunks = len(chunks)
         stats.objects = len(objects)
         if verbose:
