@@ -27,6 +27,8 @@ DEFAULT_LEVEL = 1
 #: no chunk or object is larger (chunks are at most 16 MiB; a tree of a million
 #: entries is ~60 MiB): a frame declaring more is damaged
 MAX_OBJECT = 1 << 30
+#: bytes per compressibility sample (see _compressible)
+PROBE = 8 << 10
 
 _local = threading.local()
 
@@ -56,10 +58,23 @@ def encode_frame(data: bytes | bytearray | memoryview, level: int = DEFAULT_LEVE
     """
     n = len(data)
     if level > 0 and n >= 64:
-        z = _compressor(level).compress(data)
+        c = _compressor(level)
+        if n >= 8 * PROBE and not _compressible(c, memoryview(data), n):
+            return b"\x00" + data
+        z = c.compress(data)
         if len(z) <= n * (1.0 - MIN_SAVING):
             return b"\x01" + z
     return b"\x00" + data  # one copy (bytes + any buffer makes new bytes)
+
+
+def _compressible(c: zstandard.ZstdCompressor, mv: memoryview, n: int) -> bool:
+    """Probe two samples (start and middle) before compressing a large piece: zstd on
+    incompressible bytes (images, archives, parquet) costs as much CPU as hashing and
+    chunking together, for nothing. A piece whose samples save under half of
+    ``MIN_SAVING`` is stored raw without a full attempt."""
+    mid = (n // 2) & ~4095
+    saved = 2 * PROBE - len(c.compress(mv[:PROBE])) - len(c.compress(mv[mid : mid + PROBE]))
+    return saved >= PROBE * MIN_SAVING  # = half of MIN_SAVING over the two samples
 
 
 def decode_frame(frame: bytes | memoryview, tag: bytes, oid: bytes) -> bytes:
