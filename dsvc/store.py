@@ -171,6 +171,13 @@ class Store:
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "store.lmdb"
         size = map_size or int(os.environ.get("DSVC_MAP_SIZE", DEFAULT_MAP_SIZE))
+        # Durability (docs/architecture.md): by default every commit fsyncs its data pages
+        # but not the meta page (MDB_NOMETASYNC): a system crash may undo the last commit
+        # but never corrupts the store, and a killed process loses nothing. DSVC_FSYNC=0
+        # skips fsync on commits (MDB_NOSYNC) and flushes only when a record or ref is
+        # written: ~2x faster on disk-bound ingests, for stores that can be rebuilt
+        # (scratch, CI caches), since a system crash between flushes may corrupt them.
+        self.durable = os.environ.get("DSVC_FSYNC", "1") != "0"
         try:
             self.env = lmdb.open(
                 str(self.path),
@@ -179,8 +186,8 @@ class Store:
                 subdir=True,
                 max_readers=1024,
                 lock=True,
-                sync=True,
-                metasync=True,
+                sync=self.durable,
+                metasync=False,
                 readahead=False,
             )
         except lmdb.Error as e:
@@ -350,6 +357,12 @@ class Store:
 
     # -- refs and records ------------------------------------------------------
 
+    def _durable_point(self) -> None:
+        """With DSVC_FSYNC=0, flush everything committed so far: a record or ref that
+        is written is durable, with all the content it refers to."""
+        if not self.durable:
+            self.env.sync(True)
+
     def get_ref(self, name: str) -> bytes | None:
         with self._begin() as txn:
             return txn.get(name.encode(), db=self._dbs["refs"])
@@ -367,6 +380,7 @@ class Store:
                 txn.delete(name.encode())
             else:
                 txn.put(name.encode(), new)
+        self._durable_point()
 
     def iter_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         p = prefix.encode()
@@ -386,6 +400,7 @@ class Store:
 
     def put_record(self, key: str, value: Any) -> None:
         self._apply([("records", key.encode(), _pack(value))])
+        self._durable_point()
 
     def cas_record(self, key: str, old: Any, new: Any) -> None:
         """Replace record ``key`` by ``new`` only if it still equals ``old``.
@@ -403,9 +418,11 @@ class Store:
                 txn.delete(k)
             else:
                 txn.put(k, _pack(new))
+        self._durable_point()
 
     def delete_record(self, key: str) -> None:
         self._apply([("records", key.encode(), None)])
+        self._durable_point()
 
     def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         p = prefix.encode()
