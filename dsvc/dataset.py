@@ -97,14 +97,14 @@ def _store() -> Store:
     return reg.open_store()
 
 
-def _remote(store: Store, spec: str | None, *, required: bool = False) -> Any:
+def _remote(store: Store, spec: str | None, *, required: bool = False, retries: int = 3) -> Any:
     """The remote for ``spec`` (a remote name or URL; None: the default), or None.
 
     The transport layer is imported lazily so local work never loads it.
     """
     from dsvc.remote import sync
 
-    return sync.resolve(store, spec, required=required)
+    return sync.resolve(store, spec, required=required, retries=retries)
 
 
 class Dataset:
@@ -755,7 +755,7 @@ class Dataset:
         if rec["status"] != reg.DRAFT:
             raise StateError(f"dataset {rec['id']} is finalized; nothing to upload")
         spec = output_url or rec.get("output_uri")
-        remote = _remote(self._store, spec, required=spec is not None)
+        remote = _remote(self._store, spec, required=spec is not None, retries=retries)
         tree = rec["tree"]
         where = None
         if remote is not None:

