@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 
@@ -65,9 +66,12 @@ def default_workers() -> int:
     return min(32, (os.cpu_count() or 1) + 2)
 
 
-@dataclass(frozen=True)
-class ScanItem:
-    """A file found by ``scan``: where it is on disk and where it goes in the dataset."""
+class ScanItem(NamedTuple):
+    """A file found by ``scan``: where it is on disk and where it goes in the dataset.
+
+    A NamedTuple, not a dataclass: scans create one per file, and a frozen dataclass
+    costs several times more to build (9% of re-adding 100k unchanged files).
+    """
 
     abs_path: str
     rel: RelPath
