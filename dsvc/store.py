@@ -382,16 +382,21 @@ class Store:
                 txn.put(name.encode(), new)
         self._durable_point()
 
-    def iter_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        p = prefix.encode()
-        with self._begin(db=self._dbs["refs"]) as txn:
+    def scan_prefix(self, db: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of ``db`` whose key starts with ``prefix``, in key order,
+        read in one snapshot."""
+        out = []
+        with self._begin(db=self._dbs[db]) as txn:
             cur = txn.cursor()
-            if not cur.set_range(p):
-                return
-            for k, v in cur:
-                if not k.startswith(p):
-                    break
-                yield k.decode(), v
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out.append((k, v))
+        return out
+
+    def iter_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        return iter([(k.decode(), v) for k, v in self.scan_prefix("refs", prefix.encode())])
 
     def get_record(self, key: str) -> Any:
         with self._begin() as txn:
@@ -425,16 +430,9 @@ class Store:
         self._durable_point()
 
     def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        p = prefix.encode()
-        out = []
-        with self._begin(db=self._dbs["records"]) as txn:
-            cur = txn.cursor()
-            if cur.set_range(p):
-                for k, v in cur:
-                    if not k.startswith(p):
-                        break
-                    out.append((k.decode(), _unpack(v)))
-        return iter(out)
+        return iter(
+            [(k.decode(), _unpack(v)) for k, v in self.scan_prefix("records", prefix.encode())]
+        )
 
     # -- leases ----------------------------------------------------------------
 

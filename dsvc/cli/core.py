@@ -465,3 +465,20 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"option {p!r} must look like KEY=VALUE")
         out[k.strip()] = v
     return out
+
+
+def id_option(help_text: str = "Dataset id or unique prefix (default: the last used one).") -> Any:
+    """The ``--id`` option shared by the dataset commands."""
+    return click.option("--id", "dataset_id", metavar="ID", help=help_text)
+
+
+def dataset_record(store: Any, dataset_id: str) -> dict[str, Any]:
+    """The local record of ``dataset_id`` (NotFoundError naming it otherwise)."""
+    from dsvc import registry
+
+    return registry.require(store, dataset_id)
+
+
+def greedy(*names: str) -> dict[str, Any]:
+    """``cli.command`` arguments for a command whose ``names`` options take many values."""
+    return {"cls": GreedyCommand, "greedy": names}

@@ -11,12 +11,14 @@ from typing import Any
 import click
 
 from dsvc.cli.core import (
-    GreedyCommand,
     cli,
     dataset_id_or_last,
     dataset_label,
+    dataset_record,
     expand_id,
+    greedy,
     human_duration,
+    id_option,
     is_quiet,
     open_store,
     remember,
@@ -25,25 +27,10 @@ from dsvc.cli.core import (
 )
 from dsvc.errors import NotFoundError, UsageError
 
-
-def _id_option(help_text: str = "Dataset id or unique prefix (default: the last used one).") -> Any:
-    return click.option("--id", "dataset_id", metavar="ID", help=help_text)
-
-
-def _rec(store: Any, dataset_id: str) -> dict[str, Any]:
-    from dsvc import registry
-
-    return registry.require(store, dataset_id)
-
-
-def _greedy(*names: str) -> dict[str, Any]:
-    return {"cls": GreedyCommand, "greedy": names}
-
-
 # -- create ----------------------------------------------------------------------------
 
 
-@cli.command(**_greedy("--parents", "--tags"))
+@cli.command(**greedy("--parents", "--tags"))
 @click.option("--project", help="Project of the dataset (default: the last parent's).")
 @click.option("--name", help="Dataset name (default: the last parent's).")
 @click.option("--version", help="Version string (default: the highest existing one bumped).")
@@ -86,7 +73,7 @@ def create(
         output_uri=storage,
         description=description,
     )
-    rec = _rec(store, ds.id)
+    rec = dataset_record(store, ds.id)
     if is_quiet():
         result(ds.id)
     else:
@@ -97,8 +84,8 @@ def create(
 # -- add / remove / sync -------------------------------------------------------------
 
 
-@cli.command(**_greedy("--files", "--wildcard"))
-@_id_option()
+@cli.command(**greedy("--files", "--wildcard"))
+@id_option()
 @click.option(
     "--files",
     multiple=True,
@@ -153,12 +140,12 @@ def add(
     remember(store, ds.id)
     result(f"{n} file{'s' if n != 1 else ''} added")
     say(
-        f"  to {dataset_label(_rec(store, ds.id))} ({ds.id}) in {human_duration(time.monotonic() - t0)}"
+        f"  to {dataset_label(dataset_record(store, ds.id))} ({ds.id}) in {human_duration(time.monotonic() - t0)}"
     )
 
 
-@cli.command(**_greedy("--files"))
-@_id_option()
+@cli.command(**greedy("--files"))
+@id_option()
 @click.option(
     "--files",
     multiple=True,
@@ -190,8 +177,8 @@ def remove(
     result(f"{n} file{'s' if n != 1 else ''} removed")
 
 
-@cli.command(**_greedy("--parents", "--tags"))
-@_id_option("Draft to sync into (default: the last used, unless a new version is created).")
+@cli.command(**greedy("--parents", "--tags"))
+@id_option("Draft to sync into (default: the last used, unless a new version is created).")
 @click.option(
     "--folder",
     required=True,
@@ -299,7 +286,7 @@ def _close(
 
 
 @cli.command()
-@_id_option()
+@id_option()
 @click.option(
     "--storage",
     metavar="URL",
@@ -337,12 +324,12 @@ def upload(
         max_workers=max_workers,
     )
     remember(store, ds.id)
-    where = _rec(store, ds.id).get("remote") or "the local store"
+    where = dataset_record(store, ds.id).get("remote") or "the local store"
     result(f"Upload completed to {where} ({human_duration(time.monotonic() - t0)})")
 
 
 @cli.command()
-@_id_option()
+@id_option()
 @click.option("--storage", metavar="URL", help="Remote name or URL to upload to first.")
 @click.option("--disable-upload", is_flag=True, help="Fail instead of uploading pending changes.")
 @click.option("--chunk-size", type=int, metavar="MB", help="Pack size in MiB.")
@@ -376,7 +363,7 @@ def close(
 
 
 @cli.command()
-@_id_option()
+@id_option()
 def publish(dataset_id: str | None) -> None:
     """Mark a finalized dataset as published.
 
@@ -395,7 +382,7 @@ def publish(dataset_id: str | None) -> None:
 # -- squash / compare / verify ------------------------------------------------------------
 
 
-@cli.command(**_greedy("--ids"))
+@cli.command(**greedy("--ids"))
 @click.option("--name", required=True, help="Name of the squashed dataset.")
 @click.option(
     "--ids",
@@ -419,7 +406,7 @@ def squash(name: str, ids: tuple[str, ...], storage: str | None) -> None:
         dataset_name=name, dataset_ids=[expand_id(store, i) for i in ids], output_url=storage
     )
     remember(store, ds.id)
-    rec = _rec(store, ds.id)
+    rec = dataset_record(store, ds.id)
     if is_quiet():
         result(ds.id)
     else:
@@ -431,7 +418,7 @@ def squash(name: str, ids: tuple[str, ...], storage: str | None) -> None:
 
 
 @cli.command()
-@_id_option("Dataset id or unique prefix.")
+@id_option("Dataset id or unique prefix.")
 @click.option("--project", help="Delete by project and name (with --name).")
 @click.option("--name", help="Delete by project and name (highest version, or --entire-dataset).")
 @click.option("--version", help="With --project/--name: this version.")
@@ -513,7 +500,7 @@ def move(project: str, name: str, new_project: str) -> None:
 
 
 @cli.command("set-description")
-@_id_option()
+@id_option()
 @click.option("--description", required=True, help="New description.")
 def set_description(dataset_id: str | None, description: str) -> None:
     """Set the description of a dataset (allowed on finalized versions too).

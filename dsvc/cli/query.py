@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 import click
 
 from dsvc.cli.core import (
-    GreedyCommand,
     cli,
     dataset_id_or_last,
     dataset_label,
+    dataset_record,
     emit_json,
     get_dataset,
+    greedy,
     human_duration,
     human_size,
+    id_option,
     is_quiet,
     json_option,
     open_store,
@@ -28,26 +29,11 @@ from dsvc.cli.core import (
 )
 from dsvc.errors import IntegrityError, StateError, UsageError
 
-
-def _id_option(help_text: str = "Dataset id or unique prefix (default: the last used one).") -> Any:
-    return click.option("--id", "dataset_id", metavar="ID", help=help_text)
-
-
-def _rec(store: Any, dataset_id: str) -> dict[str, Any]:
-    from dsvc import registry
-
-    return registry.require(store, dataset_id)
-
-
-def _greedy(*names: str) -> dict[str, Any]:
-    return {"cls": GreedyCommand, "greedy": names}
-
-
 # -- list / search ---------------------------------------------------------------------
 
 
-@cli.command("list", **_greedy("--filter"))
-@_id_option()
+@cli.command("list", **greedy("--filter"))
+@id_option()
 @click.option("--project", help="Pick the dataset by project (with --name).")
 @click.option("--name", help="Pick the dataset by name (highest version).")
 @click.option("--version", help="With --project/--name: this version.")
@@ -105,7 +91,7 @@ def list_cmd(
     if as_json:
         emit_json(rows)
         return
-    rec = _rec(store, ds.id)
+    rec = dataset_record(store, ds.id)
     say(f"{dataset_label(rec)} ({rec['id']}, {rec['status']})")
     headers = ["STATUS", "SIZE", "HASH", "PATH"] if modified else ["SIZE", "HASH", "PATH"]
     table(
@@ -121,7 +107,7 @@ def list_cmd(
     say(f"{len(rows)} file{'s' if len(rows) != 1 else ''}, {human_size(total)}")
 
 
-@cli.command(**_greedy("--tags", "--ids"))
+@cli.command(**greedy("--tags", "--ids"))
 @click.option("--project", help="Project (sub-projects included unless --non-recursive).")
 @click.option("--name", help="Regular expression searched in the dataset name.")
 @click.option("--tags", multiple=True, metavar="TAG...", help="Datasets having any of these tags.")
@@ -191,7 +177,7 @@ def search(
 
 
 @cli.command()
-@_id_option()
+@id_option()
 @click.option("--project", help="Pick the dataset by project (with --name).")
 @click.option("--name", help="Pick the dataset by name (highest version).")
 @click.option("--version", help="With --project/--name: this version.")
@@ -263,7 +249,7 @@ def get(
     remember(store, ds.id)
     result(path)
     say(
-        f"{dataset_label(_rec(store, ds.id))} ready in {human_duration(time.monotonic() - t0)}",
+        f"{dataset_label(dataset_record(store, ds.id))} ready in {human_duration(time.monotonic() - t0)}",
         err=True,
     )
 
@@ -303,7 +289,7 @@ def compare(source: str, target: str, verbose: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@_id_option()
+@id_option()
 @click.option(
     "--folder",
     type=click.Path(file_okay=False, exists=True),

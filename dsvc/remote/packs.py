@@ -100,15 +100,7 @@ class RemoteIndex:
 
     def known_packs(self) -> set[bytes]:
         p = self.prefix + b"p/"
-        out = set()
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self.store.db("remote"))
-            if cur.set_range(p):
-                for k, _ in cur:
-                    if not k.startswith(p):
-                        break
-                    out.add(k[len(p) :])
-        return out
+        return {k[len(p) :] for k, _ in self.store.scan_prefix("remote", p)}
 
     def add_pack(self, pack: bytes, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
         with self.store.batch() as b:
@@ -149,16 +141,10 @@ class RemoteIndex:
         """Drop every location in ``packs`` (deleted from the remote) from the cache."""
         if not packs:
             return
-        o = self.prefix + b"o/"
         keys = [self.prefix + b"p/" + p for p in packs]
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self.store.db("remote"))
-            if cur.set_range(o):
-                for k, v in cur:
-                    if not k.startswith(o):
-                        break
-                    if bytes(v[:16]) in packs:
-                        keys.append(bytes(k))
+        keys += [
+            k for k, v in self.store.scan_prefix("remote", self.prefix + b"o/") if v[:16] in packs
+        ]
         with self.store.batch() as b:
             for k in keys:
                 b.delete("remote", k)
@@ -166,28 +152,13 @@ class RemoteIndex:
     def reset_packs(self) -> None:
         """Forget which indexes were loaded, so the next refresh reloads them all (an
         object whose cached location was forgotten may still be in another pack)."""
-        p = self.prefix + b"p/"
-        keys = []
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self.store.db("remote"))
-            if cur.set_range(p):
-                for k, _ in cur:
-                    if not k.startswith(p):
-                        break
-                    keys.append(bytes(k))
+        keys = [k for k, _ in self.store.scan_prefix("remote", self.prefix + b"p/")]
         with self.store.batch() as b:
             for k in keys:
                 b.delete("remote", k)
 
     def clear(self) -> None:
-        keys = []
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self.store.db("remote"))
-            if cur.set_range(self.prefix):
-                for k, _ in cur:
-                    if not k.startswith(self.prefix):
-                        break
-                    keys.append(k)
+        keys = [k for k, _ in self.store.scan_prefix("remote", self.prefix)]
         with self.store.batch() as b:
             for k in keys:
                 b.delete("remote", k)
