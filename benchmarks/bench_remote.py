@@ -184,12 +184,15 @@ def baseline(opts: dict[str, str], src: Path, workers: int, scratch: Path) -> tu
 
 def use_home(home: Path, url: str, opts: dict[str, str]) -> Any:
     from dsvc import registry
-    from dsvc.remote.config import add_remote
+    from dsvc.remote.config import add_remote, credential_env_var, split_credentials
 
     shutil.rmtree(home, ignore_errors=True)
     os.environ["DSVC_HOME"] = str(home)
     store = registry.open_store()
-    add_remote(store, "origin", url, opts)
+    plain, creds = split_credentials(opts)  # credentials go in the environment, never the store
+    for k, v in creds.items():
+        os.environ[credential_env_var("origin", k)] = v
+    add_remote(store, "origin", url, plain)
     return store
 
 

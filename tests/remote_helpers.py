@@ -26,7 +26,11 @@ if str(HERE.parent) not in sys.path:  # running as a script from anywhere
 from dsvc import registry  # noqa: E402
 from dsvc.remote import sync  # noqa: E402
 from dsvc.remote.backend import Backend  # noqa: E402
-from dsvc.remote.config import add_remote  # noqa: E402
+from dsvc.remote.config import (  # noqa: E402
+    add_remote,
+    credential_env_var,
+    split_credentials,
+)
 from dsvc.store import Store  # noqa: E402
 
 KiB = 1024
@@ -43,8 +47,21 @@ def machine(monkeypatch: Any, home: Path, spec: dict[str, Any] | None) -> Store:
     monkeypatch.delenv("DSVC_REMOTE", raising=False)
     store = registry.open_store()
     if spec is not None and not store.get_config("remotes"):
-        add_remote(store, "origin", spec["url"], spec["options"])
+        add_origin(store, spec, monkeypatch)
     return store
+
+
+def add_origin(store: Store, spec: dict[str, Any], monkeypatch: Any = None) -> None:
+    """Configure ``spec`` as remote ``origin``: plain options in the store, credentials
+    in the environment (dsvc refuses to store them)."""
+    plain, creds = split_credentials(spec.get("options"))
+    for k, v in creds.items():
+        var = credential_env_var("origin", k)
+        if monkeypatch is not None:
+            monkeypatch.setenv(var, v)
+        else:
+            os.environ[var] = v
+    add_remote(store, "origin", spec["url"], plain)
 
 
 def remote_of(store: Store) -> sync.Remote:
@@ -229,7 +246,7 @@ def main(argv: list[str]) -> int:
 
     store = registry.open_store()
     if not store.get_config("remotes"):
-        add_remote(store, "origin", args["url"], args.get("options") or {})
+        add_origin(store, args)
     if args.get("put_delay"):
         _slow_puts(float(args["put_delay"]))
     if cmd == "push":

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 from remote_helpers import (
+    add_origin,
     count_traffic,
     machine,
     mixed_files,
@@ -110,7 +111,7 @@ def test_list_datasets_merges_local_and_remote(
     # machine B first works offline, then adds the remote
     store_b = machine(monkeypatch, tmp_path / "home-b", None)
     local = publish(src, name="local-only")
-    add_remote(store_b, "origin", remote_spec["url"], remote_spec["options"])
+    add_origin(store_b, remote_spec, monkeypatch)
     names = {d["id"]: d["name"] for d in Dataset.list_datasets(dataset_project="proj")}
     assert names == {pushed.id: "shared", local.id: "local-only"}
     assert Dataset.get(dataset_project="proj", dataset_name="shared").id == pushed.id
