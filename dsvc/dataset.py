@@ -13,7 +13,6 @@ one draft do not lose each other's files.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import time
@@ -29,14 +28,20 @@ from dsvc.checkout import ContentCache, materialize, materialize_shared
 from dsvc.errors import (
     DsvcError,
     IntegrityError,
-    InvalidPathError,
     NotFoundError,
-    RemoteError,
     StateError,
     UsageError,
 )
 from dsvc.ids import TAG_BLOB, object_id, to_hex
 from dsvc.ingest import Ingestor, ScanItem, scan
+from dsvc.lookup import (
+    find_record,
+    known_records,
+    not_found_message,
+    remote_for,
+    remote_record,
+    warn,
+)
 from dsvc.objects import (
     EMPTY_TREE_ID,
     KIND_CHUNKFILE,
@@ -44,9 +49,9 @@ from dsvc.objects import (
     Blob,
     Commit,
     Entry,
-    split_path,
 )
 from dsvc.progress import Progress
+from dsvc.selection import clean_dataset_path, match_dataset_path, rebase, split_parts
 from dsvc.store import Store
 from dsvc.treeops import Trees, apply_edits, diff, lookup, merge, walk
 
@@ -76,35 +81,12 @@ def _as_list(v: str | Iterable[str] | None) -> list[str]:
     return list(v)
 
 
-def _clean_dataset_path(dataset_path: str | None) -> RelPath:
-    """Validate a path inside a dataset; a leading ``/`` means the dataset root."""
-    if not dataset_path:
-        return ()
-    try:
-        return split_path(str(dataset_path))
-    except InvalidPathError as e:
-        raise InvalidPathError(
-            f"dataset_path {dataset_path!r} is not allowed ({e}); use a path relative to "
-            "the dataset root without '..'"
-        ) from None
-
-
 def _id_of(d: str | Dataset) -> str:
     return d.id if isinstance(d, Dataset) else str(d)
 
 
 def _store() -> Store:
     return reg.open_store()
-
-
-def _remote(store: Store, spec: str | None, *, required: bool = False, retries: int = 3) -> Any:
-    """The remote for ``spec`` (a remote name or URL; None: the default), or None.
-
-    The transport layer is imported lazily so local work never loads it.
-    """
-    from dsvc.remote import sync
-
-    return sync.resolve(store, spec, required=required, retries=retries)
 
 
 class Dataset:
@@ -253,7 +235,7 @@ class Dataset:
             dataset_project = parents[-1]["project"]
         # versions pushed from other machines count too, so numbering never repeats
         siblings = reg.filter_records(
-            _known_records(store), project=dataset_project, name=dataset_name
+            known_records(store), project=dataset_project, name=dataset_name
         )
         if dataset_version is None:
             dataset_version = reg.next_version(siblings)
@@ -317,7 +299,7 @@ class Dataset:
         default remote. ``writable_copy=True`` returns a new child draft of the found one.
         """
         store = _store()
-        rec = _find(
+        rec = find_record(
             store,
             dataset_id,
             dataset_project,
@@ -337,7 +319,7 @@ class Dataset:
                     dataset_version=dataset_version,
                 )
             raise NotFoundError(
-                _not_found_message(
+                not_found_message(
                     dataset_id, dataset_project, dataset_name, dataset_tags, dataset_version
                 )
             )
@@ -370,7 +352,7 @@ class Dataset:
         """Datasets of the local store and the default remote, newest first."""
         store = _store()
         found = reg.filter_records(
-            _known_records(store),
+            known_records(store),
             project=dataset_project,
             partial_name=partial_name,
             tags=tags,
@@ -414,7 +396,7 @@ class Dataset:
             raise UsageError("Dataset.delete needs dataset_id, or dataset_project and dataset_name")
         if not targets:
             raise NotFoundError(
-                _not_found_message(dataset_id, dataset_project, dataset_name, None, dataset_version)
+                not_found_message(dataset_id, dataset_project, dataset_name, None, dataset_version)
             )
         doomed = {t["id"] for t in targets}
         if not force:
@@ -474,7 +456,7 @@ class Dataset:
         src = os.path.abspath(os.path.expanduser(os.fspath(path)))
         if not os.path.exists(src):
             raise NotFoundError(f"cannot add {src!r} to dataset {self.id}: no such file or folder")
-        prefix = _clean_dataset_path(dataset_path)
+        prefix = clean_dataset_path(dataset_path)
         sr = scan(
             src,
             wildcard=list(wildcard) if isinstance(wildcard, list | tuple) else wildcard,
@@ -482,14 +464,14 @@ class Dataset:
         )
         items = sr.items
         if local_base_folder:
-            items = _rebase(items, src, local_base_folder)
+            items = rebase(items, src, local_base_folder)
         # the lease keeps `gc` away from chunks no record references until _apply ran
         with self._store.lease(f"add_files {self.id}"):
             entries, skipped = self._ingest(
                 items, verbose, max_workers, f"add {os.path.basename(src)}"
             )
             for p, why in [*sr.skipped, *skipped]:
-                _warn(f"skipped {p}: {why}")
+                warn(f"skipped {p}: {why}")
             edits = {(*prefix, *rel): e for rel, e in entries.items()}
             return self._apply(edits)
 
@@ -569,14 +551,14 @@ class Dataset:
         src = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
         if not os.path.isdir(src):
             raise NotFoundError(f"cannot sync dataset {self.id} from {src!r}: not a folder")
-        prefix = _clean_dataset_path(dataset_path)
+        prefix = clean_dataset_path(dataset_path)
         with self._store.lease(f"sync_folder {self.id}"):
             sr = scan(src)
             entries, skipped = self._ingest(
                 sr.items, verbose, None, f"sync {os.path.basename(src)}"
             )
             for p, why in [*sr.skipped, *skipped]:
-                _warn(f"skipped {p}: {why}")
+                warn(f"skipped {p}: {why}")
             # build the folder's tree and diff it with the staged one: equal subtrees
             # (the unchanged folders) are skipped by id, never opened
             trees = self._trees()
@@ -684,7 +666,7 @@ class Dataset:
             did = todo.pop()
             if did in graph:
                 continue
-            rec = reg.get(self._store, did) or _remote_record(self._store, did)
+            rec = reg.get(self._store, did) or remote_record(self._store, did)
             parents = list(rec.get("parents", [])) if rec else []
             graph[did] = parents
             todo.extend(parents)
@@ -755,7 +737,7 @@ class Dataset:
         if rec["status"] != reg.DRAFT:
             raise StateError(f"dataset {rec['id']} is finalized; nothing to upload")
         spec = output_url or rec.get("output_uri")
-        remote = _remote(self._store, spec, required=spec is not None, retries=retries)
+        remote = remote_for(self._store, spec, required=spec is not None, retries=retries)
         tree = rec["tree"]
         where = None
         if remote is not None:
@@ -784,7 +766,7 @@ class Dataset:
             if rec["status"] != reg.DRAFT:
                 raise StateError(f"dataset {rec['id']} is already finalized")
             spec = rec.get("remote") or rec.get("output_uri")
-            remote = _remote(self._store, spec, required=spec is not None)
+            remote = remote_for(self._store, spec, required=spec is not None)
             if remote is not None and rec.get("uploaded_tree") != rec["tree"]:
                 if not auto_upload:
                     raise StateError(
@@ -859,7 +841,7 @@ class Dataset:
         if not missing:
             return
         rec = self._rec
-        remote = _remote(self._store, rec.get("remote") or rec.get("output_uri"))
+        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
         if remote is None:
             raise NotFoundError(
                 f"dataset {rec['id']}: {len(missing)} files have content that is not in the local "
@@ -1023,7 +1005,7 @@ class Dataset:
         store = _store()
         if dataset_ids:
             recs = [
-                _find(store, _id_of(d), None, None, None, None, False, False, True)
+                find_record(store, _id_of(d), None, None, None, None, False, False, True)
                 for d in dataset_ids
             ]
             if any(r is None for r in recs):
@@ -1032,7 +1014,7 @@ class Dataset:
                 )
         elif dataset_project_name_pairs:
             recs = [
-                _find(store, None, p, n, None, None, True, False, True)
+                find_record(store, None, p, n, None, None, True, False, True)
                 for p, n in dataset_project_name_pairs
             ]
             if any(r is None for r in recs):
@@ -1084,12 +1066,6 @@ class Dataset:
 # -- module helpers --------------------------------------------------------------------
 
 
-def _warn(msg: str) -> None:
-    import sys
-
-    print(f"dsvc: {msg}", file=sys.stderr)
-
-
 def _remember(store: Store, dataset_id: str) -> None:
     store.put_record(reg.LAST_USED, dataset_id)
 
@@ -1123,56 +1099,6 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
         "created": datetime.fromtimestamp(r["created"] / 1e9, tz=UTC),
         "status": r["status"],
     }
-
-
-def match_dataset_path(path: str, pattern: str, recursive: bool) -> bool:
-    """ClearML's dataset-path matching (``matches_any_wildcard``; see docs/matching.md).
-
-    Besides ClearML's rule, a pattern naming a file or a folder exactly matches that file
-    or everything below that folder (``data`` and ``data/`` both match ``data/a/x.jpg``).
-
-    * recursive: the pattern is split at its last ``/`` into a folder part and a file
-      part; the path must match ``<folder part>*`` and end with ``/<file part>`` (``*``
-      crosses ``/``): ``*.csv`` matches every CSV at any depth, ``data/*.jpg`` matches
-      ``data/sub/x.jpg``, ``x.csv`` matches ``a/b/x.csv``.
-    * not recursive: the path and the pattern must have the same number of components,
-      each matched by ``fnmatch`` (``*.csv`` matches top-level CSVs only).
-    """
-    if path == pattern or path.startswith(pattern.rstrip("/") + "/"):
-        return True
-    if recursive:
-        file_part = pattern.rsplit("/", 1)[-1]
-        dir_part = pattern[: len(pattern) - len(file_part)] + "*"
-        return bool(file_part) and (
-            fnmatch.fnmatchcase(path, dir_part)
-            and fnmatch.fnmatchcase("/" + path, "*/" + file_part)
-        )
-    a, b = path.split("/"), pattern.split("/")
-    return len(a) == len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
-
-
-def _rebase(items: list[ScanItem], src: str, base: str) -> list[ScanItem]:
-    """Re-express scanned paths relative to ``local_base_folder``."""
-    root = os.path.abspath(os.path.expanduser(base))
-    out = []
-    for it in items:
-        rel = os.path.relpath(it.abs_path, root)
-        if rel.startswith(".." + os.sep) or rel == ".." or os.path.isabs(rel):
-            raise InvalidPathError(
-                f"{it.abs_path!r} is not inside local_base_folder {root!r}; pick a base folder "
-                "that contains the files"
-            )
-        out.append(
-            ScanItem(
-                it.abs_path,
-                split_path(rel.replace(os.sep, "/")),
-                it.size,
-                it.mtime_ns,
-                it.ino,
-                it.mode,
-            )
-        )
-    return out
 
 
 def _edit_effects(
@@ -1277,31 +1203,6 @@ def _owners(
     return out
 
 
-def split_parts(
-    entries: list[tuple[RelPath, Entry]], part: int | None, num_parts: int | None
-) -> list[tuple[RelPath, Entry]]:
-    """Part ``part`` (0-based) of ``num_parts`` contiguous slices balanced by bytes.
-
-    Deterministic: files are in canonical order; a file goes to the part in which the
-    midpoint of its byte range falls, so every file lands in exactly one part.
-    """
-    if num_parts is None or part is None:
-        raise UsageError("part and num_parts go together (part counts from 0)")
-    if num_parts < 1 or not 0 <= part < num_parts:
-        raise UsageError(f"part must be in 0..{num_parts - 1}, got {part}")
-    total = sum(e.size for _, e in entries)
-    n = len(entries)
-    out = []
-    acc = 0
-    for i, (p, e) in enumerate(entries):
-        # by byte midpoint; a dataset of only empty files is split by count
-        k = int((acc + e.size / 2) * num_parts / total) if total else i * num_parts // n
-        acc += e.size
-        if min(k, num_parts - 1) == part:
-            out.append((p, e))
-    return out
-
-
 def _missing_files(store: Store, entries: list[Entry]) -> list[Entry]:
     """The entries whose content is not complete in the local store (few transactions)."""
     unique = list({e.id: e for e in entries}.values())
@@ -1318,104 +1219,6 @@ def _missing_files(store: Store, entries: list[Entry]) -> list[Entry]:
         if lacking:
             absent |= {b for b, cs in need.items() if lacking.intersection(cs)}
     return [e for e in entries if e.id in absent]
-
-
-def _known_records(store: Store) -> list[dict[str, Any]]:
-    """Local records plus the default remote's (local only if it cannot be reached)."""
-    recs = {r["id"]: r for r in reg.all_records(store)}
-    try:
-        for r in _remote_records(store):
-            recs.setdefault(r["id"], r)
-    except RemoteError as e:
-        _warn(f"{e}; numbering versions from the local store only")
-    return list(recs.values())
-
-
-def _remote_records(store: Store) -> list[dict[str, Any]]:
-    remote = _remote(store, None)
-    return remote.list_records(store) if remote is not None else []
-
-
-def _remote_record(store: Store, dataset_id: str) -> dict[str, Any] | None:
-    remote = _remote(store, None)
-    if remote is None:
-        return None
-    return remote.get_record(store, dataset_id)
-
-
-def _find(
-    store: Store,
-    dataset_id: str | None,
-    project: str | None,
-    name: str | None,
-    tags: Sequence[str] | None,
-    version: str | None,
-    only_completed: bool,
-    only_published: bool,
-    include_archived: bool,
-) -> dict[str, Any] | None:
-    """Find a record locally and on the default remote.
-
-    By id: the local record, else the remote's (imported locally). By name, project or
-    tags: the best match among local AND remote records, since another machine may have
-    pushed a newer version; a remote that cannot be reached is reported and the lookup
-    continues with local records only.
-    """
-    remote = None
-    if dataset_id:
-        rec = reg.get(store, dataset_id)
-        if rec is None:
-            remote = _remote(store, None)
-            rec = remote.get_record(store, dataset_id) if remote is not None else None
-        candidates = [rec] if rec else []
-    else:
-        candidates = reg.all_records(store)
-        try:
-            remote = _remote(store, None)
-            if remote is not None:
-                local_ids = {r["id"] for r in candidates}
-                candidates += [r for r in remote.list_records(store) if r["id"] not in local_ids]
-        except RemoteError as e:
-            _warn(f"{e}; looking in the local store only")
-    found = reg.filter_records(
-        candidates,
-        project=project,
-        name=name,
-        tags=tags,
-        version=version,
-        only_completed=only_completed,
-        only_published=only_published,
-        include_archived=include_archived,
-    )
-    best = reg.newest(found, by_version=bool(name))
-    if best is not None and reg.get(store, best["id"]) is None and remote is not None:
-        best = remote.import_record(store, best)
-    return best
-
-
-def _not_found_message(
-    dataset_id: str | None,
-    project: str | None,
-    name: str | None,
-    tags: Sequence[str] | None,
-    version: str | None,
-) -> str:
-    if dataset_id:
-        what = f"id {dataset_id}"
-    else:
-        bits = [
-            f"project {project!r}" if project else "",
-            f"name {name!r}" if name else "",
-            f"tags {list(tags)!r}" if tags else "",
-            f"version {version!r}" if version else "",
-        ]
-        what = ", ".join(b for b in bits if b) or "no criteria"
-        if not (dataset_id or project or name or tags):
-            return "Dataset.get needs dataset_id, dataset_project/dataset_name or dataset_tags"
-    return (
-        f"no dataset found with {what} (locally or on the default remote); list them with "
-        "Dataset.list_datasets() or `dsvc search`"
-    )
 
 
 def local_cache_root(store: Store) -> Path:

@@ -26,6 +26,8 @@ MODULES = {
     "dsvc.dataset": "dataset",
     "dsvc.registry": "dataset",
     "dsvc.maintenance": "dataset",
+    "dsvc.lookup": "dataset",
+    "dsvc.selection": "dataset",
     "dsvc.ingest": "work",
     "dsvc.checkout": "work",
     "dsvc.treeops": "work",
