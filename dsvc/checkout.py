@@ -20,7 +20,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,8 @@ from dsvc.store import Store
 
 RelPath = tuple[str, ...]
 ProgressFn = Callable[[int], None]
+#: chunk ids -> their verified payloads (content the store does not hold)
+FetchFn = Callable[[list[bytes]], Mapping[bytes, Any]]
 
 _GROUP_BYTES = 8 << 20
 _GROUP_FILES = 256
@@ -108,16 +110,23 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
             n += os.write(fd, mv[n:])
 
 
-def _write_file_txn(store: Store, txn: Any, entry: Entry, dest: str) -> None:
+def _write_file_txn(
+    store: Store, txn: Any, entry: Entry, dest: str, fetched: Mapping[bytes, Any] | None = None
+) -> None:
     """Write ``entry``'s content to a new file ``dest``, reading chunks in ``txn`` (a
     read transaction with ``buffers=True``: raw chunks go from the map to the file
-    without a copy). Every chunk is verified before a byte of it is written."""
+    without a copy). Every chunk is verified before a byte of it is written: those of
+    the store here, those in ``fetched`` (payloads read from a remote) by the fetcher."""
     chunks = _file_chunks(store, txn, entry)
     # O_EXCL + O_NOFOLLOW: never write through a link or over something already there
     fd = os.open(dest, _O_CREATE, 0o644)
     try:
         cdb = store.db("chunks")
         for cid, _ in chunks:
+            payload = fetched.get(cid) if fetched else None
+            if payload is not None:
+                _write_all(fd, payload)
+                continue
             frame = txn.get(cid, db=cdb)
             if frame is None:
                 raise ObjectNotFoundError(
@@ -181,10 +190,17 @@ class ContentCache:
 _NO_LINK = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
 
 
-def _place(store: Store, cache: ContentCache | None, entry: Entry, dest: str, txn: Any) -> bool:
+def _place(
+    store: Store,
+    cache: ContentCache | None,
+    entry: Entry,
+    dest: str,
+    txn: Any,
+    fetched: Mapping[bytes, Any] | None = None,
+) -> bool:
     """Put one file at ``dest``; returns True when it was linked from the cache."""
     if cache is None:
-        _write_file_txn(store, txn, entry, dest)
+        _write_file_txn(store, txn, entry, dest, fetched)
         return False
     src = cache.path_for(entry)
     try:  # link first: for content already cached (the common case) one syscall
@@ -215,8 +231,13 @@ def materialize(
     overwrite: bool = False,
     max_workers: int | None = None,
     progress: ProgressFn | None = None,
+    fetch: FetchFn | None = None,
 ) -> CheckoutStats:
     """Write ``files`` into a new folder ``target``, atomically.
+
+    ``fetch`` (ids -> verified payloads) supplies chunks the store lacks, group by
+    group, so content from a remote goes straight into the files instead of through
+    the store first (half the writes; nothing of it is kept in the store).
 
     If ``target`` already exists: with ``overwrite`` it is replaced (the old content is
     moved aside and removed only after the new folder is in place); an existing empty
@@ -233,7 +254,7 @@ def materialize(
     os.mkdir(tmp)
     stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
     try:
-        _fill(store, files, tmp, content_cache, max_workers, progress, stats)
+        _fill(store, files, tmp, content_cache, max_workers, progress, stats, fetch)
         _swap_in(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -309,7 +330,10 @@ def _fill(
     max_workers: int | None,
     progress: ProgressFn | None,
     stats: CheckoutStats,
+    fetch: FetchFn | None = None,
 ) -> None:
+    if fetch is not None and cache is not None:
+        raise ValueError("fetch writes files directly; it does not fill a content cache")
     join = _joiner(root)
     dests = [join(rel) for rel, _ in files]
     for d in sorted({os.path.dirname(d) for d in dests}):
@@ -322,9 +346,19 @@ def _fill(
         nbytes = 0
         # one read snapshot per group; raw chunks are written straight from the map
         with store._begin(buffers=True) as txn:
+            fetched = None
+            if fetch is not None:
+                cur = txn.cursor(db=store.db("chunks"))
+                want = {
+                    cid
+                    for i in idx
+                    for cid, _ in _file_chunks(store, txn, files[i][1])
+                    if not cur.set_key(cid)
+                }
+                fetched = fetch(list(want)) if want else None
             for i in idx:
                 entry = files[i][1]
-                if _place(store, cache, entry, dests[i], txn):
+                if _place(store, cache, entry, dests[i], txn, fetched):
                     linked += 1
                 nbytes += entry.size
         prog(nbytes)

@@ -56,6 +56,9 @@ from dsvc.store import Store
 from dsvc.treeops import Trees, apply_edits, diff, lookup, merge, walk
 
 RelPath = tuple[str, ...]
+#: largest file a writable copy reads from a remote straight into memory and then the
+#: file (larger ones go through the store, chunk by chunk)
+DIRECT_FETCH_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -479,7 +482,7 @@ class Dataset:
         self, items: list[ScanItem], verbose: bool, max_workers: int | None, desc: str
     ) -> tuple[dict[RelPath, Entry], list[tuple[str, str]]]:
         total = sum(i.size for i in items)
-        with Progress(desc, total, enabled=verbose or total > (64 << 20)) as bar:
+        with Progress(desc, total, enabled=True) as bar:
             ing = Ingestor(self._store, max_workers=max_workers, progress=bar.update)
             entries, stats = ing.ingest(items)
         if verbose:
@@ -850,22 +853,45 @@ class Dataset:
         try:
             remote.fetch_files(self._store, missing, max_workers=max_workers)
         except IntegrityError as e:
-            bad = e.object_id
-            where = [
-                "/".join(p)
-                for p, en in entries
-                if bad is not None
-                and (
-                    en.id == bad
-                    or (
-                        en.kind != KIND_CHUNKFILE
-                        and any(c == bad for c, _ in self._store.file_chunks(en))
-                    )
+            raise self._name_bad_file(e, entries) from None
+
+    def _name_bad_file(
+        self, e: IntegrityError, entries: list[tuple[RelPath, Entry]]
+    ) -> IntegrityError:
+        """``e`` again, naming the file of this dataset that holds the damaged object."""
+        bad = e.object_id
+        where = [
+            "/".join(p)
+            for p, en in entries
+            if bad is not None
+            and (
+                en.id == bad
+                or (
+                    en.kind != KIND_CHUNKFILE
+                    and self._store.has_object(en.id)
+                    and any(c == bad for c, _ in self._store.file_chunks(en))
                 )
-            ]
-            raise IntegrityError(
-                f"{e} (file {where[0] if where else '?'} of dataset {rec['id']})", bad
-            ) from None
+            )
+        ]
+        return IntegrityError(
+            f"{e} (file {where[0] if where else '?'} of dataset {self._rec['id']})", bad
+        )
+
+    def _direct_fetch(self, entries: list[tuple[RelPath, Entry]]) -> Any:
+        """For a writable copy: a fetcher that reads content missing locally from the
+        remote straight into the files (half the writes of fetching into the store
+        first; nothing is kept in the store). None when everything is local, there is
+        no remote, or a file is too large to hold in memory (then the store path runs).
+        """
+        missing = _missing_files(self._store, [e for _, e in entries])
+        if not missing or any(e.size > DIRECT_FETCH_MAX for e in missing):
+            return None
+        rec = self._rec
+        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        if remote is None:
+            return None
+        remote.fetch_blobs(self._store, missing)
+        return lambda ids: remote.read_chunks(self._store, ids)
 
     def get_local_copy(
         self,
@@ -903,7 +929,7 @@ class Dataset:
             with Progress(
                 f"copy {rec['name']}",
                 sum(e.size for _, e in entries),
-                enabled=sum(e.size for _, e in entries) > (64 << 20),
+                enabled=True,
             ) as bar:
                 materialize_shared(
                     self._store,
@@ -938,17 +964,23 @@ class Dataset:
                 )
             self._refresh()
             entries = self._selected(part, num_parts, None)
-            self._ensure_content(entries, max_workers)
+            fetch = self._direct_fetch(entries)
+            if fetch is None:
+                self._ensure_content(entries, max_workers)
             total = sum(e.size for _, e in entries)
-            with Progress(f"copy {self._rec['name']}", total, enabled=total > (64 << 20)) as bar:
-                materialize(
-                    self._store,
-                    entries,
-                    target,
-                    overwrite=overwrite,
-                    max_workers=max_workers,
-                    progress=bar.update,
-                )
+            with Progress(f"copy {self._rec['name']}", total, enabled=True) as bar:
+                try:
+                    materialize(
+                        self._store,
+                        entries,
+                        target,
+                        overwrite=overwrite,
+                        max_workers=max_workers,
+                        progress=bar.update,
+                        fetch=fetch,
+                    )
+                except IntegrityError as e:
+                    raise self._name_bad_file(e, entries) from None
             return target
         except DsvcError:
             if raise_on_error:

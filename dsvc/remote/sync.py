@@ -541,52 +541,9 @@ class Remote:
         stats = FetchStats()
         if not want:
             return stats
-        locs = self.index.locate(want)
-        if len(locs) < len(want):
-            self.refresh_index(store)
-            locs = self.index.locate(want)
-        if len(locs) < len(want):  # a cached location may have been forgotten: reload all
-            self.index.reset_packs()
-            self.refresh_index(store)
-            locs = self.index.locate(want)
-        missing = [i for i in want if i not in locs]
-        if missing:
-            raise NotFoundError(
-                f"remote {self.url} lacks {len(missing)} objects (e.g. {to_hex(missing[0])}); "
-                "the version was not completely pushed, or was garbage-collected"
-            )
-        by_pack: dict[bytes, list[tuple[bytes, Any]]] = defaultdict(list)
-        for oid, loc in locs.items():
-            by_pack[loc.pack].append((oid, loc))
-        jobs = []
-        for pack, items in by_pack.items():
-            items.sort(key=lambda x: x[1].offset)
-            group: list[tuple[bytes, Any]] = []
-            for it in items:
-                if group:
-                    last = group[-1][1]
-                    span = it[1].offset + it[1].length - group[0][1].offset
-                    if it[1].offset - (last.offset + last.length) > COALESCE_GAP or span > (
-                        16 << 20
-                    ):
-                        jobs.append((pack, group))
-                        group = []
-                group.append(it)
-            if group:
-                jobs.append((pack, group))
-
-        def run(job: tuple[bytes, list[tuple[bytes, Any]]]) -> tuple[list[tuple], int]:
-            pack, group = job
-            name = pack_name(pack)
-            start = group[0][1].offset
-            end = group[-1][1].offset + group[-1][1].length
-            data = memoryview(self.backend.get_range(f"packs/{name}.pack", start, end - start))
-            values = []
-            for oid, loc in group:  # views into the range: verified, never copied
-                value = data[loc.offset - start : loc.offset - start + loc.length]
-                _verify(value, oid, loc.kind, name)
-                values.append((oid, loc.kind, value))
-            return values, end - start
+        locs = self._locate(store, want)
+        jobs = _range_jobs(locs)
+        run = self._read_range
 
         # Ranges are read and verified by the pool; one batch (this thread) stores them,
         # committing every BATCH_BYTES: one fsync per 64 MiB instead of one per range
@@ -603,7 +560,7 @@ class Remote:
                 nxt = next(todo, None)
                 if nxt is not None:
                     pending.append(pool.submit(run, nxt))
-                for oid, kind, value in values:
+                for oid, kind, value, _payload in values:
                     if kind == KIND_CHUNK:
                         b.put_chunk_frame(oid, value)
                     else:
@@ -614,6 +571,52 @@ class Remote:
                 if bar is not None:
                     bar.update(nbytes)
         return stats
+
+    def _locate(self, store: Store, want: list[bytes]) -> dict[bytes, Any]:
+        """Where each of ``want`` is on the remote (NotFoundError if anything is not)."""
+        locs = self.index.locate(want)
+        if len(locs) < len(want):
+            self.refresh_index(store)
+            locs = self.index.locate(want)
+        if len(locs) < len(want):  # a cached location may have been forgotten: reload all
+            self.index.reset_packs()
+            self.refresh_index(store)
+            locs = self.index.locate(want)
+        missing = [i for i in want if i not in locs]
+        if missing:
+            raise NotFoundError(
+                f"remote {self.url} lacks {len(missing)} objects (e.g. {to_hex(missing[0])}); "
+                "the version was not completely pushed, or was garbage-collected"
+            )
+        return locs
+
+    def _read_range(self, job: tuple[bytes, list[tuple[bytes, Any]]]) -> tuple[list[tuple], int]:
+        """Read one coalesced range of a pack; verify each value in it (as a view).
+        Returns ``[(id, kind, stored value, payload)]`` and the bytes read."""
+        pack, group = job
+        name = pack_name(pack)
+        start = group[0][1].offset
+        end = group[-1][1].offset + group[-1][1].length
+        data = memoryview(self.backend.get_range(f"packs/{name}.pack", start, end - start))
+        values = []
+        for oid, loc in group:  # views into the range: verified, never copied
+            value = data[loc.offset - start : loc.offset - start + loc.length]
+            values.append((oid, loc.kind, value, _verify(value, oid, loc.kind, name)))
+        return values, end - start
+
+    def read_chunks(self, store: Store, ids: Sequence[bytes]) -> dict[bytes, Any]:
+        """Verified payloads of the chunks ``ids``, read from the remote into memory (not
+        into the store): for writing files straight from the remote. The caller bounds
+        how much it asks for at once."""
+        out: dict[bytes, Any] = {}
+        want = list(dict.fromkeys(ids))
+        if not want:
+            return out
+        for job in _range_jobs(self._locate(store, want)):
+            values, _ = self._read_range(job)
+            for oid, _kind, _frame, payload in values:
+                out[oid] = payload
+        return out
 
     def fetch_metadata(self, store: Store, tree: bytes, extra: Sequence[bytes] = ()) -> FetchStats:
         """Fetch every tree and blob below ``tree`` (and ``extra`` objects) not yet local."""
@@ -639,6 +642,11 @@ class Remote:
             level = list(dict.fromkeys(nxt))
         return total
 
+    def fetch_blobs(self, store: Store, entries: Sequence[Entry]) -> None:
+        """Fetch the blob objects (chunk lists) of ``entries`` that are not local."""
+        blobs = [e.id for e in entries if e.kind == KIND_FILE]
+        self._fetch_values(store, store.missing("objects", blobs))
+
     def fetch_files(
         self,
         store: Store,
@@ -648,8 +656,7 @@ class Remote:
         show_progress: bool = True,
     ) -> FetchStats:
         """Fetch the chunks of ``entries`` that are not local, verifying each."""
-        blobs = [e.id for e in entries if e.kind == KIND_FILE]
-        self._fetch_values(store, store.missing("objects", blobs))
+        self.fetch_blobs(store, entries)
         chunks: list[bytes] = []
         for e in entries:
             chunks.extend(c for c, _ in store.file_chunks(e))
@@ -773,12 +780,35 @@ class Remote:
                 time.sleep(random.uniform(0, 0.05))
 
 
-def _verify(value: bytes | memoryview, oid: bytes, kind: int, pack: str) -> None:
+def _range_jobs(locs: dict[bytes, Any]) -> list[tuple[bytes, list[tuple[bytes, Any]]]]:
+    """Group object locations into reads: per pack, by offset, merging neighbours closer
+    than COALESCE_GAP into one range of at most 16 MiB."""
+    by_pack: dict[bytes, list[tuple[bytes, Any]]] = defaultdict(list)
+    for oid, loc in locs.items():
+        by_pack[loc.pack].append((oid, loc))
+    jobs = []
+    for pack, items in by_pack.items():
+        items.sort(key=lambda x: x[1].offset)
+        group: list[tuple[bytes, Any]] = []
+        for it in items:
+            if group:
+                last = group[-1][1]
+                span = it[1].offset + it[1].length - group[0][1].offset
+                if it[1].offset - (last.offset + last.length) > COALESCE_GAP or span > (16 << 20):
+                    jobs.append((pack, group))
+                    group = []
+            group.append(it)
+        if group:
+            jobs.append((pack, group))
+    return jobs
+
+
+def _verify(value: bytes | memoryview, oid: bytes, kind: int, pack: str) -> bytes | memoryview:
+    """The payload of a stored value read from ``pack``, checked against its id."""
     try:  # the *_view decoder: a raw payload is hashed in place, not copied
         if kind == KIND_CHUNK:
-            codec.decode_frame_view(value, TAG_CHUNK, oid)
-        else:
-            codec.decode_frame_view(memoryview(value)[1:], bytes(value[:1]), oid)
+            return codec.decode_frame_view(value, TAG_CHUNK, oid)
+        return codec.decode_frame_view(memoryview(value)[1:], bytes(value[:1]), oid)
     except IntegrityError as e:
         raise IntegrityError(
             f"remote pack {pack}: object {to_hex(oid)} is corrupted ({e}); the remote copy is "
