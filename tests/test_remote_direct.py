@@ -10,6 +10,7 @@ from remote_helpers import machine, read_tree, write_tree
 
 from dsvc import dataset as dsmod
 from dsvc.dataset import Dataset
+from dsvc.store import Store
 
 
 def _files() -> dict[str, bytes]:
@@ -21,18 +22,22 @@ def _files() -> dict[str, bytes]:
     }
 
 
-def test_writable_copy_streams_from_the_remote(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _publish_then_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict) -> Store:
+    """Push ``files`` as p/n from one store; return a second, empty store on the remote."""
     spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
-    files = _files()
     src = write_tree(tmp_path / "src", files)
     machine(monkeypatch, tmp_path / "home-a", spec)
     ds = Dataset.create(dataset_name="n", dataset_project="p")
     ds.add_files(src)
     ds.finalize(auto_upload=True)
+    return machine(monkeypatch, tmp_path / "home-b", spec)
 
-    store_b = machine(monkeypatch, tmp_path / "home-b", spec)
+
+def test_writable_copy_streams_from_the_remote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _files()
+    store_b = _publish_then_switch(tmp_path, monkeypatch, files)
     got = Dataset.get(dataset_project="p", dataset_name="n")
     out = got.get_mutable_local_copy(tmp_path / "out")
     assert read_tree(Path(out)) == files
@@ -48,15 +53,8 @@ def test_large_files_still_go_through_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dsmod, "DIRECT_FETCH_MAX", 1000)  # every file above it is "large"
-    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
     files = _files()
-    src = write_tree(tmp_path / "src", files)
-    machine(monkeypatch, tmp_path / "home-a", spec)
-    ds = Dataset.create(dataset_name="n", dataset_project="p")
-    ds.add_files(src)
-    ds.finalize(auto_upload=True)
-
-    store_b = machine(monkeypatch, tmp_path / "home-b", spec)
+    store_b = _publish_then_switch(tmp_path, monkeypatch, files)
     out = Dataset.get(dataset_project="p", dataset_name="n").get_mutable_local_copy(
         tmp_path / "out"
     )
