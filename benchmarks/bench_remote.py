@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
 import datagen  # noqa: E402
+from workloads import tree_summary  # noqa: E402
 
 MiB, GiB = datagen.MiB, datagen.GiB
 BUCKET = "dsvc-bench"
@@ -133,15 +134,6 @@ def small_workload(workdir: Path, n: int) -> Path:
     )
 
 
-def folder_bytes(root: Path) -> tuple[int, int]:
-    n = size = 0
-    for dp, _, fns in os.walk(root):
-        for fn in fns:
-            n += 1
-            size += os.path.getsize(os.path.join(dp, fn))
-    return n, size
-
-
 # ---------------------------------------------------------------------- measurements
 
 
@@ -220,7 +212,7 @@ def main() -> int:
     t0 = time.perf_counter()
     src = mixed_workload(work, total)
     small = small_workload(work, small_n)
-    n_files, n_bytes = folder_bytes(src)
+    n_files, n_bytes = tree_summary(src)
     print(
         f"workload: {n_files} files, {n_bytes / MiB:.0f} MiB mixed; {small_n} small files "
         f"(ready in {time.perf_counter() - t0:.1f}s)",
@@ -254,7 +246,7 @@ def main() -> int:
         use_home(work / "home-b", url, opts)
         t_get, got = timed(lambda: Dataset.get(dataset_id=ds.id))
         t_copy, path = timed(lambda: got.get_local_copy(max_workers=args.workers))
-        assert folder_bytes(Path(path)) == (n_files, n_bytes)
+        assert tree_summary(Path(path)) == (n_files, n_bytes)
         t_fetch = t_get + t_copy
         print(f"fetch+materialize {t_fetch:.1f}s", flush=True)
 

@@ -103,6 +103,12 @@ def _remote_spec(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> d
     }
 
 
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.servers)])
+def fs3_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """A remote on a folder and on S3 (moto): for the slower tests, not every backend."""
+    return _remote_spec(request.param, request, tmp_path)
+
+
 @pytest.fixture(
     params=[
         pytest.param(k, marks=pytest.mark.servers) if k in SERVER_KINDS else k for k in REMOTE_KINDS

@@ -25,15 +25,6 @@ from dsvc.dataset import Dataset
 from dsvc.remote import sync
 from dsvc.remote.packs import PackBuilder, pack_name
 
-FILE_AND_S3 = ["file", pytest.param("s3", marks=pytest.mark.servers)]
-
-
-@pytest.fixture(params=FILE_AND_S3)
-def fs3_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    from conftest import _remote_spec
-
-    return _remote_spec(request.param, request, tmp_path)
-
 
 def publish(folder: Path, *, name: str = "data", **kw: Any) -> Dataset:
     ds = Dataset.create(dataset_name=name, dataset_project="proj", **kw)

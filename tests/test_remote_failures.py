@@ -42,15 +42,6 @@ from dsvc.remote import sync
 from dsvc.remote.backend import Backend, ObjectVersion
 from dsvc.remote.packs import KIND_CHUNK, KIND_OBJECT, MAGIC, PackBuilder, pack_name
 
-FILE_AND_S3 = ["file", pytest.param("s3", marks=pytest.mark.servers)]
-
-
-@pytest.fixture(params=FILE_AND_S3)
-def fs3_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    from conftest import _remote_spec
-
-    return _remote_spec(request.param, request, tmp_path)
-
 
 def publish(folder: Path, *, name: str = "data", project: str = "proj") -> Dataset:
     ds = Dataset.create(dataset_name=name, dataset_project=project)
