@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from dsvc import registry as reg
@@ -1251,7 +1250,3 @@ def _missing_files(store: Store, entries: list[Entry]) -> list[Entry]:
         if lacking:
             absent |= {b for b, cs in need.items() if lacking.intersection(cs)}
     return [e for e in entries if e.id in absent]
-
-
-def local_cache_root(store: Store) -> Path:
-    return store.home / "cache"
