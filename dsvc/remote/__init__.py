@@ -1,4 +1,4 @@
-"""Remotes: object stores that dsvc pushes to and fetches from (see DESIGN.md §4)."""
+"""Remotes: object stores that dsvc pushes to and fetches from (see docs/design.md §4)."""
 
 from dsvc.remote.backend import Backend, ObjectInfo, ObjectVersion
 

@@ -1,4 +1,4 @@
-"""Push and fetch through a remote: the git-remote protocol of dsvc (DESIGN.md §4).
+"""Push and fetch through a remote: the git-remote protocol of dsvc (docs/design.md §4).
 
 Layout under the remote's prefix::
 

@@ -1,0 +1,79 @@
+"""The docs cannot drift: links, quoted files and quoted constants are checked against the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dsvc import codec
+from dsvc.chunker import DEFAULT_PARAMS
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+# A quoted repository path: `dsvc/store.py`, `tests/test_store.py`, `benchmarks/x.py`, `docs/x.md`.
+QUOTED_PATH = re.compile(r"`((?:dsvc|tests|benchmarks|docs)/[\w./-]+\.(?:py|md))`")
+# A bare test module name as the invariant lists quote them: `test_store.py`.
+QUOTED_TEST = re.compile(r"`(test_\w+\.py)(?:::\w+)?`")
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_relative_links_resolve_inside_the_repository(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    for target in LINK.findall(text):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        resolved = (doc.parent / target).resolve()
+        assert resolved.is_relative_to(REPO), f"{doc.name} links outside the repository: {target}"
+        assert resolved.exists(), f"{doc.name} links to a missing file: {target}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_quoted_files_exist(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    missing = [p for p in QUOTED_PATH.findall(text) if not (REPO / p).exists()]
+    missing += [t for t in QUOTED_TEST.findall(text) if not (REPO / "tests" / t).exists()]
+    assert not missing, f"{doc.name} quotes files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_no_reference_to_the_design_note_outside_the_repo(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    assert "DESIGN.md" not in text, f"{doc.name}: the design lives in docs/design.md"
+    assert "../shared" not in text, f"{doc.name} points outside the repository"
+
+
+def test_code_cites_docs_that_exist() -> None:
+    for src in (REPO / "dsvc").rglob("*.py"):
+        text = src.read_text(encoding="utf-8")
+        assert "DESIGN.md" not in text, f"{src}: cite docs/design.md"
+        for ref in re.findall(r"docs/[\w-]+\.md", text):
+            assert (REPO / ref).exists(), f"{src} cites {ref}, which does not exist"
+
+
+def _kib(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n >> 10} KiB"
+
+
+def test_format_doc_states_the_chunker_defaults_of_the_code() -> None:
+    text = (REPO / "docs" / "format.md").read_text(encoding="utf-8")
+    p = DEFAULT_PARAMS
+    quoted = (
+        f"min {_kib(p.min_size)}, avg {_kib(p.avg_size)}, max {_kib(p.max_size)}, "
+        f"normalization {p.normalization}"
+    )
+    assert quoted in " ".join(text.split()), f"docs/format.md must say: {quoted}"
+
+
+def test_format_doc_states_the_codec_constants_of_the_code() -> None:
+    text = " ".join((REPO / "docs" / "format.md").read_text(encoding="utf-8").split())
+    assert f"MIN_SAVING = {codec.MIN_SAVING}" in text
+    assert f"(default {codec.DEFAULT_LEVEL})" in text
+    assert f"`0x{codec.RAW:02x}` | raw" in text
+    assert f"`0x{codec.ZSTD:02x}` | zstd" in text
