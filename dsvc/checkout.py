@@ -244,6 +244,7 @@ def materialize(
     folder is simply replaced; otherwise StateError.
     """
     target = os.path.abspath(os.fspath(target))
+    refuse_store_overlap(store, target)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     if os.path.lexists(target) and not overwrite and not _is_empty_dir(target):
@@ -297,6 +298,26 @@ def materialize_shared(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return stats, True
+
+
+def refuse_store_overlap(store: Store, target: str) -> None:
+    """Refuse a writable copy's ``target`` that holds the store or lies inside it.
+
+    Replacing such a folder would delete the store (``DSVC_HOME=./.dsvc`` and
+    ``dsvc get --copy . --overwrite``), and writing inside it mixes user files with the
+    store's own. Paths are compared after resolving symlinks, so an alias of the
+    folder is refused too.
+    """
+    home = os.path.realpath(store.home)
+    real = os.path.realpath(target)
+    common = os.path.commonpath([home, real])
+    if common not in (home, real):
+        return
+    where = "is" if real == home else ("holds" if common == real else "is inside")
+    raise InvalidPathError(
+        f"target folder {target!r} {where} the dsvc store {str(store.home)!r}; pick a "
+        "folder outside the store (DSVC_HOME)"
+    )
 
 
 def _is_empty_dir(p: str) -> bool:

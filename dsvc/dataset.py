@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dsvc import registry as reg
-from dsvc.checkout import ContentCache, materialize, materialize_shared
+from dsvc.checkout import ContentCache, materialize, materialize_shared, refuse_store_overlap
 from dsvc.errors import (
     DsvcError,
     IntegrityError,
@@ -275,7 +275,6 @@ class Dataset:
             "removed_any": False,
         }
         reg.insert(store, rec)
-        _remember(store, rec["id"])
         return cls(store, rec)
 
     @classmethod
@@ -299,7 +298,19 @@ class Dataset:
         """Find a dataset by id; by project + name (highest version, else most recent);
         or by project or tags alone (most recent). Looks in the local store, then in the
         default remote. ``writable_copy=True`` returns a new child draft of the found one.
+
+        As in ClearML, a call without any criterion (``Dataset.get()``, or
+        ``dataset_id=None`` from an unset environment variable) and unknown keyword
+        arguments (names not starting with ``_``) raise ``ValueError``.
         """
+        unknown = sorted(k for k in kwargs if not k.startswith("_"))
+        if unknown:
+            raise UsageError(f"Invalid 'Dataset.get' arguments: {unknown}")
+        if not any([dataset_id, dataset_project, dataset_name, dataset_tags]):
+            raise UsageError(
+                "Dataset selection criteria not met: Dataset.get needs dataset_id, "
+                "dataset_project and/or dataset_name, or dataset_tags"
+            )
         store = _store()
         rec = find_record(
             store,
@@ -337,7 +348,6 @@ class Dataset:
                 parent_datasets=[rec["id"]],
                 dataset_tags=rec.get("tags"),
             )
-        _remember(store, rec["id"])
         return ds
 
     @classmethod
@@ -381,19 +391,33 @@ class Dataset:
     ) -> None:
         """Delete one version (or every version with ``entire_dataset``) from the local
         store. Content shared with other versions stays; ``dsvc gc`` reclaims the rest.
-        A version that is the parent of another is kept unless ``force``.
+
+        Never a guess, as in ClearML: ``entire_dataset`` needs ``force=True``, and a
+        project + name matching several versions (no ``dataset_version``) is refused
+        with "Multiple datasets found" and deletes nothing. Without ``force`` a version
+        that is the parent of another, or is published, is kept.
         """
         store = _store()
         recs = reg.all_records(store)
         if dataset_id:
             targets = [reg.require(store, dataset_id)]
         elif dataset_project and dataset_name:
+            if entire_dataset and not force:
+                raise UsageError(
+                    f"deleting every version of {dataset_project}/{dataset_name} "
+                    "(entire_dataset=True) needs force=True (--force)"
+                )
             targets = reg.filter_records(
                 recs, project=dataset_project, name=dataset_name, version=dataset_version
             )
-            if not entire_dataset and dataset_version is None:
-                one = reg.newest(targets, by_version=True)
-                targets = [one] if one else []
+            if len(targets) > 1 and not entire_dataset:
+                versions = ", ".join(sorted(str(t.get("version")) for t in targets))
+                raise UsageError(
+                    f"Multiple datasets found with dataset_project={dataset_project}, "
+                    f"dataset_name={dataset_name}, dataset_version={dataset_version} "
+                    f"(versions {versions}); nothing deleted: pass dataset_version, "
+                    "dataset_id, or entire_dataset=True with force=True"
+                )
         else:
             raise UsageError("Dataset.delete needs dataset_id, or dataset_project and dataset_name")
         if not targets:
@@ -402,6 +426,12 @@ class Dataset:
             )
         doomed = {t["id"] for t in targets}
         if not force:
+            for t in targets:
+                if t["status"] == reg.PUBLISHED:
+                    raise StateError(
+                        f"dataset {t['project']}/{t['name']} v{t.get('version')} ({t['id']}) is "
+                        "published; pass force=True (--force) to delete it anyway"
+                    )
             for r in recs:
                 if r["id"] not in doomed and doomed.intersection(r.get("parents", [])):
                     raise StateError(
@@ -956,6 +986,7 @@ class Dataset:
         """Independent, writable files in ``target_folder`` (drafts allowed)."""
         try:
             target = os.path.abspath(os.path.expanduser(os.fspath(target_folder)))
+            refuse_store_overlap(self._store, target)  # before anything is fetched or moved
             if os.path.isdir(target) and os.listdir(target) and not overwrite:
                 raise StateError(
                     f"target folder {target!r} already contains files; pass overwrite=True to "
@@ -1097,12 +1128,12 @@ class Dataset:
 # -- module helpers --------------------------------------------------------------------
 
 
-def _remember(store: Store, dataset_id: str) -> None:
-    store.put_record(reg.LAST_USED, dataset_id)
-
-
 def last_used(store: Store) -> str | None:
-    """The id of the dataset most recently created or fetched (clearml-data's rule)."""
+    """The id of the dataset the last ``dsvc`` command acted on (clearml-data's rule).
+
+    Only CLI commands set it (``dsvc.cli.core.remember``); Python calls never do, so a
+    script cannot change what a bare ``dsvc add`` or ``dsvc close`` acts on.
+    """
     return store.get_record(reg.LAST_USED)
 
 

@@ -73,6 +73,7 @@ def create(
         output_uri=storage,
         description=description,
     )
+    remember(store, ds.id)  # only CLI commands move the remembered dataset
     rec = dataset_record(store, ds.id)
     if is_quiet():
         result(ds.id)
@@ -243,6 +244,7 @@ def sync(
             description=description,
         )
         created = True
+        remember(store, ds.id)
         say(f"New dataset created id={ds.id}")
     elif project or name:
         raise UsageError(
@@ -375,6 +377,7 @@ def publish(dataset_id: str | None) -> None:
 
     store = open_store()
     ds = Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, "publish"))
+    remember(store, ds.id)
     ds.publish()
     result(f"Dataset published id={ds.id}")
 
@@ -420,10 +423,21 @@ def squash(name: str, ids: tuple[str, ...], storage: str | None) -> None:
 @cli.command()
 @id_option("Dataset id or unique prefix.")
 @click.option("--project", help="Delete by project and name (with --name).")
-@click.option("--name", help="Delete by project and name (highest version, or --entire-dataset).")
+@click.option(
+    "--name",
+    help="Delete by project and name (the name must have one version, or give --version, "
+    "or --entire-dataset --force).",
+)
 @click.option("--version", help="With --project/--name: this version.")
-@click.option("--entire-dataset", is_flag=True, help="Every version of project/name.")
-@click.option("--force", is_flag=True, help="Delete even if another version uses it as parent.")
+@click.option(
+    "--entire-dataset", is_flag=True, help="Every version of project/name (needs --force)."
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete even if published or another version uses it as parent; required with "
+    "--entire-dataset.",
+)
 def delete(
     dataset_id: str | None,
     project: str | None,
@@ -437,6 +451,7 @@ def delete(
     \b
     Example:
       dsvc delete --id 3f2a1b2c
+      dsvc delete --project demo --name images --version 1.0.2
       dsvc delete --project demo --name scratch --entire-dataset --force
     """
     from dsvc import registry as reg
@@ -513,5 +528,6 @@ def set_description(dataset_id: str | None, description: str) -> None:
 
     store = open_store()
     ds = Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, "set-description"))
+    remember(store, ds.id)
     ds.set_description(description)
     result(f"Description set on {ds.id}")

@@ -66,6 +66,7 @@ def list_cmd(
 
     store = open_store()
     ds = get_dataset(store, dataset_id, project, name, version, "list")
+    remember(store, ds.id)
     entries = ds.file_entries_dict
     status: dict[str, str] = {}
     if modified:
@@ -311,6 +312,7 @@ def verify(
 
     store = open_store()
     ds = Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, "verify"))
+    remember(store, ds.id)
     t0 = time.monotonic()
     bad = ds.verify_dataset_hash(local_copy_path=folder, skip_hash=filesize)
     n = len(ds.list_files())
