@@ -37,6 +37,7 @@ MODULES = {
     "dsvc.chunker": "model",
     "dsvc.codec": "model",
     "dsvc.objects": "model",
+    "dsvc.record": "model",
     "dsvc.errors": "model",
     "dsvc.progress": "model",
 }

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import msgpack
 import xxhash
 
+from dsvc import codec
 from dsvc.errors import IntegrityError
 from dsvc.ids import ID_SIZE, to_hex
 from dsvc.store import Store
@@ -32,6 +33,9 @@ INDEX_VERSION = 1
 
 #: local cache row: pack id (16) + offset (8) + length (4) + kind (1)
 _ROW = struct.Struct(">16sQIB")
+#: bounds of an index entry (what the cache row holds; a value is one frame + tag byte)
+MAX_OFFSET = 1 << 63
+MAX_VALUE = codec.MAX_FRAME + 1
 
 
 @dataclass(frozen=True)
@@ -73,18 +77,29 @@ def decode_index(data: bytes, pack_name: str) -> list[tuple[bytes, int, int, int
     """Parse and validate an index; IntegrityError names the pack when it is malformed."""
     try:
         raw = msgpack.unpackb(data, raw=False)
-        if raw.get("v") != INDEX_VERSION:
-            raise ValueError(f"unknown index version {raw.get('v')!r}")
+        if not isinstance(raw, dict) or raw.get("v") != INDEX_VERSION:
+            v = raw.get("v") if isinstance(raw, dict) else type(raw).__name__
+            raise ValueError(f"unknown index version {v!r}")
+        if not isinstance(raw.get("entries"), list):
+            raise ValueError("entries is not a list")
         out = []
-        for oid, kind, off, length in raw["entries"]:
-            if len(oid) != ID_SIZE or kind not in (KIND_CHUNK, KIND_OBJECT) or off < len(MAGIC):
-                raise ValueError("bad entry")
-            if length < 1:
-                raise ValueError("bad length")
-            out.append((bytes(oid), int(kind), int(off), int(length)))
+        for e in raw["entries"]:
+            if not isinstance(e, list) or len(e) != 4:
+                raise ValueError("an entry is not [id, kind, offset, length]")
+            oid, kind, off, length = e
+            if not isinstance(oid, bytes) or len(oid) != ID_SIZE:
+                raise ValueError("bad id")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (kind, off, length)):
+                raise ValueError("kind, offset and length must be integers")
+            if kind not in (KIND_CHUNK, KIND_OBJECT) or not len(MAGIC) <= off < MAX_OFFSET:
+                raise ValueError("bad kind or offset")
+            # a stored value is one frame (+ tag byte): never larger than the largest object
+            if not 1 <= length <= MAX_VALUE:
+                raise ValueError(f"bad length {length}")
+            out.append((oid, kind, off, length))
         return out
     except Exception as e:  # msgpack raises several unrelated types
-        raise IntegrityError(f"pack index {pack_name}.idx is malformed ({e})") from e
+        raise IntegrityError(f"pack index {pack_name}.idx is malformed ({e})") from None
 
 
 class RemoteIndex:

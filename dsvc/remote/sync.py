@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -47,6 +48,7 @@ from dsvc.errors import ConfigError, ConflictError, IntegrityError, NotFoundErro
 from dsvc.ids import TAG_CHUNK, to_hex
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Commit, Entry
 from dsvc.progress import Progress
+from dsvc.record import Record, is_dataset_id, is_hex32, is_timestamp, parse_ref
 from dsvc.remote.backend import Backend
 from dsvc.remote.config import lookup
 from dsvc.remote.packs import (
@@ -66,6 +68,10 @@ DEFAULT_WORKERS = 8  # network I/O, not CPU: more requests in flight than cores
 PUSH_MEMORY = 256 << 20
 #: ranges closer than this are read with one request
 COALESCE_GAP = 1 << 20
+#: bound on decompressed bytes all fetch threads of the process hold at once while they
+#: verify values (the format bounds each value, codec.LIMITS; this bounds their sum)
+FETCH_DECODE_MEMORY = 256 << 20
+_decode_budget = codec.MemoryBudget(FETCH_DECODE_MEMORY)
 #: records we drop before publishing (local bookkeeping only)
 _LOCAL_FIELDS = ("uploaded_tree", "remote")
 
@@ -148,6 +154,53 @@ def _decode(data: bytes, what: str) -> Any:
         raise IntegrityError(f"{what} is malformed ({e})") from e
 
 
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(key: tuple[str, str], msg: str) -> None:
+    """One ``dsvc: warning:`` line on stderr per remote object and process."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    print(f"dsvc: warning: {msg}", file=sys.stderr)
+
+
+def _parse_marks(data: bytes, url: str) -> dict[str, dict[str, float]]:
+    """Check ``gc/marks``: two maps from pack name (32 hex) to a time in seconds."""
+    doc = _decode(data, f"remote {url}: {GC_MARKS}")
+    ok = isinstance(doc, dict)
+    out: dict[str, dict[str, float]] = {}
+    for part in ("marked", "deleting"):
+        m = doc.get(part) if ok else None
+        m = {} if m is None else m
+        ok = ok and isinstance(m, dict)
+        ok = ok and all(is_hex32(k) and is_timestamp(v) for k, v in m.items())
+        out[part] = dict(m) if ok else {}
+    if not ok:
+        raise IntegrityError(
+            f"remote {url}: {GC_MARKS} is malformed (want two maps from pack names to times); "
+            f"delete it to reset garbage collection's marks"
+        )
+    return out
+
+
+def _parse_repo_doc(data: bytes, url: str) -> dict[str, Any]:
+    """Check ``dsvc.json``: a JSON object with an integer ``format`` and a ``chunker`` map."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise IntegrityError(f"remote {url}: dsvc.json is not valid JSON ({e})") from None
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or not isinstance(doc.get("chunker"), dict):
+        raise IntegrityError(
+            f"remote {url}: dsvc.json is malformed (want an object with an integer 'format' "
+            "and a 'chunker' map); this is not a dsvc remote, or it was damaged"
+        )
+    return doc
+
+
 class Remote:
     """One remote seen from one local store."""
 
@@ -160,6 +213,8 @@ class Remote:
         self.index = RemoteIndex(store, "r" + xxhash.xxh3_64_hexdigest(self.url.encode()))
         self._checked = False
         self._cas_checked = False
+        # a chunk never exceeds the chunker's maximum: a frame declaring more is refused
+        self._chunk_limit = store.chunker_params.max_size
         self._doomed: frozenset[bytes] = frozenset()
         self._lock = threading.Lock()
 
@@ -189,11 +244,8 @@ class Remote:
                 self.backend.create("dsvc.json", json.dumps(doc, indent=1).encode())
                 raw = self.backend.get_versioned("dsvc.json")
                 assert raw is not None
-            try:
-                doc = json.loads(raw[0])
-            except ValueError as e:
-                raise IntegrityError(f"remote {self.url}: dsvc.json is not valid JSON ({e})") from e
-            if int(doc.get("format", 0)) > FORMAT:
+            doc = _parse_repo_doc(raw[0], self.url)
+            if doc["format"] > FORMAT:
                 raise ConfigError(f"remote {self.url} has format {doc['format']}; upgrade dsvc")
             if doc.get("chunker") != store.chunker_params.to_config():
                 raise ConfigError(
@@ -210,12 +262,9 @@ class Remote:
         known = self.index.known_packs()
         on_remote = {}
         for info in self.backend.list("packs/"):
-            if info.key.endswith(".idx"):
-                try:
-                    pid = bytes.fromhex(info.key[len("packs/") : -len(".idx")])
-                except ValueError:
-                    continue  # not ours
-                on_remote[pid] = info
+            name = info.key[len("packs/") : -len(".idx")]
+            if info.key.endswith(".idx") and is_hex32(name):  # anything else is not ours
+                on_remote[bytes.fromhex(name)] = info
         new = [p for p in on_remote if p not in known]
 
         def load(pid: bytes) -> tuple[bytes, list]:
@@ -237,11 +286,7 @@ class Remote:
         got = self.backend.get_versioned(GC_MARKS)
         if got is None:
             return {"marked": {}, "deleting": {}}, None
-        doc = _decode(got[0], GC_MARKS)
-        return {
-            "marked": dict(doc.get("marked") or {}),
-            "deleting": dict(doc.get("deleting") or {}),
-        }, got[1]
+        return _parse_marks(got[0], self.url), got[1]
 
     def _rescue(self, name: str) -> None:
         """A pack we are about to (re-)upload is marked by ``gc``: take the mark off first,
@@ -395,9 +440,10 @@ class Remote:
         self.push_tree(store, record["tree"], show_progress=False, extra_objects=[commit])
         rec = {k: v for k, v in record.items() if k not in _LOCAL_FIELDS}
         key = f"datasets/{rec['id']}"
+        Record.from_dict(rec, key, finalized=True)  # never publish what readers refuse
         if not self.backend.create(key, _encode(rec)):
-            existing = _decode(self.backend.get(key), key)
-            if existing.get("commit") != commit:
+            existing = Record.from_msgpack(self.backend.get(key), key, expect_id=rec["id"])
+            if existing.commit != commit:
                 raise ConflictError(
                     f"remote {self.url} already has dataset {rec['id']} with another commit"
                 )
@@ -410,7 +456,7 @@ class Remote:
             cur = self.backend.get_versioned(key)
             doc = {"project": project, "name": name, "versions": {}}
             if cur is not None:
-                doc = _decode(cur[0], key)
+                doc = parse_ref(cur[0], key).to_dict()
             if doc["versions"].get(dataset_id) == version and cur is not None:
                 return
             doc["versions"][dataset_id] = version
@@ -423,7 +469,7 @@ class Remote:
 
     def read_ref(self, project: str, name: str) -> dict[str, Any] | None:
         cur = self.backend.get_versioned(_ref_key(project, name))
-        return None if cur is None else _decode(cur[0], _ref_key(project, name))
+        return None if cur is None else parse_ref(cur[0], _ref_key(project, name)).to_dict()
 
     def push_dataset(
         self, store: Store, dataset_id: str, *, show_progress: bool = True
@@ -466,39 +512,70 @@ class Remote:
         return self.index.prefix + b"r/" + dataset_id.encode()
 
     def get_record(self, store: Store, dataset_id: str) -> dict[str, Any] | None:
-        """The remote's record of ``dataset_id`` (records are immutable: cached)."""
+        """The remote's record of ``dataset_id`` (records are immutable: cached), checked
+        field by field (:class:`~dsvc.record.Record`): IntegrityError names a bad one."""
+        if not is_dataset_id(dataset_id):
+            return None  # not an id: never becomes a key (no "datasets/../x")
+        key = f"datasets/{dataset_id}"
         with store.read() as txn:
             raw = txn.get(self._record_cache_key(dataset_id), db=store.db("remote"))
+            raw = None if raw is None else bytes(raw)
+        cached = raw is not None
         if raw is None:
             if not self.ensure_repo(store, create=False):
                 return None
-            got = self.backend.get_versioned(f"datasets/{dataset_id}")
+            got = self.backend.get_versioned(key)
             if got is None:
                 return None
             raw = got[0]
+        rec = Record.from_msgpack(raw, key, expect_id=dataset_id, finalized=True).to_dict()
+        if not cached:  # only checked records are cached
             with store.batch() as b:
                 b.put("remote", self._record_cache_key(dataset_id), raw)
-        rec = _decode(raw, f"record datasets/{dataset_id}")
         rec["remote"] = self.url
         return rec
 
-    def list_records(self, store: Store) -> list[dict[str, Any]]:
-        """Every dataset record on the remote (new ones fetched in parallel)."""
+    def list_records(self, store: Store, *, strict: bool = False) -> list[dict[str, Any]]:
+        """Every dataset record on the remote (new ones fetched in parallel).
+
+        A malformed record (or a key under ``datasets/`` that is not a dataset id) is
+        reported once on stderr, naming its key, and skipped: one bad object must not
+        break listing for every client. ``strict`` (gc) raises IntegrityError instead,
+        since skipping a record there would delete what it references.
+        """
         if not self.ensure_repo(store, create=False):
             return []
         ids = [i.key[len("datasets/") :] for i in self.backend.list("datasets/")]
+
+        def one(did: str) -> dict[str, Any] | None:
+            try:
+                if not is_dataset_id(did):
+                    raise IntegrityError(
+                        f"record datasets/{did} is malformed: the key is not a dataset id"
+                    )
+                return self.get_record(store, did)
+            except IntegrityError as e:
+                if strict:
+                    raise IntegrityError(
+                        f"remote {self.url}: {e}; gc needs every record readable"
+                    ) from None
+                _warn_once((self.url, did), f"remote {self.url}: skipping {e}")
+                return None
+
         with ThreadPoolExecutor(DEFAULT_WORKERS) as pool:
-            recs = list(pool.map(lambda i: self.get_record(store, i), ids))
+            recs = list(pool.map(one, ids))
         return [r for r in recs if r is not None]
 
     def import_record(self, store: Store, record: dict[str, Any]) -> dict[str, Any]:
         """Copy a remote record and its metadata (commit, trees, blobs) into the local store
         so the version can be looked up and listed offline; content stays remote until
         a local copy needs it. Returns the local record."""
+        key = RECORD_PREFIX + record["id"]
+        # the local record's id names folders (the cached copy): only a checked one lands
+        Record.from_dict(record, f"datasets/{record['id']}", finalized=True)
         self.fetch_metadata(
             store, record["tree"], [record["commit"]] if record.get("commit") else []
         )
-        key = RECORD_PREFIX + record["id"]
         local = {**record, "remote": self.url, "uploaded_tree": record["tree"]}
         try:
             store.cas_record(key, None, local)
@@ -590,18 +667,31 @@ class Remote:
             )
         return locs
 
-    def _read_range(self, job: tuple[bytes, list[tuple[bytes, Any]]]) -> tuple[list[tuple], int]:
+    def _read_range(
+        self, job: tuple[bytes, list[tuple[bytes, Any]]], keep: bool = False
+    ) -> tuple[list[tuple], int]:
         """Read one coalesced range of a pack; verify each value in it (as a view).
-        Returns ``[(id, kind, stored value, payload)]`` and the bytes read."""
+        Returns ``[(id, kind, stored value, payload)]`` and the bytes read; the payload
+        is None unless ``keep`` (decompressed payloads are dropped as soon as they are
+        verified, within the process-wide :data:`FETCH_DECODE_MEMORY`)."""
         pack, group = job
         name = pack_name(pack)
         start = group[0][1].offset
         end = group[-1][1].offset + group[-1][1].length
         data = memoryview(self.backend.get_range(f"packs/{name}.pack", start, end - start))
+        if len(data) != end - start:
+            raise IntegrityError(
+                f"remote pack {name}: read {len(data)} bytes at {start}, its index promised "
+                f"{end - start}; the pack is truncated or its index is wrong"
+            )
         values = []
         for oid, loc in group:  # views into the range: verified, never copied
             value = data[loc.offset - start : loc.offset - start + loc.length]
-            values.append((oid, loc.kind, value, _verify(value, oid, loc.kind, name)))
+            frame = value if loc.kind == KIND_CHUNK else value[1:]
+            with _decode_budget.hold(codec.declared_size(frame)):
+                payload = _verify(value, oid, loc.kind, name, self._chunk_limit)
+                values.append((oid, loc.kind, value, payload if keep else None))
+                del payload
         return values, end - start
 
     def read_chunks(self, store: Store, ids: Sequence[bytes]) -> dict[bytes, Any]:
@@ -613,7 +703,7 @@ class Remote:
         if not want:
             return out
         for job in _range_jobs(self._locate(store, want)):
-            values, _ = self._read_range(job)
+            values, _ = self._read_range(job, keep=True)
             for oid, _kind, _frame, payload in values:
                 out[oid] = payload
         return out
@@ -694,7 +784,7 @@ class Remote:
             self.ensure_repo(store, create=True)  # probes conditional writes once
         self.refresh_index(store)
         reachable: set[bytes] = set()
-        for rec in self.list_records(store):
+        for rec in self.list_records(store, strict=True):
             self.fetch_metadata(store, rec["tree"], [rec["commit"]] if rec.get("commit") else [])
             reachable.add(rec["commit"])
             _reach(store, rec["tree"], reachable)
@@ -710,6 +800,8 @@ class Remote:
                 if not key.endswith(".pack"):
                     continue
                 name = key[len("packs/") : -len(".pack")]
+                if not is_hex32(name):
+                    continue  # not a pack of ours: never marked, never deleted
                 idx = infos.get(f"packs/{name}.idx")
                 entries = decode_index(self.backend.get(idx.key), name) if idx else []
                 if any(oid in reachable for oid, *_ in entries):
@@ -803,11 +895,14 @@ def _range_jobs(locs: dict[bytes, Any]) -> list[tuple[bytes, list[tuple[bytes, A
     return jobs
 
 
-def _verify(value: bytes | memoryview, oid: bytes, kind: int, pack: str) -> bytes | memoryview:
-    """The payload of a stored value read from ``pack``, checked against its id."""
+def _verify(
+    value: bytes | memoryview, oid: bytes, kind: int, pack: str, chunk_limit: int | None = None
+) -> bytes | memoryview:
+    """The payload of a stored value read from ``pack``, checked against its id (and
+    against the format's size bounds before anything is decompressed)."""
     try:  # the *_view decoder: a raw payload is hashed in place, not copied
         if kind == KIND_CHUNK:
-            return codec.decode_frame_view(value, TAG_CHUNK, oid)
+            return codec.decode_frame_view(value, TAG_CHUNK, oid, chunk_limit)
         return codec.decode_frame_view(memoryview(value)[1:], bytes(value[:1]), oid)
     except IntegrityError as e:
         raise IntegrityError(

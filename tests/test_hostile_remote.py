@@ -1,0 +1,338 @@
+"""A hostile (or broken) remote: someone with write access rewrites records, refs,
+marks, indexes, dsvc.json and packs. The client must refuse with a dsvc error that
+names the object, never write outside the folders it was asked for, never exhaust
+memory or the stack, and never let a remote's text drive the terminal (issue 10)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from remote_helpers import (
+    all_paths,
+    backend,
+    machine,
+    remote_objects,
+    remote_of,
+    write_tree,
+)
+
+from dsvc.dataset import Dataset
+from dsvc.errors import ConfigError, DsvcError, IntegrityError, NotFoundError
+
+HERE = Path(__file__).resolve().parent
+
+
+def publish(folder: Path, *, name: str = "data", project: str = "proj") -> Dataset:
+    ds = Dataset.create(dataset_name=name, dataset_project=project)
+    ds.add_files(str(folder))
+    ds.upload(show_progress=False)
+    ds.finalize()
+    return ds
+
+
+def honest_setup(
+    spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str]:
+    """Machine A publishes proj/data; returns (its id, the record's key on the remote)."""
+    machine(monkeypatch, tmp_path / "home-a", spec)
+    ds = publish(write_tree(tmp_path / "src", {"a.txt": b"alpha", "d/b.txt": b"beta" * 50}))
+    return ds.id, f"datasets/{ds.id}"
+
+
+def victim(spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "victim" / "home"
+    machine(monkeypatch, home, spec)
+    return home
+
+
+def rewrite(spec: dict[str, Any], key: str, change: Any) -> None:
+    """Replace the object ``key`` on the remote: ``change`` maps its decoded value to
+    the new value (bytes are written as they are)."""
+    b = backend(spec)
+    cur = msgpack.unpackb(b.get(key), raw=False)
+    new = change(cur)
+    b.put(key, new if isinstance(new, bytes) else msgpack.packb(new, use_bin_type=True))
+
+
+# ---------------------------------------------------------------------- item 1
+
+
+@pytest.mark.parametrize("evil", ["ABS", "../../..", "../escape"])
+def test_a_record_id_that_is_a_path_is_refused_and_writes_nothing_outside(
+    evil: str, fs3_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    did, key = honest_setup(fs3_spec, tmp_path, monkeypatch)
+    existing = tmp_path / "precious"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    target = str(existing) if evil == "ABS" else evil
+    rewrite(fs3_spec, key, lambda r: {**r, "id": target})
+    home = victim(fs3_spec, tmp_path, monkeypatch)
+    before = all_paths(tmp_path) - all_paths(home)
+
+    with pytest.raises(IntegrityError, match=key):
+        Dataset.get(dataset_id=did).get_local_copy()
+    # by name the bad record is skipped (reported), so the version is not found
+    with pytest.raises(NotFoundError):
+        Dataset.get(dataset_project="proj", dataset_name="data").get_local_copy()
+    with pytest.raises(DsvcError):
+        Dataset.get(dataset_id=did).get_mutable_local_copy(tmp_path / "victim" / "out")
+
+    assert all_paths(tmp_path) - all_paths(home) - before <= {"victim/out"}
+    assert sorted(os.listdir(existing)) == ["keep.txt"]
+    assert not (home / "cache" / "datasets").exists() or not any(
+        (home / "cache" / "datasets").iterdir()
+    )
+
+
+def test_record_checks_every_field() -> None:
+    from dsvc.record import Record
+
+    good = {
+        "id": "a" * 32,
+        "name": "n",
+        "project": "p",
+        "status": "final",
+        "tree": b"t" * 16,
+        "commit": b"c" * 16,
+        "created": 1,
+        "future_field": [1, 2],
+    }
+    rec = Record.from_msgpack(msgpack.packb(good), "datasets/" + "a" * 32, expect_id="a" * 32)
+    assert rec.id == "a" * 32 and rec.tree == b"t" * 16 and rec.tags == []
+    assert rec.extra == {"future_field": [1, 2]}  # kept for a newer dsvc's sake
+    again = Record.from_msgpack(rec.to_msgpack(), "k", finalized=True)
+    assert again == rec
+    bad_cases = [
+        ("id", "A" * 32),
+        ("id", 12),
+        ("id", "b" * 32),  # not the key's id
+        ("version", 3),
+        ("tree", b"short"),
+        ("tree", None),
+        ("created", -1),
+        ("created", "yesterday"),
+        ("status", "weird"),
+        ("parents", ["../x"]),
+        ("tags", "notalist"),
+        ("metadata", [1]),
+        ("archived", "yes"),
+        ("commit", None),  # a remote only holds finalized versions
+    ]
+    for field, value in bad_cases:
+        with pytest.raises(IntegrityError, match="datasets/k1") as err:
+            Record.from_dict(
+                {**good, field: value}, "datasets/k1", expect_id="a" * 32, finalized=True
+            )
+        assert field in str(err.value)
+    for missing in ("tree", "created", "name", "id"):
+        raw = {k: v for k, v in good.items() if k != missing}
+        with pytest.raises(IntegrityError, match=f"'{missing}' is missing"):
+            Record.from_dict(raw, "datasets/k1")
+    with pytest.raises(IntegrityError, match="datasets/k1"):
+        Record.from_msgpack(b"\xc1\x00", "datasets/k1")
+    with pytest.raises(IntegrityError, match="a map was expected"):
+        Record.from_msgpack(msgpack.packb([1, 2]), "datasets/k1")
+
+
+# ---------------------------------------------------------------------- item 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["list", "two-bytes", "no-tree", "no-created", "int-version", "int-id", "key-not-an-id"],
+)
+def test_one_malformed_record_is_reported_once_and_skipped(
+    bad: str,
+    fs3_spec: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    did, key = honest_setup(fs3_spec, tmp_path, monkeypatch)
+    b = backend(fs3_spec)
+    bad_key = f"datasets/{'f' * 32}" if bad != "key-not-an-id" else "datasets/not-an-id"
+    honest = msgpack.unpackb(b.get(key), raw=False)
+    value = {
+        "list": msgpack.packb([1, 2, 3]),
+        "two-bytes": b"\x92\x01",
+        "no-tree": {**honest, "id": "f" * 32, "tree": None},
+        "no-created": {k: v for k, v in {**honest, "id": "f" * 32}.items() if k != "created"},
+        "int-version": {**honest, "id": "f" * 32, "version": 7},
+        "int-id": {**honest, "id": 7},
+        "key-not-an-id": msgpack.packb(honest),
+    }[bad]
+    b.put(bad_key, value if isinstance(value, bytes) else msgpack.packb(value))
+    victim(fs3_spec, tmp_path, monkeypatch)
+    capsys.readouterr()
+
+    # every client of the remote keeps working: list, create, get by name
+    assert [d["id"] for d in Dataset.list_datasets(dataset_project="proj")] == [did]
+    child = Dataset.create(dataset_name="data", dataset_project="proj")
+    assert child.version == "1.0.1"
+    assert Dataset.get(dataset_project="proj", dataset_name="data", only_completed=True).id == did
+    err = capsys.readouterr().err
+    assert err.count(bad_key) == 1, err  # reported once, naming the key
+    if bad != "key-not-an-id":
+        with pytest.raises(IntegrityError, match=bad_key):
+            remote_of(child._store).get_record(child._store, "f" * 32)
+
+
+def test_dsvc_create_on_the_cli_survives_a_malformed_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    honest_setup(spec, tmp_path, monkeypatch)
+    backend(spec).put(f"datasets/{'f' * 32}", b"\x92\x01")
+    home = victim(spec, tmp_path, monkeypatch)
+    env = {**os.environ, "DSVC_HOME": str(home), "PYTHONPATH": str(HERE.parent)}
+    out = subprocess.run(
+        [sys.executable, "-m", "dsvc", "create", "--project", "proj", "--name", "data"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"datasets/{'f' * 32}" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        (b"[1, 2]", IntegrityError),
+        (b'{"format": "1", "chunker": {}}', IntegrityError),
+        (b'{"format": 1, "chunker": []}', IntegrityError),
+        (b"not json", IntegrityError),
+        (b'{"format": 99, "chunker": {}}', ConfigError),
+    ],
+)
+def test_a_malformed_dsvc_json_is_a_dsvc_error(
+    doc: bytes,
+    error: type[Exception],
+    fs3_spec: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    did, _ = honest_setup(fs3_spec, tmp_path, monkeypatch)
+    backend(fs3_spec).put("dsvc.json", doc)
+    victim(fs3_spec, tmp_path, monkeypatch)
+    with pytest.raises(error, match="dsvc.json|format"):
+        Dataset.get(dataset_id=did)
+    with pytest.raises(error):
+        Dataset.list_datasets()
+
+
+@pytest.mark.parametrize(
+    "marks",
+    [
+        [1, 2],
+        {"marked": [1], "deleting": {}},
+        {"marked": {"../../x": 1.0}, "deleting": {}},
+        {"marked": {"a" * 32: "soon"}, "deleting": {}},
+        {"marked": {}, "deleting": {"zz" * 16: 1.0}},
+    ],
+)
+def test_malformed_gc_marks_are_an_integrity_error(
+    marks: Any, fs3_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    honest_setup(fs3_spec, tmp_path, monkeypatch)
+    backend(fs3_spec).put("gc/marks", msgpack.packb(marks))
+    store = victim(fs3_spec, tmp_path, monkeypatch)
+    del store
+    ds = Dataset.create(dataset_name="other", dataset_project="proj")
+    src = write_tree(tmp_path / "src2", {"x.txt": b"x"})
+    ds.add_files(str(src))
+    with pytest.raises(IntegrityError, match="gc/marks"):
+        ds.upload(show_progress=False)
+    r = remote_of(ds._store)
+    with pytest.raises(IntegrityError, match="gc/marks"):
+        r.gc(ds._store, grace_seconds=0)
+
+
+def _index_keys(spec: dict[str, Any]) -> list[str]:
+    return [k for k in remote_objects(spec, "packs/") if k.endswith(".idx")]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["length-2^32", "offset-negative", "entries-dict", "entry-short", "index-list", "kind-str"],
+)
+def test_a_malformed_pack_index_is_an_integrity_error(
+    damage: str, fs3_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    did, _ = honest_setup(fs3_spec, tmp_path, monkeypatch)
+
+    def change(idx: dict[str, Any]) -> Any:
+        e = idx["entries"]
+        if damage == "length-2^32":
+            e[0][3] = 1 << 32
+        elif damage == "offset-negative":
+            e[0][2] = -5
+        elif damage == "entries-dict":
+            idx["entries"] = {"a": 1}
+        elif damage == "entry-short":
+            e[0] = e[0][:2]
+        elif damage == "index-list":
+            return [1]
+        elif damage == "kind-str":
+            e[0][1] = "chunk"
+        return idx
+
+    for k in _index_keys(fs3_spec):
+        rewrite(fs3_spec, k, change)
+    victim(fs3_spec, tmp_path, monkeypatch)
+    with pytest.raises(IntegrityError, match=r"\.idx is malformed"):
+        Dataset.get(dataset_id=did).get_local_copy()
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        [1],
+        {"project": "proj", "name": "data", "versions": [1]},
+        {"project": "proj", "name": "data", "versions": {"../x": "1.0.0"}},
+        {"project": 5, "name": "data", "versions": {}},
+        {"project": "proj", "name": "data", "versions": {"a" * 32: 3}},
+    ],
+)
+def test_a_malformed_ref_is_an_integrity_error(
+    ref: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    honest_setup(spec, tmp_path, monkeypatch)
+    (key,) = [k for k in remote_objects(spec, "refs/")]
+    backend(spec).put(key, msgpack.packb(ref))
+    victim(spec, tmp_path, monkeypatch)
+    ds = Dataset.create(dataset_name="data", dataset_project="proj")
+    ds.add_files(str(write_tree(tmp_path / "src2", {"x.txt": b"x"})))
+    ds.upload(show_progress=False)
+    with pytest.raises(IntegrityError, match="refs/names/proj/data"):
+        ds.finalize()
+    r = remote_of(ds._store)
+    with pytest.raises(IntegrityError, match="refs/names/proj/data"):
+        r.read_ref("proj", "data")
+
+
+def test_gc_refuses_to_run_past_a_malformed_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipping a record there would delete the packs it references."""
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    honest_setup(spec, tmp_path, monkeypatch)
+    backend(spec).put(f"datasets/{'f' * 32}", b"\x92\x01")
+    packs = {k for k in remote_objects(spec, "packs/")}
+    store = victim(spec, tmp_path, monkeypatch)
+    del store
+    ds_store = Dataset.create(dataset_name="x", dataset_project="proj")._store
+    with pytest.raises(IntegrityError, match="gc needs every record"):
+        remote_of(ds_store).gc(ds_store, grace_seconds=0)
+    assert {k for k in remote_objects(spec, "packs/")} == packs
+
