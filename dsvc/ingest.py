@@ -1,7 +1,8 @@
 """Scanning folders and turning files into stored content.
 
 Pipeline: ``scan`` lists files (with their ``stat``); the stat cache answers for every
-file whose (path, size, mtime_ns, inode) is unchanged, so those are never read; the
+file whose (path, size, mtime_ns, ctime_ns, inode, device) is unchanged and whose content
+is still in the store (:func:`stat_cache_entries`), so those are never read; the
 others go to a thread pool where each file is read through a window, cut by FastCDC,
 hashed (xxh3-128) and compressed (zstd) -- all three release the GIL for the bulk of
 the work. Large files fan their chunks out to a second pool so one big file uses every
@@ -47,7 +48,7 @@ from dsvc.objects import (
     Entry,
     validate_name,
 )
-from dsvc.store import Store
+from dsvc.store import StatEntry, Store, statcache_key
 
 RelPath = tuple[str, ...]
 ProgressFn = Callable[[int], None]
@@ -79,6 +80,8 @@ class ScanItem(NamedTuple):
     mtime_ns: int
     ino: int
     mode: int
+    ctime_ns: int
+    dev: int
 
 
 @dataclass
@@ -165,9 +168,7 @@ def scan(
     if statmod.S_ISREG(st.st_mode):
         name = _decode_name(os.path.basename(root), os.path.dirname(root))
         if not patterns or matches_wildcard((name,), patterns, recursive):
-            out.items.append(
-                ScanItem(root, (name,), st.st_size, st.st_mtime_ns, st.st_ino, _mode(st.st_mode))
-            )
+            out.items.append(_item(root, (name,), st))
         return out
     if not statmod.S_ISDIR(st.st_mode):
         raise InvalidPathError(f"cannot add {root!r}: not a regular file or folder")
@@ -221,11 +222,7 @@ def scan(
                     continue
                 if not all(n.isascii() and "\\" not in n for n in r):
                     r = _validated(r, root)
-                out.items.append(
-                    ScanItem(
-                        de.path, r, lst.st_size, lst.st_mtime_ns, lst.st_ino, _mode(lst.st_mode)
-                    )
-                )
+                out.items.append(_item(de.path, r, lst))
     if not recursive and not patterns:
         out.items = [i for i in out.items if len(i.rel) == 1]
     out.items.sort(key=_rel_key)
@@ -233,6 +230,80 @@ def scan(
 
 
 _rel_key = operator.attrgetter("rel")
+
+
+def _item(path: str, rel: RelPath, st: os.stat_result) -> ScanItem:
+    return ScanItem(
+        path,
+        rel,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ino,
+        _mode(st.st_mode),
+        st.st_ctime_ns,
+        st.st_dev,
+    )
+
+
+def same_stat(e: StatEntry, item: ScanItem) -> bool:
+    """The stat-cache hit test: ``item``'s stat equals the one recorded with ``e``.
+
+    As git does, ctime, inode and device are compared besides size and mtime: a file
+    replaced by one of the same size and mtime (``cp -p``, ``shutil.copy2``, ``os.utime``
+    restoring the mtime) gets a new ctime (and often a new inode), which no user-space
+    call can set back.
+    """
+    return (
+        e.size == item.size
+        and e.mtime_ns == item.mtime_ns
+        and e.ctime_ns == item.ctime_ns
+        and e.ino == item.ino
+        and e.dev == item.dev
+    )
+
+
+def stat_cache_entries(store: Store, items: list[ScanItem]) -> list[Entry | None]:
+    """The tree entries the stat cache answers for ``items`` (None: the file must be read).
+
+    The one stat-cache lookup (ingest and ``dsvc diff``/``status`` of a folder both use
+    it). A hit needs an entry recorded for the same path (the key is a hash of it), the
+    same stat (:func:`same_stat`) and its content still in the store -- the single chunk,
+    or the blob and every chunk it lists -- checked in the same read snapshot, so a
+    chunk dropped by ``gc`` or ``fsck`` makes the file be read again instead of
+    referenced while absent.
+    """
+    out: list[Entry | None] = []
+    present: dict[bytes, bool] = {}  # content id -> in the store
+    with store.read() as txn:
+        sc = txn.cursor(db=store.db("statcache"))
+        chunks = txn.cursor(db=store.db("chunks"))
+        objects = store.db("objects")
+        for item in items:
+            path = os.fsencode(item.abs_path)
+            e = StatEntry.decode(sc.value()) if sc.set_key(statcache_key(path)) else None
+            if e is None or e.path != path or not same_stat(e, item):
+                out.append(None)
+                continue
+            ok = present.get(e.id)
+            if ok is None:
+                ok = present[e.id] = _content_present(e.kind, e.id, chunks, txn, objects)
+            out.append(Entry(e.kind, e.id, item.size, item.mode) if ok else None)
+    return out
+
+
+def _content_present(kind: int, oid: bytes, chunks, txn, objects) -> bool:
+    """Whether a file's content is in the store (``chunks``: a cursor on the chunks
+    database; ``txn``: the same read snapshot)."""
+    if kind == KIND_CHUNKFILE:
+        return chunks.set_key(oid)
+    raw = txn.get(oid, db=objects)
+    if raw is None or raw[:1] != TAG_BLOB:
+        return False
+    try:
+        blob = Blob.decode(codec.decode_frame(raw[1:], TAG_BLOB, oid), oid)
+    except DsvcError:  # a damaged blob: read the file again (fsck reports the damage)
+        return False
+    return all(chunks.set_key(cid) for cid, _ in blob.chunks)
 
 
 # -- the pipeline ------------------------------------------------------------------
@@ -397,11 +468,17 @@ class _BufferPool:
 
 
 def _unchanged_since_scan(fd: int, item: ScanItem) -> None:
-    """Raise _Changed unless the open file still has the size, mtime and inode seen by
-    the scan: the stat cache pairs those with the content just read, so a same-size
-    rewrite in between must not be cached (it would be served for the new content)."""
+    """Raise _Changed unless the open file still has the stat seen by the scan: the stat
+    cache pairs it with the content just read, so a same-size rewrite in between must
+    not be cached (it would be served for the new content)."""
     st = os.fstat(fd)
-    if st.st_size != item.size or st.st_mtime_ns != item.mtime_ns or st.st_ino != item.ino:
+    if (
+        st.st_size != item.size
+        or st.st_mtime_ns != item.mtime_ns
+        or st.st_ctime_ns != item.ctime_ns
+        or st.st_ino != item.ino
+        or st.st_dev != item.dev
+    ):
         raise _Changed(item)
 
 
@@ -464,13 +541,10 @@ class Ingestor:
 
     def _stat_entry(self, item: ScanItem, entry: Entry, sink: list[tuple]) -> None:
         if self.use_stat_cache and not _racy(item):
-            sink.append(
-                (
-                    "s",
-                    os.fsencode(item.abs_path),
-                    _packb([item.size, item.mtime_ns, item.ino, entry.kind, entry.id, entry.mode]),
-                )
-            )
+            path = os.fsencode(item.abs_path)
+            value = [item.size, item.mtime_ns, item.ino, entry.kind, entry.id, entry.mode]
+            value += [item.ctime_ns, item.dev, path]  # StatEntry's field order
+            sink.append(("s", statcache_key(path), _packb(value)))
 
     def _file_entry(
         self, item: ScanItem, chunks: list[tuple[bytes, int]], sink: list[tuple]
@@ -676,12 +750,11 @@ class Ingestor:
     ) -> list[ScanItem]:
         if not self.use_stat_cache:
             return list(items)
-        cached = self.store.statcache_get_many([os.fsencode(i.abs_path) for i in items])
         todo = []
         cached_bytes = 0
-        for item, c in zip(items, cached):
-            if c is not None and c[0] == item.size and c[1] == item.mtime_ns and c[2] == item.ino:
-                result[item.rel] = Entry(c[3], c[4], item.size, item.mode)
+        for item, entry in zip(items, stat_cache_entries(self.store, items)):
+            if entry is not None:
+                result[item.rel] = entry
                 cached_bytes += item.size
             else:
                 todo.append(item)
@@ -691,7 +764,7 @@ class Ingestor:
         return todo
 
 
-_CHANGED = "changed size while being read; add it again"
+_CHANGED = "changed while being read; add it again"
 
 
 def _skip(item: ScanItem, e: BaseException, skipped: list[tuple[str, str]]) -> bool:

@@ -53,16 +53,7 @@ def rebase(items: list[ScanItem], src: str, base: str) -> list[ScanItem]:
                 f"{it.abs_path!r} is not inside local_base_folder {root!r}; pick a base folder "
                 "that contains the files"
             )
-        out.append(
-            ScanItem(
-                it.abs_path,
-                split_path(rel.replace(os.sep, "/")),
-                it.size,
-                it.mtime_ns,
-                it.ino,
-                it.mode,
-            )
-        )
+        out.append(it._replace(rel=split_path(rel.replace(os.sep, "/"))))
     return out
 
 

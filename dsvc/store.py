@@ -7,7 +7,8 @@ Named databases (keys and values are documented in docs/format.md):
 ``objects``   object id -> type tag + frame, for blobs, trees and commits
 ``refs``      ref name (utf-8) -> 16-byte id; changed only by compare-and-swap
 ``records``   record key (utf-8) -> msgpack map (dataset records, drafts, remote state)
-``statcache`` absolute path (fs bytes) -> msgpack [size, mtime_ns, ino, kind, id, mode]
+``statcache`` xxh3-128 of the absolute path -> msgpack [size, mtime_ns, ino, kind, id, mode,
+              ctime_ns, dev, path] (see :class:`StatEntry`)
 ``config``    key (utf-8) -> msgpack value (format version, chunker parameters...)
 ``remote``    per-remote caches (pack indexes) kept by the transport layer
 ============  ==========================================================================
@@ -33,10 +34,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 import msgpack
+import xxhash
 
 from dsvc import codec
 from dsvc.chunker import DEFAULT_PARAMS, Chunker, ChunkerParams
@@ -61,6 +63,10 @@ BATCH_BYTES = 64 << 20
 #: key prefix of dataset records in the ``records`` database
 RECORD_PREFIX = "ds/"
 LEASE_PREFIX = "lease/"
+#: config key marking that the stat cache is keyed by path hash (issue 9.18); stores
+#: without it have path-keyed entries, which are dropped once (the stat cache is a cache)
+STATCACHE_FORMAT_KEY = b"statcache_format"
+STATCACHE_FORMAT = 2
 
 
 def default_home() -> Path:
@@ -74,6 +80,44 @@ def _pack(v: Any) -> bytes:
 
 def _unpack(b: bytes) -> Any:
     return msgpack.unpackb(b, raw=False)
+
+
+class StatEntry(NamedTuple):
+    """A stat-cache value: the ``stat`` of a file when it was read, and its tree entry.
+
+    Stored as a msgpack array in this field order (docs/format.md). ``path`` is the
+    absolute path the key was hashed from, compared on lookup to rule out a collision.
+    """
+
+    size: int
+    mtime_ns: int
+    ino: int
+    kind: int
+    id: bytes
+    mode: int
+    ctime_ns: int
+    dev: int
+    path: bytes
+
+    def encode(self) -> bytes:
+        return _pack(list(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StatEntry | None:
+        """The entry, or None for a value of another layout (an older format)."""
+        try:
+            v = _unpack(raw)
+        except ValueError:
+            return None
+        if not isinstance(v, list) or len(v) != len(cls._fields):
+            return None
+        return cls(*v)
+
+
+def statcache_key(path: bytes) -> bytes:
+    """The stat-cache key of an absolute path (file-system bytes): its xxh3-128, so a
+    key stays far below LMDB's 511-byte key limit whatever the path's length."""
+    return xxhash.xxh3_128_digest(path)
 
 
 class WriteBatch:
@@ -212,7 +256,11 @@ class Store:
                 txn.put(b"format_version", _pack(FORMAT_VERSION), db=cfg)
                 txn.put(b"chunker", _pack(chosen.to_config()), db=cfg)
                 txn.put(b"zstd_level", _pack(codec.DEFAULT_LEVEL), db=cfg)
+                txn.put(STATCACHE_FORMAT_KEY, _pack(STATCACHE_FORMAT), db=cfg)
                 return chosen
+            if txn.get(STATCACHE_FORMAT_KEY, db=cfg) is None:
+                txn.drop(self._dbs["statcache"], delete=False)  # path-keyed entries
+                txn.put(STATCACHE_FORMAT_KEY, _pack(STATCACHE_FORMAT), db=cfg)
             version = _unpack(txn.get(b"format_version", db=cfg) or _pack(FORMAT_VERSION))
             if version > FORMAT_VERSION:
                 raise ConfigError(
@@ -475,10 +523,16 @@ class Store:
 
     # -- stat cache ------------------------------------------------------------
 
-    def statcache_get_many(self, keys: list[bytes]) -> list[list | None]:
+    def statcache_get_many(self, paths: list[bytes]) -> list[StatEntry | None]:
+        """The stat-cache entries of absolute ``paths`` (None: absent, or another path's)."""
         h = self._dbs["statcache"]
+        out: list[StatEntry | None] = []
         with self._begin(db=h) as txn:
-            return [None if (raw := txn.get(k)) is None else _unpack(raw) for k in keys]
+            for p in paths:
+                raw = txn.get(statcache_key(p))
+                e = None if raw is None else StatEntry.decode(raw)
+                out.append(e if e is not None and e.path == p else None)
+        return out
 
     # -- maintenance -----------------------------------------------------------
 

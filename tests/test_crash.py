@@ -15,14 +15,13 @@ import subprocess
 import sys
 import time
 
-import msgpack
 import pytest
 
 from dsvc.checkout import materialize
 from dsvc.codec import decode_frame
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE
 from dsvc.objects import KIND_CHUNKFILE, Blob, Commit, decode_tree
-from dsvc.store import Store
+from dsvc.store import StatEntry, Store
 from dsvc.treeops import Trees, walk
 from tests.helpers_core import make_tree, read_tree
 
@@ -119,8 +118,10 @@ def check_store(home) -> dict[str, int]:
                 else:
                     raise AssertionError(f"unknown object tag {tag!r}")
                 objects[key] = tag
-            for path, raw in txn.cursor(db=store.db("statcache")):
-                size, _mtime, _ino, kind, oid, _mode = msgpack.unpackb(raw)
+            for _key, raw in txn.cursor(db=store.db("statcache")):
+                e = StatEntry.decode(raw)
+                assert e is not None, "a stat-cache value of an unknown layout"
+                size, kind, oid, path = e.size, e.kind, e.id, e.path
                 if kind == KIND_CHUNKFILE:
                     assert oid in chunks, f"stat cache of {path!r} points at a missing chunk"
                 else:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from dsvc.errors import InvalidPathError, NotFoundError
@@ -100,7 +101,14 @@ def test_scan_items_carry_stat_and_mode(tmp_path):
     items = {i.rel: i for i in scan(tmp_path).items}
     st = os.stat(tmp_path / "data")
     assert items[("data",)] == ScanItem(
-        str(tmp_path / "data"), ("data",), 5, OLD_MTIME_NS, st.st_ino, MODE_FILE
+        str(tmp_path / "data"),
+        ("data",),
+        5,
+        OLD_MTIME_NS,
+        st.st_ino,
+        MODE_FILE,
+        st.st_ctime_ns,
+        st.st_dev,
     )
     assert items[("run.sh",)].mode == MODE_EXEC
 
@@ -260,12 +268,22 @@ def test_stat_cache_skips_unchanged_and_rereads_modified(tmp_path, store):
     entries4, s4 = ingest_path(store, folder)
     assert s4.cached_files == 2
     assert file_bytes(store, entries4[("b.bin",)]) == b"Y" * 5000
-    # stat-cache values: [size, mtime_ns, ino, kind, id, mode]
+    # stat-cache values: [size, mtime_ns, ino, kind, id, mode, ctime_ns, dev, path]
     key = os.fsencode(folder / "b.bin")
     (val,) = store.statcache_get_many([key])
     st = os.stat(folder / "b.bin")
     e = entries4[("b.bin",)]
-    assert val == [5000, st.st_mtime_ns, st.st_ino, e.kind, e.id, e.mode]
+    assert list(val) == [
+        5000,
+        st.st_mtime_ns,
+        st.st_ino,
+        e.kind,
+        e.id,
+        e.mode,
+        st.st_ctime_ns,
+        st.st_dev,
+        key,
+    ]
 
 
 def test_racily_clean_files_are_not_cached(tmp_path, store):
@@ -346,7 +364,7 @@ UNREADABLE_SCRIPT = r"""
 import json, os, sys, threading
 from dsvc.errors import InvalidPathError
 from dsvc.ingest import Ingestor, ScanItem, ingest_path, scan
-from dsvc.store import Store
+from dsvc.store import StatEntry, Store
 from tests.helpers_core import SMALL, OLD_MTIME_NS, file_bytes
 
 work = sys.argv[1]
@@ -360,15 +378,15 @@ def invariant():
     bad = []
     with store.env.begin() as txn:
         for k, v in txn.cursor(db=store.db("statcache")):
-            import msgpack
-            size, mtime, ino, kind, oid, fmode = msgpack.unpackb(v)
+            e = StatEntry.decode(v)
+            kind, oid = e.kind, e.id
             if kind == 3:
                 ok = store.has_chunk(oid)
             else:
                 ok = store.has_object(oid) and all(
                     store.has_chunk(c) for c, _ in store.get_blob(oid).chunks)
             if not ok:
-                bad.append(os.fsdecode(k))
+                bad.append(os.fsdecode(e.path))
     return bad
 
 if mode == "plain":
@@ -406,7 +424,10 @@ elif mode == "race":
     # group 2 (a second task): a FIFO, then s2 (same content X).
     def item(name, size):
         p = os.path.join(folder, name)
-        return ScanItem(p, (name,), size, OLD_MTIME_NS, os.stat(p).st_ino, 0o644)
+        st = os.stat(p)
+        return ScanItem(
+            p, (name,), size, OLD_MTIME_NS, st.st_ino, 0o644, st.st_ctime_ns, st.st_dev
+        )
     for n in ("fifo1", "fifo2"):
         os.mkfifo(os.path.join(folder, n))
     os.chmod(os.path.join(folder, "locked.bin"), 0)
@@ -525,3 +546,171 @@ def test_stat_cache_never_points_at_missing_content_after_a_failure():
     out = run_unprivileged("race", files)
     assert out["error"] is not None and "locked.bin" in out["error"]
     assert out["bad"] == []
+
+
+# -- stat cache: content presence, ctime, long paths (issue 9 items 1, 3, 18) ------------
+
+
+def _drop(store, db: str, keys) -> None:
+    with store.env.begin(write=True) as txn:
+        for k in keys:
+            assert txn.delete(k, db=store.db(db))
+
+
+def _wait_for_ctime_tick(path: Path) -> None:
+    """Return once a change made now gets a ctime later than ``path``'s: the kernel's
+    timestamp clock is coarse (a few ms), and a change within the same tick as the one
+    recorded would keep the ctime (git's racily-clean window; no wall clock asserted)."""
+    probe = path.parent / ".ctime-probe"
+    before = os.stat(path).st_ctime_ns
+    while True:
+        probe.write_bytes(b"")
+        if os.stat(probe).st_ctime_ns > before:
+            probe.unlink()
+            return
+
+
+@pytest.mark.parametrize("what", ["chunk", "blob", "chunk of blob"])
+def test_stat_cache_hit_whose_content_is_gone_is_read_again(tmp_path, store, what):
+    # issue 9.1: a stat-cache entry whose content gc (or fsck) dropped must not be trusted
+    folder = tmp_path / "data"
+    one, many = b"single chunk" * 50, random.Random(1).randbytes(300_000)
+    make_tree(folder, {"one.bin": one, "many.bin": many, "other.txt": b"other"})
+    entries, _ = ingest_path(store, folder)
+    e_one, e_many = entries[("one.bin",)], entries[("many.bin",)]
+    assert e_one.kind == KIND_CHUNKFILE and e_many.kind == KIND_FILE
+    if what == "chunk":
+        _drop(store, "chunks", [e_one.id])
+        victim = "one.bin"
+    elif what == "blob":
+        _drop(store, "objects", [e_many.id])
+        victim = "many.bin"
+    else:
+        _drop(store, "chunks", [store.get_blob(e_many.id).chunks[3][0]])
+        victim = "many.bin"
+    again, stats = ingest_path(store, folder)
+    assert stats.cached_files == 2  # the two others are still answered by the cache
+    assert stats.read_bytes == len({"one.bin": one, "many.bin": many}[victim])
+    assert again == entries
+    check_round_trip(store, again, {"one.bin": one, "many.bin": many, "other.txt": b"other"})
+    # and the cache answers for it again
+    _, stats = ingest_path(store, folder)
+    assert stats.cached_files == 3
+
+
+def _replace_in_place(path: Path, data: bytes) -> None:
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _copy2(path: Path, data: bytes) -> None:
+    other = path.with_name(path.name + ".src")
+    write_file(other, data)
+    shutil.copy2(other, path)
+    other.unlink()
+
+
+def _cp_p(path: Path, data: bytes) -> None:
+    other = path.with_name(path.name + ".src")
+    write_file(other, data)
+    subprocess.run(["cp", "-p", str(other), str(path)], check=True)
+    other.unlink()
+
+
+@pytest.mark.parametrize("replace", [_replace_in_place, _copy2, _cp_p])
+def test_same_size_same_mtime_replacement_is_seen(tmp_path, store, replace):
+    # issue 9.3: only the ctime (and for some tools the inode) tells these apart
+    folder = tmp_path / "data"
+    make_tree(folder, {"a.bin": b"A" * 5000, "b.bin": b"B" * 5000})
+    ingest_path(store, folder)
+    _, stats = ingest_path(store, folder)
+    assert stats.cached_files == 2
+    _wait_for_ctime_tick(folder / "a.bin")
+    replace(folder / "a.bin", b"Z" * 5000)
+    st = os.stat(folder / "a.bin")
+    assert (st.st_size, st.st_mtime_ns) == (5000, OLD_MTIME_NS)
+    entries, stats = ingest_path(store, folder)
+    assert stats.cached_files == 1 and stats.read_bytes == 5000
+    assert file_bytes(store, entries[("a.bin",)]) == b"Z" * 5000
+
+
+def test_file_whose_ctime_changes_while_read_is_not_cached(tmp_path, store):
+    # the stat cache pairs the scan's stat with the bytes read: a change in between
+    # (here a chmod, which only the ctime shows) must not be recorded as unchanged
+    folder = tmp_path / "data"
+    make_tree(folder, {"a.bin": b"A" * 5000})
+    items = scan(folder).items
+    _wait_for_ctime_tick(folder / "a.bin")
+    os.chmod(folder / "a.bin", 0o600)
+    entries, stats = Ingestor(store).ingest(items)
+    assert entries == {} and [os.path.basename(p) for p, _ in stats.skipped] == ["a.bin"]
+    assert store.stats()["statcache"] == 0
+
+
+def _deep_path(root: Path, total: int) -> Path:
+    p = root
+    while len(os.fsencode(p)) < total:
+        p = p / ("d" * 200)
+    return p
+
+
+def test_paths_longer_than_lmdb_keys_are_cached(tmp_path, store):
+    # issue 9.18: the stat-cache key was the absolute path, and LMDB keys stop at 511 bytes
+    folder = tmp_path / "data"
+    deep = _deep_path(folder, 1500)
+    rel = deep.relative_to(folder) / "x.bin"
+    make_tree(folder, {str(rel): b"deep" * 100, "top.bin": b"top"})
+    assert len(os.fsencode(folder / rel)) > 1500
+    entries, _ = ingest_path(store, folder)
+    check_round_trip(store, entries, {rel.as_posix(): b"deep" * 100, "top.bin": b"top"})
+    _, stats = ingest_path(store, folder)
+    assert stats.cached_files == 2
+    # every key is bounded, whatever the path
+    with store.read() as txn:
+        keys = [k for k, _ in txn.cursor(db=store.db("statcache"))]
+    assert len(keys) == 2 and {len(k) for k in keys} == {16}
+
+
+def test_stat_cache_entry_of_another_path_is_not_used(tmp_path, store):
+    # a key is a hash of the path; the path kept in the value rules out a collision
+    from dsvc.store import StatEntry, statcache_key
+
+    folder = tmp_path / "data"
+    make_tree(folder, {"a.bin": b"A" * 100, "b.bin": b"B" * 100})
+    entries, _ = ingest_path(store, folder)
+    ka = statcache_key(os.fsencode(folder / "a.bin"))
+    with store.env.begin(write=True) as txn:
+        db = store.db("statcache")
+        # as if another path hashed to a.bin's key: a.bin's stat, other content and path
+        e = StatEntry.decode(txn.get(ka, db=db))
+        forged = e._replace(id=entries[("b.bin",)].id, path=b"/some/other/path")
+        txn.put(ka, forged.encode(), db=db)
+    entries, stats = ingest_path(store, folder)
+    assert stats.cached_files == 1
+    assert file_bytes(store, entries[("a.bin",)]) == b"A" * 100
+
+
+def test_path_keyed_stat_cache_of_an_older_store_is_dropped(tmp_path):
+    home = tmp_path / "home"
+    s = open_store(home)
+    folder = tmp_path / "data"
+    make_tree(folder, {"a.bin": b"A" * 100})
+    ingest_path(s, folder)
+    with s.env.begin(write=True) as txn:  # the layout before issue 9.18
+        st = os.stat(folder / "a.bin")
+        old = msgpack.packb([100, st.st_mtime_ns, st.st_ino, 3, chunk_id(b"A" * 100), 0o644])
+        txn.put(os.fsencode(folder / "a.bin"), old, db=s.db("statcache"))
+        txn.delete(b"statcache_format", db=s.db("config"))
+    assert s.stats()["statcache"] == 2
+    s.close()
+    s = open_store(home)
+    try:
+        assert s.stats()["statcache"] == 0
+        _, stats = ingest_path(s, folder)
+        assert stats.cached_files == 0
+        _, stats = ingest_path(s, folder)
+        assert stats.cached_files == 1
+    finally:
+        s.close()

@@ -128,19 +128,18 @@ def folder_files(store: Any, folder: str) -> dict[str, tuple[bytes, int]]:
     """``path -> (content id, size)`` of a folder, hashed the way ``add`` would store it
     (stat cache first, so unchanged files already added are not read). Stores nothing."""
     from dsvc.ids import TAG_BLOB, TAG_CHUNK, object_id
-    from dsvc.ingest import scan
+    from dsvc.ingest import scan, stat_cache_entries
     from dsvc.objects import Blob
     from dsvc.progress import Progress
 
     sr = scan(folder)
     for p, why in sr.skipped:
         say(f"dsvc: skipped {p}: {why}", err=True)
-    cached = store.statcache_get_many([os.fsencode(i.abs_path) for i in sr.items])
     out: dict[str, tuple[bytes, int]] = {}
     todo = []
-    for item, c in zip(sr.items, cached):
-        if c is not None and c[0] == item.size and c[1] == item.mtime_ns and c[2] == item.ino:
-            out["/".join(item.rel)] = (c[4], item.size)
+    for item, c in zip(sr.items, stat_cache_entries(store, sr.items)):
+        if c is not None:
+            out["/".join(item.rel)] = (c.id, item.size)
         else:
             todo.append(item)
     total = sum(i.size for i in todo)
