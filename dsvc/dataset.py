@@ -235,6 +235,10 @@ class Dataset:
                     "take the project from)"
                 )
             dataset_project = parents[-1]["project"]
+        # before anything reaches a remote: a bad label fails at the remote's ref, after
+        # the version's record was created there
+        dataset_name = reg.check_label("name", str(dataset_name))
+        dataset_project = reg.check_label("project", str(dataset_project))
         # versions pushed from other machines count too, so numbering never repeats
         siblings = reg.filter_records(
             known_records(store), project=dataset_project, name=dataset_name
@@ -446,6 +450,7 @@ class Dataset:
         """Rename every version of ``dataset_project/dataset_name``."""
         if not new_dataset_name:
             raise UsageError("new_dataset_name must not be empty")
+        reg.check_label("name", new_dataset_name)
         cls._relabel(dataset_project, dataset_name, {"name": str(new_dataset_name)})
 
     @classmethod
@@ -455,6 +460,7 @@ class Dataset:
         """Move every version of ``dataset_project/dataset_name`` to another project."""
         if not new_dataset_project:
             raise UsageError("new_dataset_project must not be empty")
+        reg.check_label("project", new_dataset_project)
         cls._relabel(dataset_project, dataset_name, {"project": str(new_dataset_project)})
 
     @classmethod

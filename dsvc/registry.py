@@ -15,10 +15,12 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import quote
 
-from dsvc.errors import ConflictError, NotFoundError
+from dsvc.errors import ConflictError, InvalidPathError, NotFoundError
 from dsvc.store import RECORD_PREFIX, Store, default_home
 
 DRAFT = "draft"
@@ -121,6 +123,51 @@ def remove(store: Store, dataset_id: str) -> None:
 
 def all_records(store: Store) -> list[dict[str, Any]]:
     return [v for _, v in store.iter_records(PREFIX)]
+
+
+# -- project and name rules ------------------------------------------------------------
+
+#: longest project or name, counted as the remote keys spell it (percent-encoded UTF-8).
+#: Each is one path component of a ref key: a folder remote's 255-byte file-name limit
+#: minus its temporary-file affixes (38 bytes), rounded down; S3's 1024-byte keys hold two.
+MAX_LABEL_BYTES = 200
+
+
+def check_label(what: str, value: Any) -> str:
+    """Check a dataset project or name before anything is written; returns it.
+
+    Rules (docs/guide.md, "Names"): text, not blank; no control characters; at most
+    :data:`MAX_LABEL_BYTES` once percent-encoded; a name has no ``/`` and is not ``.`` or
+    ``..``; a project is ``/``-separated subprojects, none empty, ``.`` or ``..`` (so no
+    leading, trailing or double ``/``). Remotes key refs by project and name, so a
+    label breaking these rules would fail *after* the remote record was created.
+    """
+    kind = "project" if what == "project" else "name"
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidPathError(f"dataset {kind} must be non-empty text, got {value!r}")
+    bad = [c for c in value if unicodedata.category(c) == "Cc"]
+    if bad:
+        raise InvalidPathError(
+            f"dataset {kind} {value!r} contains control characters {sorted(set(bad))!r}"
+        )
+    parts = value.split("/") if kind == "project" else [value]
+    if kind == "name" and "/" in value:
+        raise InvalidPathError(
+            f"dataset name {value!r} contains '/'; put folders in the project ('a/b') instead"
+        )
+    for p in parts:
+        if p in ("", ".", ".."):
+            raise InvalidPathError(
+                f"dataset {kind} {value!r}: {p!r} is not allowed"
+                + (" as a subproject (no leading, trailing or double '/')" if kind == "project" else "")
+            )
+    size = len(quote(value, safe=""))
+    if size > MAX_LABEL_BYTES:
+        raise InvalidPathError(
+            f"dataset {kind} {value[:40]!r}... is too long: {size} bytes percent-encoded, at "
+            f"most {MAX_LABEL_BYTES} ({MAX_LABEL_BYTES} ASCII characters, fewer for others)"
+        )
+    return value
 
 
 # -- versions ----------------------------------------------------------------------

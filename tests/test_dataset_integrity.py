@@ -239,3 +239,71 @@ def test_cli_commands_still_remember_their_dataset(tmp_path: Path, home: Path) -
     reg.close_all()
     assert cli(home, "add", "--id", b, "--files", str(src)).returncode == 0
     assert last_used(open_store()) == b
+
+
+# -- item 19: project and name are checked at create, before any remote ----------------------
+
+BAD_LABELS = [
+    (".", "n"),
+    ("..", "n"),
+    ("p/..", "n"),
+    ("p/./q", "n"),
+    ("/p", "n"),
+    ("p/", "n"),
+    ("a//b", "n"),
+    ("p", "."),
+    ("p", ".."),
+    ("p", "a/b"),
+    ("p", "x" * 201),
+    ("p" * 201, "n"),
+    ("p", "é" * 34),  # 68 UTF-8 bytes, 204 percent-encoded
+    ("p", "a\nb"),
+    ("p\x00", "n"),
+    ("p", "tab\there"),
+    ("p", "del\x7f"),
+    ("p", "c1\x85"),
+    ("p", "   "),
+]
+
+
+@pytest.mark.parametrize(("project", "name"), BAD_LABELS)
+def test_create_refuses_bad_project_or_name_before_the_remote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project: str, name: str
+) -> None:
+    remote = tmp_path / "remote"
+    monkeypatch.setenv("DSVC_REMOTE", f"file://{remote}")
+    with pytest.raises(errors.UsageError):  # InvalidPathError, or "needs a non-empty name"
+        Dataset.create(dataset_name=name, dataset_project=project)
+    assert not remote.exists()  # nothing reached the remote
+    assert ids() == set()
+
+
+def test_rename_and_move_refuse_bad_labels(tmp_path: Path) -> None:
+    ds = final({"f": b"1"}, tmp_path, name="n", project="p")
+    with pytest.raises(errors.InvalidPathError):
+        Dataset.rename("..", dataset_project="p", dataset_name="n")
+    with pytest.raises(errors.InvalidPathError):
+        Dataset.move_to_project("a//b", dataset_project="p", dataset_name="n")
+    assert (ds.project, ds.name) == ("p", "n")
+
+
+def test_edge_labels_that_are_allowed_finalize_and_clone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = f"file://{tmp_path / 'remote'}"
+    monkeypatch.setenv("DSVC_REMOTE", remote)
+    # the longest allowed name (200 bytes percent-encoded), as ASCII and as UTF-8
+    good = [("a/b/c", "x" * 200), ("p", "é" * 33), ("p q", "n.1"), ("p", "...")]
+    made = {}
+    for project, name in good:
+        ds = Dataset.create(dataset_name=name, dataset_project=project)
+        ds.add_files(write_tree(tmp_path / f"s{len(made)}", {"f": name.encode()}))
+        ds.upload()
+        assert ds.finalize()
+        made[(project, name)] = ds.id
+    reg.close_all()
+    monkeypatch.setenv("DSVC_HOME", str(tmp_path / "fresh"))
+    for (project, name), did in made.items():
+        got = Dataset.get(dataset_project=project, dataset_name=name)
+        assert got.id == did
+        assert read_tree(got.get_local_copy()) == {"f": name.encode()}
