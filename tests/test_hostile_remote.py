@@ -5,14 +5,17 @@ memory or the stack, and never let a remote's text drive the terminal (issue 10)
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+import zstandard
 from remote_helpers import (
     all_paths,
     backend,
@@ -22,8 +25,13 @@ from remote_helpers import (
     write_tree,
 )
 
+from dsvc import codec
 from dsvc.dataset import Dataset
 from dsvc.errors import ConfigError, DsvcError, IntegrityError, NotFoundError
+from dsvc.ids import TAG_COMMIT, TAG_TREE, chunk_id, object_id
+from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Commit
+from dsvc.remote import sync
+from dsvc.remote.packs import KIND_CHUNK, KIND_OBJECT, PackBuilder, pack_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -336,3 +344,196 @@ def test_gc_refuses_to_run_past_a_malformed_record(
         remote_of(ds_store).gc(ds_store, grace_seconds=0)
     assert {k for k in remote_objects(spec, "packs/")} == packs
 
+
+# ---------------------------------------------------------------------- crafting
+
+
+def craft_version(
+    spec: dict[str, Any],
+    store: Any,
+    root: bytes,
+    values: list[tuple[bytes, int, bytes]],
+    *,
+    name: str = "evil",
+) -> str:
+    """Publish on the remote, as an attacker would, a version whose root tree is ``root``
+    with the stored ``values`` in one pack (plus its commit), a record and a ref; returns
+    the version's id. Needs one honest version on the remote (its record is the model)."""
+    b = backend(spec)
+    commit = Commit(tree=root, parents=(), meta={"name": name}).encode()
+    commit_id = object_id(TAG_COMMIT, commit)
+    pb = PackBuilder()
+    for oid, kind, value in [*values, (commit_id, KIND_OBJECT, TAG_COMMIT + b"\x00" + commit)]:
+        pb.add(oid, kind, value)
+    pid, data, index = pb.finish()
+    b.put(f"packs/{pack_name(pid)}.pack", data)
+    b.put(f"packs/{pack_name(pid)}.idx", index)
+    honest = next(k for k in remote_objects(spec, "datasets/"))
+    rec = msgpack.unpackb(b.get(honest), raw=False)
+    evil_id = object_id(b"x", name.encode()).hex()
+    rec.update(id=evil_id, tree=root, commit=commit_id, name=name, version="6.6.6", created=1)
+    b.put(f"datasets/{evil_id}", msgpack.packb(rec, use_bin_type=True))
+    sync.Remote(store, None, spec["url"], spec["options"]).update_ref(
+        "proj", name, evil_id, "6.6.6"
+    )
+    return evil_id
+
+
+def tree_value(entries: list[list[Any]]) -> tuple[bytes, bytes]:
+    """(id, stored value) of a tree with ``entries`` (sorted by the caller)."""
+    data = msgpack.packb(entries, use_bin_type=True)
+    return object_id(TAG_TREE, data), TAG_TREE + b"\x00" + data
+
+
+# ---------------------------------------------------------------------- item 2
+
+BOMB = 128 << 20  # what each frame expands to
+FRAMES = 12
+
+_RSS_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from dsvc.dataset import Dataset
+    from dsvc.errors import DsvcError
+    out = {}
+    try:
+        ds = Dataset.get(dataset_id=sys.argv[1])
+        if sys.argv[2] == "cached":
+            ds.get_local_copy()
+        else:
+            ds.get_mutable_local_copy(sys.argv[3])
+        out["error"] = None
+    except DsvcError as e:
+        out["error"], out["message"] = type(e).__name__, str(e)
+    out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Linux carries ru_maxrss across fork+exec (the test process's own peak would
+    # count); VmHWM is the peak of this process's memory alone
+    try:
+        with open("/proc/self/status") as f:
+            hwm = [l for l in f if l.startswith("VmHWM:")][0].split()[1]
+        out["peak_mib"] = int(hwm) / 1024
+    except OSError:
+        out["peak_mib"] = out["maxrss_mib"]
+    print(json.dumps(out))
+    """
+)
+
+
+def _zstd(data: bytes) -> bytes:
+    frame = codec._compressor(1).compress(data)  # declares its content size
+    assert len(frame) < 8 << 10
+    return frame
+
+
+def run_measured(home: Path, evil_id: str, how: str, out: Path) -> dict[str, Any]:
+    env = {**os.environ, "DSVC_HOME": str(home), "PYTHONPATH": str(HERE.parent)}
+    env.pop("DSVC_REMOTE", None)
+    env["DSVC_QUIET"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, evil_id, how, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("as_kind", ["chunks", "trees"])
+@pytest.mark.parametrize("how", ["cached", "mutable"])
+def test_decompression_bombs_are_refused_with_bounded_memory(
+    as_kind: str, how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~50 KB pack of zstd frames that each expand to 128 MiB: before the fix,
+    get_local_copy decompressed all of them at once (1.5 GiB RSS)."""
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    honest_setup(spec, tmp_path, monkeypatch)
+    store = machine(monkeypatch, tmp_path / "home-a", spec)
+    if as_kind == "chunks":
+        # a root tree of files whose single chunks are the bombs: real content with its
+        # real id (so every frame verifies), just far larger than any chunk can be
+        ids, values = [], []
+        for n in range(FRAMES):  # one at a time: this process stays small too
+            content = bytes([n]) * BOMB
+            ids.append(chunk_id(content))
+            values.append((ids[-1], KIND_CHUNK, b"\x01" + _zstd(content)))
+            del content
+        entries = [[f"f{n:02d}", KIND_CHUNKFILE, i, BOMB, 0o644] for n, i in enumerate(ids)]
+    else:
+        # a root tree of folders whose trees are the bombs (they declare 128 MiB, within
+        # the tree bound: decompressed one budget at a time, then refused by their ids)
+        frame = _zstd(bytes(BOMB))
+        ids = [object_id(TAG_TREE, b"%d" % i) for i in range(FRAMES)]
+        values = [(i, KIND_OBJECT, TAG_TREE + b"\x01" + frame) for i in ids]
+        entries = [[f"d{n:02d}", KIND_TREE, i, BOMB, 0] for n, i in enumerate(ids)]
+    root, root_value = tree_value(entries)
+    evil = craft_version(spec, store, root, [*values, (root, KIND_OBJECT, root_value)])
+    pack_bytes = sum(v for k, v in remote_objects(spec, "packs/").items() if k.endswith("pack"))
+    assert pack_bytes < 200 << 10
+
+    home = tmp_path / "victim"
+    machine(monkeypatch, home, spec)
+    got = run_measured(home, evil, how, tmp_path / "out")
+    assert got["error"] == "IntegrityError", got
+    assert "declares" in got["message"] or "does not match" in got["message"], got
+    # the budget: one 128 MiB payload at a time at most, plus the interpreter
+    assert got["peak_mib"] < 450, got
+
+
+def test_fetch_threads_share_one_bound_on_decompressed_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    machine(monkeypatch, tmp_path / "home-a", spec)
+    files = {f"t{i}.csv": (b"%d,row,%d\n" % (i, i)) * 150_000 for i in range(8)}  # ~1.6 MB
+    ds = publish(write_tree(tmp_path / "src", files))
+    budget = codec.MemoryBudget(2 << 20)
+    monkeypatch.setattr(sync, "_decode_budget", budget)
+    machine(monkeypatch, tmp_path / "victim", spec)
+    out = Dataset.get(dataset_id=ds.id).get_local_copy(max_workers=8)
+    assert {p.name: p.read_bytes() for p in Path(out).iterdir()} == files
+    assert 0 < budget.peak <= 2 << 20  # every decompressed value went through it
+    assert budget.used == 0
+
+
+def test_memory_budget_bounds_concurrent_holders() -> None:
+    import threading
+    import time
+
+    budget = codec.MemoryBudget(10)
+    inside: list[int] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        with budget.hold(n):
+            with lock:
+                inside.append(budget.used)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (4, 4, 4, 4, 25, 3, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(inside) == 7 and budget.used == 0
+    # several held at once, never beyond the limit except one request larger than it alone
+    assert max(u for u in inside if u <= 10) > 4
+    assert all(u <= 10 or u == 25 for u in inside)
+
+
+def test_frames_are_bounded_by_their_type_and_their_header() -> None:
+    big = bytes(2 << 20)
+    frame = b"\x01" + codec._compressor(1).compress(big)
+    cid = chunk_id(big)
+    assert codec.decode_frame(frame, b"C", cid) == big  # within the format's chunk bound
+    with pytest.raises(IntegrityError, match="declares 2097152"):
+        codec.decode_frame(frame, b"C", cid, limit=1 << 20)  # the store's chunker max
+    with pytest.raises(IntegrityError, match="more than the format allows"):
+        codec.decode_frame(b"\x00" + big, b"C", cid, limit=1 << 20)
+    no_size = b"\x01" + zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 100)
+    with pytest.raises(IntegrityError, match="declares no content size"):
+        codec.decode_frame(no_size, b"C", chunk_id(b"x" * 100))
+    for tag, bound in codec.LIMITS.items():
+        assert codec.payload_limit(tag) == bound
+        assert codec.payload_limit(tag, 5) == 5
