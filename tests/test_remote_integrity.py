@@ -159,3 +159,108 @@ def test_the_remote_has_an_identity_and_a_changed_one_drops_the_cache(
     # the cache was dropped with the identity change: the record is read again
     assert not list(store.scan_prefix("remote", r.index.prefix + b"r/"))
     assert r.get_record(store, ds.id) is not None
+
+
+# ---------------------------------------------------------------------- item 15
+
+
+def _orphaned_draft(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any]) -> Any:
+    """A draft whose upload finished but which was never finalized: its packs are on the
+    remote, unreferenced, and get marked by gc."""
+    files = {f"f{i}.bin": rand_bytes(300_000, 80 + i) for i in range(4)}
+    machine(monkeypatch, tmp_path / "pusher", spec)
+    ds = Dataset.create(dataset_name="data", dataset_project="proj")
+    ds.add_files(str(write_tree(tmp_path / "src", files)))
+    ds.upload(show_progress=False, chunk_size=1)
+    return ds, files
+
+
+def _hook_first_delete(remote: Any, hook: Any) -> list[str]:
+    """Run ``hook`` inside the sweep, right before its first delete; returns the keys the
+    sweep deleted."""
+    orig = remote.backend.delete
+    deleted: list[str] = []
+
+    def delete(key: str) -> None:
+        if not deleted:
+            deleted.append("<hook>")
+            hook()
+        deleted.append(key)
+        orig(key)
+
+    remote.backend.delete = delete
+    return deleted
+
+
+def test_a_sweep_never_deletes_a_pack_that_a_pusher_rescued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pusher finds its pack in the sweep's "deleting" list, gives up waiting (a slow
+    sweep) and uploads; the sweep then goes on deleting: the pusher's version must still
+    read back."""
+    import time
+
+    from dsvc.remote import sync
+
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    ds, files = _orphaned_draft(tmp_path, monkeypatch, spec)
+    gc_store = machine(monkeypatch, tmp_path / "gc", spec)
+    gc_remote = remote_of(gc_store)
+    time.sleep(0.3)
+    assert gc_remote.gc(gc_store, grace_seconds=0.2)["packs_marked"] >= 2
+    time.sleep(0.3)
+    # before the fix the pusher waited RESCUE_WAIT for the sweep, then cancelled it
+    monkeypatch.setattr(sync, "RESCUE_WAIT", 0.2, raising=False)
+
+    def pusher_comes_back() -> None:
+        machine(monkeypatch, tmp_path / "pusher", spec)
+        ds.upload(show_progress=False, chunk_size=1)  # rebuilds the same packs
+        ds.finalize()
+
+    deleted = _hook_first_delete(gc_remote, pusher_comes_back)
+    gc_remote.gc(gc_store, grace_seconds=0.2)
+    assert deleted and deleted[0] == "<hook>"
+
+    machine(monkeypatch, tmp_path / "fresh", spec)
+    assert read_tree(Dataset.get(dataset_id=ds.id).get_local_copy()) == files
+
+
+def test_the_sweep_rechecks_the_marks_before_each_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from dsvc.remote import sync
+
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    _orphaned_draft(tmp_path, monkeypatch, spec)
+    packs = sorted(k for k in remote_objects(spec, "packs/") if k.endswith(".pack"))
+    assert len(packs) >= 2
+    gc_store = machine(monkeypatch, tmp_path / "gc", spec)
+    gc_remote = remote_of(gc_store)
+    time.sleep(0.3)
+    gc_remote.gc(gc_store, grace_seconds=0.2)
+    time.sleep(0.3)
+    b = backend(spec)
+    spared: list[str] = []
+
+    def someone_takes_marks_off() -> None:
+        # between the sweep's commit of its list and its deletes, another party (a
+        # concurrent gc that found the packs reachable) takes every pack off the list
+        raw, ver = b.get_versioned(sync.GC_MARKS)
+        doc = msgpack.unpackb(raw, raw=False)
+        spared.extend(doc["deleting"])
+        doc["deleting"] = {}
+        b.compare_and_swap(sync.GC_MARKS, msgpack.packb(doc, use_bin_type=True), ver)
+
+    deleted = _hook_first_delete(gc_remote, someone_takes_marks_off)
+    gc_remote.gc(gc_store, grace_seconds=0.2)
+    assert len(spared) >= 2
+    left = remote_objects(spec, "packs/")
+    # at most the pack whose delete was already under way is gone; every other spared
+    # pack and its index are still there
+    gone = {k for k in deleted if k != "<hook>"}
+    assert len({k.rsplit(".", 1)[0] for k in gone}) <= 1, gone
+    for name in spared:
+        if f"packs/{name}.idx" not in gone:
+            assert f"packs/{name}.pack" in left and f"packs/{name}.idx" in left

@@ -67,9 +67,11 @@ class PackBuilder:
         for (oid, kind, _off, _len), value in zip(self._entries, self._parts[1:]):
             yield oid, kind, value
 
-    def finish(self) -> tuple[bytes, bytes, bytes]:
-        """``(pack id, pack bytes, index bytes)``."""
-        data = b"".join(self._parts)
+    def finish(self, tail: bytes = b"") -> tuple[bytes, bytes, bytes]:
+        """``(pack id, pack bytes, index bytes)``. ``tail`` is appended after the values
+        (readers ignore bytes no index entry covers): it gives the same values a pack of
+        another name."""
+        data = b"".join([*self._parts, tail])
         pid = xxhash.xxh3_128(data).digest()
         entries = sorted(self._entries)
         index = msgpack.packb(

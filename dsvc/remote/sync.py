@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import sys
 import threading
@@ -78,10 +79,6 @@ _LOCAL_FIELDS = ("uploaded_tree", "remote")
 
 #: the gc marks document (see Remote.gc)
 GC_MARKS = "gc/marks"
-#: how long a pusher waits for a sweep that is deleting a pack it wants to re-upload
-RESCUE_WAIT = 120.0
-#: a "deleting" mark older than this belongs to a gc that crashed
-STALE_SWEEP = 600.0
 
 _open: dict[tuple[str, str, int], Remote] = {}
 _open_lock = threading.Lock()
@@ -329,29 +326,23 @@ class Remote:
             return {"marked": {}, "deleting": {}}, None
         return _parse_marks(got[0], self.url), got[1]
 
-    def _rescue(self, name: str) -> None:
-        """A pack we are about to (re-)upload is marked by ``gc``: take the mark off first,
-        or wait until a sweep that already started deleting it is done."""
-        deadline = time.monotonic() + RESCUE_WAIT
+    def _rescue(self, name: str) -> bool:
+        """A pack we are about to (re-)upload is marked by ``gc``: take the mark off
+        (compare-and-swap). False when a sweep has it on its ``deleting`` list: then the
+        pack must not be uploaded under that name (the sweep deletes it, now or when a
+        crashed sweep is finished), and the caller uploads a copy under another name."""
         while True:
             doc, ver = self._read_marks()
-            since = doc["deleting"].get(name)
-            if (
-                since is not None
-                and time.time() - since < STALE_SWEEP
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.2)  # a sweep is deleting it right now: upload after it
-                continue
-            if name not in doc["marked"] and since is None:
-                return
-            doc["marked"].pop(name, None)
-            doc["deleting"].pop(name, None)  # a stale sweep (crashed gc): cancel it
+            if name in doc["deleting"]:
+                return False
+            if name not in doc["marked"]:
+                return True
+            doc["marked"].pop(name)
             try:
                 self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
-                return
+                return True
             except ConflictError:
-                continue
+                continue  # gc moved it (or took it off): look again
 
     # -- push ---------------------------------------------------------------------
 
@@ -387,8 +378,11 @@ class Remote:
             _verify_local(value, oid, kind)
         pid, data, index = builder.finish()
         name = pack_name(pid)
-        if pid in self._doomed:  # same bytes as a pack gc marked: unmark it first
-            self._rescue(name)
+        if pid in self._doomed and not self._rescue(name):
+            # same bytes as a pack a sweep is deleting: a random tail (not covered by the
+            # index, so readers never see it) gives the copy a name of its own
+            pid, data, index = builder.finish(tail=os.urandom(16))
+            name = pack_name(pid)
         self.backend.put(f"packs/{name}.pack", data)
         self.backend.put(f"packs/{name}.idx", index)  # index last: the pack now counts
         entries = decode_index(index, name)
@@ -943,12 +937,19 @@ class Remote:
             except ConflictError:
                 time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))
                 continue  # a pusher rescued a pack (or another gc ran): start over
-            for info, idx, _ in sweep.values():
+            swept = set()
+            for name, (info, idx, _) in sweep.items():
+                if not self._claim(name):
+                    stats.packs_deleted -= 1  # taken off the list since: keep it
+                    stats.bytes_deleted -= info.size
+                    stats.deleted.remove(name)
+                    continue
                 if idx is not None:
                     self.backend.delete(idx.key)  # index first: readers stop trusting it
                 self.backend.delete(info.key)
-            self.index.forget_packs({bytes.fromhex(n) for n in sweep})
-            self._clear_deleting(set(sweep))
+                swept.add(name)
+            self.index.forget_packs({bytes.fromhex(n) for n in swept})
+            self._clear_deleting(swept)
             break
         else:
             raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
@@ -960,6 +961,22 @@ class Remote:
             "packs_too_young": stats.packs_too_young,
             "dry_run": dry_run,
         }
+
+    def _claim(self, name: str) -> bool:
+        """Right before deleting a pack: check by compare-and-swap that it is still on the
+        ``deleting`` list (stamping it anew), so a change made to the list since the sweep
+        planned (another gc found it reachable) wins over this sweep."""
+        for attempt in range(100):
+            doc, ver = self._read_marks()
+            if name not in doc["deleting"]:
+                return False
+            doc["deleting"][name] = time.time()
+            try:
+                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+                return True
+            except ConflictError:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
 
     def _clear_deleting(self, names: set[str]) -> None:
         for _ in range(100):
