@@ -74,3 +74,21 @@ class ConflictError(DsvcError):
 
 class ConfigError(UsageError):
     """The store or remote configuration is missing, malformed or incompatible."""
+
+
+class StoreCorruptError(IntegrityError):
+    """The local store's LMDB file is structurally damaged (truncated, overwritten pages).
+
+    Its message names the store and the way out: restore the versions from a remote
+    into a fresh store (``dsvc clone``), or move the damaged store away.
+    """
+
+
+class StorageError(DsvcError):
+    """The local disk refused a write or a read (disk full, quota, I/O error)."""
+
+    exit_code = 8
+
+
+class DiskFullError(StorageError):
+    """No space left (ENOSPC, EDQUOT, EFBIG) where dsvc writes; the message says where."""

@@ -110,7 +110,8 @@ def local_gc(store: Store, *, dry_run: bool = False) -> dict[str, Any]:
 def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
     """Decode and hash every chunk and object, then check each object's structure.
 
-    Returns counts, stored bytes and the hex ids of bad chunks and bad objects.
+    Returns counts, stored bytes, the hex ids of bad chunks and bad objects, and
+    ``structure``: damage to the LMDB file itself (then nothing else is read).
     """
     out: dict[str, Any] = {
         "chunks": 0,
@@ -118,7 +119,10 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
         "bytes": 0,
         "bad_chunks": [],
         "bad_objects": [],
+        "structure": store.structure_problems(),
     }
+    if out["structure"]:
+        return out  # reading values through LMDB could crash on the damaged pages
     parse = {TAG_BLOB: Blob.decode, TAG_TREE: decode_tree, TAG_COMMIT: Commit.decode}
     stats = store.stats()
     total = stats.get("chunks", 0) + stats.get("objects", 0)

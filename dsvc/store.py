@@ -26,6 +26,7 @@ Invariants (what crash safety rests on):
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -40,9 +41,18 @@ import lmdb
 import msgpack
 import xxhash
 
-from dsvc import codec
+from dsvc import codec, storecheck
 from dsvc.chunker import DEFAULT_PARAMS, Chunker, ChunkerParams
-from dsvc.errors import ConfigError, ConflictError, IntegrityError, ObjectNotFoundError
+from dsvc.errors import (
+    ConfigError,
+    ConflictError,
+    DiskFullError,
+    DsvcError,
+    IntegrityError,
+    ObjectNotFoundError,
+    StorageError,
+    StoreCorruptError,
+)
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, object_id, to_hex
 from dsvc.objects import (
     KIND_CHUNKFILE,
@@ -118,6 +128,77 @@ def statcache_key(path: bytes) -> bytes:
     """The stat-cache key of an absolute path (file-system bytes): its xxh3-128, so a
     key stays far below LMDB's 511-byte key limit whatever the path's length."""
     return xxhash.xxh3_128_digest(path)
+
+
+#: LMDB errors that mean the file itself is damaged (not a bug, not a full disk)
+_CORRUPT = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.PanicError,
+    lmdb.VersionMismatchError,
+    lmdb.IncompatibleError,
+)
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: free bytes below which an I/O error on write is taken for a full disk: LMDB reports
+#: a short write (the disk filled up during the write) as EIO, not ENOSPC
+_NEARLY_FULL = 64 << 20
+
+
+def corrupt_message(home: Path, detail: str) -> str:
+    """The message of a damaged store: what is wrong, and the two ways out."""
+    return (
+        f"the store {home} is damaged: {detail}. dsvc cannot use it. If its versions are on "
+        f"a remote: move {home} away, then `dsvc clone REMOTE_URL {home}` and `dsvc pull` "
+        f"restore them; otherwise move {home} away (keep it for forensics) and add the "
+        "data again into a new store"
+    )
+
+
+def disk_error(home: Path, where: str | os.PathLike[str] | None, err: BaseException) -> DsvcError:
+    """A dsvc error for an OS or LMDB error met while writing under ``home``.
+
+    ENOSPC, EDQUOT and EFBIG (a file size limit) are a full disk; EIO is one too when
+    the filesystem is (nearly) full, since LMDB reports a short write as EIO."""
+    place = Path(where) if where else home
+    code = getattr(err, "errno", None)
+    text = str(err)
+    if code is None:  # lmdb.Error carries only a message ("mdb_txn_commit: No space ...")
+        for c in _FULL_ERRNOS | {errno.EIO}:
+            if os.strerror(c) in text:
+                code = c
+                break
+    free = None
+    try:
+        st = os.statvfs(place if place.exists() else home)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        pass
+    if code in _FULL_ERRNOS or (code == errno.EIO and free is not None and free < _NEARLY_FULL):
+        what = "the file size limit (ulimit -f) was reached" if code == errno.EFBIG else (
+            "no space left on the device"
+        )
+        left = f"; {free} bytes free there" if free is not None else ""
+        return DiskFullError(
+            f"{what} while writing {place}{left}. Nothing committed was lost: free space "
+            f"(e.g. `dsvc gc`, or move DSVC_HOME={home} to a bigger disk) and run the "
+            "command again"
+        )
+    return StorageError(
+        f"the disk failed while writing {place}: {text}. Committed versions are intact; check "
+        "the disk (dmesg, SMART) and run the command again"
+    )
+
+
+def lmdb_error(home: Path, e: lmdb.Error) -> DsvcError:
+    """The dsvc error for an LMDB error of the store at ``home``."""
+    if isinstance(e, _CORRUPT):
+        return StoreCorruptError(corrupt_message(home, f"LMDB: {e}"))
+    if any(os.strerror(c) in str(e) for c in _FULL_ERRNOS | {errno.EIO}):
+        return disk_error(home, home / "store.lmdb", e)
+    if isinstance(e, lmdb.ReadonlyError) or "Permission denied" in str(e):
+        return ConfigError(f"the store {home} is not writable: {e}; check its owner and mode")
+    return StorageError(f"the store {home} failed: {e}; run `dsvc fsck`, then retry")
 
 
 class WriteBatch:
@@ -222,6 +303,11 @@ class Store:
         # written: ~2x faster on disk-bound ingests, for stores that can be rebuilt
         # (scratch, CI caches), since a system crash between flushes may corrupt them.
         self.durable = os.environ.get("DSVC_FSYNC", "1") != "0"
+        # LMDB trusts its file: a truncated one is a SIGBUS on the first read, which no
+        # handler can turn into an error. Two small reads rule that out first.
+        problem = storecheck.quick_check(self.path / "data.mdb")
+        if problem:
+            raise StoreCorruptError(corrupt_message(self.home, problem))
         try:
             self.env = lmdb.open(
                 str(self.path),
@@ -235,10 +321,24 @@ class Store:
                 readahead=False,
             )
         except lmdb.Error as e:
+            err = lmdb_error(self.home, e)
+            if isinstance(err, StoreCorruptError | DiskFullError):
+                raise err from None
             raise ConfigError(f"cannot open the store at {self.path}: {e}") from e
-        self.env.reader_check()  # clear reader slots left by killed processes
-        with self._begin(write=True) as txn:
-            self._dbs = {n: self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
+        try:
+            # the top of the B-trees (main database, each database's root page) decides
+            # whether LMDB can even find its databases; damage there reads past the file
+            # or trips an assert() in LMDB, so look first (a dozen page reads)
+            problems = self.structure_problems(shallow=True)
+            if problems:
+                raise StoreCorruptError(corrupt_message(self.home, "; ".join(problems[:3])))
+            with self.errors():
+                self.env.reader_check()  # clear reader slots left by killed processes
+                with self._begin(write=True) as txn:
+                    self._dbs = {n: self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
+        except DsvcError:
+            self.env.close()
+            raise
         self._write_lock = threading.Lock()
         self.chunker_params = self._init_config(chunker_params)
         self.chunker = Chunker(self.chunker_params)
@@ -248,7 +348,7 @@ class Store:
     # -- configuration ---------------------------------------------------------
 
     def _init_config(self, params: ChunkerParams | None) -> ChunkerParams:
-        with self._begin(write=True) as txn:
+        with self.errors(), self._begin(write=True) as txn:
             cfg = self._dbs["config"]
             raw = txn.get(b"chunker", db=cfg)
             if raw is None:
@@ -276,7 +376,7 @@ class Store:
             return stored
 
     def get_config(self, key: str, default: Any = None) -> Any:
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             raw = txn.get(key.encode(), db=self._dbs["config"])
         return default if raw is None else _unpack(raw)
 
@@ -286,6 +386,17 @@ class Store:
         self._apply([("config", key.encode(), _pack(value))])
 
     # -- transactions ----------------------------------------------------------
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn LMDB and disk errors met inside the block into dsvc errors that name
+        this store and say what to do (damaged file, full disk, failing disk)."""
+        try:
+            yield
+        except lmdb.MapFullError:
+            raise
+        except lmdb.Error as e:
+            raise lmdb_error(self.home, e) from None
 
     def _begin(self, **kw: Any) -> lmdb.Transaction:
         """``env.begin``, adopting a map grown by another process (MDB_MAP_RESIZED)."""
@@ -306,7 +417,7 @@ class Store:
         dbs = self._dbs
         while True:
             try:
-                with self._write_lock, self._begin(write=True) as txn:
+                with self.errors(), self._write_lock, self._begin(write=True) as txn:
                     for db, key, value in ops:
                         if value is None:
                             txn.delete(key, db=dbs[db])
@@ -322,7 +433,7 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
         """A read-only snapshot transaction."""
-        with self._begin(buffers=False) as txn:
+        with self.errors(), self._begin(buffers=False) as txn:
             yield txn
 
     def db(self, name: str) -> Any:
@@ -332,22 +443,22 @@ class Store:
     # -- content ---------------------------------------------------------------
 
     def has_chunk(self, cid: bytes) -> bool:
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             return txn.get(cid, db=self._dbs["chunks"]) is not None
 
     def has_object(self, oid: bytes) -> bool:
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             return txn.get(oid, db=self._dbs["objects"]) is not None
 
     def missing(self, db: str, ids: list[bytes]) -> list[bytes]:
         """The subset of ``ids`` absent from ``db`` (one transaction)."""
         h = self._dbs[db]
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             cur = txn.cursor(db=h)
             return [i for i in ids if not cur.set_key(i)]
 
     def get_chunk_frame(self, cid: bytes) -> bytes:
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             frame = txn.get(cid, db=self._dbs["chunks"])
         if frame is None:
             raise ObjectNotFoundError(f"chunk {to_hex(cid)} is not in the store {self.path}", cid)
@@ -359,7 +470,7 @@ class Store:
 
     def get_object_frame(self, oid: bytes) -> bytes | None:
         """``tag + frame`` of an object, or None."""
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             return txn.get(oid, db=self._dbs["objects"])
 
     def get_object(self, oid: bytes, tag: bytes) -> bytes:
@@ -412,12 +523,16 @@ class Store:
             self.env.sync(True)
 
     def get_ref(self, name: str) -> bytes | None:
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             return txn.get(name.encode(), db=self._dbs["refs"])
 
     def cas_ref(self, name: str, old: bytes | None, new: bytes | None) -> None:
         """Set ref ``name`` to ``new`` if it is still ``old``; else raise ConflictError."""
-        with self._write_lock, self._begin(write=True, db=self._dbs["refs"]) as txn:
+        with (
+            self.errors(),
+            self._write_lock,
+            self._begin(write=True, db=self._dbs["refs"]) as txn,
+        ):
             cur = txn.get(name.encode())
             if cur != old:
                 raise ConflictError(
@@ -434,7 +549,7 @@ class Store:
         """Every ``(key, value)`` of ``db`` whose key starts with ``prefix``, in key order,
         read in one snapshot."""
         out = []
-        with self._begin(db=self._dbs[db]) as txn:
+        with self.errors(), self._begin(db=self._dbs[db]) as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for k, v in cur:
@@ -447,7 +562,7 @@ class Store:
         return iter([(k.decode(), v) for k, v in self.scan_prefix("refs", prefix.encode())])
 
     def get_record(self, key: str) -> Any:
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             raw = txn.get(key.encode(), db=self._dbs["records"])
         return None if raw is None else _unpack(raw)
 
@@ -463,7 +578,11 @@ class Store:
         """
         k = key.encode()
         old_raw = None if old is None else _pack(old)
-        with self._write_lock, self._begin(write=True, db=self._dbs["records"]) as txn:
+        with (
+            self.errors(),
+            self._write_lock,
+            self._begin(write=True, db=self._dbs["records"]) as txn,
+        ):
             cur = txn.get(k)
             if cur != old_raw:
                 raise ConflictError(f"record {key!r} was changed by another writer")
@@ -527,7 +646,7 @@ class Store:
         """The stat-cache entries of absolute ``paths`` (None: absent, or another path's)."""
         h = self._dbs["statcache"]
         out: list[StatEntry | None] = []
-        with self._begin(db=h) as txn:
+        with self.errors(), self._begin(db=h) as txn:
             for p in paths:
                 raw = txn.get(statcache_key(p))
                 e = None if raw is None else StatEntry.decode(raw)
@@ -539,11 +658,26 @@ class Store:
     def stats(self) -> dict[str, int]:
         """Entry counts per database plus the size of the data file."""
         out: dict[str, int] = {}
-        with self._begin() as txn:
+        with self.errors(), self._begin() as txn:
             for n, h in self._dbs.items():
                 out[n] = txn.stat(h)["entries"]
         out["file_bytes"] = (self.path / "data.mdb").stat().st_size
         return out
+
+    def structure_problems(self, shallow: bool = False) -> list[str]:
+        """Damage to the LMDB file's page structure (see :mod:`dsvc.storecheck`); empty
+        when every reachable page is sound. Walks a snapshot held open meanwhile, so
+        concurrent writers neither disturb the walk nor get reported as damage."""
+        data = self.path / "data.mdb"
+        for _ in range(20):
+            with self.errors(), self.env.begin() as txn:
+                try:
+                    return storecheck.walk(data, txn.id(), shallow=shallow).problems
+                except storecheck.Moved:
+                    continue  # a writer committed twice between begin and the meta read
+                except (OSError, ValueError) as e:
+                    return [f"{data}: {e}"]
+        return []  # pragma: no cover - twenty commits raced twenty meta reads
 
     def close(self) -> None:
         self.env.close()

@@ -33,6 +33,7 @@ MODULES = {
     "dsvc.treeops": "work",
     "dsvc.remote": "transport",
     "dsvc.store": "store",
+    "dsvc.storecheck": "store",
     "dsvc.ids": "model",
     "dsvc.chunker": "model",
     "dsvc.codec": "model",

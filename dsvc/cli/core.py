@@ -19,6 +19,7 @@ Exit codes (documented in docs/cli.md, checked by tests/test_cli.py):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+import lmdb
 
 from dsvc import __version__
 from dsvc.errors import DsvcError, NotFoundError, UsageError
@@ -248,16 +250,43 @@ def run(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return EXIT_OK
-    except Exception as e:  # a bug: one line unless --debug
+    except (lmdb.Error, OSError) as e:
+        # raised outside the store's own guards (a full disk while materializing, LMDB
+        # met through a raw transaction): say what it is and where, not "a bug"
+        err = _environment_error(e)
+        if err is None:
+            return _internal_error(e)
         if _state["debug"]:
             traceback.print_exc()
-            return EXIT_INTERNAL
-        error_line(
-            f"internal error: {type(e).__name__}: {e}; rerun with --debug for the traceback "
-            "and report it"
-        )
-        return EXIT_INTERNAL
+        error_line(str(err))
+        return err.exit_code
+    except Exception as e:  # a bug: one line unless --debug
+        return _internal_error(e)
     return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _environment_error(e: BaseException) -> DsvcError | None:
+    """The dsvc error for a damaged store or a full or failing disk, else None."""
+    from dsvc.store import default_home, disk_error, lmdb_error
+
+    home = default_home()
+    if isinstance(e, lmdb.Error):
+        return lmdb_error(home, e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+        return disk_error(home, e.filename, e)
+    return None
+
+
+def _internal_error(e: BaseException) -> int:
+    """A bug: one line unless --debug."""
+    if _state["debug"]:
+        traceback.print_exc()
+        return EXIT_INTERNAL
+    error_line(
+        f"internal error: {type(e).__name__}: {e}; rerun with --debug for the traceback "
+        "and report it"
+    )
+    return EXIT_INTERNAL
 
 
 # -- output --------------------------------------------------------------------------

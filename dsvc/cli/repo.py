@@ -21,7 +21,8 @@ from dsvc.cli.core import (
     say,
 )
 from dsvc.cli.remotes import remote_for
-from dsvc.errors import IntegrityError, NotFoundError, UsageError
+from dsvc.errors import IntegrityError, NotFoundError, StoreCorruptError, UsageError
+from dsvc.store import corrupt_message
 
 # -- init ----------------------------------------------------------------------------------
 
@@ -111,11 +112,25 @@ def fsck(as_json: bool) -> None:
     Example:
       dsvc fsck && echo store is sound
     """
-    store = open_store()
+    try:
+        store = open_store()
+    except StoreCorruptError as e:  # too damaged to open: the message says what and why
+        if as_json:
+            emit_json({"ok": False, "structure": [str(e)]})
+        raise
     t0 = time.monotonic()
     from dsvc.maintenance import fsck as fsck_store
 
     rep = fsck_store(store, progress=not is_quiet())
+    if rep["structure"]:
+        if as_json:
+            emit_json({**rep, "ok": False})
+        else:
+            for problem in rep["structure"]:
+                result(f"damaged: {problem}")
+        raise StoreCorruptError(
+            corrupt_message(store.home, f"{len(rep['structure'])} damaged pages or records")
+        )
     bad = len(rep["bad_chunks"]) + len(rep["bad_objects"])
     if as_json:
         emit_json({**rep, "ok": bad == 0})
