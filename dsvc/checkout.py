@@ -133,6 +133,10 @@ def _write_file_txn(
                     f"chunk {to_hex(cid)} is not in the store {store.path}", cid
                 )
             _write_all(fd, codec.decode_frame_view(frame, TAG_CHUNK, cid))
+    except OSError as e:
+        if e.filename is None:  # os.write names no file: say which one a full disk refused
+            e.filename = dest
+        raise
     finally:
         os.close(fd)
     if entry.mode == MODE_EXEC:

@@ -162,6 +162,9 @@ def disk_error(home: Path, where: str | os.PathLike[str] | None, err: BaseExcept
     the filesystem is (nearly) full, since LMDB reports a short write as EIO."""
     place = Path(where) if where else home
     code = getattr(err, "errno", None)
+    probe = place
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the file may not exist (yet): ask its filesystem
     text = str(err)
     if code is None:  # lmdb.Error carries only a message ("mdb_txn_commit: No space ...")
         for c in _FULL_ERRNOS | {errno.EIO}:
@@ -170,18 +173,24 @@ def disk_error(home: Path, where: str | os.PathLike[str] | None, err: BaseExcept
                 break
     free = None
     try:
-        st = os.statvfs(place if place.exists() else home)
+        st = os.statvfs(probe)
         free = st.f_bavail * st.f_frsize
     except OSError:
         pass
+    if code == errno.EIO and _over_file_size_limit(probe):
+        code = errno.EFBIG  # a short write against `ulimit -f`, reported as EIO by LMDB
     if code in _FULL_ERRNOS or (code == errno.EIO and free is not None and free < _NEARLY_FULL):
         what = "the file size limit (ulimit -f) was reached" if code == errno.EFBIG else (
             "no space left on the device"
         )
-        left = f"; {free} bytes free there" if free is not None else ""
+        in_store = place == home or home in place.parents
+        room = (
+            f"free space (`dsvc gc`, or move DSVC_HOME={home} to a bigger disk)"
+            if in_store
+            else f"free space on {probe}'s filesystem or choose another folder"
+        )
         return DiskFullError(
-            f"{what} while writing {place}{left}. Nothing committed was lost: free space "
-            f"(e.g. `dsvc gc`, or move DSVC_HOME={home} to a bigger disk) and run the "
+            f"{what} while writing {place}. Nothing committed was lost: {room}, then run the "
             "command again"
         )
     return StorageError(
@@ -190,12 +199,25 @@ def disk_error(home: Path, where: str | os.PathLike[str] | None, err: BaseExcept
     )
 
 
+def _over_file_size_limit(path: Path) -> bool:
+    """Whether ``path`` (a file) is within reach of this process's RLIMIT_FSIZE."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft == resource.RLIM_INFINITY:
+            return False
+        return path.is_file() and path.stat().st_size + BATCH_BYTES * 2 > soft
+    except (ImportError, OSError, ValueError):
+        return False
+
+
 def lmdb_error(home: Path, e: lmdb.Error) -> DsvcError:
     """The dsvc error for an LMDB error of the store at ``home``."""
     if isinstance(e, _CORRUPT):
         return StoreCorruptError(corrupt_message(home, f"LMDB: {e}"))
     if any(os.strerror(c) in str(e) for c in _FULL_ERRNOS | {errno.EIO}):
-        return disk_error(home, home / "store.lmdb", e)
+        return disk_error(home, home / "store.lmdb" / "data.mdb", e)
     if isinstance(e, lmdb.ReadonlyError) or "Permission denied" in str(e):
         return ConfigError(f"the store {home} is not writable: {e}; check its owner and mode")
     return StorageError(f"the store {home} failed: {e}; run `dsvc fsck`, then retry")

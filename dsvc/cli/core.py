@@ -13,6 +13,7 @@ Exit codes (documented in docs/cli.md, checked by tests/test_cli.py):
 5     integrity: stored or materialized bytes do not match their hash
 6     remote: a remote is unreachable or refused the request
 7     conflict: a concurrent writer won a compare-and-swap; retry
+8     local storage: disk full, file size limit, or a failing disk
 130   interrupted (Ctrl-C)
 ====  =======================================================================
 """
@@ -43,6 +44,7 @@ EXIT_STATE = 4
 EXIT_INTEGRITY = 5
 EXIT_REMOTE = 6
 EXIT_CONFLICT = 7
+EXIT_STORAGE = 8
 EXIT_INTERRUPTED = 130
 
 #: (code, meaning) for the docs and ``dsvc --help``
@@ -52,9 +54,10 @@ EXIT_CODES: list[tuple[int, str, str]] = [
     (EXIT_USAGE, "UsageError, InvalidPathError, ConfigError", "bad usage, path or configuration"),
     (EXIT_NOT_FOUND, "NotFoundError", "dataset, file, remote or key not found"),
     (EXIT_STATE, "StateError", "wrong state (e.g. modifying a finalized dataset)"),
-    (EXIT_INTEGRITY, "IntegrityError", "stored or copied bytes do not match their hash"),
+    (EXIT_INTEGRITY, "IntegrityError, StoreCorruptError", "stored or copied bytes do not match their hash, or the store file is damaged"),
     (EXIT_REMOTE, "RemoteError", "remote unreachable or refused the request"),
     (EXIT_CONFLICT, "ConflictError", "a concurrent writer got there first: retry"),
+    (EXIT_STORAGE, "StorageError, DiskFullError", "local disk full or failing: free space, retry"),
     (EXIT_INTERRUPTED, "-", "interrupted (Ctrl-C)"),
 ]
 
@@ -176,7 +179,7 @@ def cli(home: str | None, quiet: bool, debug: bool) -> None:
       dsvc get --copy ./work
 
     Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 wrong state,
-    5 integrity, 6 remote, 7 conflict, 130 interrupted. See docs/cli.md.
+    5 integrity, 6 remote, 7 conflict, 8 disk full, 130 interrupted. See docs/cli.md.
     """
     if home:
         os.environ["DSVC_HOME"] = os.path.abspath(os.path.expanduser(home))
