@@ -25,9 +25,11 @@ from typing import Any
 from dsvc import registry as reg
 from dsvc.checkout import ContentCache, materialize, materialize_shared, refuse_store_overlap
 from dsvc.errors import (
+    ConflictError,
     DsvcError,
     IntegrityError,
     NotFoundError,
+    RemoteError,
     StateError,
     UsageError,
 )
@@ -178,7 +180,9 @@ class Dataset:
     def _trees(self) -> Trees:
         return Trees(self._store)
 
-    def _update(self, change: Any, *, allow_final: bool = False) -> dict[str, Any]:
+    def _update(
+        self, change: Any, *, allow_final: bool = False, allow_frozen: bool = False
+    ) -> dict[str, Any]:
         def checked(r: dict[str, Any]) -> dict[str, Any]:
             if not allow_final and r["status"] != reg.DRAFT:
                 raise StateError(
@@ -186,6 +190,8 @@ class Dataset:
                     "be modified; create a child version with "
                     f"Dataset.create(parent_datasets=['{r['id']}'], ...)"
                 )
+            if not (allow_final or allow_frozen) and r.get("finalizing"):
+                raise StateError(_frozen_message(r))
             return change(r)
 
         self._rec = reg.update(self._store, self.id, checked)
@@ -790,7 +796,10 @@ class Dataset:
                 label=f"dataset {rec['project']}/{rec['name']} ({rec['id']})",
             )
             where = remote.url
-        self._update(lambda r: {**r, "uploaded_tree": tree, "remote": where or r.get("remote")})
+        self._update(
+            lambda r: {**r, "uploaded_tree": tree, "remote": where or r.get("remote")},
+            allow_frozen=True,  # a retried `dsvc close` uploads before finalizing again
+        )
 
     def finalize(
         self, verbose: bool = False, raise_on_error: bool = True, auto_upload: bool = False
@@ -799,6 +808,12 @@ class Dataset:
 
         With a remote, refused while changes are not uploaded (``auto_upload=True``
         uploads them first); then the version is published to the remote.
+
+        Safe to retry after a crash, and against concurrent edits (docs/architecture.md,
+        "Finalize"): the draft is first *frozen* locally (its commit is fixed in the
+        record, and its content can no longer change), then published (idempotent),
+        then marked final. A draft whose id the remote already publishes becomes that
+        version, with the published content.
         """
         try:
             rec = self._refresh()
@@ -806,33 +821,20 @@ class Dataset:
                 raise StateError(f"dataset {rec['id']} is already finalized")
             spec = rec.get("remote") or rec.get("output_uri")
             remote = remote_for(self._store, spec, required=spec is not None)
-            if remote is not None and rec.get("uploaded_tree") != rec["tree"]:
-                if not auto_upload:
-                    raise StateError(
-                        f"dataset {rec['project']}/{rec['name']} ({rec['id']}) has changes that "
-                        f"were not uploaded to {remote.url}; call upload() first or "
-                        "finalize(auto_upload=True)"
-                    )
-                self.upload(show_progress=verbose, verbose=verbose)
-                rec = self._refresh()
-            commit = Commit(
-                tree=rec["tree"],
-                parents=tuple(rec.get("parent_commits") or ()),
-                meta=_commit_meta(rec),
-            )
-            cid = self._store.put_commit(commit)
-            if remote is not None:
-                for pid in rec.get("parents") or []:  # lineage complete on the remote
-                    if remote.get_record(self._store, pid) is None:
-                        remote.push_dataset(self._store, pid, show_progress=False)
-                remote.publish(self._store, {**rec, "status": reg.FINAL, "commit": cid})
-
-            def done(r: dict[str, Any]) -> dict[str, Any]:
-                if r["tree"] != rec["tree"]:
-                    raise StateError(f"dataset {r['id']} changed while finalizing; finalize again")
-                return {**r, "status": reg.FINAL, "commit": cid, "finalized": _now()}
-
-            self._update(done)
+            # the lease keeps `gc` from sweeping the commit before the record names it
+            with self._store.lease(f"finalize {self.id}"):
+                published = self._published_record(remote, rec, auto_upload)
+                if published is not None and published.get("commit"):
+                    rec = self._adopt(remote, published)
+                else:
+                    rec = self._freeze(remote, auto_upload, verbose)
+                    cid = self._frozen_commit(rec)
+                    if remote is not None:
+                        for pid in rec.get("parents") or []:  # lineage complete on the remote
+                            if remote.get_record(self._store, pid) is None:
+                                remote.push_dataset(self._store, pid, show_progress=False)
+                        remote.publish(self._store, _published(rec, cid))
+                    rec = self._mark_final(cid)
             if verbose:
                 print(f"finalized {rec['project']}/{rec['name']} v{rec['version']} ({rec['id']})")
             return True
@@ -840,6 +842,119 @@ class Dataset:
             if raise_on_error:
                 raise
             return False
+
+    def _published_record(
+        self, remote: Any, rec: dict[str, Any], auto_upload: bool
+    ) -> dict[str, Any] | None:
+        """The remote's record of this id, if the remote publishes it already."""
+        if remote is None:
+            return None
+        try:
+            return remote.get_record(self._store, self.id)
+        except RemoteError:
+            pending = not rec.get("finalizing") and rec.get("uploaded_tree") != rec["tree"]
+            if pending and not auto_upload:  # the first thing to fix, and it says what to do
+                raise StateError(_not_uploaded_message(rec, remote)) from None
+            raise
+
+    def _freeze(self, remote: Any, auto_upload: bool, verbose: bool) -> dict[str, Any]:
+        """Fix the draft's commit in its record (``finalizing``) unless already fixed.
+
+        From then on content changes are refused, so whatever a crash interrupts, the
+        retry publishes the same commit. With a remote the frozen tree must be the
+        uploaded one; ``auto_upload`` uploads again when an edit landed meanwhile.
+        """
+        for _ in range(20):
+            rec = self._refresh()
+            if rec.get("finalizing"):
+                return rec
+            if remote is not None and rec.get("uploaded_tree") != rec["tree"]:
+                if not auto_upload:
+                    raise StateError(_not_uploaded_message(rec, remote))
+                self.upload(show_progress=verbose, verbose=verbose)
+
+            def freeze(r: dict[str, Any]) -> dict[str, Any]:
+                if r.get("finalizing"):
+                    return r  # frozen by a concurrent finalize: publish the same commit
+                if remote is not None and r.get("uploaded_tree") != r["tree"]:
+                    raise _EditedMeanwhile
+                meta = _commit_meta(r)
+                commit = Commit(
+                    tree=r["tree"], parents=tuple(r.get("parent_commits") or ()), meta=meta
+                )
+                return {**r, "finalizing": {"commit": commit.id, "meta": meta}}
+
+            try:
+                return self._update(freeze)
+            except _EditedMeanwhile:
+                continue
+        raise ConflictError(
+            f"dataset {self.id} kept changing while finalizing; stop editing it and retry"
+        )
+
+    def _frozen_commit(self, rec: dict[str, Any]) -> bytes:
+        """Write the frozen commit (again, if a crash or gc lost it) and return its id."""
+        fin = rec["finalizing"]
+        commit = Commit(
+            tree=rec["tree"], parents=tuple(rec.get("parent_commits") or ()), meta=fin["meta"]
+        )
+        cid = self._store.put_commit(commit)
+        if cid != fin["commit"]:
+            raise IntegrityError(
+                f"dataset {rec['id']}: the frozen commit {to_hex(fin['commit'])} does not match "
+                f"its record (got {to_hex(cid)})",
+                fin["commit"],
+            )
+        return cid
+
+    def _mark_final(self, cid: bytes) -> dict[str, Any]:
+        def done(r: dict[str, Any]) -> dict[str, Any]:
+            if r["status"] in reg.COMPLETED_STATES and r.get("commit") == cid:
+                return r  # a concurrent finalize of the same draft got there first
+            fin = r.get("finalizing") or {}
+            if r["status"] != reg.DRAFT or fin.get("commit") != cid:
+                raise ConflictError(
+                    f"dataset {r['id']} was finalized by another process with another commit"
+                )
+            out = {**r, "status": reg.FINAL, "commit": cid, "finalized": _now()}
+            out.pop("finalizing", None)
+            return out
+
+        return self._update(done, allow_final=True)
+
+    def _adopt(self, remote: Any, published: dict[str, Any]) -> dict[str, Any]:
+        """The remote already publishes this id (a finalize that was killed after its
+        remote record, possibly by an older dsvc): the version *is* what was published.
+        Completes the remote side (ref) and records the published commit locally."""
+        cid = published["commit"]
+        remote.fetch_metadata(self._store, published["tree"], [cid])  # no-op when local
+        remote.update_ref(
+            published["project"], published["name"], self.id, published.get("version")
+        )
+        before = self._refresh()
+        if before["tree"] != published["tree"]:
+            warn(
+                f"dataset {before['project']}/{before['name']} ({self.id}) was already "
+                f"published on {remote.url} by an interrupted finalize; it is now that "
+                "version, and the changes made since are not in it (add them to a child "
+                f"version: Dataset.create(parent_datasets=['{self.id}']))"
+            )
+
+        def adopt(r: dict[str, Any]) -> dict[str, Any]:
+            if r["status"] in reg.COMPLETED_STATES:
+                return r
+            out = {
+                **r,
+                "status": reg.FINAL,
+                "commit": cid,
+                "tree": published["tree"],
+                "uploaded_tree": published["tree"],
+                "finalized": _now(),
+            }
+            out.pop("finalizing", None)
+            return out
+
+        return self._update(adopt, allow_final=True)
 
     def publish(self, raise_on_error: bool = True) -> bool:
         """Mark a finalized version as published."""
@@ -1129,10 +1244,38 @@ class Dataset:
                 f"dataset {r['project']}/{r['name']} ({r['id']}) is finalized and cannot be "
                 f"modified; create a child with Dataset.create(parent_datasets=['{r['id']}'])"
             )
+        if r.get("finalizing"):
+            raise StateError(_frozen_message(r))
         return r
 
 
 # -- module helpers --------------------------------------------------------------------
+
+
+class _EditedMeanwhile(Exception):
+    """An edit landed after the upload that finalize was about to freeze."""
+
+
+def _frozen_message(r: dict[str, Any]) -> str:
+    return (
+        f"dataset {r['project']}/{r['name']} ({r['id']}) is being finalized (a finalize() "
+        "started, and may have been interrupted), so its content can no longer change; call "
+        "finalize() to complete it, then add to a child version"
+    )
+
+
+def _not_uploaded_message(rec: dict[str, Any], remote: Any) -> str:
+    return (
+        f"dataset {rec['project']}/{rec['name']} ({rec['id']}) has changes that were not "
+        f"uploaded to {remote.url}; call upload() first or finalize(auto_upload=True)"
+    )
+
+
+def _published(rec: dict[str, Any], cid: bytes) -> dict[str, Any]:
+    """The record as the remote publishes it: final, with its commit."""
+    out = {**rec, "status": reg.FINAL, "commit": cid}
+    out.pop("finalizing", None)
+    return out
 
 
 def last_used(store: Store) -> str | None:
