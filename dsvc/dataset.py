@@ -52,7 +52,14 @@ from dsvc.objects import (
     Entry,
 )
 from dsvc.progress import Progress
-from dsvc.selection import clean_dataset_path, match_dataset_path, rebase, split_parts
+from dsvc.selection import (
+    clean_dataset_path,
+    collision_message,
+    match_dataset_path,
+    note_sources,
+    rebase,
+    split_parts,
+)
 from dsvc.store import Store
 from dsvc.treeops import Trees, apply_edits, diff, lookup, merge, walk
 
@@ -102,6 +109,9 @@ class Dataset:
     def __init__(self, store: Store, record: dict[str, Any]) -> None:
         self._store = store
         self._rec = record
+        # dataset path -> source file, for what add_files added through this object
+        # (a later add of another file to the same path is reported: issue 9.10)
+        self._sources: dict[RelPath, str] = {}
 
     # -- identity ------------------------------------------------------------------
 
@@ -505,6 +515,7 @@ class Dataset:
             src,
             wildcard=list(wildcard) if isinstance(wildcard, list | tuple) else wildcard,
             recursive=recursive,
+            store=self._store,
         )
         items = sr.items
         if local_base_folder:
@@ -517,6 +528,10 @@ class Dataset:
             for p, why in [*sr.skipped, *skipped]:
                 warn(f"skipped {p}: {why}")
             edits = {(*prefix, *rel): e for rel, e in entries.items()}
+            added = {(*prefix, *i.rel): i.abs_path for i in items if i.rel in entries}
+            clashes = note_sources(self._sources, added)
+            if clashes:
+                warn(collision_message(clashes))
             return self._apply(edits)
 
     def _ingest(
@@ -597,7 +612,7 @@ class Dataset:
             raise NotFoundError(f"cannot sync dataset {self.id} from {src!r}: not a folder")
         prefix = clean_dataset_path(dataset_path)
         with self._store.lease(f"sync_folder {self.id}"):
-            sr = scan(src)
+            sr = scan(src, store=self._store)
             entries, skipped = self._ingest(
                 sr.items, verbose, None, f"sync {os.path.basename(src)}"
             )

@@ -16,6 +16,11 @@ Symlinks (documented in docs/guide.md): a link whose target resolves inside the 
 being added is followed and stored as a regular file; a link pointing outside that
 folder, or dangling, is skipped and reported, unless ``follow_symlinks=True``. Folders
 reached through links are not entered (no cycles).
+
+Left out by ``scan`` (docs/matching.md): the store's own folder (``DSVC_HOME``: the LMDB
+files and the cache) wherever it lies below the added folder, and whatever the
+``.dsvcignore`` files found in the added folder exclude (gitignore syntax, via
+``pathspec``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import msgpack
+import pathspec
 
 from dsvc import codec
 from dsvc.errors import DsvcError, InvalidPathError, NotFoundError
@@ -146,17 +152,54 @@ def matches_wildcard(rel: RelPath, patterns: list[str], recursive: bool) -> bool
     return False
 
 
+#: name of the ignore files ``scan`` honours (gitignore syntax)
+IGNORE_FILE = ".dsvcignore"
+_STORE_SKIPPED = "the dsvc store (DSVC_HOME) is never added"
+_Ignores = tuple[tuple[int, pathspec.PathSpec], ...]  # (depth of its folder, spec)
+
+
+def _load_ignore(path: str) -> pathspec.PathSpec:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return pathspec.GitIgnoreSpec.from_lines(f.read().splitlines())
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidPathError(f"cannot read the ignore file {path!r}: {e}") from e
+
+
+def _ignored(ignores: _Ignores, rel: RelPath, is_dir: bool) -> bool:
+    """gitignore precedence: the deepest ignore file with a matching pattern decides (its
+    last matching pattern wins, ``!`` re-includes); paths are relative to its folder."""
+    for depth, spec in reversed(ignores):
+        sub = "/".join(rel[depth:]) + ("/" if is_dir else "")
+        include = spec.check_file(sub).include
+        if include is not None:
+            return include
+    return False
+
+
+def _store_dirs(store: Store | None) -> frozenset[str]:
+    """Real paths of the store's folders that ``scan`` never enters."""
+    if store is None:
+        return frozenset()
+    home = os.path.realpath(store.home)
+    return frozenset({home, os.path.realpath(store.path), os.path.join(home, "cache")})
+
+
 def scan(
     path: str | os.PathLike[str],
     *,
     wildcard: str | list[str] | None = None,
     recursive: bool = True,
     follow_symlinks: bool = False,
+    store: Store | None = None,
 ) -> ScanResult:
     """List the files under ``path`` (a folder, or a single file).
 
-    Raises NotFoundError when ``path`` does not exist and InvalidPathError for names
-    that cannot be stored (not UTF-8).
+    ``store``: its folder (``DSVC_HOME``) is never listed, wherever it lies below
+    ``path``. ``.dsvcignore`` files in the folder leave out what they match
+    (gitignore syntax; see docs/matching.md). Raises NotFoundError when ``path`` does
+    not exist and InvalidPathError for names that cannot be stored (not UTF-8), for an
+    unreadable ignore file, and for a path inside the store's database.
     """
     root = os.path.abspath(os.fspath(path))
     out = ScanResult()
@@ -164,6 +207,12 @@ def scan(
         st = os.stat(root)
     except FileNotFoundError:
         raise NotFoundError(f"cannot add {root!r}: no such file or folder") from None
+    store_dirs = _store_dirs(store)
+    if store is not None:
+        db = os.path.realpath(store.path)
+        real = os.path.realpath(root)
+        if real == db or real.startswith(db + os.sep):
+            raise InvalidPathError(f"cannot add {root!r}: it is the dsvc store's database")
     patterns = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
     if statmod.S_ISREG(st.st_mode):
         name = _decode_name(os.path.basename(root), os.path.dirname(root))
@@ -173,56 +222,65 @@ def scan(
     if not statmod.S_ISDIR(st.st_mode):
         raise InvalidPathError(f"cannot add {root!r}: not a regular file or folder")
     real_root = os.path.realpath(root)
-    stack: list[tuple[str, RelPath]] = [(root, ())]
+    stack: list[tuple[str, RelPath, _Ignores]] = [(root, (), ())]
     while stack:
-        d, rel = stack.pop()
+        d, rel, ignores = stack.pop()
         try:
-            it = os.scandir(d)
+            with os.scandir(d) as it:
+                listing = list(it)
         except PermissionError as e:
             raise InvalidPathError(f"cannot read folder {d!r}: {e.strerror}") from e
         except FileNotFoundError:
             out.skipped.append((d, "folder vanished during the scan"))
             continue
-        with it:
-            for de in it:
-                # names are validated only for files that are kept (below): a name the
-                # wildcard leaves out must not stop the add
-                r = (*rel, de.name)
-                try:
-                    if de.is_symlink():
-                        target = os.path.realpath(de.path)
-                        inside = target == real_root or target.startswith(real_root + os.sep)
-                        if not (inside or follow_symlinks):
-                            out.skipped.append((de.path, "symlink pointing outside the folder"))
-                            continue
-                        try:
-                            lst = os.stat(de.path)
-                        except FileNotFoundError:
-                            out.skipped.append((de.path, "dangling symlink"))
-                            continue
-                        except OSError as e:  # a loop, or a target we may not stat
-                            out.skipped.append((de.path, f"broken symlink ({e.strerror})"))
-                            continue
-                        if not statmod.S_ISREG(lst.st_mode):
-                            out.skipped.append((de.path, "symlink to a folder is not entered"))
-                            continue
-                    elif de.is_dir(follow_symlinks=False):
-                        if recursive or patterns:
-                            stack.append((de.path, r))
+        for de in listing:
+            if de.name == IGNORE_FILE and de.is_file():
+                ignores = (*ignores, (len(rel), _load_ignore(de.path)))
+                break
+        for de in listing:
+            # names are validated only for files that are kept (below): a name the
+            # wildcard leaves out must not stop the add
+            r = (*rel, de.name)
+            try:
+                is_dir = de.is_dir(follow_symlinks=False)
+                if ignores and _ignored(ignores, r, is_dir):
+                    continue
+                if de.is_symlink():
+                    target = os.path.realpath(de.path)
+                    inside = target == real_root or target.startswith(real_root + os.sep)
+                    if not (inside or follow_symlinks):
+                        out.skipped.append((de.path, "symlink pointing outside the folder"))
                         continue
-                    else:
-                        lst = de.stat(follow_symlinks=False)
-                        if not statmod.S_ISREG(lst.st_mode):
-                            out.skipped.append((de.path, "not a regular file"))
-                            continue
-                except FileNotFoundError:
-                    out.skipped.append((de.path, "vanished during the scan"))
+                    try:
+                        lst = os.stat(de.path)
+                    except FileNotFoundError:
+                        out.skipped.append((de.path, "dangling symlink"))
+                        continue
+                    except OSError as e:  # a loop, or a target we may not stat
+                        out.skipped.append((de.path, f"broken symlink ({e.strerror})"))
+                        continue
+                    if not statmod.S_ISREG(lst.st_mode):
+                        out.skipped.append((de.path, "symlink to a folder is not entered"))
+                        continue
+                elif is_dir:
+                    if store_dirs and real_root + de.path[len(root) :] in store_dirs:
+                        out.skipped.append((de.path, _STORE_SKIPPED))
+                    elif recursive or patterns:
+                        stack.append((de.path, r, ignores))
                     continue
-                if patterns and not matches_wildcard(r, patterns, recursive):
-                    continue
-                if not all(n.isascii() and "\\" not in n for n in r):
-                    r = _validated(r, root)
-                out.items.append(_item(de.path, r, lst))
+                else:
+                    lst = de.stat(follow_symlinks=False)
+                    if not statmod.S_ISREG(lst.st_mode):
+                        out.skipped.append((de.path, "not a regular file"))
+                        continue
+            except FileNotFoundError:
+                out.skipped.append((de.path, "vanished during the scan"))
+                continue
+            if patterns and not matches_wildcard(r, patterns, recursive):
+                continue
+            if not all(n.isascii() and "\\" not in n for n in r):
+                r = _validated(r, root)
+            out.items.append(_item(de.path, r, lst))
     if not recursive and not patterns:
         out.items = [i for i in out.items if len(i.rel) == 1]
     out.items.sort(key=_rel_key)
@@ -852,7 +910,7 @@ def ingest_path(
     progress: ProgressFn | None = None,
 ) -> tuple[dict[RelPath, Entry], IngestStats]:
     """Scan ``path`` and ingest what it holds (a convenience for tools and benchmarks)."""
-    sr = scan(Path(path), wildcard=wildcard, recursive=recursive)
+    sr = scan(Path(path), wildcard=wildcard, recursive=recursive, store=store)
     entries, stats = Ingestor(store, max_workers=max_workers, progress=progress).ingest(sr.items)
     stats.skipped[:0] = sr.skipped
     return entries, stats

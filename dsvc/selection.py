@@ -57,6 +57,35 @@ def rebase(items: list[ScanItem], src: str, base: str) -> list[ScanItem]:
     return out
 
 
+def note_sources(
+    sources: dict[RelPath, str], added: dict[RelPath, str]
+) -> list[tuple[RelPath, str, str]]:
+    """Record in ``sources`` which file each dataset path of ``added`` came from.
+
+    Returns the paths that an earlier add (``sources``) filled from another file, as
+    ``(dataset path, earlier file, new file)``: adding ``cats`` then ``dogs`` that both
+    hold ``a.jpg`` replaces the first ``a.jpg``, which is worth a warning. Re-adding the
+    same file (an edit) is not a collision.
+    """
+    clashes = [
+        (p, old, src) for p, src in added.items() if (old := sources.get(p)) not in (None, src)
+    ]
+    sources.update(added)
+    return clashes
+
+
+def collision_message(clashes: list[tuple[RelPath, str, str]], shown: int = 10) -> str:
+    """One warning naming the colliding files (the first ``shown`` of them)."""
+    lines = [f"  {'/'.join(p)}: {old} replaced by {new}" for p, old, new in clashes[:shown]]
+    if len(clashes) > shown:
+        lines.append(f"  ... and {len(clashes) - shown} more")
+    return (
+        f"{len(clashes)} file(s) replaced files of the same dataset path added earlier "
+        "from elsewhere (add them under different dataset paths, e.g. --dataset-folder, "
+        "to keep both):\n" + "\n".join(lines)
+    )
+
+
 def split_parts(
     entries: list[tuple[RelPath, Entry]], part: int | None, num_parts: int | None
 ) -> list[tuple[RelPath, Entry]]:

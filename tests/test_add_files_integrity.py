@@ -4,6 +4,7 @@ and colliding paths are reported."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -68,3 +69,65 @@ def test_cli_folder_diff_sees_a_same_size_same_mtime_replacement(tmp_path: Path)
     changes = js(home, "diff", v, str(src))
     assert [c["path"] for c in changes["modified"]] == ["a.txt"]
     assert changes["added"] == changes["removed"] == []
+
+
+# -- the store is never ingested; .dsvcignore; colliding paths (issue 9.10) ---------------
+
+
+def test_cli_add_of_a_folder_holding_the_store_leaves_the_store_out(tmp_path: Path) -> None:
+    work = old_tree(tmp_path / "work", {"a.txt": b"a", "sub/b.txt": b"b"})
+    env = {"DSVC_HOME": "./.dsvc"}  # relative, below the folder that is added
+    dsvc(None, "create", "--project", "p", "--name", "n", cwd=work, env=env)
+    out = dsvc(None, "add", "--files", ".", cwd=work, env=env)
+    assert "DSVC_HOME" in out.stderr
+    dsvc(None, "close", cwd=work, env=env)
+    files = [f["path"] for f in json.loads(dsvc(None, "list", "--json", cwd=work, env=env).stdout)]
+    assert files == ["a.txt", "sub/b.txt"]
+    # sync of the same folder (into a new version) does not see the store either
+    out = dsvc(None, "sync", "--project", "p", "--name", "m", "--folder", ".", cwd=work, env=env)
+    assert "0 files removed, 2 added, 0 modified" in out.stdout
+
+
+def test_add_files_honours_dsvcignore(tmp_path: Path) -> None:
+    src = old_tree(
+        tmp_path / "src",
+        {".dsvcignore": b"*.tmp\n.dsvcignore\n", "a.txt": b"a", "x.tmp": b"x", "s/y.tmp": b"y"},
+    )
+    ds = Dataset.create(dataset_name="d", dataset_project="p")
+    assert ds.add_files(src) == 1
+    assert ds.list_files() == ["a.txt"]
+    (src / "new.tmp").write_bytes(b"n")
+    assert ds.sync_folder(src) == (0, 0, 0)
+
+
+def test_colliding_files_from_two_folders_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cats = old_tree(tmp_path / "cats", {"a.jpg": b"cat a", "c.jpg": b"cat c"})
+    dogs = old_tree(tmp_path / "dogs", {"a.jpg": b"dog a", "d.jpg": b"dog d"})
+    ds = Dataset.create(dataset_name="d", dataset_project="p")
+    ds.add_files(cats)
+    ds.add_files(cats)  # the same files again (an edit): no collision
+    assert "replaced" not in capsys.readouterr().err
+    ds.add_files(dogs)
+    err = capsys.readouterr().err
+    assert "1 file(s) replaced" in err
+    assert f"a.jpg: {cats / 'a.jpg'} replaced by {dogs / 'a.jpg'}" in err
+    assert "c.jpg" not in err and "d.jpg" not in err
+    # twice into the same dataset_path
+    ds.add_files(cats, dataset_path="x")
+    ds.add_files(dogs / "a.jpg", dataset_path="x")
+    assert f"x/a.jpg: {cats / 'a.jpg'} replaced by {dogs / 'a.jpg'}" in capsys.readouterr().err
+    # different dataset paths keep both, silently
+    ds.add_files(dogs, dataset_path="dogs")
+    assert "replaced" not in capsys.readouterr().err
+
+
+def test_cli_add_of_two_folders_names_the_collisions(tmp_path: Path) -> None:
+    home = tmp_path / "cli-home"
+    cats = old_tree(tmp_path / "cats", {"a.jpg": b"cat a", "s/b.jpg": b"cat b"})
+    dogs = old_tree(tmp_path / "dogs", {"a.jpg": b"dog a", "s/b.jpg": b"dog b"})
+    dsvc(home, "create", "--project", "p", "--name", "n")
+    err = dsvc(home, "add", "--files", str(cats), str(dogs)).stderr
+    assert "2 file(s) replaced" in err
+    assert str(cats / "a.jpg") in err and str(dogs / "s" / "b.jpg") in err

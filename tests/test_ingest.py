@@ -714,3 +714,90 @@ def test_path_keyed_stat_cache_of_an_older_store_is_dropped(tmp_path):
         assert stats.cached_files == 1
     finally:
         s.close()
+
+
+# -- what scan leaves out: the store, .dsvcignore (issue 9.10) --------------------------
+
+
+def test_scan_never_lists_the_store_below_the_folder(tmp_path):
+    for i, where in enumerate([".dsvc", "sub/deeper/store"]):
+        folder = tmp_path / f"data{i}"
+        make_tree(folder, {"a.txt": b"a", "sub/b.txt": b"b"})
+        home = folder / where
+        s = open_store(home)
+        try:
+            (home / "cache" / "datasets").mkdir(parents=True)
+            (home / "cache" / "datasets" / "f").write_bytes(b"cached copy")
+            res = scan(folder, store=s)
+            assert rels(res) == ["a.txt", "sub/b.txt"]
+            assert [p for p, _ in res.skipped] == [str(home)]
+            assert "DSVC_HOME" in res.skipped[0][1]
+            # the store's own folder added as such: its database is refused, and the
+            # rest (the cache) is not listed either
+            with pytest.raises(InvalidPathError, match="store"):
+                scan(home / "store.lmdb", store=s)
+            with pytest.raises(InvalidPathError, match="store"):
+                scan(home / "store.lmdb" / "data.mdb", store=s)
+            assert rels(scan(home, store=s)) == []
+        finally:
+            s.close()
+    # a materialized copy inside the store may still be added (it is not the store)
+    s = open_store(tmp_path / "home")
+    copy = tmp_path / "home" / "cache" / "datasets" / "x"
+    make_tree(copy, {"f.bin": b"f"})
+    assert rels(scan(copy, store=s)) == ["f.bin"]
+    s.close()
+
+
+def test_scan_store_reached_through_a_symlinked_path(tmp_path):
+    real = tmp_path / "real"
+    make_tree(real, {"a.txt": b"a"})
+    (tmp_path / "link").symlink_to(real)
+    s = open_store(tmp_path / "link" / ".dsvc")  # the store named through the link
+    try:
+        assert rels(scan(real, store=s)) == ["a.txt"]
+        assert rels(scan(tmp_path / "link", store=s)) == ["a.txt"]
+    finally:
+        s.close()
+
+
+def test_dsvcignore_gitignore_rules(tmp_path):
+    make_tree(
+        tmp_path,
+        {
+            ".dsvcignore": b"# comment\n*.log\n!keep.log\nbuild/\n/top.txt\ncache\n",
+            "a.txt": b"a",
+            "x.log": b"x",
+            "keep.log": b"k",
+            "top.txt": b"t",
+            "build/out.bin": b"o",
+            "s/build": b"a file named build is kept (build/ matches folders)",
+            "s/top.txt": b"anchored patterns apply to the ignore file's folder only",
+            "s/y.log": b"y",
+            "s/cache/z": b"z",
+            "s/t/.dsvcignore": b"!*.log\nonly_here.txt\n",
+            "s/t/w.log": b"re-included below",
+            "s/t/only_here.txt": b"o",
+            "only_here.txt": b"the nested ignore file does not reach up",
+        },
+    )
+    assert rels(scan(tmp_path)) == [
+        ".dsvcignore",
+        "a.txt",
+        "keep.log",
+        "only_here.txt",
+        "s/build",
+        "s/t/.dsvcignore",
+        "s/t/w.log",
+        "s/top.txt",
+    ]
+    # wildcards apply on top of the ignore rules
+    assert rels(scan(tmp_path, wildcard="*.log")) == ["keep.log", "s/t/w.log"]
+
+
+def test_dsvcignore_can_leave_itself_out_and_unreadable_is_an_error(tmp_path):
+    make_tree(tmp_path / "d", {".dsvcignore": b".dsvcignore\n", "a": b"a"})
+    assert rels(scan(tmp_path / "d")) == ["a"]
+    make_tree(tmp_path / "e", {".dsvcignore": b"\xff\xfe bad", "a": b"a"})
+    with pytest.raises(InvalidPathError, match=r"\.dsvcignore"):
+        scan(tmp_path / "e")

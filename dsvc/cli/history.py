@@ -132,7 +132,7 @@ def folder_files(store: Any, folder: str) -> dict[str, tuple[bytes, int]]:
     from dsvc.objects import Blob
     from dsvc.progress import Progress
 
-    sr = scan(folder)
+    sr = scan(folder, store=store)
     for p, why in sr.skipped:
         say(f"dsvc: skipped {p}: {why}", err=True)
     out: dict[str, tuple[bytes, int]] = {}
