@@ -17,6 +17,7 @@ Rules (checked by tests, relied on by the dataset layer):
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import uuid
@@ -257,6 +258,7 @@ def materialize(
         )
     tmp = os.path.join(parent, f".{os.path.basename(target)}.dsvc-tmp-{uuid.uuid4().hex}")
     os.mkdir(tmp)
+    lock = _claim(tmp)
     stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
     try:
         _fill(store, files, tmp, content_cache, max_workers, progress, stats, fetch)
@@ -264,6 +266,8 @@ def materialize(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _release(lock)
     return stats
 
 
@@ -288,6 +292,7 @@ def materialize_shared(
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(target)}.dsvc-tmp-{uuid.uuid4().hex}")
     os.mkdir(tmp)
+    lock = _claim(tmp)
     stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
     try:
         _fill(store, files, tmp, content_cache, max_workers, progress, stats)
@@ -301,6 +306,8 @@ def materialize_shared(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _release(lock)
     return stats, True
 
 
@@ -322,6 +329,35 @@ def refuse_store_overlap(store: Store, target: str) -> None:
         f"target folder {target!r} {where} the dsvc store {str(store.home)!r}; pick a "
         "folder outside the store (DSVC_HOME)"
     )
+
+
+def _claim(tmp: str) -> int:
+    """Lock the temporary folder ``tmp`` for as long as it is being built: ``gc``
+    reclaims only temporary folders nobody holds (the kernel drops the lock of a
+    killed builder). Returns the descriptor to pass to :func:`_release`."""
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _release(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: a forked child may share the descriptor
+    os.close(fd)
+
+
+def temp_in_use(path: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the temporary folder ``path`` (see :func:`_claim`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _is_empty_dir(p: str) -> bool:

@@ -13,11 +13,12 @@ one draft do not lose each other's files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +99,24 @@ def _id_of(d: str | Dataset) -> str:
 
 def _store() -> Store:
     return reg.open_store()
+
+
+def _leased(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run a method that writes content and then a record referring to it (a commit, a
+    merged tree) inside a store lease, so a concurrent local gc cannot sweep that
+    content in between (docs/architecture.md, "gc and writers"). Class methods lease the
+    process-wide store, which is the one they use."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(self_or_cls: Any, *args: Any, **kw: Any) -> Any:
+            store = self_or_cls._store if isinstance(self_or_cls, Dataset) else _store()
+            with store.lease(what, announce=False):
+                return fn(self_or_cls, *args, **kw)
+
+        return run
+
+    return deco
 
 
 class Dataset:
@@ -210,6 +229,7 @@ class Dataset:
     # -- creation and lookup ---------------------------------------------------------
 
     @classmethod
+    @_leased("create")
     def create(
         cls,
         dataset_name: str | None = None,
@@ -569,7 +589,8 @@ class Dataset:
                 new = apply_edits(trees, old, edits)
             return {**r, "tree": new, "removed_any": bool(r.get("removed_any", True) or removes)}
 
-        self._update(change)
+        with self._store.lease(f"edit {self.id}", announce=False):  # new trees, then record
+            self._update(change)
         return changed
 
     def remove_files(
@@ -816,6 +837,7 @@ class Dataset:
             allow_frozen=True,  # a retried `dsvc close` uploads before finalizing again
         )
 
+    @_leased("finalize")
     def finalize(
         self, verbose: bool = False, raise_on_error: bool = True, auto_upload: bool = False
     ) -> bool:
@@ -1191,6 +1213,7 @@ class Dataset:
     # -- squash ----------------------------------------------------------------------
 
     @classmethod
+    @_leased("squash")
     def squash(
         cls,
         dataset_name: str,

@@ -1,98 +1,209 @@
-"""Store maintenance: local garbage collection and full verification (``gc``, ``fsck``).
+"""Store maintenance: local garbage collection, verification and repair (``gc``, ``fsck``).
 
 Local gc marks everything a dataset record reaches (the staged, base and uploaded
-trees of drafts; the tree and commit of versions) and sweeps the rest from the
-``chunks`` and ``objects`` databases, then drops cached copies of deleted versions and
-content-cache files no copy links to any more.
+trees of drafts; the tree and commit of versions), sweeps the rest from the ``chunks``
+and ``objects`` databases, purges the stat-cache entries that named swept content,
+then drops cached copies of deleted versions, content-cache files no copy links to any
+more, and temporary folders left by killed copies.
 
-Safety with concurrent writers: content written by an ingest is referenced by a record
-only when the ingest's call finishes, so every ingest holds a lease (``Store.lease``)
-and gc refuses to sweep while a live lease exists.
+Why gc never sweeps what a version that then finalizes needs (docs/architecture.md,
+"gc and writers"). Call a *content writer* any operation that makes a record or a
+stat-cache entry refer to content it wrote, or chose not to write because it found it
+stored (dedup, a stat-cache hit, reusing a subtree). Every content writer runs from
+its first such read to its last record write inside ``Store.lease``, which holds a
+shared flock; ``local_gc`` holds the exclusive flock (``Store.exclusive``) from before
+its mark to after its last sweep commit. The kernel keeps the two intervals disjoint,
+so for any writer W either
+
+* W's lease ended before gc took the lock: W's record update committed before gc's
+  mark read the records, so the mark reaches what W refers to; or
+* W's lease began after gc released the lock: every existence check of W reads a
+  snapshot taken after gc's last sweep commit, so W sees swept content as absent and
+  writes it again (and finds no stat-cache entry naming it: gc purged those in the
+  same exclusive interval).
+
+Everything else that changes records (delete, tags, rename, publish) only removes
+references or keeps them, which can leave garbage for the next gc but never a dangling
+reference. ``fsck_repair`` deletes values under the same exclusive lock, with the same
+argument. Tests: tests/test_gc_integrity.py.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
+from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from dsvc import codec
-from dsvc.errors import DsvcError, IntegrityError, StateError
+from dsvc import registry as reg
+from dsvc.checkout import temp_in_use
+from dsvc.errors import DsvcError, IntegrityError
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
-from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Blob, Commit, decode_tree
+from dsvc.lookup import remote_for
+from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Blob, Commit, decode_tree
 from dsvc.progress import Progress
 from dsvc.registry import all_records
 from dsvc.store import Store
 
 _SWEEP_BATCH = 10_000
+#: temporary files and folders younger than this are never reclaimed (a builder takes
+#: its lock right after creating its folder; content-cache files are linked right
+#: after they are written)
+TEMP_GRACE = 60.0
+_TMP_MARK = ".dsvc-tmp-"
 
 
-def reachable(store: Store) -> set[bytes]:
-    """Ids of every object and chunk some dataset record reaches."""
+# -- marking -----------------------------------------------------------------------------
+
+
+class _Reader:
+    """Decoded objects of one read snapshot (``txn``): the mark sees one state."""
+
+    def __init__(self, store: Store, txn: Any) -> None:
+        self.txn = txn
+        self.objects = store.db("objects")
+
+    def raw(self, oid: bytes) -> bytes | None:
+        return self.txn.get(oid, db=self.objects)
+
+    def payload(self, oid: bytes, tag: bytes) -> bytes | None:
+        raw = self.raw(oid)
+        if raw is None or raw[:1] != tag:
+            return None
+        return codec.decode_frame(raw[1:], tag, oid)
+
+
+def reachable(store: Store, txn: Any = None) -> set[bytes]:
+    """Ids of every object and chunk some dataset record reaches (absent ones included:
+    a blob's chunks are listed only when the blob is stored)."""
+    if txn is None:
+        with store.read() as t:
+            return reachable(store, t)
+    rd = _Reader(store, txn)
     out: set[bytes] = set()
-    for rec in all_records(store):
+    for _, rec in store.iter_records(reg.PREFIX):
         for field in ("tree", "base_tree", "uploaded_tree"):
             t = rec.get(field)
-            if t and store.has_object(t):
-                _mark_tree(store, t, out)
+            if t:
+                _mark_tree(rd, t, out)
         c = rec.get("commit")
-        if c and store.has_object(c):
+        if c:
             out.add(c)
-            _mark_tree(store, store.get_commit(c).tree, out)
+            data = rd.payload(c, TAG_COMMIT)
+            if data is not None:
+                _mark_tree(rd, Commit.decode(data, c).tree, out)
     return out
 
 
-def _mark_tree(store: Store, tree: bytes, out: set[bytes]) -> None:
+def _mark_tree(rd: _Reader, tree: bytes, out: set[bytes]) -> None:
     stack = [tree]
     while stack:
         tid = stack.pop()
         if tid in out:
             continue
         out.add(tid)
-        for e in store.get_tree(tid).values():
+        data = rd.payload(tid, TAG_TREE)
+        if data is None:
+            continue  # not local (a clone fetches trees on demand)
+        for e in decode_tree(data, tid).values():
             if e.kind == KIND_TREE:
                 stack.append(e.id)
             elif e.kind == KIND_CHUNKFILE:
                 out.add(e.id)
             elif e.id not in out:
                 out.add(e.id)
-                if store.has_object(e.id):
-                    out.update(c for c, _ in store.get_blob(e.id).chunks)
+                blob = rd.payload(e.id, TAG_BLOB)
+                if blob is not None:
+                    out.update(c for c, _ in Blob.decode(blob, e.id).chunks)
 
 
-def local_gc(store: Store, *, dry_run: bool = False) -> dict[str, Any]:
-    """Remove unreachable chunks, objects and cache entries; returns counts."""
-    leases = store.live_leases()
-    if leases:
-        who = ", ".join(f"{v.get('what')} (pid {v.get('pid')})" for v in leases)
-        raise StateError(f"not collecting garbage while other work is writing: {who}; retry later")
-    keep = reachable(store)
-    stats = {
+def _statcache_target(raw: bytes) -> tuple[int, bytes] | None:
+    """``(kind, id)`` of a stat-cache value (docs/format.md: a msgpack array whose
+    fields 3 and 4 are the tree entry's kind and id), or None for anything else."""
+    try:
+        v = msgpack.unpackb(raw, raw=False)
+    except ValueError:
+        return None
+    if isinstance(v, list) and len(v) > 4 and isinstance(v[4], bytes) and isinstance(v[3], int):
+        return v[3], v[4]
+    return None
+
+
+def _purge_statcache(store: Store, doomed: Any) -> int:
+    """Delete every stat-cache entry whose content id satisfies ``doomed(kind, id)``."""
+    keys: list[bytes] = []
+    with store.read() as txn:
+        for k, v in txn.cursor(db=store.db("statcache")):
+            t = _statcache_target(v)
+            if t is None or doomed(*t):
+                keys.append(k)
+    for i in range(0, len(keys), _SWEEP_BATCH):
+        with store.batch() as b:
+            for k in keys[i : i + _SWEEP_BATCH]:
+                b.delete("statcache", k)
+    return len(keys)
+
+
+# -- gc ----------------------------------------------------------------------------------
+
+
+def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[str, Any]:
+    """Remove unreachable chunks, objects, stat-cache entries and cache files; returns
+    counts. Raises StateError when content writers keep the store busy for ``wait``
+    seconds (see the module docstring for why gc and writers never overlap)."""
+    stats: dict[str, Any] = {
         "chunks_deleted": 0,
         "objects_deleted": 0,
         "bytes_freed": 0,
+        "statcache_purged": 0,
         "cached_copies_deleted": 0,
         "cache_files_deleted": 0,
+        "temp_deleted": 0,
         "dry_run": dry_run,
     }
-    for db, counter in (("chunks", "chunks_deleted"), ("objects", "objects_deleted")):
-        doomed: list[bytes] = []
-        with store.read() as txn:
-            for k, v in txn.cursor(db=store.db(db)):
-                if k not in keep:
-                    doomed.append(k)
-                    stats["bytes_freed"] += len(v)
-        stats[counter] = len(doomed)
-        if not dry_run:
-            for i in range(0, len(doomed), _SWEEP_BATCH):
-                with store.batch() as b:
-                    for k in doomed[i : i + _SWEEP_BATCH]:
-                        b.delete(db, k)
+    with store.exclusive("gc", wait=wait):
+        doomed: dict[str, list[bytes]] = {}
+        with store.read() as txn:  # mark and list the garbage in one snapshot
+            keep = reachable(store, txn)
+            for db, counter in (("chunks", "chunks_deleted"), ("objects", "objects_deleted")):
+                doomed[db] = []
+                for k, v in txn.cursor(db=store.db(db)):
+                    if k not in keep:
+                        doomed[db].append(k)
+                        stats["bytes_freed"] += len(v)
+                stats[counter] = len(doomed[db])
+        if dry_run:
+            with store.read() as txn:
+                stats["statcache_purged"] = sum(
+                    1
+                    for _, v in txn.cursor(db=store.db("statcache"))
+                    if (t := _statcache_target(v)) is None or t[1] not in keep
+                )
+        else:
+            for db, ids in doomed.items():
+                for i in range(0, len(ids), _SWEEP_BATCH):
+                    with store.batch() as b:
+                        for k in ids[i : i + _SWEEP_BATCH]:
+                            b.delete(db, k)
+            # an entry naming content not kept would make a re-add refer to nothing
+            stats["statcache_purged"] = _purge_statcache(store, lambda _k, i: i not in keep)
+    # the caches below live outside LMDB and outside the lock: copies are rebuilt from
+    # the store, and nothing here is a reference a version depends on
     ids = {r["id"] for r in all_records(store)}
     copies = store.home / "cache" / "datasets"
+    now = time.time()
     if copies.is_dir():
         for d in copies.iterdir():
-            if d.name.split("-", 1)[0] not in ids and not d.name.startswith("."):
+            if _TMP_MARK in d.name:
+                if _stale_temp(d, now):
+                    stats["temp_deleted"] += 1
+                    if not dry_run:
+                        shutil.rmtree(d, ignore_errors=True)
+            elif d.name.split("-", 1)[0] not in ids and not d.name.startswith("."):
                 stats["cached_copies_deleted"] += 1
                 if not dry_run:
                     shutil.rmtree(d, ignore_errors=True)
@@ -100,18 +211,49 @@ def local_gc(store: Store, *, dry_run: bool = False) -> dict[str, Any]:
     if content.is_dir():
         for sub in content.iterdir():
             for f in sub.iterdir() if sub.is_dir() else ():
-                if f.stat().st_nlink == 1:  # no cached copy links to it any more
+                try:
+                    st = f.lstat()
+                except FileNotFoundError:
+                    continue
+                # nlink 1: no cached copy links to it any more (or a temporary file of a
+                # killed writer); a recent ctime: being written or linked right now
+                if st.st_nlink == 1 and now - st.st_ctime > TEMP_GRACE:
                     stats["cache_files_deleted"] += 1
                     if not dry_run:
-                        os.unlink(f)
+                        _unlink(f)
     return stats
 
 
+def _stale_temp(d: Path, now: float) -> bool:
+    """A temporary copy whose builder is gone: unlocked (the builder holds a lock on it
+    until it renames it into place; the kernel drops the lock of a killed process) and
+    older than the moment between its creation and that lock."""
+    try:
+        age = now - d.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > TEMP_GRACE and not temp_in_use(d)
+
+
+def _unlink(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+
+
+# -- fsck --------------------------------------------------------------------------------
+
+
 def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
-    """Decode and hash every chunk and object, then check each object's structure.
+    """Decode and hash every chunk and object, check each object's structure, then check
+    that every dataset's content is in the store.
 
     Returns counts, stored bytes, the hex ids of bad chunks and bad objects, and
-    ``structure``: damage to the LMDB file itself (then nothing else is read).
+    ``missing``: per dataset whose content is incomplete, the files and folders that
+    cannot be read (content a finalized version published to a remote may fetch on
+    demand is not counted as missing), and ``structure``: damage to the LMDB file
+    itself (then nothing else is read).
     """
     out: dict[str, Any] = {
         "chunks": 0,
@@ -119,6 +261,7 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
         "bytes": 0,
         "bad_chunks": [],
         "bad_objects": [],
+        "missing": [],
         "structure": store.structure_problems(),
     }
     if out["structure"]:
@@ -146,4 +289,201 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
             except DsvcError:
                 out["bad_objects"].append(to_hex(oid))
             bar.update(1)
+    bad = {bytes.fromhex(h) for h in out["bad_chunks"] + out["bad_objects"]}
+    out["missing"] = damaged_datasets(store, bad)
     return out
+
+
+def _may_fetch(rec: dict[str, Any]) -> bool:
+    """A finalized version published to a remote: its chunks may stay remote (a clone
+    fetches them on demand), so their absence is not damage."""
+    return rec.get("status") in reg.COMPLETED_STATES and bool(rec.get("remote"))
+
+
+def damaged_datasets(
+    store: Store, bad: set[bytes] = frozenset(), *, lenient: bool = True
+) -> list[dict[str, Any]]:
+    """Per dataset, what of its content cannot be read locally: files whose content is
+    absent or in ``bad`` (ids known to be corrupt), folders whose tree is, and the commit.
+    With ``lenient``, chunks of versions published to a remote are expected to be absent
+    (see :func:`_may_fetch`); ``bad`` ones are reported even then."""
+    out = []
+    with store.read() as txn:
+        rd = _Reader(store, txn)
+        chunks = txn.cursor(db=store.db("chunks"))
+
+        def ok(oid: bytes, tag: bytes) -> bool:
+            return oid not in bad and rd.raw(oid) is not None
+
+        def chunk_ok(cid: bytes, fetchable: bool) -> bool:
+            return cid not in bad and (fetchable or chunks.set_key(cid))
+
+        def tree(tid: bytes) -> dict[str, Any] | None:
+            try:
+                data = rd.payload(tid, TAG_TREE) if ok(tid, TAG_TREE) else None
+                return None if data is None else decode_tree(data, tid)
+            except DsvcError:
+                return None
+
+        def blob_chunks(bid: bytes) -> list[bytes] | None:
+            try:
+                data = rd.payload(bid, TAG_BLOB) if ok(bid, TAG_BLOB) else None
+                return None if data is None else [c for c, _ in Blob.decode(data, bid).chunks]
+            except DsvcError:
+                return None
+
+        for _, rec in store.iter_records(reg.PREFIX):
+            fetchable = lenient and _may_fetch(rec)
+            files: list[str] = []
+            folders: list[str] = []
+            stack: list[tuple[tuple[str, ...], bytes]] = [((), rec["tree"])] if rec.get("tree") else []
+            while stack:
+                path, tid = stack.pop()
+                entries = tree(tid)
+                if entries is None:
+                    folders.append("/".join(path) or ".")
+                    continue
+                for name, e in entries.items():
+                    p = (*path, name)
+                    if e.kind == KIND_TREE:
+                        stack.append((p, e.id))
+                    elif e.kind == KIND_CHUNKFILE:
+                        if not chunk_ok(e.id, fetchable):
+                            files.append("/".join(p))
+                    elif e.kind == KIND_FILE:
+                        cs = blob_chunks(e.id)
+                        if cs is None or not all(chunk_ok(c, fetchable) for c in cs):
+                            files.append("/".join(p))
+            commit = rec.get("commit")
+            commit_bad = bool(commit) and not ok(commit, TAG_COMMIT)
+            if files or folders or commit_bad:
+                out.append(
+                    {
+                        "id": rec["id"],
+                        "project": rec.get("project"),
+                        "name": rec.get("name"),
+                        "version": rec.get("version"),
+                        "status": rec.get("status"),
+                        "files": sorted(files),
+                        "folders": sorted(folders),
+                        "commit": commit_bad,
+                    }
+                )
+    return out
+
+
+# -- repair ------------------------------------------------------------------------------
+
+
+def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> dict[str, Any]:
+    """Verify the store, drop every bad value, then get the dropped content back.
+
+    Dropping a bad chunk or object makes it absent, so a later write stores it fresh
+    (objects are written with no-overwrite: a re-add would otherwise dedupe onto the
+    corrupt value). With it go the stat-cache entries that name it (directly, or
+    through a blob that lists a bad chunk), so re-adding the files reads them again,
+    and the cached copies that hold it. Then each damaged dataset is fetched again from
+    its remote (or the default remote) when there is one. Returns the fsck report plus
+    ``dropped``, ``refetched`` (dataset ids) and ``unrepaired``: per dataset still
+    damaged, the files to re-add (or folders and commit that only a remote can give
+    back).
+    """
+    rep = fsck(store, progress=progress)
+    rep.update(dropped=0, statcache_purged=0, cache_files_deleted=0, cached_copies_deleted=0)
+    rep.update(refetched=[], unrepaired=[])
+    if rep["structure"]:
+        return rep  # the LMDB file itself is damaged: nothing can be dropped through it
+    bad = {bytes.fromhex(h) for h in rep["bad_chunks"] + rep["bad_objects"]}
+    damaged = rep["missing"]
+    if bad:
+        with store.exclusive("fsck --repair", wait=wait):
+            # blobs listing a bad chunk: their stat-cache entries and cached files go too
+            hit = set(bad)
+            with store.read() as txn:
+                for oid, raw in txn.cursor(db=store.db("objects")):
+                    if oid in bad or raw[:1] != TAG_BLOB:
+                        continue
+                    blob = Blob.decode(codec.decode_frame(raw[1:], TAG_BLOB, oid), oid)
+                    if any(c in bad for c, _ in blob.chunks):
+                        hit.add(oid)
+            with store.batch() as b:
+                for i in bad:
+                    b.delete("chunks", i)
+                    b.delete("objects", i)
+            rep["dropped"] = len(bad)
+            rep["statcache_purged"] = _purge_statcache(store, lambda _k, i: i in hit)
+        rep["cache_files_deleted"] = _drop_cached_files(store, hit)
+        rep["cached_copies_deleted"] = _drop_cached_copies(store, {d["id"] for d in damaged})
+    # then get the content back, dataset by dataset, from where it was published
+    rep["refetched"] = []
+    for d in damaged:
+        rec = reg.get(store, d["id"])
+        if rec is not None and _refetch(store, rec, d):
+            rep["refetched"].append(d["id"])
+    # what is still unreadable, judged strictly (a remote that could not give it back
+    # is no excuse), and only among the files that were damaged
+    still = {x["id"]: x for x in damaged_datasets(store, lenient=False)}
+    rep["unrepaired"] = []
+    for d in damaged:
+        x = still.get(d["id"])
+        if x is None:
+            continue
+        under = tuple("" if f == "." else f + "/" for f in d["folders"])
+        left = {
+            "files": sorted(f for f in x["files"] if f in d["files"] or f.startswith(under)),
+            "folders": sorted(x["folders"]),
+            "commit": x["commit"],
+        }
+        if any(left.values()):
+            rep["unrepaired"].append({**d, **left})
+    rep["missing"] = rep["unrepaired"]
+    return rep
+
+
+def _refetch(store: Store, rec: dict[str, Any], damage: dict[str, Any]) -> bool:
+    """Fetch the damaged content of ``rec`` from its remote; False when there is no
+    remote or it cannot give everything back."""
+    try:
+        remote = remote_for(store, rec.get("remote") or rec.get("output_uri"))
+    except DsvcError:
+        return False
+    if remote is None:
+        return False
+    from dsvc.treeops import Trees, walk
+
+    try:
+        remote.fetch_metadata(store, rec["tree"], [rec["commit"]] if rec.get("commit") else [])
+        wanted = set(damage["files"])
+        entries = [e for p, e in walk(Trees(store), rec["tree"]) if "/".join(p) in wanted]
+        if entries:
+            remote.fetch_files(store, entries, show_progress=False)
+    except DsvcError:
+        return False
+    return True
+
+
+def _drop_cached_files(store: Store, ids: set[bytes]) -> int:
+    """Remove content-cache files of ``ids`` (named ``<hex[:2]>/<hex>``, ``x`` for
+    executables)."""
+    root = store.home / "cache" / "content"
+    n = 0
+    for i in ids:
+        h = i.hex()
+        for name in (h, h + "x"):
+            p = root / h[:2] / name
+            if p.exists():
+                _unlink(p)
+                n += 1
+    return n
+
+
+def _drop_cached_copies(store: Store, dataset_ids: set[str]) -> int:
+    """Remove the cached read-only copies (whole or partial) of ``dataset_ids``."""
+    root = store.home / "cache" / "datasets"
+    n = 0
+    if root.is_dir():
+        for d in root.iterdir():
+            if not d.name.startswith(".") and d.name.split("-", 1)[0] in dataset_ids:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+    return n

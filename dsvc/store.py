@@ -27,6 +27,7 @@ Invariants (what crash safety rests on):
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -50,6 +51,7 @@ from dsvc.errors import (
     DsvcError,
     IntegrityError,
     ObjectNotFoundError,
+    StateError,
     StorageError,
     StoreCorruptError,
 )
@@ -77,6 +79,8 @@ LEASE_PREFIX = "lease/"
 #: without it have path-keyed entries, which are dropped once (the stat cache is a cache)
 STATCACHE_FORMAT_KEY = b"statcache_format"
 STATCACHE_FORMAT = 2
+#: file in ``store.lmdb/`` whose flock keeps local gc and content writers apart
+GC_LOCK = "gc.lock"
 
 
 def default_home() -> Path:
@@ -624,29 +628,92 @@ class Store:
         )
 
     # -- leases ----------------------------------------------------------------
+    #
+    # gc safety (docs/architecture.md, "gc and writers"): every operation that writes
+    # content, or decides not to write it because it is already stored (dedup, a
+    # stat-cache hit, reusing a subtree), and then makes a record or stat-cache entry
+    # refer to it, runs inside ``lease``, which holds a *shared* flock on
+    # ``store.lmdb/gc.lock`` from before its first such read to after its last record
+    # write. Local gc holds the *exclusive* flock (``exclusive``) from before it marks
+    # to after its last sweep commits. The kernel keeps the two intervals disjoint, and
+    # releases the lock of a killed process, so no stale lock ever blocks gc.
+
+    def _gc_lock(self, mode: int) -> int:
+        fd = os.open(self.path / GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def _gc_unlock(fd: int) -> None:
+        # unlock explicitly: a forked child may hold a copy of the descriptor
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     @contextmanager
-    def lease(self, what: str) -> Iterator[None]:
+    def lease(self, what: str, *, announce: bool = True) -> Iterator[None]:
         """Announce work that writes content not yet referenced by any record (an
-        ingest), so a concurrent ``gc`` does not sweep it. A killed process leaves its
-        lease behind; :meth:`live_leases` ignores leases of dead processes."""
-        key = f"{LEASE_PREFIX}{uuid.uuid4().hex}"
-        self.put_record(
-            key,
-            {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "what": what,
-                "started": time.time(),
-            },
-        )
+        ingest, a commit before its record update...), so a concurrent ``gc`` does not
+        sweep it: waits while a gc runs, then keeps gc out until the block ends.
+
+        ``announce`` also writes a ``lease/`` record naming the work, which gc cites
+        when it must wait (long operations); short ones skip the two extra commits. A
+        killed process leaves its record behind; :meth:`live_leases` ignores leases of
+        dead processes (the lock itself dies with the process)."""
+        fd = self._gc_lock(fcntl.LOCK_SH)
+        key = f"{LEASE_PREFIX}{uuid.uuid4().hex}" if announce else None
+        try:
+            if key is not None:
+                self.put_record(
+                    key,
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "what": what,
+                        "started": time.time(),
+                    },
+                )
+            yield
+        finally:
+            try:
+                if key is not None:
+                    self.delete_record(key)
+            finally:
+                self._gc_unlock(fd)
+
+    @contextmanager
+    def exclusive(self, what: str = "gc", wait: float = 0.0) -> Iterator[None]:
+        """Keep every :meth:`lease` out while inside (local gc and repair, which delete
+        content). Raises StateError, naming the announced leases, when the lock is not
+        free within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fd = self._gc_lock(fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    who = ", ".join(
+                        f"{v.get('what')} (pid {v.get('pid')})" for v in self.live_leases()
+                    )
+                    raise StateError(
+                        f"cannot run {what} on {self.home} while other work is writing to it"
+                        f" ({who or 'another dsvc process'}); retry when it has finished"
+                    ) from None
+                time.sleep(0.05)
         try:
             yield
         finally:
-            self.delete_record(key)
+            self._gc_unlock(fd)
 
     def live_leases(self, max_age: float = 86400.0) -> list[dict[str, Any]]:
-        """Leases of processes still running (same host) or younger than ``max_age``."""
+        """Announced leases of processes still running (same host) or younger than
+        ``max_age``: who holds the gc lock, for messages."""
         host = socket.gethostname()
         out = []
         for _, v in self.iter_records(LEASE_PREFIX):

@@ -670,14 +670,16 @@ class Remote:
         key = RECORD_PREFIX + record["id"]
         # the local record's id names folders (the cached copy): only a checked one lands
         Record.from_dict(record, f"datasets/{record['id']}", finalized=True)
-        self.fetch_metadata(
-            store, record["tree"], [record["commit"]] if record.get("commit") else []
-        )
-        local = {**record, "remote": self.url, "uploaded_tree": record["tree"]}
-        try:
-            store.cas_record(key, None, local)
-        except ConflictError:
-            pass  # already imported (by us or a concurrent process)
+        # the lease keeps local gc from sweeping the metadata before the record names it
+        with store.lease(f"import {record['id']}", announce=False):
+            self.fetch_metadata(
+                store, record["tree"], [record["commit"]] if record.get("commit") else []
+            )
+            local = {**record, "remote": self.url, "uploaded_tree": record["tree"]}
+            try:
+                store.cas_record(key, None, local)
+            except ConflictError:
+                pass  # already imported (by us or a concurrent process)
         return store.get_record(key)
 
     # -- fetch --------------------------------------------------------------------
@@ -726,6 +728,7 @@ class Remote:
         todo = iter(jobs)
         with (
             ThreadPoolExecutor(n_workers, thread_name_prefix="dsvc-fetch") as pool,
+            store.lease("fetch", announce=False),  # local gc waits (docs/architecture.md)
             store.batch() as b,
         ):
             pending = deque(pool.submit(run, j) for j in itertools.islice(todo, 2 * n_workers))
