@@ -104,13 +104,21 @@ def gc(remote_spec: str | None, dry_run: bool, grace: int, as_json: bool) -> Non
 
 
 @cli.command()
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Drop bad values (and the stat-cache entries and cached copies made from them), "
+    "fetch the damaged datasets again from their remote, and list what must be re-added.",
+)
 @json_option
-def fsck(as_json: bool) -> None:
-    """Verify every chunk and object of the store against its hash (exit 5 if any is bad).
+def fsck(repair: bool, as_json: bool) -> None:
+    """Verify every chunk and object of the store against its hash, and that every
+    dataset's content is there (exit 5 if anything is bad or missing).
 
     \b
     Example:
       dsvc fsck && echo store is sound
+      dsvc fsck --repair
     """
     try:
         store = open_store()
@@ -120,8 +128,9 @@ def fsck(as_json: bool) -> None:
         raise
     t0 = time.monotonic()
     from dsvc.maintenance import fsck as fsck_store
+    from dsvc.maintenance import fsck_repair
 
-    rep = fsck_store(store, progress=not is_quiet())
+    rep = (fsck_repair if repair else fsck_store)(store, progress=not is_quiet())
     if rep["structure"]:
         if as_json:
             emit_json({**rep, "ok": False})
@@ -132,8 +141,10 @@ def fsck(as_json: bool) -> None:
             corrupt_message(store.home, f"{len(rep['structure'])} damaged pages or records")
         )
     bad = len(rep["bad_chunks"]) + len(rep["bad_objects"])
+    missing = rep["missing"]
+    ok = not missing and (repair or bad == 0)
     if as_json:
-        emit_json({**rep, "ok": bad == 0})
+        emit_json({**rep, "ok": ok})
     else:
         result(
             f"checked {rep['chunks']} chunks and {rep['objects']} objects "
@@ -143,11 +154,47 @@ def fsck(as_json: bool) -> None:
             result(f"bad chunk {cid}")
         for oid in rep["bad_objects"]:
             result(f"bad object {oid}")
-    if bad:
+        if repair and bad:
+            result(
+                f"dropped {rep['dropped']} bad values, {rep['statcache_purged']} stat-cache "
+                f"entries, {rep['cached_copies_deleted']} cached copies and "
+                f"{rep['cache_files_deleted']} content-cache files"
+            )
+        for did in rep.get("refetched", []):
+            result(f"fetched dataset {did} again from its remote")
+        for d in missing:
+            result(_damage_line(d))
+            for f in d["files"]:
+                result(f"  {f}")
+    if bad and not repair:
         raise IntegrityError(
             f"{bad} corrupted item{'s' if bad != 1 else ''} in {store.path}; datasets using them "
-            "cannot be read: re-fetch them from a remote (`dsvc pull`) or re-add the files"
+            "cannot be read: run `dsvc fsck --repair` (it fetches them again from a remote, "
+            "or lists the files to re-add)"
         )
+    if missing:
+        what = "re-add the files listed" if repair else "run `dsvc fsck --repair`"
+        raise IntegrityError(
+            f"{len(missing)} dataset{'s' if len(missing) != 1 else ''} in {store.home} cannot "
+            f"be read completely ({', '.join(d['id'] for d in missing[:3])}"
+            f"{'...' if len(missing) > 3 else ''}); {what}"
+        )
+
+
+def _damage_line(d: dict[str, Any]) -> str:
+    """One line naming a damaged dataset and what to do about it."""
+    name = f"{d['project']}/{d['name']} v{d['version']} ({d['id']})"
+    parts = []
+    if d["files"]:
+        parts.append(f"{len(d['files'])} file{'s' if len(d['files']) != 1 else ''} to re-add")
+    if d["folders"]:
+        parts.append(f"folder listing lost for {', '.join(d['folders'])}")
+    if d["commit"]:
+        parts.append("its commit is lost")
+    return f"damaged {name}: {'; '.join(parts)}" + (
+        "" if d["files"] and not d["folders"] and not d["commit"] else
+        " (only a remote that has the version can restore it)"
+    )
 
 
 # -- config ----------------------------------------------------------------------------------
