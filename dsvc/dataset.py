@@ -837,7 +837,6 @@ class Dataset:
             allow_frozen=True,  # a retried `dsvc close` uploads before finalizing again
         )
 
-    @_leased("finalize")
     def finalize(
         self, verbose: bool = False, raise_on_error: bool = True, auto_upload: bool = False
     ) -> bool:
