@@ -251,8 +251,7 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
 
     Returns counts, stored bytes, the hex ids of bad chunks and bad objects, and
     ``missing``: per dataset whose content is incomplete, the files and folders that
-    cannot be read (content a finalized version published to a remote may fetch on
-    demand is not counted as missing), and ``structure``: damage to the LMDB file
+    cannot be read (chunks are not counted as missing when a remote may hold them), and ``structure``: damage to the LMDB file
     itself (then nothing else is read).
     """
     out: dict[str, Any] = {
@@ -294,10 +293,12 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
     return out
 
 
-def _may_fetch(rec: dict[str, Any]) -> bool:
-    """A finalized version published to a remote: its chunks may stay remote (a clone
-    fetches them on demand), so their absence is not damage."""
-    return rec.get("status") in reg.COMPLETED_STATES and bool(rec.get("remote"))
+def _may_fetch(rec: dict[str, Any], any_remote: bool) -> bool:
+    """Whether ``rec``'s chunks may legitimately be absent: it names a remote, or the
+    store has one (a clone fetches content on demand, and a draft built on such a
+    version holds its parents' files without their bytes). Only a store with no remote
+    at all must hold every chunk of every dataset."""
+    return any_remote or bool(rec.get("remote") or rec.get("output_uri"))
 
 
 def damaged_datasets(
@@ -305,9 +306,10 @@ def damaged_datasets(
 ) -> list[dict[str, Any]]:
     """Per dataset, what of its content cannot be read locally: files whose content is
     absent or in ``bad`` (ids known to be corrupt), folders whose tree is, and the commit.
-    With ``lenient``, chunks of versions published to a remote are expected to be absent
-    (see :func:`_may_fetch`); ``bad`` ones are reported even then."""
+    With ``lenient``, chunks that a remote may hold are expected to be absent (see
+    :func:`_may_fetch`); ``bad`` ones are reported even then."""
     out = []
+    any_remote = bool(store.get_config("remotes"))
     with store.read() as txn:
         rd = _Reader(store, txn)
         chunks = txn.cursor(db=store.db("chunks"))
@@ -333,7 +335,7 @@ def damaged_datasets(
                 return None
 
         for _, rec in store.iter_records(reg.PREFIX):
-            fetchable = lenient and _may_fetch(rec)
+            fetchable = lenient and _may_fetch(rec, any_remote)
             files: list[str] = []
             folders: list[str] = []
             stack: list[tuple[tuple[str, ...], bytes]] = [((), rec["tree"])] if rec.get("tree") else []

@@ -136,3 +136,23 @@ def test_repair_of_a_sound_store_changes_nothing(tmp_path: Path, home: Path) -> 
     rep = fsck_repair(store, progress=False)
     assert rep["dropped"] == 0 and rep["unrepaired"] == [] and rep["refetched"] == []
     assert store.stats()["chunks"] == before["chunks"] and copy.is_dir()
+
+
+def test_fsck_of_a_clone_does_not_count_remote_content_as_missing(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _files()
+    remote = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    add_origin(registry.open_store(), remote)
+    v1 = Dataset.create(dataset_name="n", dataset_project="p")
+    v1.add_files(write_tree(tmp_path / "src", files))
+    v1.finalize(auto_upload=True)
+    # another machine: records and metadata only, content stays on the remote
+    clone = tmp_path / "clone"
+    monkeypatch.setenv("DSVC_HOME", str(clone))
+    add_origin(registry.open_store(), remote)
+    Dataset.get(dataset_id=v1.id)  # imports the record and its metadata
+    child = Dataset.create(dataset_name="n", dataset_project="p", parent_datasets=[v1.id])
+    child.add_files(write_tree(tmp_path / "more", {"new.txt": b"new"}))
+    rep = cli(clone, "fsck")
+    assert rep["ok"] and rep["missing"] == []
