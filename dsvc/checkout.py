@@ -264,7 +264,7 @@ def materialize(
         _fill(store, files, tmp, content_cache, max_workers, progress, stats, fetch)
         _swap_in(tmp, target, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
     finally:
         _release(lock)
@@ -300,11 +300,11 @@ def materialize_shared(
             os.rename(tmp, target)
         except OSError as e:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.isdir(target):
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_tree(tmp)
                 return stats, False
             raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
     finally:
         _release(lock)
@@ -378,9 +378,45 @@ def _swap_in(tmp: str, target: str, overwrite: bool) -> None:
     os.rename(target, trash)
     os.rename(tmp, target)
     if os.path.isdir(trash) and not os.path.islink(trash):
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)
     else:
         os.unlink(trash)
+
+
+def remove_tree(top: str | os.PathLike[str]) -> None:
+    """``shutil.rmtree(top, ignore_errors=True)`` without recursion: rmtree recurses
+    once per level, and a copy of a remote's tree may be thousands of folders deep.
+    Read-only folders (cached copies) are made writable first."""
+    stack: list[tuple[str, bool]] = [(os.fspath(top), False)]
+    while stack:
+        d, emptied = stack.pop()
+        try:
+            if emptied:
+                os.rmdir(d)
+            elif os.path.islink(d) or not os.path.isdir(d):
+                os.unlink(d)
+            else:
+                os.chmod(d, 0o700)
+                stack.append((d, True))
+                with os.scandir(d) as it:
+                    stack.extend((e.path, False) for e in it)
+        except OSError:
+            continue  # ignore_errors: what cannot be removed stays
+
+
+def _makedirs(root: str, d: str) -> None:
+    """``os.makedirs(d)`` below the existing ``root``, without recursion: os.makedirs
+    recurses once per missing level, and a tree from a remote may be thousands deep."""
+    missing = []
+    while d != root and not os.path.isdir(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    for m in reversed(missing):
+        try:
+            os.mkdir(m)
+        except FileExistsError:
+            if not os.path.isdir(m):
+                raise
 
 
 def _fill(
@@ -399,7 +435,7 @@ def _fill(
     dests = [join(rel) for rel, _ in files]
     for d in sorted({os.path.dirname(d) for d in dests}):
         if d != root:
-            os.makedirs(d, exist_ok=True)
+            _makedirs(root, d)
     prog = progress or (lambda n: None)
 
     def run(idx: list[int]) -> tuple[int, int]:

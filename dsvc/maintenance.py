@@ -31,7 +31,6 @@ argument. Tests: tests/test_gc_integrity.py.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import msgpack
 
 from dsvc import codec
 from dsvc import registry as reg
-from dsvc.checkout import temp_in_use
+from dsvc.checkout import remove_tree, temp_in_use
 from dsvc.errors import DsvcError, IntegrityError
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
 from dsvc.lookup import remote_for
@@ -202,11 +201,11 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                 if _stale_temp(d, now):
                     stats["temp_deleted"] += 1
                     if not dry_run:
-                        shutil.rmtree(d, ignore_errors=True)
+                        remove_tree(d)
             elif d.name.split("-", 1)[0] not in ids and not d.name.startswith("."):
                 stats["cached_copies_deleted"] += 1
                 if not dry_run:
-                    shutil.rmtree(d, ignore_errors=True)
+                    remove_tree(d)  # iterative: a copy may be very deep
     content = store.home / "cache" / "content"
     if content.is_dir():
         for sub in content.iterdir():
@@ -486,6 +485,6 @@ def _drop_cached_copies(store: Store, dataset_ids: set[str]) -> int:
     if root.is_dir():
         for d in root.iterdir():
             if not d.name.startswith(".") and d.name.split("-", 1)[0] in dataset_ids:
-                shutil.rmtree(d, ignore_errors=True)
+                remove_tree(d)
                 n += 1
     return n

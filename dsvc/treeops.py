@@ -84,38 +84,62 @@ def apply_edits(trees: Trees, root: bytes, edits: Mapping[Path, Entry | None]) -
     return _edit(trees, root, dict(edits)).id
 
 
+class _Frame:
+    """One folder being rebuilt by an iterative walk: its new entries, the work left in
+    it, and the name whose child folder is being rebuilt (its result goes there)."""
+
+    __slots__ = ("entries", "todo", "waiting")
+
+    def __init__(self, entries: dict[str, Entry], todo: Iterator) -> None:
+        self.entries = entries
+        self.todo = todo
+        self.waiting: str | None = None
+
+
 def _edit(trees: Trees, tid: bytes | None, edits: dict[Path, Entry | None]) -> Entry:
-    entries = dict(trees.get(tid)) if tid is not None else {}
-    # per name: (replaced?, replacement, edits below it made after the replacement)
-    groups: dict[str, tuple[bool, Entry | None, dict[Path, Entry | None]]] = {}
-    for path, entry in edits.items():
-        head, rest = path[0], path[1:]
-        if not rest:
-            groups[head] = (True, entry, {})
-        else:
-            groups.setdefault(head, (False, None, {}))[2][rest] = entry
-    for name, (replaced, replacement, sub) in groups.items():
-        cur = replacement if replaced else entries.get(name)
-        if not sub:
-            if cur is None:
-                entries.pop(name, None)
+    # an explicit stack instead of recursion: a tree from a remote may be thousands of
+    # folders deep (Python's recursion limit is 1,000)
+    def start(tid: bytes | None, edits: dict[Path, Entry | None]) -> _Frame:
+        entries = dict(trees.get(tid)) if tid is not None else {}
+        # per name: (replaced?, replacement, edits below it made after the replacement)
+        groups: dict[str, tuple[bool, Entry | None, dict[Path, Entry | None]]] = {}
+        for path, entry in edits.items():
+            head, rest = path[0], path[1:]
+            if not rest:
+                groups[head] = (True, entry, {})
             else:
-                entries[name] = cur
-            continue
-        base = cur.id if cur is not None and cur.kind == KIND_TREE else None
-        if base is None and all(e is None for e in sub.values()):
-            # deleting below something that is not a folder deletes nothing below it
-            if cur is None:
-                entries.pop(name, None)
+                groups.setdefault(head, (False, None, {}))[2][rest] = entry
+        return _Frame(entries, iter(groups.items()))
+
+    stack = [start(tid, edits)]
+    child = Entry(KIND_TREE, EMPTY_TREE_ID, 0, MODE_DIR)
+    while stack:
+        fr = stack[-1]
+        entries = fr.entries
+        if fr.waiting is not None:  # the child folder just rebuilt
+            if child.id == EMPTY_TREE_ID:
+                entries.pop(fr.waiting, None)
             else:
-                entries[name] = cur
-            continue
-        child = _edit(trees, base, sub)
-        if child.id == EMPTY_TREE_ID:
-            entries.pop(name, None)
+                entries[fr.waiting] = child
+            fr.waiting = None
+        for name, (replaced, replacement, sub) in fr.todo:
+            cur = replacement if replaced else entries.get(name)
+            base = cur.id if cur is not None and cur.kind == KIND_TREE else None
+            # no edits below, or only deletes below something that is not a folder
+            # (which delete nothing): the entry is just set or removed
+            if not sub or (base is None and all(e is None for e in sub.values())):
+                if cur is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = cur
+                continue
+            fr.waiting = name
+            stack.append(start(base, sub))
+            break
         else:
-            entries[name] = child
-    return trees.put(entries)
+            stack.pop()
+            child = trees.put(entries)
+    return child
 
 
 def lookup(trees: Trees, root: bytes, path: Path) -> Entry | None:
@@ -133,24 +157,35 @@ def lookup(trees: Trees, root: bytes, path: Path) -> Entry | None:
     return Entry(KIND_TREE, root, 0, MODE_DIR)
 
 
+def _sorted(entries: Mapping[str, Entry]) -> Iterator[tuple[str, Entry]]:
+    return iter(sorted(entries.items(), key=lambda x: x[0].encode()))
+
+
 def walk(trees: Trees, root: bytes, prefix: Path = ()) -> Iterator[tuple[Path, Entry]]:
-    """Every file below ``root`` as ``(path, entry)``, in canonical (sorted) order."""
-    entries = trees.get(root)
-    for name in sorted(entries, key=lambda n: n.encode()):
-        e = entries[name]
-        p = (*prefix, name)
-        if e.kind == KIND_TREE:
-            yield from walk(trees, e.id, p)
-        else:
+    """Every file below ``root`` as ``(path, entry)``, in canonical (sorted) order.
+
+    Iterative (a stack of open folders), so any depth works."""
+    stack = [(prefix, _sorted(trees.get(root)))]
+    while stack:
+        path, todo = stack[-1]
+        for name, e in todo:
+            p = (*path, name)
+            if e.kind == KIND_TREE:
+                stack.append((p, _sorted(trees.get(e.id))))
+                break
             yield p, e
+        else:
+            stack.pop()
 
 
 def walk_dirs(trees: Trees, root: bytes, prefix: Path = ()) -> Iterator[tuple[Path, bytes]]:
     """Every folder (including the root) as ``(path, tree id)``, parents first."""
-    yield prefix, root
-    for name, e in trees.get(root).items():
-        if e.kind == KIND_TREE:
-            yield from walk_dirs(trees, e.id, (*prefix, name))
+    stack = [(prefix, root)]
+    while stack:
+        path, tid = stack.pop()
+        yield path, tid
+        kids = [((*path, n), e.id) for n, e in trees.get(tid).items() if e.kind == KIND_TREE]
+        stack.extend(reversed(kids))
 
 
 @dataclass(frozen=True)
@@ -177,25 +212,32 @@ def diff(trees: Trees, a: bytes, b: bytes, prefix: Path = ()) -> Iterator[Change
     """
     if a == b:
         return
-    ta, tb = trees.get(a), trees.get(b)
-    for name in sorted(ta.keys() | tb.keys(), key=lambda n: n.encode()):
-        ea, eb = ta.get(name), tb.get(name)
-        if ea == eb:
-            continue
-        p = (*prefix, name)
-        a_dir = ea is not None and ea.kind == KIND_TREE
-        b_dir = eb is not None and eb.kind == KIND_TREE
-        if a_dir and b_dir:
-            yield from diff(trees, ea.id, eb.id, p)
-            continue
-        if a_dir:
-            yield from (Change(q, e, None) for q, e in walk(trees, ea.id, p))
-            ea = None
-        if b_dir:
-            yield from (Change(q, None, e) for q, e in walk(trees, eb.id, p))
-            eb = None
-        if ea is not None or eb is not None:
-            yield Change(p, ea, eb)
+
+    def pairs(a: bytes, b: bytes) -> Iterator[tuple[str, Entry | None, Entry | None]]:
+        ta, tb = trees.get(a), trees.get(b)
+        names = sorted(ta.keys() | tb.keys(), key=lambda n: n.encode())
+        return iter([(n, ta.get(n), tb.get(n)) for n in names if ta.get(n) != tb.get(n)])
+
+    stack = [(prefix, pairs(a, b))]  # iterative: any depth works
+    while stack:
+        path, todo = stack[-1]
+        for name, ea, eb in todo:
+            p = (*path, name)
+            a_dir = ea is not None and ea.kind == KIND_TREE
+            b_dir = eb is not None and eb.kind == KIND_TREE
+            if a_dir and b_dir:  # unequal entries, so different ids
+                stack.append((p, pairs(ea.id, eb.id)))
+                break
+            if a_dir:
+                yield from (Change(q, e, None) for q, e in walk(trees, ea.id, p))
+                ea = None
+            if b_dir:
+                yield from (Change(q, None, e) for q, e in walk(trees, eb.id, p))
+                eb = None
+            if ea is not None or eb is not None:
+                yield Change(p, ea, eb)
+        else:
+            stack.pop()
 
 
 def merge(trees: Trees, roots: list[bytes]) -> bytes:
@@ -209,19 +251,39 @@ def merge(trees: Trees, roots: list[bytes]) -> bytes:
 
 
 def _merge2(trees: Trees, a: bytes, b: bytes) -> Entry:
-    if a in (b, EMPTY_TREE_ID):
-        return Entry(KIND_TREE, b, _size(trees, b), MODE_DIR)
-    ta, tb = trees.get(a), trees.get(b)
-    if b == EMPTY_TREE_ID:
-        return Entry(KIND_TREE, a, _size(trees, a), MODE_DIR)
-    out = dict(ta)
-    for name, eb in tb.items():
-        ea = out.get(name)
-        if ea is not None and ea.kind == KIND_TREE and eb.kind == KIND_TREE and ea.id != eb.id:
-            out[name] = _merge2(trees, ea.id, eb.id)
-        else:
+    def start(a: bytes, b: bytes) -> Entry | _Frame:
+        if a in (b, EMPTY_TREE_ID):
+            return Entry(KIND_TREE, b, _size(trees, b), MODE_DIR)
+        if b == EMPTY_TREE_ID:
+            return Entry(KIND_TREE, a, _size(trees, a), MODE_DIR)
+        return _Frame(dict(trees.get(a)), iter(list(trees.get(b).items())))
+
+    top = start(a, b)
+    if isinstance(top, Entry):
+        return top
+    stack = [top]  # iterative, like _edit: any depth works
+    child = Entry(KIND_TREE, EMPTY_TREE_ID, 0, MODE_DIR)
+    while stack:
+        fr = stack[-1]
+        out = fr.entries
+        if fr.waiting is not None:  # the merged child folder is done
+            out[fr.waiting] = child
+            fr.waiting = None
+        for name, eb in fr.todo:
+            ea = out.get(name)
+            if ea is not None and ea.kind == KIND_TREE and eb.kind == KIND_TREE and ea.id != eb.id:
+                sub = start(ea.id, eb.id)
+                if isinstance(sub, Entry):
+                    out[name] = sub
+                    continue
+                fr.waiting = name
+                stack.append(sub)
+                break
             out[name] = eb
-    return trees.put(out)
+        else:
+            stack.pop()
+            child = trees.put(out)
+    return child
 
 
 def _size(trees: Trees, tid: bytes) -> int:

@@ -537,3 +537,106 @@ def test_frames_are_bounded_by_their_type_and_their_header() -> None:
     for tag, bound in codec.LIMITS.items():
         assert codec.payload_limit(tag) == bound
         assert codec.payload_limit(tag, 5) == 5
+
+
+# ---------------------------------------------------------------------- item 4
+
+DEPTH = 1_100
+
+
+def deep_values(depth: int, payload: bytes = b"deep\n") -> tuple[bytes, list[tuple]]:
+    """A chain of ``depth`` folders ``d/d/.../d`` holding one file ``f``: (root id,
+    stored values: the chunk and every tree)."""
+    cid = chunk_id(payload)
+    values: list[tuple[bytes, int, bytes]] = [(cid, KIND_CHUNK, b"\x00" + payload)]
+    tid, value = tree_value([["f", KIND_CHUNKFILE, cid, len(payload), 0o644]])
+    values.append((tid, KIND_OBJECT, value))
+    for _ in range(depth):
+        tid, value = tree_value([["d", KIND_TREE, tid, len(payload), 0]])
+        values.append((tid, KIND_OBJECT, value))
+    return tid, values
+
+
+def rm_deep(top: Path) -> None:
+    """Remove what is in ``top`` at any depth (shutil.rmtree, and so pytest's own
+    clean-up of old temporary folders, recurses and fails on a 1,100-deep folder)."""
+    stack: list[tuple[str, bool]] = [(e.path, False) for e in os.scandir(top)]
+    while stack:
+        d, emptied = stack.pop()
+        if os.path.islink(d) or not os.path.isdir(d):
+            os.unlink(d)
+        elif emptied:
+            os.rmdir(d)
+        else:
+            os.chmod(d, 0o700)  # cached copies are read-only
+            stack.append((d, True))
+            stack.extend((e.path, False) for e in os.scandir(d))
+
+
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Any:
+    yield tmp_path
+    rm_deep(tmp_path)
+
+
+def test_a_deep_remote_tree_is_walked_without_recursion(
+    deep_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp_path = deep_tmp
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    honest_setup(spec, tmp_path, monkeypatch)
+    store = machine(monkeypatch, tmp_path / "home-a", spec)
+    root, values = deep_values(DEPTH)
+    evil = craft_version(spec, store, root, values, name="deep")
+    assert len(msgpack.packb(values)) < 80 << 10  # about 50 KB of trees
+
+    machine(monkeypatch, tmp_path / "v", spec)
+    deep_path = "/".join(["d"] * DEPTH + ["f"])
+    ds = Dataset.get(dataset_id=evil)
+    assert ds.list_files() == [deep_path]
+    copy = ds.get_local_copy()
+    assert (Path(copy) / deep_path).read_bytes() == b"deep\n"
+    out = tmp_path / "m"
+    ds.get_mutable_local_copy(out)
+    assert (out / deep_path).read_bytes() == b"deep\n"
+    ds.get_mutable_local_copy(out, overwrite=True)  # the old copy is removed
+    assert (out / deep_path).read_bytes() == b"deep\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["home-a", "m", "remote", "src", "v"]
+    child = Dataset.create(dataset_name="deep2", dataset_project="proj", parent_datasets=[ds, ds])
+    child.remove_files(deep_path)
+    assert child.list_files() == [] and child.list_removed_files() == [deep_path]
+    r = remote_of(ds._store)
+    assert r.gc(ds._store, grace_seconds=0)["packs_deleted"] == 0
+    from dsvc import maintenance, registry
+
+    registry.remove(ds._store, evil)  # forgotten locally: local gc drops its cached copy
+    assert maintenance.local_gc(ds._store)["cached_copies_deleted"] == 1
+    assert not Path(copy).exists()
+
+
+def test_treeops_handle_deep_trees_iteratively(tmp_path: Path) -> None:
+    from dsvc.objects import Entry
+    from dsvc.store import Store
+    from dsvc.treeops import Trees, apply_edits, diff, merge, walk, walk_dirs
+
+    store = Store(tmp_path / "s")
+    try:
+        trees = Trees(store)
+        with store.batch() as b:
+            trees.batch = b
+            f1 = Entry(KIND_CHUNKFILE, chunk_id(b"1"), 1, 0o644)
+            f2 = Entry(KIND_CHUNKFILE, chunk_id(b"22"), 2, 0o644)
+            path = ("d",) * 1500
+            a = apply_edits(trees, trees.ensure_empty(), {(*path, "x"): f1})
+            b_ = apply_edits(trees, a, {(*path, "y"): f2})
+            c = apply_edits(trees, a, {(*path, "x"): f2})
+            assert list(walk(trees, b_)) == [((*path, "x"), f1), ((*path, "y"), f2)]
+            assert len(list(walk_dirs(trees, a))) == 1501
+            assert [(ch.path[-1], ch.status) for ch in diff(trees, a, b_)] == [("y", "added")]
+            assert [ch.status for ch in diff(trees, b_, a)] == ["removed"]
+            m = merge(trees, [b_, c])
+            assert list(walk(trees, m)) == [((*path, "x"), f2), ((*path, "y"), f2)]
+            gone = apply_edits(trees, m, {(*path, "x"): None, (*path, "y"): None})
+            assert list(walk(trees, gone)) == []
+    finally:
+        store.close()

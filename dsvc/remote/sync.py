@@ -352,21 +352,32 @@ class Remote:
         chunks: dict[bytes, None] = {}
         seen: set[bytes] = set()
 
-        def visit(tid: bytes) -> None:
+        def new(tid: bytes) -> bool:
             if tid in seen or self.index.has(tid, doomed):
-                return  # closure invariant: the whole subtree is there
+                return False  # closure invariant: the whole subtree is there
             seen.add(tid)
-            for e in store.get_tree(tid).values():
-                if e.kind == KIND_TREE:
-                    visit(e.id)
-                elif e.kind == KIND_CHUNKFILE:
-                    chunks[e.id] = None
-                elif e.id not in seen and not self.index.has(e.id, doomed):
-                    seen.add(e.id)
-                    for cid, _ in store.get_blob(e.id).chunks:
-                        chunks[cid] = None
-                    objects.append(e.id)
-            objects.append(tid)
+            return True
+
+        def visit(root: bytes) -> None:
+            # iterative post-order (a tree goes after its children), so any depth works
+            stack = [(root, iter(store.get_tree(root).values()))] if new(root) else []
+            while stack:
+                tid, todo = stack[-1]
+                for e in todo:
+                    if e.kind == KIND_TREE:
+                        if new(e.id):
+                            stack.append((e.id, iter(store.get_tree(e.id).values())))
+                            break
+                    elif e.kind == KIND_CHUNKFILE:
+                        chunks[e.id] = None
+                    elif e.id not in seen and not self.index.has(e.id, doomed):
+                        seen.add(e.id)
+                        for cid, _ in store.get_blob(e.id).chunks:
+                            chunks[cid] = None
+                        objects.append(e.id)
+                else:
+                    stack.pop()
+                    objects.append(tid)
 
         doomed = self._doomed  # packs gc marked: their content does not count
         for r in roots:
@@ -1102,15 +1113,18 @@ def _damage_error(
 
 
 def _reach(store: Store, tree: bytes, out: set[bytes]) -> None:
-    """Add every object and chunk id below ``tree`` to ``out``."""
-    if tree in out:
-        return
-    out.add(tree)
-    for e in store.get_tree(tree).values():
-        if e.kind == KIND_TREE:
-            _reach(store, e.id, out)
-        elif e.kind == KIND_CHUNKFILE:
-            out.add(e.id)
-        elif e.id not in out:
-            out.add(e.id)
-            out.update(c for c, _ in store.get_blob(e.id).chunks)
+    """Add every object and chunk id below ``tree`` to ``out`` (iterative: any depth)."""
+    stack = [tree]
+    while stack:
+        tid = stack.pop()
+        if tid in out:
+            continue
+        out.add(tid)
+        for e in store.get_tree(tid).values():
+            if e.kind == KIND_TREE:
+                stack.append(e.id)
+            elif e.kind == KIND_CHUNKFILE:
+                out.add(e.id)
+            elif e.id not in out:
+                out.add(e.id)
+                out.update(c for c, _ in store.get_blob(e.id).chunks)
