@@ -53,6 +53,7 @@ from dsvc.objects import (
     Entry,
 )
 from dsvc.progress import Progress
+from dsvc.remote.config import lookup as remote_lookup
 from dsvc.selection import (
     clean_dataset_path,
     collision_message,
@@ -247,6 +248,8 @@ class Dataset:
         to the last parent's; the version to the highest existing version bumped.
         """
         store = _store()
+        if output_uri is not None:
+            remote_lookup(store, output_uri)  # a typo fails now, not at upload time
         parents = [reg.require(store, _id_of(p)) for p in (parent_datasets or [])]
         for p in parents:
             if p["status"] not in reg.COMPLETED_STATES:

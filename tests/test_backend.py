@@ -343,8 +343,10 @@ def test_credentials_never_shown(s3_server: dict[str, Any]) -> None:
 def test_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     b = Backend.from_url("rel/remote")
-    assert (tmp_path / "rel" / "remote").is_dir()
     assert b.url == str(tmp_path / "rel" / "remote")
+    # opening creates nothing; reads see an empty remote, the first write creates it
+    assert b.head("a/b") is None and list(b.list()) == []
+    assert not (tmp_path / "rel").exists()
     b.put("a/b", b"1")
     assert (tmp_path / "rel" / "remote" / "a" / "b").read_bytes() == b"1"
     b2 = Backend.from_url(f"file://{tmp_path}/rel/remote")

@@ -33,6 +33,7 @@ import obstore.exceptions as obx
 from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
 
 from dsvc.errors import ConfigError, ConflictError, InvalidPathError, NotFoundError, RemoteError
+from dsvc.remote import options as options_mod
 
 __all__ = ["Backend", "ObjectInfo", "ObjectVersion"]
 
@@ -80,6 +81,7 @@ _WRITE_OPS = frozenset({"put", "upload to", "create"})
 # memory URL see the same objects (as two clients of one bucket would).
 _MEMORY_STORES: dict[str, MemoryStore] = {}
 _MEMORY_LOCK = threading.Lock()
+_LOCAL_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -146,17 +148,36 @@ class Backend:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):
+            if not url.startswith(("/", ".", "~", "file://")) and ":" in url.split("/")[0]:
+                options_mod.check_url(url)  # "s3:/bucket/x": a typo, not a folder
             return cls._local(url, parts.path if scheme == "file" else url, secrets)
         if scheme == "memory":
             name = (parts.netloc + parts.path).strip("/")
             with _MEMORY_LOCK:
                 store = _MEMORY_STORES.setdefault(name, MemoryStore())
             return cls(store, f"memory://{name}", secrets=secrets)
+        provider = options_mod.SCHEMES.get(scheme)
+        if provider is None:
+            raise ConfigError(
+                f"unsupported remote URL scheme {scheme!r} in {_scrub_url(url)}; use s3://, "
+                "gs://, azure://, az://, file://, a local path or memory://"
+            )
 
         client = {k: opts.pop(k) for k in list(opts) if k in _CLIENT_KEYS}
-        endpoint = opts.get("endpoint") or opts.get("base_url") or ""
+        # obstore reads the provider's variables (AWS_ALLOW_HTTP...) itself, but the
+        # client options passed here replace the client part of them: merge them back.
+        # Precedence: explicit options, then the environment, then dsvc's defaults.
+        env_prefix = options_mod.CLIENT_ENV_PREFIX[provider]
+        for k in _CLIENT_KEYS:
+            if k not in client and env_prefix + k.upper() in os.environ:
+                client[k] = os.environ[env_prefix + k.upper()]
+        endpoint = _endpoint(provider, opts)
         if endpoint.startswith("http://"):
             client.setdefault("allow_http", "true")
+        if options_mod.wants_unsigned(provider, opts):
+            # no credentials for a custom endpoint: send unsigned requests to it rather
+            # than let obstore ask the cloud's instance-metadata service (169.254.169.254)
+            opts["skip_signature"] = "true"
         # Bounded: a dead remote fails within seconds, a slow big upload still finishes.
         client.setdefault("connect_timeout", "3s")
         client.setdefault("timeout", "300s")
@@ -174,24 +195,23 @@ class Backend:
         bucket = hostpart if ":" in userinfo else parts.netloc
         prefix = parts.path.strip("/")
         display = f"{scheme}://{bucket}/{prefix}".rstrip("/")
+        if not bucket:
+            raise ConfigError(f"remote URL {_scrub_url(url)} names no bucket/container")
         kwargs: dict[str, Any] = {"client_options": client, "retry_config": retry}
         try:
-            if scheme == "s3":
+            if provider == "s3":
                 store: Any = S3Store(bucket, prefix=prefix or None, config=opts, **kwargs)
-            elif scheme in ("gs", "gcs"):
+            elif provider == "gcs":
                 store = GCSStore(bucket, prefix=prefix or None, config=opts, **kwargs)
-            elif scheme in ("azure", "az", "abfs", "abfss"):
+            else:
                 account, container, prefix = _parse_azure(bucket, prefix)
                 if account and "account_name" not in opts:
                     opts["account_name"] = account
                 store = AzureStore(container, prefix=prefix or None, config=opts, **kwargs)
-            else:
-                raise ConfigError(
-                    f"unsupported remote URL scheme {scheme!r} in {_scrub_url(url)}; use s3://, "
-                    "gs://, azure://, az://, file://, a local path or memory://"
-                )
-        except (obx.BaseError, ValueError, TypeError) as e:
-            if isinstance(e, ConfigError):
+        except ConfigError:
+            raise
+        except BaseException as e:  # obstore errors, and Rust panics (BaseException)
+            if not isinstance(e, obx.BaseError | ValueError | TypeError) and not _is_panic(e):
                 raise
             text = _scrub(_first_line(str(e)), secrets)
             raise ConfigError(f"remote {display}: invalid configuration: {text}") from None
@@ -199,31 +219,51 @@ class Backend:
 
     @classmethod
     def _local(cls, url: str, path: str, secrets: tuple[str, ...]) -> Backend:
+        # The folder is created by the first write, not by opening: a read-only command
+        # (clone, fetch) on a mistyped path must find nothing, not create it.
         root = Path(path).expanduser().absolute()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            store = LocalStore(str(root))
-        except (OSError, obx.BaseError) as e:
-            raise RemoteError(f"remote {root}: cannot create or open the folder: {e}") from None
         return cls(
-            store,
+            None,
             str(root) if not url.startswith("file:") else f"file://{root}",
             local_root=root,
             secrets=secrets,
         )
+
+    def _obj(self, *, write: bool = False) -> Any:
+        """The obstore store; for a folder remote, opened (and for a write, created) on
+        first use. A read of a folder that does not exist raises FileNotFoundError."""
+        if self._store is not None:
+            return self._store
+        root = self._local_root
+        assert root is not None
+        with _LOCAL_LOCK:
+            if self._store is None:
+                try:
+                    if write:
+                        root.mkdir(parents=True, exist_ok=True)
+                    elif not root.is_dir():
+                        raise FileNotFoundError(f"folder {root} does not exist")
+                    self._store = LocalStore(str(root))
+                except FileNotFoundError:
+                    raise
+                except (OSError, obx.BaseError) as e:
+                    raise RemoteError(
+                        f"remote {root}: cannot create or open the folder: {e}"
+                    ) from None
+        return self._store
 
     # ------------------------------------------------------------------ reads
 
     def get(self, key: str) -> bytes:
         """The whole object; :class:`NotFoundError` if it does not exist."""
         with self._errors("get", key):
-            return bytes(obstore.get(self._store, _check_key(key)).bytes())
+            return bytes(obstore.get(self._obj(), _check_key(key)).bytes())
 
     def get_versioned(self, key: str) -> tuple[bytes, ObjectVersion] | None:
         """The object and the version to pass to :meth:`compare_and_swap`; None if missing."""
         try:
             with self._errors("get", key):
-                result = obstore.get(self._store, _check_key(key))
+                result = obstore.get(self._obj(), _check_key(key))
                 data = bytes(result.bytes())
         except NotFoundError:
             return None
@@ -236,7 +276,7 @@ class Backend:
             return b""
         with self._errors("get range of", key):
             return bytes(
-                obstore.get_range(self._store, _check_key(key), start=start, length=length)
+                obstore.get_range(self._obj(), _check_key(key), start=start, length=length)
             )
 
     def get_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
@@ -245,7 +285,7 @@ class Backend:
             return []
         with self._errors("get ranges of", key):
             out = obstore.get_ranges(
-                self._store,
+                self._obj(),
                 _check_key(key),
                 starts=[s for s, _ in ranges],
                 lengths=[n for _, n in ranges],
@@ -256,7 +296,7 @@ class Backend:
         """Metadata of the object, or None if it does not exist."""
         try:
             with self._errors("head", key):
-                return _info(obstore.head(self._store, _check_key(key)))
+                return _info(obstore.head(self._obj(), _check_key(key)))
         except NotFoundError:
             return None
 
@@ -264,8 +304,10 @@ class Backend:
         """Every object whose key starts with ``prefix`` (a plain string prefix)."""
         # obstore lists whole path segments, so list the parent "folder" and filter.
         folder = prefix if prefix.endswith("/") or not prefix else prefix.rpartition("/")[0]
+        if self._store is None and self._local_root is not None and not self._local_root.is_dir():
+            return  # a folder remote not created yet holds nothing
         with self._errors("list", prefix or "/"):
-            for batch in obstore.list(self._store, folder.rstrip("/") or None):
+            for batch in obstore.list(self._obj(), folder.rstrip("/") or None):
                 for meta in batch:
                     info = _info(meta)
                     if info.key.startswith(prefix) and not _internal(info.key):
@@ -276,7 +318,9 @@ class Backend:
     def put(self, key: str, data: bytes | memoryview) -> ObjectVersion:
         """Write (overwrite) the object atomically; returns its new version."""
         with self._errors("put", key):
-            return _version(obstore.put(self._store, _check_key(key), data, use_multipart=False))
+            return _version(
+                obstore.put(self._obj(write=True), _check_key(key), data, use_multipart=False)
+            )
 
     def put_file(self, key: str, path: str) -> ObjectVersion:
         """Upload a local file, streamed; multipart when it is larger than 64 MiB."""
@@ -284,7 +328,7 @@ class Backend:
         with self._errors("upload to", key):
             return _version(
                 obstore.put(
-                    self._store,
+                    self._obj(write=True),
                     _check_key(key),
                     Path(path),
                     use_multipart=size > MULTIPART_THRESHOLD,
@@ -297,7 +341,9 @@ class Backend:
         """Create the object only if absent: True if written, False if it already existed."""
         try:
             with self._errors("create", key):
-                obstore.put(self._store, _check_key(key), data, mode="create", use_multipart=False)
+                obstore.put(
+                    self._obj(write=True), _check_key(key), data, mode="create", use_multipart=False
+                )
         except ConflictError:
             return False
         return True
@@ -313,7 +359,9 @@ class Backend:
         if expected is None:
             with self._errors("create", key):
                 return _version(
-                    obstore.put(self._store, key, data, mode="create", use_multipart=False)
+                    obstore.put(
+                        self._obj(write=True), key, data, mode="create", use_multipart=False
+                    )
                 )
         if self._local_root is not None:
             return self._local_cas(key, data, expected)
@@ -323,16 +371,18 @@ class Backend:
                 f"remote {self.url}: cannot update {key!r}: expected version is empty"
             )
         with self._errors("update", key, missing_is_conflict=True):
-            return _version(obstore.put(self._store, key, data, mode=mode, use_multipart=False))  # type: ignore[arg-type]
+            return _version(
+                obstore.put(self._obj(write=True), key, data, mode=mode, use_multipart=False)
+            )  # type: ignore[arg-type]
 
     def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""
         with contextlib.suppress(NotFoundError), self._errors("delete", key):
             if self._local_root is not None:
                 with self._key_lock(key):  # not between a local CAS's check and its write
-                    obstore.delete(self._store, _check_key(key))
+                    obstore.delete(self._obj(), _check_key(key))
             else:
-                obstore.delete(self._store, _check_key(key))
+                obstore.delete(self._obj(), _check_key(key))
 
     def check_conditional_writes(self) -> None:
         """Refuse a remote that accepts conditional writes but does not enforce them.
@@ -441,6 +491,12 @@ class Backend:
             raise NotFoundError(f"remote {self.url}: {key!r} does not exist") from None
         except (obx.BaseError, OSError, NotImplementedError, ValueError) as e:
             self._raise_remote(op, key, e)
+        except BaseException as e:
+            # pyo3's PanicException (a Rust panic inside obstore) derives from
+            # BaseException: report it as a remote error, never as a traceback
+            if not _is_panic(e):
+                raise
+            self._raise_remote(op, key, e)
 
     def _raise_remote(
         self, op: str, key: str, e: BaseException, *, bucket_missing: bool = False
@@ -478,6 +534,29 @@ class Backend:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _is_panic(e: BaseException) -> bool:
+    """A Rust panic surfaced by pyo3 (``pyo3_runtime.PanicException``)."""
+    return type(e).__name__ == "PanicException"
+
+
+def _endpoint(provider: str, opts: dict[str, str]) -> str:
+    """The endpoint configured in ``opts`` or the environment, validated ("" if none).
+
+    obstore panics on some malformed endpoints (``127.0.0.1:5123``, without a scheme)
+    when the first request is made; refuse them here, naming where they came from.
+    """
+    for key in options_mod.ENDPOINT_KEYS[provider]:
+        for alias, canon in options_mod.config_keys(provider).items():
+            if canon == key and opts.get(alias):
+                return options_mod.check_endpoint(opts[alias], what=f"option {alias}")
+    envs = options_mod.env_options(provider)
+    for key in options_mod.ENDPOINT_KEYS[provider]:
+        if key in envs and envs[key][1]:
+            var, value = envs[key]
+            return options_mod.check_endpoint(value, what=f"environment variable {var}")
+    return ""
 
 
 def _check_key(key: str) -> str:

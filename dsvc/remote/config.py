@@ -15,14 +15,24 @@ import re
 from typing import Any
 
 from dsvc.errors import ConfigError, NotFoundError
+from dsvc.remote import options as opts_mod
 from dsvc.store import Store
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Display only (defence in depth for remotes stored by older versions): also mask what
+# merely looks like a secret. Refusing credentials uses obstore's own key list instead.
 _SECRET_RE = re.compile(r"(secret|key|token|password|sas|credential)", re.I)
-#: option names whose values are credentials: never stored, only read from the environment
-_CREDENTIAL_RE = re.compile(
-    r"(secret|token|password|account_key|sas|private_key|credential|client_secret)", re.I
-)
+
+
+def check_url(url: str) -> str:
+    """``url`` validated (see :func:`dsvc.remote.options.check_url`); memory:// is
+    accepted from Python (tests), never from the command line."""
+    return opts_mod.check_url(url, allow_memory=not opts_mod.COMMAND_LINE.get())
+
+
+def display_url(url: str) -> str:
+    """``url`` without any ``user:password@`` (remotes stored by older versions)."""
+    return opts_mod._safe(url)
 
 
 def _all(store: Store) -> dict[str, dict[str, Any]]:
@@ -31,12 +41,16 @@ def _all(store: Store) -> dict[str, dict[str, Any]]:
 
 def mask_options(options: dict[str, str] | None) -> dict[str, str]:
     """Options with every credential-like value replaced by ``***``."""
-    return {k: ("***" if _SECRET_RE.search(k) else v) for k, v in (options or {}).items()}
+    return {
+        k: ("***" if is_credential(k) or _SECRET_RE.search(k) else v)
+        for k, v in (options or {}).items()
+    }
 
 
 def is_credential(option: str) -> bool:
-    """True for an option whose value is a credential (secret key, token, password...)."""
-    return bool(_CREDENTIAL_RE.search(option))
+    """True for an option whose value is a credential, under any name obstore accepts
+    for it (``secret_access_key``, ``AWS_SECRET_ACCESS_KEY``, Azure's ``master_key``...)."""
+    return opts_mod.is_credential(option)
 
 
 def credential_env_var(remote: str, option: str) -> str:
@@ -59,17 +73,31 @@ def add_remote(
     options: dict[str, str] | None = None,
     make_default: bool = False,
 ) -> None:
-    """Register remote ``name``; the first remote becomes the default."""
+    """Register remote ``name``; the first remote becomes the default.
+
+    The URL must be unambiguous (see :func:`check_url`), every option a name obstore
+    knows for that kind of remote, and none a credential (under any of its aliases).
+    """
     if not _NAME_RE.match(name):
         raise ConfigError(f"remote name {name!r} must be letters, digits, '.', '_' or '-'")
     _, creds = split_credentials(options)
     if creds:
-        hints = ", ".join(credential_env_var(name, k) for k in sorted(creds))
+        provider = opts_mod.provider_of(url)
+        envs = opts_mod.credential_env_names(provider) if provider else {}
+        usual = sorted(
+            {e[0] for k in creds if (e := envs.get(opts_mod.canonical(provider, k) or "", []))}
+        ) if provider else []  # fmt: skip
+        hints = ", ".join([credential_env_var(name, k) for k in sorted(creds)] + usual)
         raise ConfigError(
             f"remote {name!r}: {', '.join(sorted(creds))} is a credential and dsvc never stores "
             f"credentials; set it in the environment instead ({hints}, or the provider's usual "
             "variable such as AWS_SECRET_ACCESS_KEY or AZURE_STORAGE_ACCOUNT_KEY)"
         )
+    check_url(url)
+    try:
+        opts_mod.check_options(url, options)
+    except ConfigError as e:
+        raise ConfigError(f"remote {name!r}: {e}") from None
     remotes = _all(store)
     if name in remotes:
         raise ConfigError(f"remote {name!r} already exists; remove it first or pick another name")
@@ -101,7 +129,7 @@ def list_remotes(store: Store) -> list[dict[str, Any]]:
     return [
         {
             "name": n,
-            "url": r["url"],
+            "url": display_url(r["url"]),
             "default": n == default,
             "options": mask_options(r.get("options")),
         }
@@ -115,22 +143,27 @@ def lookup(store: Store, spec: str | None) -> tuple[str | None, str, dict[str, s
     Resolution: ``spec`` if given, else ``DSVC_REMOTE``, else the configured default.
     A spec that names no remote is taken as a URL (``s3://...``, ``/mnt/share``...).
     """
+    source = "" if spec else "DSVC_REMOTE="
     spec = spec or os.environ.get("DSVC_REMOTE") or store.get_config("default_remote")
     if not spec:
         return None
     remotes = _all(store)
     if spec in remotes:
         r = remotes[spec]
-        return spec, r["url"], _with_env(spec, r.get("options"))
+        return spec, r["url"], with_env(spec, r.get("options"))
     for n, r in remotes.items():  # a URL that is a configured remote keeps its options
         if r["url"].rstrip("/") == spec.rstrip("/"):
-            return n, r["url"], _with_env(n, r.get("options"))
-    if "://" not in spec and not spec.startswith(("/", ".", "~")):
+            return n, r["url"], with_env(n, r.get("options"))
+    if "/" not in spec and ":" not in spec and spec not in (".", "..", "~"):
         raise NotFoundError(f"no remote named {spec!r}; add it with `dsvc remote add {spec} URL`")
+    try:
+        check_url(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{source}{e}") from None
     return None, spec, {}
 
 
-def _with_env(name: str, options: dict[str, str] | None) -> dict[str, str]:
+def with_env(name: str, options: dict[str, str] | None) -> dict[str, str]:
     """Stored options plus ``DSVC_REMOTE_<NAME>_<OPTION>`` variables (credentials)."""
     out = dict(options or {})
     prefix = credential_env_var(name, "")
