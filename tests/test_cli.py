@@ -250,7 +250,7 @@ def test_git_workflow(tmp_path: Path, data: Path) -> None:
     dsvc(home, "close")
     draft = new_id(dsvc(home, "create", "--project", "p", "--name", "draft").stdout)
 
-    dsvc(home, "remote", "add", "origin", str(remote))
+    dsvc(home, "remote", "add", "origin", str(remote), "--init")
     remotes = js(home, "remote", "list")
     assert remotes == [{"name": "origin", "url": str(remote), "default": True, "options": {}}]
     dsvc(home, "push", "--id", draft, rc=EXIT_STATE)
@@ -285,6 +285,7 @@ def test_git_workflow(tmp_path: Path, data: Path) -> None:
 
 def test_config_get_set(tmp_path: Path) -> None:
     home = tmp_path / "home"
+    dsvc(None, "init", str(home))  # reading settings never creates a store
     assert js(home, "config", "get", "chunker")["min_size"] > 0
     dsvc(home, "config", "set", "zstd_level", "3")
     assert dsvc(home, "config", "get", "zstd_level").stdout.strip() == "3"
@@ -392,9 +393,9 @@ def test_remote_down_is_remote_error(tmp_path: Path, data: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the remote's folder should be")
     dsvc(home, "remote", "add", "broken", str(blocker / "remote"))
-    line = one_error_line(dsvc(home, "push", "broken", rc=EXIT_REMOTE))
+    line = one_error_line(dsvc(home, "push", "broken", "--init", rc=EXIT_REMOTE))
     assert "remote" in line
-    dsvc(home, "push", rc=EXIT_REMOTE)  # it is the default remote
+    dsvc(home, "push", "--init", rc=EXIT_REMOTE)  # it is the default remote
     dsvc(home, "push", "nosuch", rc=EXIT_NOT_FOUND)
     dsvc(home, "remote", "remove", "broken")
     dsvc(home, "push", rc=EXIT_USAGE)  # no remote configured
@@ -473,6 +474,7 @@ def test_guide_documents_every_public_dataset_call() -> None:
 
 def test_python_m_entry_points(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSVC_")}
+    dsvc(None, "init", str(tmp_path))  # search reads a store, it never creates one
     for mod in ("dsvc", "dsvc.cli"):
         p = subprocess.run(
             [sys.executable, "-m", mod, "--home", str(tmp_path), "search", "--json"],

@@ -183,6 +183,10 @@ def cli(home: str | None, quiet: bool, debug: bool) -> None:
     """
     if home:
         os.environ["DSVC_HOME"] = os.path.abspath(os.path.expanduser(home))
+    from dsvc.remote.options import COMMAND_LINE
+
+    token = COMMAND_LINE.set(True)  # memory:// remotes are for Python only
+    click.get_current_context().call_on_close(lambda: COMMAND_LINE.reset(token))
     if quiet:
         os.environ["DSVC_QUIET"] = "1"
         _state["quiet"] = True
@@ -375,9 +379,20 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 # -- the store and dataset lookup ----------------------------------------------------
 
 
-def open_store() -> Any:
+def open_store(*, create: bool = True) -> Any:
+    """The store of ``--home``/``$DSVC_HOME``; a read-only command passes ``create=False``
+    so that a mistyped home is reported instead of silently becoming a new, empty store."""
     from dsvc import registry
 
+    if not create:
+        from dsvc.store import default_home
+
+        home = default_home()
+        if not (home / "store.lmdb").is_dir():
+            raise NotFoundError(
+                f"no dsvc store in {home}: check --home/DSVC_HOME, or create one with "
+                f"`dsvc init {home}` (or `dsvc clone URL {home}`)"
+            )
     return registry.open_store()
 
 

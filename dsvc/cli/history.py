@@ -205,7 +205,7 @@ def diff(a: str | None, b: str | None, only_stat: bool, as_json: bool) -> None:
       dsvc diff 3f2a1b2c 9d8e7f60
       dsvc diff demo/images@1.0.0 ./images     # what changed in the folder since 1.0.0
     """
-    store = open_store()
+    store = open_store(create=False)
 
     def side(x: str) -> tuple[str, Any]:
         if os.path.isdir(x):
@@ -285,7 +285,7 @@ def log(
     """
     from dsvc import registry as reg
 
-    store = open_store()
+    store = open_store(create=False)
     if not (project and name):
         if project or name:
             raise UsageError("log needs both --project and --name (or --id)")
@@ -434,7 +434,7 @@ def graph(
       dsvc graph --format mermaid > lineage.mmd
       dsvc graph --format svg -o lineage.svg
     """
-    store = open_store()
+    store = open_store(create=False)
     if project and name:
         rec = resolve_version(store, f"{project}/{name}")
     elif project or name:

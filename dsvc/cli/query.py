@@ -64,7 +64,7 @@ def list_cmd(
     """
     from dsvc.dataset import match_dataset_path
 
-    store = open_store()
+    store = open_store(create=False)
     ds = get_dataset(store, dataset_id, project, name, version, "list")
     remember(store, ds.id)
     entries = ds.file_entries_dict
@@ -140,6 +140,7 @@ def search(
     """
     from dsvc.dataset import Dataset
 
+    open_store(create=False)  # a missing store is an error, not a new empty one
     found = Dataset.list_datasets(
         dataset_project=project,
         partial_name=name,
@@ -221,7 +222,7 @@ def get(
       dsvc get --id 3f2a1b2c --copy ./work
       dsvc get --project demo --name images --link ./data --overwrite
     """
-    store = open_store()
+    store = open_store(create=False)
     if copy_to and link_to:
         raise UsageError("give --copy or --link, not both")
     if (part is None) != (num_parts is None):
@@ -272,7 +273,7 @@ def compare(source: str, target: str, verbose: bool, as_json: bool) -> None:
     """
     from dsvc.cli.history import diff_versions, print_changes, resolve_version
 
-    store = open_store()
+    store = open_store(create=False)
     a = resolve_version(store, source)
     b = resolve_version(store, target)
     changes = diff_versions(store, a["tree"], b["tree"])
@@ -310,7 +311,7 @@ def verify(
     """
     from dsvc.dataset import Dataset
 
-    store = open_store()
+    store = open_store(create=False)
     ds = Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, "verify"))
     remember(store, ds.id)
     t0 = time.monotonic()

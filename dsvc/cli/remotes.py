@@ -69,21 +69,60 @@ def remote() -> None:
     help="Backend option (endpoint, region...). Credentials belong in the environment.",
 )
 @click.option("--default", "make_default", is_flag=True, help="Make it the default remote.")
-def remote_add(name: str, url: str, options: tuple[str, ...], make_default: bool) -> None:
+@click.option(
+    "--init",
+    "init",
+    is_flag=True,
+    help="Start a new, empty dsvc repository at URL (like `git init --bare` there).",
+)
+def remote_add(
+    name: str, url: str, options: tuple[str, ...], make_default: bool, init: bool
+) -> None:
     """Add a remote NAME at URL (the first remote becomes the default).
+
+    URL is s3://, gs://, az:// (azure://), file:///abs/path, or a folder that is absolute
+    or starts with ./ . Nothing is contacted unless --init is given: then a new, empty
+    repository is started there (an existing dsvc repository is kept as it is).
 
     \b
     Example:
       dsvc remote add origin s3://bucket/datasets
-      dsvc remote add share /mnt/share/dsvc --default
+      dsvc remote add share /mnt/share/dsvc --default --init
     """
     from dsvc.remote import config
 
     store = open_store()
-    if "://" not in url and not url.startswith("/"):
-        url = os.path.abspath(os.path.expanduser(url))  # a relative folder
+    url = _absolute(config.check_url(url))
     config.add_remote(store, name, url, parse_options(options), make_default=make_default)
-    result(f"Added remote {name} -> {url}")
+    result(f"Added remote {name} -> {config.display_url(url)}")
+    if init:
+        try:
+            r = remote_for(store, name)
+            existed = r.ensure_repo(store, create=False)
+            if not existed:
+                r.ensure_repo(store, create=True)
+        except BaseException:
+            config.remove_remote(store, name)  # so the same command can be retried
+            raise
+        if existed:
+            result(f"{r.url} already holds a dsvc repository; kept it as it is")
+        else:
+            result(f"Initialized an empty dsvc repository at {r.url}")
+
+
+def _absolute(url: str) -> str:
+    """A relative folder (./x, ../x, ~/x) as an absolute path; URLs unchanged."""
+    if "://" not in url and not os.path.isabs(url):
+        return os.path.abspath(os.path.expanduser(url))
+    return url
+
+
+def _require_repo(store: Any, r: Any, init_hint: str) -> None:
+    """Refuse a remote that holds no dsvc repository (a typo, or a remote never started)."""
+    if not r.ensure_repo(store, create=False):
+        raise NotFoundError(
+            f"no dsvc repository at {r.url} (no dsvc.json there): check the URL; {init_hint}"
+        )
 
 
 @remote.command("remove")
@@ -112,7 +151,7 @@ def remote_list(as_json: bool) -> None:
     """
     from dsvc.remote import config
 
-    rows = config.list_remotes(open_store())
+    rows = config.list_remotes(open_store(create=False))
     if as_json:
         emit_json(rows)
         return
@@ -160,21 +199,32 @@ def remote_set_default(name: str) -> None:
     metavar="ID",
     help="Only this dataset (repeat for several; default: every finalized one).",
 )
+@click.option(
+    "--init",
+    "init",
+    is_flag=True,
+    help="Start a new dsvc repository on the remote if it holds none yet.",
+)
 @json_option
-def push(remote_spec: str | None, ids: tuple[str, ...], as_json: bool) -> None:
+def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: bool) -> None:
     """Push finalized datasets (content, commits, records) to a remote.
 
-    Only what the remote lacks is sent; pushing again is a no-op.
+    Only what the remote lacks is sent; pushing again is a no-op. A remote that holds no
+    dsvc repository yet is refused (a mistyped URL must not become a new repository):
+    start it with --init here, or with `dsvc remote add --init`.
 
     \b
     Example:
       dsvc push              # every finalized dataset to the default remote
       dsvc push origin --id 3f2a1b2c
+      dsvc push --init       # the first push to a new, empty bucket or folder
     """
     from dsvc import registry as reg
 
     store = open_store()
     r = remote_for(store, remote_spec)
+    if not init:
+        _require_repo(store, r, "to start a new repository there, pass --init")
     if ids:
         recs = [reg.require(store, expand_id(store, i)) for i in ids]
         for rec in recs:
@@ -226,6 +276,7 @@ def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[
     """Import the remote's records missing locally; returns (all remote, newly imported)."""
     from dsvc import registry as reg
 
+    _require_repo(store, r, "a new repository is started with `dsvc push --init`")
     remote_recs = r.list_records(store)
     new = []
     for rec in remote_recs:
@@ -355,25 +406,50 @@ def clone(url: str, directory: str | None, remote_name: str, options: tuple[str,
     """
     from dsvc import registry as reg
     from dsvc.remote import config
+    from dsvc.remote.backend import Backend
+    from dsvc.remote.options import check_options
     from dsvc.store import default_home
 
-    if "://" not in url and not url.startswith("/"):
-        url = os.path.abspath(os.path.expanduser(url))
+    url = _absolute(config.check_url(url))
+    opts = parse_options(options)
+    check_options(url, opts)
     home = os.path.abspath(directory) if directory else str(default_home())
+    is_store = os.path.isdir(os.path.join(home, "store.lmdb"))
+    if not is_store and os.path.isdir(home) and os.listdir(home):
+        raise StateError(
+            f"{home} is not empty and is not a dsvc store; clone into a new or empty folder: "
+            f"dsvc clone {config.display_url(url)} DIR"
+        )
+    if os.path.exists(home) and not os.path.isdir(home):
+        raise StateError(f"{home} is a file; clone into a new or empty folder")
+    # Look before creating anything: a mistyped URL must leave no store and no folder.
+    probe = Backend.from_url(url, config.with_env(remote_name, opts))
+    if probe.head("dsvc.json") is None:
+        raise NotFoundError(
+            f"no dsvc repository at {probe.url} (no dsvc.json there): check the URL; to "
+            "start a new repository there, run `dsvc init DIR`, then "
+            f"`dsvc --home DIR remote add {remote_name} URL --init` and `dsvc push`"
+        )
     if directory:
         os.environ["DSVC_HOME"] = home
     store = reg.open_store(home)
     if reg.all_records(store) or config.list_remotes(store):
         raise StateError(
-            f"the store in {home} is not empty; clone into a new folder: dsvc clone {url} DIR"
+            f"the store in {home} is not empty; clone into a new folder: "
+            f"dsvc clone {config.display_url(url)} DIR"
         )
-    config.add_remote(store, remote_name, url, parse_options(options), make_default=True)
+    config.add_remote(store, remote_name, url, opts, make_default=True)
     try:
         r = remote_for(store, remote_name)
         remote_recs, new = _fetch_records(store, r)
     except BaseException:
         config.remove_remote(store, remote_name)
         raise
-    result(f"Cloned {len(new)} dataset{'s' if len(new) != 1 else ''} from {url} into {home}")
+    if not remote_recs:
+        say("warning: you appear to have cloned an empty repository", err=True)
+    result(
+        f"Cloned {len(new)} dataset{'s' if len(new) != 1 else ''} from "
+        f"{config.display_url(url)} into {home}"
+    )
     if directory and home != str(default_home()):
         say(f"  use it with: export DSVC_HOME={home}", err=True)

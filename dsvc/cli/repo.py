@@ -83,7 +83,7 @@ def gc(remote_spec: str | None, dry_run: bool, grace: int, as_json: bool) -> Non
       dsvc gc --dry-run
       dsvc gc --remote origin
     """
-    store = open_store()
+    store = open_store(create=False)
     t0 = time.monotonic()
     if remote_spec:
         counts = remote_for(store, remote_spec).gc(store, grace_seconds=grace, dry_run=dry_run)
@@ -121,7 +121,7 @@ def fsck(repair: bool, as_json: bool) -> None:
       dsvc fsck --repair
     """
     try:
-        store = open_store()
+        store = open_store(create=False)
     except StoreCorruptError as e:  # too damaged to open: the message says what and why
         if as_json:
             emit_json({"ok": False, "structure": [str(e)]})
@@ -221,10 +221,11 @@ def _all_config(store: Any) -> dict[str, Any]:
         for k, v in txn.cursor(db=store.db("config")):
             out[k.decode()] = msgpack.unpackb(v, raw=False)
     if "remotes" in out:
-        from dsvc.remote.config import mask_options
+        from dsvc.remote.config import display_url, mask_options
 
         out["remotes"] = {
-            n: {**r, "options": mask_options(r.get("options"))} for n, r in out["remotes"].items()
+            n: {**r, "url": display_url(r["url"]), "options": mask_options(r.get("options"))}
+            for n, r in out["remotes"].items()
         }
     return out
 
@@ -239,7 +240,7 @@ def config_get(key: str | None, as_json: bool) -> None:
     Example:
       dsvc config get zstd_level
     """
-    store = open_store()
+    store = open_store(create=False)
     values = _all_config(store)
     if key is None:
         if as_json:
