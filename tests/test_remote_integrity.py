@@ -124,7 +124,8 @@ def test_push_does_not_trust_its_cache_of_a_remote_that_was_emptied(
     from dsvc import registry
 
     registry.close_all()
-    out = _cli(home, "push", "--json")
+    # an emptied remote holds no repository any more: starting it again is explicit
+    out = _cli(home, "push", "--init", "--json")
     assert out["objects"] > 0 and out["packs"] > 0, out
     assert remote_objects(spec, f"datasets/{ds.id}")
 
