@@ -46,7 +46,7 @@ from dsvc.lookup import remote_for
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Blob, Commit, decode_tree
 from dsvc.progress import Progress
 from dsvc.registry import all_records
-from dsvc.store import Store
+from dsvc.store import LEASE_PREFIX, Store
 
 _SWEEP_BATCH = 10_000
 #: temporary files and folders younger than this are never reclaimed (a builder takes
@@ -190,6 +190,10 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                             b.delete(db, k)
             # an entry naming content not kept would make a re-add refer to nothing
             stats["statcache_purged"] = _purge_statcache(store, lambda _k, i: i not in keep)
+            # a lease record is written under the shared lock: with the exclusive one
+            # held, every lease record left is a killed writer's
+            for k, _ in store.scan_prefix("records", LEASE_PREFIX.encode()):
+                store.delete_record(k.decode())
     # the caches below live outside LMDB and outside the lock: copies are rebuilt from
     # the store, and nothing here is a reference a version depends on
     ids = {r["id"] for r in all_records(store)}

@@ -22,6 +22,7 @@ from remote_helpers import add_origin
 
 from dsvc import registry
 from dsvc.dataset import Dataset
+from dsvc.errors import StateError
 from dsvc.maintenance import fsck, local_gc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,7 @@ _WRITER = """
 import hashlib, json, os, sys, time
 from dsvc import registry as reg
 from dsvc.dataset import Dataset
+from dsvc.errors import StateError
 from dsvc.treeops import Trees, walk
 
 w, rounds, src, stop_at = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
@@ -222,6 +224,7 @@ _STUCK_COPY = """
 import sys, time
 from dsvc import checkout
 from dsvc.dataset import Dataset
+from dsvc.errors import StateError
 
 place = checkout._place
 
@@ -268,3 +271,44 @@ def test_gc_reclaims_the_temp_folder_of_a_killed_copy(
     assert counts["temp_deleted"] == 1 and counts["cached_copies_deleted"] == 0
     assert not temps[0].exists() and young.is_dir()
     assert read_tree(Dataset.get(dataset_id=v.id).get_local_copy()) == files
+
+
+# -- the gc lock -------------------------------------------------------------------------
+
+_HOLD_LEASE = """
+import sys, time
+from dsvc import registry
+with registry.open_store().lease("add_files held-by-test"):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_gc_refuses_while_a_writer_holds_a_lease_and_not_after_it_dies(
+    tmp_path: Path, home: Path
+) -> None:
+    store = registry.open_store()
+    with store.lease("add_files in-this-process"), pytest.raises(StateError, match="in-this"):
+        local_gc(store)
+    p = _py(_HOLD_LEASE, home)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "holding", p.stderr
+        with pytest.raises(StateError, match=r"add_files held-by-test \(pid \d+\)"):
+            local_gc(store)
+        env = {**os.environ, "DSVC_HOME": str(home), "PYTHONPATH": str(ROOT)}
+        cli = subprocess.run(
+            [sys.executable, "-m", "dsvc", "gc", "--wait", "0.2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == StateError.exit_code, cli.stderr
+        assert "held-by-test" in cli.stderr and "retry" in cli.stderr
+    finally:
+        p.kill()
+        p.communicate()
+    # killed: the kernel dropped its lock; its announcement is left behind and swept
+    assert len(list(store.iter_records("lease/"))) == 1
+    assert local_gc(store)["chunks_deleted"] == 0
+    assert list(store.iter_records("lease/")) == []

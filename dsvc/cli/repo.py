@@ -74,8 +74,15 @@ def init(directory: str | None) -> None:
     metavar="SECONDS",
     help="On a remote: keep packs younger than this (pushes in flight).",
 )
+@click.option(
+    "--wait",
+    type=float,
+    default=0,
+    metavar="SECONDS",
+    help="Locally: wait up to this long for `add`/`close` in other processes to finish.",
+)
 @json_option
-def gc(remote_spec: str | None, dry_run: bool, grace: int, as_json: bool) -> None:
+def gc(remote_spec: str | None, dry_run: bool, grace: int, wait: float, as_json: bool) -> None:
     """Delete content no dataset version references any more (after `dsvc delete`).
 
     \b
@@ -90,7 +97,7 @@ def gc(remote_spec: str | None, dry_run: bool, grace: int, as_json: bool) -> Non
     else:
         from dsvc.maintenance import local_gc
 
-        counts = local_gc(store, dry_run=dry_run)
+        counts = local_gc(store, dry_run=dry_run, wait=wait)
     if as_json:
         emit_json({"dry_run": dry_run, **counts})
         return
