@@ -312,3 +312,34 @@ def test_gc_refuses_while_a_writer_holds_a_lease_and_not_after_it_dies(
     assert len(list(store.iter_records("lease/"))) == 1
     assert local_gc(store)["chunks_deleted"] == 0
     assert list(store.iter_records("lease/")) == []
+
+
+def test_local_gc_during_remote_gc_keeps_the_metadata_it_reads(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote gc fetches the remote's trees into a store where no record names them; a
+    local gc at that moment used to sweep them before remote gc read them."""
+    from dsvc.remote import sync
+
+    remote = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    add_origin(registry.open_store(), remote)
+    v = _version(write_tree(tmp_path / "src", {"d/a.txt": b"a" * 10, "b.txt": b"b"}))
+    v.finalize(auto_upload=True)
+    registry.close_all()
+    monkeypatch.setenv("DSVC_HOME", str(tmp_path / "other"))  # knows no dataset locally
+    store = registry.open_store()
+    add_origin(store, remote)
+    reach = sync._reach
+    raced: list[str] = []
+
+    def reach_after_a_local_gc(st, tree, out):  # type: ignore[no-untyped-def]
+        try:
+            local_gc(st)
+            raced.append("swept")
+        except StateError:
+            raced.append("refused")
+        return reach(st, tree, out)
+
+    monkeypatch.setattr(sync, "_reach", reach_after_a_local_gc)
+    counts = sync.resolve(store, None, required=True).gc(store, grace_seconds=0)
+    assert raced == ["refused"] and counts["packs_deleted"] == 0

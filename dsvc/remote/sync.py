@@ -895,10 +895,14 @@ class Remote:
             self.ensure_repo(store, create=True)  # probes conditional writes once
         self.refresh_index(store)
         reachable: set[bytes] = set()
-        for rec in self.list_records(store, strict=True):
-            self.fetch_metadata(store, rec["tree"], [rec["commit"]] if rec.get("commit") else [])
-            reachable.add(rec["commit"])
-            _reach(store, rec["tree"], reachable)
+        # metadata fetched here may be named by no local record: the lease keeps a local
+        # gc from sweeping it before _reach has read it
+        with store.lease(f"gc {self.url}", announce=False):
+            for rec in self.list_records(store, strict=True):
+                commits = [rec["commit"]] if rec.get("commit") else []
+                self.fetch_metadata(store, rec["tree"], commits)
+                reachable.add(rec["commit"])
+                _reach(store, rec["tree"], reachable)
         for attempt in range(20):
             now = time.time()
             stats = GcStats()
