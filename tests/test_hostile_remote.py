@@ -640,3 +640,57 @@ def test_treeops_handle_deep_trees_iteratively(tmp_path: Path) -> None:
             assert list(walk(trees, gone)) == []
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------- item 5
+
+EVIL_NAME = "data\x1b]0;owned\x07\x1b[2J\x9b31m\u202etxt.exe\nFAKE LINE"
+RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+def dsvc_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DSVC_HOME": str(home), "PYTHONPATH": str(HERE.parent)}
+    env.pop("DSVC_REMOTE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "dsvc", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_names_from_a_remote_cannot_drive_the_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    did, key = honest_setup(spec, tmp_path, monkeypatch)
+    rewrite(
+        spec,
+        key,
+        lambda r: {**r, "name": EVIL_NAME, "project": "proj\x1b[31m", "tags": ["t\x1b]8;;x\x07"]},
+    )
+    home = victim(spec, tmp_path, monkeypatch)
+    for args in (["fetch"], ["search"], ["search", "--json"], ["log", "--id", did]):
+        out = dsvc_cli(home, *args)
+        assert out.returncode == 0, (args, out.stderr)
+        text = out.stdout + out.stderr
+        for c in RAW_CONTROLS:
+            assert c not in text, (args, repr(text))
+        assert "FAKE LINE" in text, (args, text)
+        assert not any(line.startswith("FAKE LINE") for line in text.splitlines()), text
+        if "--json" in args:
+            assert json.loads(out.stdout)[0]["name"] == EVIL_NAME  # JSON keeps the value
+        else:
+            assert "\\x1b]0;owned\\x07" in text, (args, text)  # shown, not obeyed
+
+
+def test_printable_escapes_every_control_sequence() -> None:
+    from dsvc.cli.render import printable
+
+    assert printable("a\x1b]0;t\x07b") == "a\\x1b]0;t\\x07b"
+    assert printable("x\x9b1m\x7f\x00") == "x\\x9b1m\\x7f\\x00"
+    assert printable("r\u202el \u2066") == "r\\u202el \\u2066"
+    assert printable("two\nlines\ttab\r") == "two\\x0alines\\x09tab\\x0d"
+    assert printable("two\nlines\ttab\r", keep_lines=True) == "two\nlines\ttab\\x0d"
+    assert printable("plain é 日本 😀") == "plain é 日本 😀"

@@ -34,6 +34,7 @@ import click
 import lmdb
 
 from dsvc import __version__
+from dsvc.cli.render import printable, short  # noqa: F401  (short: re-exported)
 from dsvc.errors import DsvcError, NotFoundError, UsageError
 
 EXIT_OK = 0
@@ -226,7 +227,7 @@ def cli_hints(msg: str) -> str:
 
 
 def error_line(msg: str) -> None:
-    click.echo(f"dsvc: error: {one_line(msg)}", err=True)
+    click.echo(f"dsvc: error: {printable(one_line(msg))}", err=True)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -301,13 +302,13 @@ def _internal_error(e: BaseException) -> int:
 
 def say(text: str = "", *, err: bool = False) -> None:
     """Chatter for people (suppressed by --quiet)."""
-    if not is_quiet():
-        click.echo(text, err=err)
+    if not is_quiet():  # text may quote names from a remote: no terminal escapes
+        click.echo(printable(text, keep_lines=True), err=err)
 
 
 def result(text: str) -> None:
     """A result line on stdout (always printed)."""
-    click.echo(text)
+    click.echo(printable(text, keep_lines=True))
 
 
 def _json_default(o: Any) -> Any:
@@ -321,7 +322,12 @@ def _json_default(o: Any) -> Any:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False))
+    # json escapes C0 controls; C1 (0x80-0x9f) and DEL pass as they are, so escape them
+    text = json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False)
+    click.echo(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def human_size(n: int | float | None) -> str:
@@ -360,7 +366,7 @@ def iso_time(ns: int | None) -> str | None:
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], right: Iterable[int] = ()) -> None:
     """Aligned columns; ``right`` lists the column indexes aligned right (sizes)."""
     right = set(right)
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [["" if c is None else printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for n, r in enumerate(cells):
         parts = [
@@ -459,12 +465,8 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def short(dataset_id: str | None) -> str:
-    return (dataset_id or "-")[:8]
-
-
 def dataset_label(rec: dict[str, Any]) -> str:
-    return f"{rec['project']}/{rec['name']} v{rec.get('version')}"
+    return printable(f"{rec['project']}/{rec['name']} v{rec.get('version')}")
 
 
 def record_json(rec: dict[str, Any]) -> dict[str, Any]:

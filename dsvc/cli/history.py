@@ -34,7 +34,7 @@ from dsvc.cli.core import (
     table,
     tree_size,
 )
-from dsvc.cli.render import render_dot, render_mermaid, render_svg, render_text
+from dsvc.cli.render import printable, render_dot, render_mermaid, render_svg, render_text
 from dsvc.errors import ConfigError, DsvcError, UsageError
 
 # -- looking versions up without moving "last used" ----------------------------------------
@@ -182,7 +182,7 @@ def print_changes(changes: dict[str, list[dict[str, Any]]], verbose: bool = True
         for kind, c in rows:
             mark, col = marks[kind]
             size = c["size"] if c["size"] is not None else c["old_size"]
-            line = f"{mark}  {human_size(size):>10}  {c['path']}"
+            line = f"{mark}  {human_size(size):>10}  {printable(c['path'])}"
             click.echo(click.style(line, fg=col) if color else line)
     n = {k: len(v) for k, v in changes.items()}
     result(f"{n['added']} added, {n['removed']} removed, {n['modified']} modified")
@@ -346,11 +346,11 @@ def log(
         if r.get("squashed_from"):
             click.echo(f"Squash:  {' '.join(r['squashed_from'])}")
         if r.get("tags"):
-            click.echo(f"Tags:    {', '.join(r['tags'])}")
+            click.echo(f"Tags:    {printable(', '.join(r['tags']))}")
         if r.get("description"):
             click.echo("")
             for line in r["description"].splitlines():
-                click.echo(f"    {line}")
+                click.echo(f"    {printable(line)}")
         if i < len(ordered) - 1:
             click.echo("")
 

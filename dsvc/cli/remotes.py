@@ -10,6 +10,7 @@ import click
 
 from dsvc.cli.core import (
     cli,
+    dataset_label,
     emit_json,
     expand_id,
     human_duration,
@@ -249,7 +250,7 @@ def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: boo
         objects += st.objects
         sent += st.bytes_sent
         say(
-            f"  {short(rec['id'])} {rec['project']}/{rec['name']} v{rec.get('version')}: "
+            f"  {short(rec['id'])} {dataset_label(rec)}: "
             f"{plural(st.objects, 'object')}, {human_size(st.bytes_sent)}",
             err=True,
         )
@@ -323,7 +324,7 @@ def fetch(remote_spec: str | None, as_json: bool) -> None:
         f"Fetched {len(new)} new dataset record{'s' if len(new) != 1 else ''} from {_remote_name(r)} ({len(remote_recs)} on the remote)"
     )
     for x in new:
-        say(f"  {short(x['id'])} {x['project']}/{x['name']} v{x.get('version')}", err=True)
+        say(f"  {short(x['id'])} {dataset_label(x)}", err=True)
 
 
 @cli.command()

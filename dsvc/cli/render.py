@@ -3,19 +3,47 @@ built-in SVG layout for when Graphviz is not installed."""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 from xml.sax.saxutils import escape
 
-from dsvc.cli.core import short
+# C0 controls (ESC starts CSI/OSC sequences, BEL ends OSC), DEL, C1 controls (0x9b is a
+# one-byte CSI, 0x9d a one-byte OSC) and the bidirectional overrides that make text read
+# differently from what it is ("Trojan Source")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_KEEP_LINES = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: Any, *, keep_lines: bool = False) -> str:
+    """``text`` safe for a terminal: every control character (escape sequences, OSC
+    included, which click's ANSI stripping lets through) is shown as ``\\xNN``.
+
+    Everything printed that came from outside (names, tags, descriptions and paths from
+    a remote's records and trees, error messages quoting them) goes through this.
+    ``keep_lines`` keeps newlines and tabs (whole messages); a single name never keeps
+    them, so it cannot fake an extra line of output.
+    """
+    return (_UNSAFE_KEEP_LINES if keep_lines else _UNSAFE).sub(_escape_char, str(text))
+
+
+def short(dataset_id: str | None) -> str:
+    return (dataset_id or "-")[:8]
 
 
 def _label(did: str, rec: dict[str, Any] | None) -> tuple[str, str]:
     if rec is None:
         return f"{short(did)} (not found)", ""
     return (
-        f"{rec['project']}/{rec['name']} v{rec.get('version')}",
-        f"{rec['status']} · {short(did)}",
+        printable(f"{rec['project']}/{rec['name']} v{rec.get('version')}"),
+        f"{printable(rec['status'])} · {short(did)}",
     )
 
 

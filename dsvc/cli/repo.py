@@ -21,6 +21,7 @@ from dsvc.cli.core import (
     say,
 )
 from dsvc.cli.remotes import remote_for
+from dsvc.cli.render import printable
 from dsvc.errors import IntegrityError, NotFoundError, StoreCorruptError, UsageError
 from dsvc.store import corrupt_message
 
@@ -190,7 +191,7 @@ def fsck(repair: bool, as_json: bool) -> None:
 
 def _damage_line(d: dict[str, Any]) -> str:
     """One line naming a damaged dataset and what to do about it."""
-    name = f"{d['project']}/{d['name']} v{d['version']} ({d['id']})"
+    name = printable(f"{d['project']}/{d['name']} v{d['version']} ({d['id']})")
     parts = []
     if d["files"]:
         parts.append(f"{len(d['files'])} file{'s' if len(d['files']) != 1 else ''} to re-add")
