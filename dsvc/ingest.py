@@ -911,6 +911,9 @@ def ingest_path(
 ) -> tuple[dict[RelPath, Entry], IngestStats]:
     """Scan ``path`` and ingest what it holds (a convenience for tools and benchmarks)."""
     sr = scan(Path(path), wildcard=wildcard, recursive=recursive, store=store)
-    entries, stats = Ingestor(store, max_workers=max_workers, progress=progress).ingest(sr.items)
+    with store.lease("ingest", announce=False):  # stat-cache entries vs a concurrent gc
+        entries, stats = Ingestor(store, max_workers=max_workers, progress=progress).ingest(
+            sr.items
+        )
     stats.skipped[:0] = sr.skipped
     return entries, stats

@@ -343,3 +343,33 @@ def test_local_gc_during_remote_gc_keeps_the_metadata_it_reads(
     monkeypatch.setattr(sync, "_reach", reach_after_a_local_gc)
     counts = sync.resolve(store, None, required=True).gc(store, grace_seconds=0)
     assert raced == ["refused"] and counts["packs_deleted"] == 0
+
+
+def test_ingest_path_holds_a_lease_against_gc(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ingest_path (tools, benchmarks) dedupes onto stored chunks and records stat-cache
+    entries: a gc between its existence check and its writes must not sweep them."""
+    from dsvc.ingest import Ingestor, ingest_path
+
+    src = write_tree(tmp_path / "src", {"a.bin": os.urandom(2000)})
+    v = _version(src)  # stores a.bin's chunk; deleting v makes it garbage
+    v.finalize()
+    Dataset.delete(v.id)
+    store = registry.open_store()
+    encode = Ingestor._encode_new
+    raced: list[str] = []
+
+    def encode_then_gc(self, chunks, cur, sink):  # type: ignore[no-untyped-def]
+        out = encode(self, chunks, cur, sink)  # the chunk is found stored: not queued
+        try:
+            local_gc(store)
+            raced.append("swept")
+        except StateError:
+            raced.append("refused")
+        return out
+
+    monkeypatch.setattr(Ingestor, "_encode_new", encode_then_gc)
+    entries, _ = ingest_path(store, src, progress=None)
+    assert raced == ["refused"]
+    assert store.missing("chunks", [e.id for e in entries.values()]) == []
