@@ -120,26 +120,33 @@ def _mark_tree(rd: _Reader, tree: bytes, out: set[bytes]) -> None:
                     out.update(c for c, _ in Blob.decode(blob, e.id).chunks)
 
 
-def _statcache_target(raw: bytes) -> tuple[int, bytes] | None:
-    """``(kind, id)`` of a stat-cache value (docs/format.md: a msgpack array whose
-    fields 3 and 4 are the tree entry's kind and id), or None for anything else."""
+def _statcache_target(raw: bytes) -> tuple[int, bytes, str | None] | None:
+    """``(kind, id, path)`` of a stat-cache value (docs/format.md: a msgpack array whose
+    fields 3 and 4 are the tree entry's kind and id, and field 8, when there, the file's
+    absolute path), or None for anything else."""
     try:
         v = msgpack.unpackb(raw, raw=False)
     except ValueError:
         return None
     if isinstance(v, list) and len(v) > 4 and isinstance(v[4], bytes) and isinstance(v[3], int):
-        return v[3], v[4]
+        path = os.fsdecode(v[8]) if len(v) > 8 and isinstance(v[8], bytes) else None
+        return v[3], v[4], path
     return None
 
 
-def _purge_statcache(store: Store, doomed: Any) -> int:
-    """Delete every stat-cache entry whose content id satisfies ``doomed(kind, id)``."""
+def _purge_statcache(
+    store: Store, doomed: Any, sources: dict[bytes, list[str]] | None = None
+) -> int:
+    """Delete every stat-cache entry whose content id satisfies ``doomed(kind, id)``;
+    ``sources`` collects, per doomed id, the files on disk the entries were made from."""
     keys: list[bytes] = []
     with store.read() as txn:
         for k, v in txn.cursor(db=store.db("statcache")):
             t = _statcache_target(v)
-            if t is None or doomed(*t):
+            if t is None or doomed(t[0], t[1]):
                 keys.append(k)
+                if t is not None and t[2] is not None and sources is not None:
+                    sources.setdefault(t[1], []).append(t[2])
     for i in range(0, len(keys), _SWEEP_BATCH):
         with store.batch() as b:
             for k in keys[i : i + _SWEEP_BATCH]:
@@ -400,6 +407,7 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
         return rep  # the LMDB file itself is damaged: nothing can be dropped through it
     bad = {bytes.fromhex(h) for h in rep["bad_chunks"] + rep["bad_objects"]}
     damaged = rep["missing"]
+    sources: dict[bytes, list[str]] = {}  # content id -> files it was added from
     if bad:
         with store.exclusive("fsck --repair", wait=wait):
             # blobs listing a bad chunk: their stat-cache entries and cached files go too
@@ -416,7 +424,7 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
                     b.delete("chunks", i)
                     b.delete("objects", i)
             rep["dropped"] = len(bad)
-            rep["statcache_purged"] = _purge_statcache(store, lambda _k, i: i in hit)
+            rep["statcache_purged"] = _purge_statcache(store, lambda _k, i: i in hit, sources)
         rep["cache_files_deleted"] = _drop_cached_files(store, hit)
         rep["cached_copies_deleted"] = _drop_cached_copies(store, {d["id"] for d in damaged})
     # then get the content back, dataset by dataset, from where it was published
@@ -440,9 +448,31 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
             "commit": x["commit"],
         }
         if any(left.values()):
-            rep["unrepaired"].append({**d, **left})
+            rep["unrepaired"].append({**d, **left, "sources": _sources(store, d, left, sources)})
     rep["missing"] = rep["unrepaired"]
     return rep
+
+
+def _sources(
+    store: Store, d: dict[str, Any], left: dict[str, Any], sources: dict[bytes, list[str]]
+) -> dict[str, list[str]]:
+    """For each file still to re-add, the files on disk it was added from (as the stat
+    cache knew them; they may have changed or gone since)."""
+    rec = reg.get(store, d["id"])
+    if rec is None or not sources:
+        return {}
+    from dsvc.treeops import Trees, lookup
+
+    trees = Trees(store)
+    out = {}
+    for f in left["files"]:
+        try:
+            e = lookup(trees, rec["tree"], tuple(f.split("/")))
+        except DsvcError:
+            continue
+        if e is not None and e.id in sources:
+            out[f] = sorted(set(sources[e.id]))
+    return out
 
 
 def _refetch(store: Store, rec: dict[str, Any], damage: dict[str, Any]) -> bool:

@@ -112,6 +112,8 @@ def test_repair_without_remote_lists_files_and_readd_restores(tmp_path: Path, ho
     rep = cli(home, "fsck", "--repair", rc=EXIT_INTEGRITY)
     assert rep["dropped"] == 1 and rep["statcache_purged"] == 1 and rep["refetched"] == []
     assert [(d["id"], d["files"]) for d in rep["unrepaired"]] == [(v1.id, ["big.bin"])]
+    # it says where the file was added from, as the stat cache knew it
+    assert rep["unrepaired"][0]["sources"] == {"big.bin": [str(src / "big.bin")]}
     # re-adding the unchanged folder reads big.bin again (its stat-cache entry is gone)
     # and writes the dropped chunk fresh: both versions read back byte for byte
     v2 = Dataset.create(dataset_name="n", dataset_project="p")

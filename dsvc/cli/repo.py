@@ -171,9 +171,11 @@ def fsck(repair: bool, as_json: bool) -> None:
         for did in rep.get("refetched", []):
             result(f"fetched dataset {did} again from its remote")
         for d in missing:
-            result(_damage_line(d))
+            result(_damage_line(d, repair))
+            known = d.get("sources") or {}
             for f in d["files"]:
-                result(f"  {f}")
+                was = known.get(f)
+                result(printable(f"  {f}" + (f"  (added from {', '.join(was)})" if was else "")))
     if bad and not repair:
         raise IntegrityError(
             f"{bad} corrupted item{'s' if bad != 1 else ''} in {store.path}; datasets using them "
@@ -181,7 +183,12 @@ def fsck(repair: bool, as_json: bool) -> None:
             "or lists the files to re-add)"
         )
     if missing:
-        what = "re-add the files listed" if repair else "run `dsvc fsck --repair`"
+        what = (
+            "add the files listed again (`dsvc add --files`, to this or a new version): "
+            "every version that uses them becomes readable"
+            if repair
+            else "run `dsvc fsck --repair`"
+        )
         raise IntegrityError(
             f"{len(missing)} dataset{'s' if len(missing) != 1 else ''} in {store.home} cannot "
             f"be read completely ({', '.join(d['id'] for d in missing[:3])}"
@@ -189,14 +196,15 @@ def fsck(repair: bool, as_json: bool) -> None:
         )
 
 
-def _damage_line(d: dict[str, Any]) -> str:
+def _damage_line(d: dict[str, Any], repair: bool) -> str:
     """One line naming a damaged dataset and what to do about it."""
     name = printable(f"{d['project']}/{d['name']} v{d['version']} ({d['id']})")
     parts = []
     if d["files"]:
-        parts.append(f"{len(d['files'])} file{'s' if len(d['files']) != 1 else ''} to re-add")
+        n = len(d["files"])
+        parts.append(f"{n} file{'s' if n != 1 else ''} {'to re-add' if repair else 'unreadable'}")
     if d["folders"]:
-        parts.append(f"folder listing lost for {', '.join(d['folders'])}")
+        parts.append(printable(f"folder listing lost for {', '.join(d['folders'])}"))
     if d["commit"]:
         parts.append("its commit is lost")
     return f"damaged {name}: {'; '.join(parts)}" + (
