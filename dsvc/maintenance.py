@@ -344,28 +344,39 @@ def damaged_datasets(
             except DsvcError:
                 return None
 
-        for _, rec in store.iter_records(reg.PREFIX):
-            fetchable = lenient and _may_fetch(rec, any_remote)
+        # per (tree, fetchable): damaged files and folders below it, relative to it;
+        # versions share most subtrees, so each is walked once, not once per version
+        memo: dict[tuple[bytes, bool], tuple[list[str], list[str]]] = {}
+
+        def damage(tid: bytes, fetchable: bool) -> tuple[list[str], list[str]]:
+            got = memo.get((tid, fetchable))
+            if got is not None:
+                return got
+            entries = tree(tid)
             files: list[str] = []
             folders: list[str] = []
-            stack: list[tuple[tuple[str, ...], bytes]] = [((), rec["tree"])] if rec.get("tree") else []
-            while stack:
-                path, tid = stack.pop()
-                entries = tree(tid)
-                if entries is None:
-                    folders.append("/".join(path) or ".")
-                    continue
+            if entries is None:
+                folders.append("")
+            else:
                 for name, e in entries.items():
-                    p = (*path, name)
                     if e.kind == KIND_TREE:
-                        stack.append((p, e.id))
+                        fs, ds = damage(e.id, fetchable)
+                        files += [f"{name}/{f}" for f in fs]
+                        folders += [f"{name}/{d}" if d else name for d in ds]
                     elif e.kind == KIND_CHUNKFILE:
                         if not chunk_ok(e.id, fetchable):
-                            files.append("/".join(p))
+                            files.append(name)
                     elif e.kind == KIND_FILE:
                         cs = blob_chunks(e.id)
                         if cs is None or not all(chunk_ok(c, fetchable) for c in cs):
-                            files.append("/".join(p))
+                            files.append(name)
+            memo[(tid, fetchable)] = (files, folders)
+            return files, folders
+
+        for _, rec in store.iter_records(reg.PREFIX):
+            fetchable = lenient and _may_fetch(rec, any_remote)
+            files, folders = damage(rec["tree"], fetchable) if rec.get("tree") else ([], [])
+            folders = [d or "." for d in folders]
             commit = rec.get("commit")
             commit_bad = bool(commit) and not ok(commit, TAG_COMMIT)
             if files or folders or commit_bad:
