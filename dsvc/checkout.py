@@ -10,8 +10,13 @@ Rules (checked by tests, relied on by the dataset layer):
   target, so no tree, however hostile, writes outside the folder asked for.
 * **Verified**: chunks are checked against their ids as they are read.
 * **Shared**: with a content cache, each distinct file content is written once into
-  ``cache/content`` (read-only) and hard-linked into every copy that holds it; a link
-  that cannot be made (another filesystem, link limit) falls back to a copy.
+  ``cache/content`` (read-only) and reflinked (``FICLONE``, where the filesystem can)
+  or hard-linked into every copy that holds it; a link that cannot be made (another
+  filesystem, link limit) falls back to a copy.
+* **Checked when served**: a shared copy has a manifest (each file's size, mtime,
+  ctime, inode once the copy was complete); :func:`serve_copy` compares them with one
+  ``lstat`` per file and repairs what differs from the store, so a write in place to a
+  hard link (root ignores read-only modes) does not reach other versions.
 """
 
 from __future__ import annotations
@@ -20,17 +25,30 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
+import time
 import uuid
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from dsvc import codec
 from dsvc.errors import IntegrityError, InvalidPathError, ObjectNotFoundError, StateError
-from dsvc.ids import TAG_BLOB, TAG_CHUNK, to_hex
-from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, MODE_EXEC, Blob, Entry, validate_name
+from dsvc.ids import TAG_BLOB, TAG_CHUNK, object_id, to_hex
+from dsvc.objects import (
+    KIND_CHUNKFILE,
+    KIND_FILE,
+    MODE_EXEC,
+    MODE_FILE,
+    Blob,
+    Entry,
+    validate_name,
+)
 from dsvc.store import Store
 
 RelPath = tuple[str, ...]
@@ -149,24 +167,62 @@ def _write_file(store: Store, entry: Entry, dest: str) -> None:
         _write_file_txn(store, txn, entry, dest)
 
 
+#: FICLONE (linux/fs.h): make ``dest`` share ``src``'s blocks, copy-on-write
+_FICLONE = 0x40049409
+#: clone failures that mean "this filesystem (pair) has no reflinks": link instead
+_NO_CLONE = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM)
+_NS = 1_000_000_000
+
+
+def _sentinel_ns(cid: bytes) -> int:
+    """The nanoseconds part dsvc gives a cache file's mtime, derived from its content id.
+
+    A write to the file (or to any hard link of it) sets the mtime to "now", whose
+    nanoseconds match this value with probability 1e-9, so one ``stat`` tells a cache
+    file, or a copy linked or cloned from it, that was changed after dsvc wrote it.
+    """
+    return int.from_bytes(cid[:4], "big") % _NS
+
+
 class ContentCache:
-    """Read-only files named by content id, hard-linked into local copies."""
+    """Read-only files named by content id, shared by local copies: reflinked where the
+    filesystem can (each copy its own inode, blocks shared copy-on-write), hard-linked
+    otherwise (one inode for every copy of a content).
+
+    Each file's mtime carries a sentinel (:func:`_sentinel_ns`), so a file changed in
+    place (root ignores the read-only mode) is recognised by a ``stat`` and rewritten
+    from the store instead of being linked into more copies.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._prefix = str(root).rstrip(os.sep) + os.sep
         root.mkdir(parents=True, exist_ok=True)
+        #: False once a clone failed: this filesystem has no reflinks (tests set it)
+        self.reflink = os.environ.get("DSVC_REFLINK", "1") != "0"
+        #: False on filesystems that drop mtime nanoseconds (then only sizes are checked)
+        self.sentinel = True
 
     def path_for(self, entry: Entry) -> str:
         h = entry.id.hex()
         return f"{self._prefix}{h[:2]}/{h}{'x' if entry.mode == MODE_EXEC else ''}"
 
+    def valid(self, st: os.stat_result, entry: Entry) -> bool:
+        """Whether a file with stat ``st`` is an unchanged cache file of ``entry`` (or a
+        hard link or clone of one): regular, right size, sentinel mtime."""
+        return (
+            stat.S_ISREG(st.st_mode)
+            and st.st_size == entry.size
+            and (not self.sentinel or st.st_mtime_ns % _NS == _sentinel_ns(entry.id))
+        )
+
     def ensure(self, store: Store, entry: Entry, txn: Any = None) -> str:
         """Path of a cached copy of ``entry``'s content, writing it first if missing.
 
-        A cached file is published with ``link`` and never replaced once there: another
+        A cached file is published with ``link`` and never renamed over: another
         process may be linking it at that moment, and ``link`` to a name that is being
-        renamed over can fail with ENOENT.
+        renamed over can fail with ENOENT. A damaged one is unlinked first
+        (:meth:`discard`), which linkers handle like a missing one.
         """
         p = self.path_for(entry)
         if os.path.exists(p):
@@ -179,6 +235,10 @@ class ContentCache:
             else:
                 _write_file_txn(store, txn, entry, tmp)
             os.chmod(tmp, 0o555 if entry.mode == MODE_EXEC else 0o444)
+            mtime = (time.time_ns() // _NS) * _NS + _sentinel_ns(entry.id)
+            os.utime(tmp, ns=(mtime, mtime))
+            if self.sentinel and os.stat(tmp).st_mtime_ns != mtime:
+                self.sentinel = False  # coarse timestamps: sizes are all a stat can tell
             try:
                 os.link(tmp, p)
             except FileExistsError:
@@ -189,6 +249,42 @@ class ContentCache:
             except FileNotFoundError:
                 pass
         return p
+
+    def discard(self, entry: Entry) -> None:
+        """Drop a damaged cache file (copies that link it keep their link until they are
+        checked and repaired)."""
+        try:
+            os.unlink(self.path_for(entry))
+        except FileNotFoundError:
+            pass
+
+    def clone(self, src: str, dest: str, entry: Entry) -> bool:
+        """Reflink ``src`` to a new file ``dest`` (same mode and mtime); False when the
+        filesystem cannot (then :attr:`reflink` turns off and nothing is left at dest)."""
+        if not self.reflink:
+            return False
+        sfd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            dfd = os.open(dest, _O_CREATE, 0o644)
+            try:
+                fcntl.ioctl(dfd, _FICLONE, sfd)
+                cloned = True
+            except OSError as e:
+                if e.errno not in _NO_CLONE:
+                    raise
+                cloned = False
+            finally:
+                os.close(dfd)
+            if not cloned:
+                os.unlink(dest)
+                self.reflink = False
+                return False
+            st = os.fstat(sfd)
+            os.chmod(dest, 0o555 if entry.mode == MODE_EXEC else 0o444)
+            os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+            return True
+        finally:
+            os.close(sfd)
 
 
 #: link failures that mean "copy instead" (another filesystem, link limit, no links)
@@ -203,28 +299,342 @@ def _place(
     txn: Any,
     fetched: Mapping[bytes, Any] | None = None,
 ) -> bool:
-    """Put one file at ``dest``; returns True when it was linked from the cache."""
+    """Put one file at ``dest``; returns True when it was shared from the cache (a
+    reflink or a hard link)."""
     if cache is None:
         _write_file_txn(store, txn, entry, dest, fetched)
         return False
     src = cache.path_for(entry)
-    try:  # link first: for content already cached (the common case) one syscall
-        os.link(src, dest)
-        return True
-    except FileNotFoundError:
-        cache.ensure(store, entry, txn)
-        try:
+    for attempt in range(2):
+        try:  # for content already cached (the common case) one or two syscalls
+            if cache.clone(src, dest, entry):
+                return True
             os.link(src, dest)
             return True
+        except FileNotFoundError:
+            if attempt:
+                raise
+            cache.ensure(store, entry, txn)
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
-    except OSError as e:
-        if e.errno not in _NO_LINK:
-            raise
+            break
     shutil.copyfile(src, dest)
     os.chmod(dest, 0o555 if entry.mode == MODE_EXEC else 0o444)
+    st = os.stat(src)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))  # keeps the sentinel
     return False
+
+
+# -- cached copies: manifests, checks, repairs --------------------------------------------
+
+
+class Manifest:
+    """What a cached copy held when it was complete: per file its path, tree entry
+    (kind, id, size, mode) and ``lstat`` (inode, mtime_ns, ctime_ns).
+
+    Stored column by column (paths joined by NUL, which no name holds; numbers as
+    machine arrays), so 100,000 files load in a few milliseconds.
+    """
+
+    def __init__(self, paths: list[str], entries: list[Entry]) -> None:
+        self.paths = paths
+        self.ids = b"".join(e.id for e in entries)
+        self.kinds = array("B", [e.kind for e in entries])
+        self.sizes = array("Q", [e.size for e in entries])
+        self.modes = array("I", [e.mode for e in entries])
+        n = len(paths)
+        self.inos = array("Q", bytes(8 * n))
+        self.mtimes = array("q", bytes(8 * n))
+        self.ctimes = array("q", bytes(8 * n))
+
+    def entry(self, i: int) -> Entry:
+        return Entry(self.kinds[i], self.ids[16 * i : 16 * i + 16], self.sizes[i], self.modes[i])
+
+    def set_stat(self, i: int, st: os.stat_result | None) -> None:
+        self.inos[i] = st.st_ino if st else 0
+        self.mtimes[i] = st.st_mtime_ns if st else 0
+        self.ctimes[i] = st.st_ctime_ns if st else 0
+
+    def dump(self) -> bytes:
+        cols = {k: getattr(self, k).tobytes() for k in _COLUMNS}
+        return msgpack.packb(
+            {"v": 1, "paths": "\0".join(self.paths), "ids": self.ids, **cols}, use_bin_type=True
+        )
+
+    @classmethod
+    def load(cls, data: bytes) -> Manifest:
+        doc = msgpack.unpackb(data, raw=False)
+        if doc.get("v") != 1:
+            raise ValueError("unknown manifest version")
+        m = cls.__new__(cls)
+        m.paths = doc["paths"].split("\0") if doc["paths"] else []
+        m.ids = doc["ids"]
+        for k, code in _COLUMNS.items():
+            col = array(code)
+            col.frombytes(doc[k])
+            if len(col) != len(m.paths):
+                raise ValueError(f"manifest column {k} has {len(col)} values")
+            setattr(m, k, col)
+        if len(m.ids) != 16 * len(m.paths):
+            raise ValueError("manifest ids do not match its paths")
+        return m
+
+
+_COLUMNS = {"kinds": "B", "sizes": "Q", "modes": "I", "inos": "Q", "mtimes": "q", "ctimes": "q"}
+
+
+def manifest_path(cache: ContentCache, name: str) -> str:
+    """Where the manifest of the cached copy ``cache/datasets/<name>`` lives."""
+    return os.path.join(os.path.dirname(cache.root), "manifests", name)
+
+
+def read_manifest(path: str) -> Manifest | None:
+    """The manifest at ``path``; None when it is missing or unreadable (then the copy is
+    verified by content once and the manifest written again)."""
+    try:
+        with open(path, "rb") as f:
+            return Manifest.load(f.read())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException):
+        return None
+
+
+def write_manifest(path: str, man: Manifest) -> None:
+    """Write a manifest atomically (temp file + rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(man.dump())
+    os.replace(tmp, path)
+
+
+def _stat_copy(
+    store: Store,
+    cache: ContentCache,
+    root: str,
+    files: Sequence[tuple[RelPath, Entry]],
+    *,
+    hash_check: bool = False,
+) -> tuple[Manifest, list[int]]:
+    """Stat every file of a copy (after it is complete: a later link of the same
+    content changes the ctime). Returns the manifest and the indexes of files that are
+    missing, not regular, the wrong size, or (cache files) lost their sentinel -- or,
+    with ``hash_check``, whose bytes do not hash to their id."""
+    prefix = root.rstrip(os.sep) + os.sep
+    man = Manifest(["/".join(rel) for rel, _ in files], [e for _, e in files])
+    bad: list[int] = []
+    for i, (_, e) in enumerate(files):
+        path = prefix + man.paths[i]
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        man.set_stat(i, st)
+        if (
+            st is None
+            or not cache.valid(st, e)
+            or (hash_check and not file_matches(store, path, e))
+        ):
+            bad.append(i)
+    return man, bad
+
+
+def file_matches(store: Store, path: str, entry: Entry) -> bool:
+    """Whether the bytes of ``path`` hash to ``entry``'s id (chunked as the store does)."""
+    try:
+        with open(path, "rb") as f:
+            chunks = [(object_id(TAG_CHUNK, c), len(c)) for c in store.chunker.cut_stream(f)]
+    except OSError:
+        return False
+    fid = chunks[0][0] if len(chunks) == 1 else object_id(TAG_BLOB, Blob(tuple(chunks)).encode())
+    return fid == entry.id
+
+
+def check_copy(store: Store, root: str, man: Manifest) -> tuple[list[int], bool]:
+    """Check a cached copy against its manifest with one ``lstat`` per file.
+
+    A file is bad when it is missing or its inode, size or mtime differ from the
+    manifest. A file whose ctime alone differs is hashed: a hard link made or removed
+    elsewhere changes the ctime of every link of a content, which is no damage (the
+    manifest takes the new ctime), but so does a write whose mtime was set back.
+    Returns the indexes of bad files and whether the manifest changed.
+    """
+    prefix = root.rstrip(os.sep) + os.sep
+    bad: list[int] = []
+    changed = False
+    lstat = os.lstat
+    inos, sizes, mtimes, ctimes = man.inos, man.sizes, man.mtimes, man.ctimes
+    for i, rel in enumerate(man.paths):
+        try:
+            st = lstat(prefix + rel)
+        except (FileNotFoundError, NotADirectoryError):
+            bad.append(i)
+            continue
+        if st.st_ino != inos[i] or st.st_size != sizes[i] or st.st_mtime_ns != mtimes[i]:
+            bad.append(i)
+        elif st.st_ctime_ns != ctimes[i]:
+            if stat.S_ISREG(st.st_mode) and file_matches(store, prefix + rel, man.entry(i)):
+                ctimes[i] = st.st_ctime_ns
+                changed = True
+            else:
+                bad.append(i)
+    return bad, changed
+
+
+def repair_copy(
+    store: Store, cache: ContentCache, root: str, man: Manifest, bad: list[int]
+) -> None:
+    """Replace the ``bad`` files of a cached copy by good ones from the store, and update
+    the manifest. A damaged file that is a hard link of the cache file damaged the
+    cache file too: that one is rewritten first, so no later copy links it."""
+    prefix = root.rstrip(os.sep) + os.sep
+    with store._begin(buffers=True) as txn:
+        for i in bad:
+            e = man.entry(i)
+            dest = prefix + man.paths[i]
+            try:
+                damaged_ino = os.lstat(dest).st_ino
+            except (FileNotFoundError, NotADirectoryError):
+                damaged_ino = None
+            try:
+                cst = os.stat(cache.path_for(e))
+                if cst.st_ino == damaged_ino or not cache.valid(cst, e):
+                    cache.discard(e)
+            except FileNotFoundError:
+                pass
+            parent = os.path.dirname(dest)
+            if os.path.lexists(parent) and not os.path.isdir(parent):
+                os.unlink(parent)  # a file where a folder of the copy belongs
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{os.path.basename(dest)}.dsvc-repair-{uuid.uuid4().hex}"
+            _place(store, cache, e, tmp, txn)
+            if os.path.isdir(dest) and not os.path.islink(dest):
+                remove_tree(dest)
+            os.replace(tmp, dest)
+    # stat after every repair: repairs of one content share (and re-link) one inode
+    for i in bad:
+        man.set_stat(i, os.lstat(prefix + man.paths[i]))
+
+
+def serve_copy(
+    store: Store,
+    cache: ContentCache,
+    name: str,
+    entries: Callable[[], Sequence[tuple[RelPath, Entry]]],
+    ensure_content: Callable[[list[Entry]], None] | None = None,
+) -> int:
+    """Check the cached copy ``cache/datasets/<name>`` before it is handed out, and repair
+    what differs. ``entries`` lists the copy's files; it is called only when the
+    manifest is missing (then every file is hashed once). ``ensure_content`` makes the
+    content of the files to repair local first. Returns the number of files repaired.
+    """
+    root = os.path.join(os.path.dirname(cache.root), "datasets", name)
+    mpath = manifest_path(cache, name)
+    man = read_manifest(mpath)
+    if man is None:
+        man, bad = _stat_copy(store, cache, root, list(entries()), hash_check=True)
+        changed = True
+    else:
+        bad, changed = check_copy(store, root, man)
+    if bad:
+        if ensure_content is not None:
+            ensure_content([man.entry(i) for i in bad])
+        repair_copy(store, cache, root, man, bad)
+    if bad or changed:
+        write_manifest(mpath, man)
+    return len(bad)
+
+
+def verify_cache(store: Store, *, repair: bool = False) -> dict[str, Any]:
+    """Check the whole content cache under ``DSVC_HOME/cache`` (``dsvc fsck``, ``dsvc
+    cache verify``): hash every content file against its name, and check every cached
+    copy against its manifest (a stat per file, a hash where only the ctime moved).
+
+    With ``repair``: bad content files are dropped, bad files of copies are replaced
+    from the store, copies without a manifest (a crash right after they were built)
+    and manifests without a copy are removed. Copies are rebuilt on demand, so nothing
+    is lost. Returns counts and the bad items.
+    """
+    base = store.home / "cache"
+    cache = ContentCache(base / "content")
+    out: dict[str, Any] = {
+        "cache_files": 0,
+        "bad_cache_files": [],
+        "cached_copies": 0,
+        "bad_copy_files": [],
+        "copies_without_manifest": [],
+        "repaired": 0,
+        "unrepairable": [],
+    }
+    for sub in sorted(cache.root.iterdir()):
+        for f in sorted(sub.iterdir()) if sub.is_dir() else ():
+            name = f.name
+            if ".tmp-" in name:
+                continue
+            hexid = name[:-1] if name.endswith("x") else name
+            try:
+                cid = bytes.fromhex(hexid)
+            except ValueError:
+                continue
+            out["cache_files"] += 1
+            mode = MODE_EXEC if name.endswith("x") else MODE_FILE
+            e = Entry(KIND_CHUNKFILE, cid, f.stat().st_size, mode)
+            if not file_matches(store, str(f), e):  # by content: older files lack the sentinel
+                out["bad_cache_files"].append(name)
+                if repair:
+                    os.unlink(f)
+    copies = base / "datasets"
+    names = (
+        sorted(d.name for d in copies.iterdir() if not d.name.startswith("."))
+        if copies.is_dir()
+        else []
+    )
+    for name in names:
+        out["cached_copies"] += 1
+        root = str(copies / name)
+        mpath = manifest_path(cache, name)
+        man = read_manifest(mpath)
+        if man is None:
+            out["copies_without_manifest"].append(name)
+            if repair and time.time() - os.stat(root).st_mtime > 60:  # not one being built
+                remove_tree(root)
+            continue
+        bad, changed = check_copy(store, root, man)
+        out["bad_copy_files"] += [f"{name}/{man.paths[i]}" for i in bad]
+        if repair and (bad or changed):
+            try:
+                repair_copy(store, cache, root, man, bad)
+                out["repaired"] += len(bad)
+            except ObjectNotFoundError:
+                out["unrepairable"].append(name)  # content gone from the store: rebuild
+                remove_tree(root)
+                os.unlink(mpath)
+                continue
+            write_manifest(mpath, man)
+    mdir = base / "manifests"
+    if repair and mdir.is_dir():
+        for m in mdir.iterdir():
+            if ".tmp-" not in m.name and m.name not in names:
+                os.unlink(m)
+    return out
+
+
+def clear_cache(store: Store) -> dict[str, int]:
+    """Remove every cached copy, content-cache file and manifest (the store keeps the
+    content; copies are rebuilt on demand). Returns what was removed."""
+    base = store.home / "cache"
+    out = {"cached_copies": 0, "cache_files": 0}
+    copies = base / "datasets"
+    if copies.is_dir():
+        for d in copies.iterdir():
+            out["cached_copies"] += not d.name.startswith(".")
+            remove_tree(d) if d.is_dir() else os.unlink(d)
+    content = base / "content"
+    if content.is_dir():
+        out["cache_files"] = sum(len(os.listdir(s)) for s in content.iterdir() if s.is_dir())
+    for sub in ("content", "manifests"):
+        remove_tree(base / sub)
+    return out
 
 
 def materialize(
@@ -296,6 +706,11 @@ def materialize_shared(
     stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
     try:
         _fill(store, files, tmp, content_cache, max_workers, progress, stats)
+        # the manifest: each file's stat once all links exist; a file whose cache file
+        # was changed in place (sentinel gone) is rewritten from the store right away
+        man, bad = _stat_copy(store, content_cache, tmp, files)
+        if bad:
+            repair_copy(store, content_cache, tmp, man, bad)
         try:
             os.rename(tmp, target)
         except OSError as e:
@@ -308,6 +723,9 @@ def materialize_shared(
         raise
     finally:
         _release(lock)
+    # after the rename: a crash in between leaves a copy without manifest, which is
+    # verified by content when next served
+    write_manifest(manifest_path(content_cache, os.path.basename(target)), man)
     return stats, True
 
 

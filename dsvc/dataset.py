@@ -24,7 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dsvc import registry as reg
-from dsvc.checkout import ContentCache, materialize, materialize_shared, refuse_store_overlap
+from dsvc.checkout import (
+    ContentCache,
+    materialize,
+    materialize_shared,
+    refuse_store_overlap,
+    serve_copy,
+)
 from dsvc.errors import (
     ConflictError,
     DsvcError,
@@ -1111,11 +1117,20 @@ class Dataset:
             if num_parts is not None or part is not None:
                 name += f"-part-{part}-of-{num_parts}"
             target = self._store.home / "cache" / "datasets" / name
+            cache = ContentCache(self._store.home / "cache" / "content")
             if target.is_dir():
+                # a stat per file against the copy's manifest; changed or missing files
+                # (an in-place write as root reaches every hard link) come from the store
+                serve_copy(
+                    self._store,
+                    cache,
+                    name,
+                    lambda: self._selected(part, num_parts, files),
+                    lambda es: self._ensure_content([((), e) for e in es], max_workers),
+                )
                 return str(target)
             entries = self._selected(part, num_parts, files)
             self._ensure_content(entries, max_workers)
-            cache = ContentCache(self._store.home / "cache" / "content")
             with Progress(
                 f"copy {rec['name']}",
                 sum(e.size for _, e in entries),

@@ -39,7 +39,7 @@ import msgpack
 
 from dsvc import codec
 from dsvc import registry as reg
-from dsvc.checkout import remove_tree, temp_in_use
+from dsvc.checkout import remove_tree, temp_in_use, verify_cache
 from dsvc.errors import DsvcError, IntegrityError
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
 from dsvc.lookup import remote_for
@@ -300,6 +300,7 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
             bar.update(1)
     bad = {bytes.fromhex(h) for h in out["bad_chunks"] + out["bad_objects"]}
     out["missing"] = damaged_datasets(store, bad)
+    out["cache"] = verify_cache(store)  # cached copies and content-cache files
     return out
 
 
@@ -461,6 +462,7 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
         if any(left.values()):
             rep["unrepaired"].append({**d, **left, "sources": _sources(store, d, left, sources)})
     rep["missing"] = rep["unrepaired"]
+    rep["cache"] = verify_cache(store, repair=True)  # cached files changed on disk
     return rep
 
 

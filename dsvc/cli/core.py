@@ -122,7 +122,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
         "Git-style commands",
         [
             "init", "remote", "push", "fetch", "pull", "clone", "log", "graph", "diff", "gc",
-            "fsck", "config", "demo",
+            "fsck", "cache", "config", "demo",
         ],
     ),
 ]  # fmt: skip

@@ -150,7 +150,11 @@ def fsck(repair: bool, as_json: bool) -> None:
         )
     bad = len(rep["bad_chunks"]) + len(rep["bad_objects"])
     missing = rep["missing"]
-    ok = not missing and (repair or bad == 0)
+    cache = rep["cache"]
+    cache_bad = (
+        cache["unrepairable"] if repair else cache["bad_cache_files"] + cache["bad_copy_files"]
+    )
+    ok = not missing and (repair or bad == 0) and not cache_bad
     if as_json:
         emit_json({**rep, "ok": ok})
     else:
@@ -176,6 +180,10 @@ def fsck(repair: bool, as_json: bool) -> None:
             for f in d["files"]:
                 was = known.get(f)
                 result(printable(f"  {f}" + (f"  (added from {', '.join(was)})" if was else "")))
+        for f in cache_bad:
+            result(printable(f"changed cached file {f}"))
+        if repair and cache["repaired"]:
+            result(f"repaired {cache['repaired']} changed files of cached copies")
     if bad and not repair:
         raise IntegrityError(
             f"{bad} corrupted item{'s' if bad != 1 else ''} in {store.path}; datasets using them "
@@ -194,6 +202,12 @@ def fsck(repair: bool, as_json: bool) -> None:
             f"be read completely ({', '.join(d['id'] for d in missing[:3])}"
             f"{'...' if len(missing) > 3 else ''}); {what}"
         )
+    if cache_bad:
+        raise IntegrityError(
+            f"{len(cache_bad)} changed file{'s' if len(cache_bad) != 1 else ''} in the content "
+            f"cache {store.home / 'cache'} (the store is sound): `dsvc cache verify` repairs "
+            "them from the store"
+        )
 
 
 def _damage_line(d: dict[str, Any], repair: bool) -> str:
@@ -211,6 +225,80 @@ def _damage_line(d: dict[str, Any], repair: bool) -> str:
         "" if d["files"] and not d["folders"] and not d["commit"] else
         " (only a remote that has the version can restore it)"
     )
+
+
+# -- cache -------------------------------------------------------------------------------------
+
+
+@cli.group(no_args_is_help=True)
+def cache() -> None:
+    """Check or empty the cache of read-only copies under DSVC_HOME/cache.
+
+    \b
+    Example:
+      dsvc cache verify
+      dsvc cache clear
+    """
+
+
+@cache.command("verify")
+@json_option
+def cache_verify(as_json: bool) -> None:
+    """Check every cached copy and content-cache file, and repair them from the store.
+
+    Hashes each content-cache file; checks each file of each cached copy against the
+    stat recorded when it was made (hashing only where the ctime alone moved). Bad
+    files are replaced from the store; copies that cannot be checked are removed
+    (`dsvc get` rebuilds them). Exit 5 if something could not be repaired.
+
+    \b
+    Example:
+      dsvc cache verify --json
+    """
+    from dsvc.checkout import verify_cache
+
+    store = open_store()
+    t0 = time.monotonic()
+    rep = verify_cache(store, repair=True)
+    if as_json:
+        emit_json({**rep, "ok": not rep["unrepairable"]})
+    else:
+        result(
+            f"checked {rep['cache_files']} cache files and {rep['cached_copies']} cached copies "
+            f"in {human_duration(time.monotonic() - t0)}; repaired {rep['repaired']} files, "
+            f"dropped {len(rep['bad_cache_files'])} cache files"
+        )
+        for f in rep["bad_copy_files"]:
+            result(printable(f"repaired {f}"))
+        for name in rep["copies_without_manifest"]:
+            result(f"removed unverifiable copy {name}")
+    if rep["unrepairable"]:
+        raise IntegrityError(
+            f"cached copies {rep['unrepairable']} had files whose content is not in the store; "
+            "they were removed: `dsvc get` fetches and rebuilds them"
+        )
+
+
+@cache.command("clear")
+@json_option
+def cache_clear(as_json: bool) -> None:
+    """Remove every cached copy and content-cache file (the store keeps the content).
+
+    \b
+    Example:
+      dsvc cache clear
+    """
+    from dsvc.checkout import clear_cache
+
+    store = open_store()
+    rep = clear_cache(store)
+    if as_json:
+        emit_json(rep)
+    else:
+        result(
+            f"removed {rep['cached_copies']} cached copies and {rep['cache_files']} cache files "
+            f"from {store.home / 'cache'}"
+        )
 
 
 # -- config ----------------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+"""Issue 9.7: a cached read-only copy that was changed is detected and repaired.
+
+Cached copies share content: hard links of one content-cache file (reflinks where the
+filesystem has them). Root ignores the read-only mode, so an in-place write to one
+copy reaches every version holding that content, including the content cache itself.
+``get_local_copy`` checks a copy against its manifest (size, mtime, ctime, inode per
+file, one ``lstat`` each) before handing it out and repairs it from the store;
+``dsvc fsck`` reports the cache, ``dsvc cache verify`` repairs it, ``dsvc cache clear``
+empties it. These tests run as whoever runs the suite; the in-place writes first make
+the file writable, which is what root's writes amount to.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dataset_helpers import read_tree, write_tree
+
+from dsvc import checkout
+from dsvc import registry as reg
+from dsvc.dataset import Dataset
+from dsvc.maintenance import fsck
+from dsvc.registry import open_store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("DSVC_HOME", str(h))
+    monkeypatch.delenv("DSVC_REMOTE", raising=False)
+    return h
+
+
+BASE = {"shared.txt": b"shared content\n" * 10, "d/other.bin": os.urandom(5000), "e": b""}
+
+
+def version(tmp: Path, files: dict[str, bytes], name: str = "ds") -> Dataset:
+    ds = Dataset.create(dataset_name=name, dataset_project="proj")
+    ds.add_files(write_tree(tmp / f"src-{ds.id}", files))
+    ds.finalize()
+    return ds
+
+
+def write_in_place(path: Path, data: bytes, keep_mtime: bool = False) -> None:
+    """What root's ``open(path, 'r+')`` does to a read-only file: same inode."""
+    st = os.stat(path)
+    os.chmod(path, st.st_mode | stat.S_IWUSR)
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+    os.chmod(path, st.st_mode)
+    if keep_mtime:  # `touch -r`-style: the mtime (sentinel included) is put back
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_in_place_write_to_one_copy_is_repaired_for_every_version(tmp_path: Path) -> None:
+    a = version(tmp_path, BASE, "a")
+    b = version(tmp_path, {**BASE, "only-b": b"b"}, "b")
+    pa, pb = Path(a.get_local_copy()), Path(b.get_local_copy())
+    write_in_place(pa / "shared.txt", b"EVIL" * 38)  # same size: only the mtime tells
+    assert read_tree(a.get_local_copy()) == BASE
+    assert read_tree(b.get_local_copy()) == {**BASE, "only-b": b"b"}
+    # a version materialized later must not link the damaged content either
+    c = version(tmp_path, {**BASE, "only-c": b"c"}, "c")
+    assert read_tree(c.get_local_copy()) == {**BASE, "only-c": b"c"}
+    assert read_tree(pb) == {**BASE, "only-b": b"b"}
+
+
+def test_removed_and_replaced_files_are_restored(tmp_path: Path) -> None:
+    a = version(tmp_path, BASE, "a")
+    p = Path(a.get_local_copy())
+    os.unlink(p / "shared.txt")
+    shutil.rmtree(p / "d")
+    assert read_tree(a.get_local_copy()) == BASE
+    # a new inode with the same size and mtime (`cp -p` of another file)
+    (tmp_path / "fake").write_bytes(b"x" * len(BASE["shared.txt"]))
+    st = os.stat(p / "shared.txt")
+    os.unlink(p / "shared.txt")
+    shutil.copy2(tmp_path / "fake", p / "shared.txt")
+    os.utime(p / "shared.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert read_tree(a.get_local_copy()) == BASE
+
+
+def test_write_with_mtime_put_back_is_caught_by_ctime(tmp_path: Path) -> None:
+    a = version(tmp_path, BASE, "a")
+    p = Path(a.get_local_copy())
+    write_in_place(p / "d" / "other.bin", os.urandom(5000), keep_mtime=True)
+    assert read_tree(a.get_local_copy()) == BASE
+
+
+def test_sharing_content_with_a_new_version_repairs_nothing(tmp_path: Path) -> None:
+    """Linking the same content into another copy changes the shared inode's ctime:
+    that alone is not damage (the file is hashed once, then the manifest follows)."""
+    a = version(tmp_path, BASE, "a")
+    p = Path(a.get_local_copy())
+    inodes = {f: os.stat(p / f).st_ino for f in BASE}
+    b = version(tmp_path, {**BASE, "x": b"x"}, "b")
+    b.get_local_copy()
+    assert read_tree(a.get_local_copy()) == BASE
+    assert {f: os.stat(p / f).st_ino for f in BASE} == inodes  # nothing was re-placed
+    store = open_store()
+    rows = checkout.read_manifest(
+        checkout.manifest_path(checkout.ContentCache(store.home / "cache" / "content"), a.id)
+    )
+    assert rows is not None
+    assert checkout.check_copy(store, str(p), rows) == ([], False)
+
+
+def test_copy_without_manifest_is_verified_by_content(tmp_path: Path, home: Path) -> None:
+    a = version(tmp_path, BASE, "a")
+    p = Path(a.get_local_copy())
+    (home / "cache" / "manifests" / a.id).unlink()  # a crash right after the build
+    write_in_place(p / "shared.txt", b"Z" * len(BASE["shared.txt"]), keep_mtime=True)
+    assert read_tree(a.get_local_copy()) == BASE
+    assert (home / "cache" / "manifests" / a.id).is_file()
+
+
+def test_fsck_reports_the_cache_and_cache_verify_repairs_it(tmp_path: Path, home: Path) -> None:
+    a = version(tmp_path, BASE, "a")
+    p = Path(a.get_local_copy())
+    write_in_place(p / "shared.txt", b"EVIL" * 38)
+    os.unlink(p / "e")
+    store = open_store()
+    rep = fsck(store, progress=False)
+    assert len(rep["cache"]["bad_cache_files"]) == 1
+    assert sorted(rep["cache"]["bad_copy_files"]) == [f"{a.id}/e", f"{a.id}/shared.txt"]
+    reg.close_all()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = [sys.executable, "-m", "dsvc"]
+    out = subprocess.run([*run, "fsck"], capture_output=True, text=True, env=env)
+    assert out.returncode == 5 and "cache verify" in out.stderr, out.stderr
+    out = subprocess.run([*run, "cache", "verify"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "repaired 2" in out.stdout, out.stdout
+    assert read_tree(p) == BASE  # repaired in place, without a get_local_copy
+    out = subprocess.run([*run, "fsck"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([*run, "cache", "clear"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert not p.exists() and not (home / "cache" / "content").exists()
+    assert read_tree(Dataset.get(dataset_id=a.id).get_local_copy()) == BASE
+
+
+def test_reflinks_are_used_where_the_filesystem_has_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This machine's filesystem may lack FICLONE: a stand-in ioctl copies the bytes
+    (what a reflink looks like from user space: its own inode, same content)."""
+    calls = []
+
+    def ficlone(dfd: int, req: int, sfd: int) -> int:
+        assert req == checkout._FICLONE
+        calls.append(req)
+        os.lseek(sfd, 0, os.SEEK_SET)
+        while chunk := os.read(sfd, 1 << 16):
+            os.write(dfd, chunk)
+        return 0
+
+    monkeypatch.setattr(checkout.fcntl, "ioctl", ficlone)
+    a = version(tmp_path, BASE, "a")
+    b = version(tmp_path, {**BASE, "x": b"x"}, "b")
+    pa, pb = Path(a.get_local_copy()), Path(b.get_local_copy())
+    assert calls
+    for f in BASE:  # separate inodes: a write to one copy cannot reach the other
+        assert os.stat(pa / f).st_ino != os.stat(pb / f).st_ino
+        assert os.stat(pa / f).st_nlink == 1
+    write_in_place(pa / "shared.txt", b"EVIL" * 38)
+    assert read_tree(pb) == {**BASE, "x": b"x"}
+    assert read_tree(a.get_local_copy()) == BASE
+
+
+def test_without_reflinks_copies_fall_back_to_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_clone(dfd: int, req: int, sfd: int) -> int:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(checkout.fcntl, "ioctl", no_clone)
+    a = version(tmp_path, BASE, "a")
+    b = version(tmp_path, {**BASE, "x": b"x"}, "b")
+    pa, pb = Path(a.get_local_copy()), Path(b.get_local_copy())
+    assert os.stat(pa / "shared.txt").st_ino == os.stat(pb / "shared.txt").st_ino
+    assert read_tree(pb) == {**BASE, "x": b"x"}
