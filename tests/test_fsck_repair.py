@@ -158,3 +158,44 @@ def test_fsck_of_a_clone_does_not_count_remote_content_as_missing(
     child.add_files(write_tree(tmp_path / "more", {"new.txt": b"new"}))
     rep = cli(clone, "fsck")
     assert rep["ok"] and rep["missing"] == []
+
+
+def _flip_value(home: Path, db: str, key: bytes) -> None:
+    """Flip one byte inside the stored value of ``key`` in ``db``, in data.mdb."""
+    store = registry.open_store()
+    with store.read() as txn:
+        value = bytes(txn.get(key, db=store.db(db)))
+    registry.close_all()
+    path = home / "store.lmdb" / "data.mdb"
+    raw = bytearray(path.read_bytes())
+    at = raw.find(value)
+    assert at > 0 and raw.find(value, at + 1) < 0
+    raw[at + len(value) - 3] ^= 0xFF  # inside the last entry's fields
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("with_remote", [True, False])
+def test_repair_of_a_damaged_folder_listing(tmp_path: Path, home: Path, with_remote: bool) -> None:
+    files = {"d/e/x.bin": os.urandom(3000), "d/e/y.txt": b"y" * 10, "top.txt": b"top"}
+    if with_remote:
+        add_origin(registry.open_store(), {"url": f"file://{tmp_path / 'remote'}", "options": {}})
+    ds = Dataset.create(dataset_name="n", dataset_project="p")
+    ds.add_files(write_tree(tmp_path / "src", files))
+    ds.finalize(auto_upload=True)
+    from dsvc.treeops import Trees, lookup
+
+    store = registry.open_store()
+    sub = lookup(Trees(store), registry.get(store, ds.id)["tree"], ("d", "e"))
+    assert sub is not None
+    _flip_value(home, "objects", sub.id)
+    rep = cli(home, "fsck", rc=EXIT_INTEGRITY)
+    assert rep["bad_objects"] == [sub.id.hex()]
+    assert [(d["folders"], d["files"]) for d in rep["missing"]] == [(["d/e"], [])]
+    if with_remote:
+        rep = cli(home, "fsck", "--repair")
+        assert rep["refetched"] == [ds.id] and rep["unrepaired"] == []
+        got = Dataset.get(dataset_id=ds.id).get_mutable_local_copy(tmp_path / "out")
+        assert read_tree(got) == files
+    else:
+        rep = cli(home, "fsck", "--repair", rc=EXIT_INTEGRITY)
+        assert [(d["id"], d["folders"]) for d in rep["unrepaired"]] == [(ds.id, ["d/e"])]
