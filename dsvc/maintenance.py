@@ -349,19 +349,30 @@ def damaged_datasets(
         # versions share most subtrees, so each is walked once, not once per version
         memo: dict[tuple[bytes, bool], tuple[list[str], list[str]]] = {}
 
-        def damage(tid: bytes, fetchable: bool) -> tuple[list[str], list[str]]:
-            got = memo.get((tid, fetchable))
-            if got is not None:
-                return got
-            entries = tree(tid)
-            files: list[str] = []
-            folders: list[str] = []
-            if entries is None:
-                folders.append("")
-            else:
+        def damage(root: bytes, fetchable: bool) -> tuple[list[str], list[str]]:
+            # iterative post-order: a tree from a remote may be thousands of folders deep
+            stack: list[tuple[bytes, dict[str, Any] | None]] = [(root, None)]
+            while stack:
+                tid, entries = stack.pop()
+                if (tid, fetchable) in memo:
+                    continue
+                if entries is None:  # first visit: children first
+                    entries = tree(tid)
+                    if entries is None:
+                        memo[(tid, fetchable)] = ([], [""])
+                        continue
+                    stack.append((tid, entries))
+                    stack.extend(
+                        (e.id, None)
+                        for e in entries.values()
+                        if e.kind == KIND_TREE and (e.id, fetchable) not in memo
+                    )
+                    continue
+                files: list[str] = []
+                folders: list[str] = []
                 for name, e in entries.items():
                     if e.kind == KIND_TREE:
-                        fs, ds = damage(e.id, fetchable)
+                        fs, ds = memo[(e.id, fetchable)]
                         files += [f"{name}/{f}" for f in fs]
                         folders += [f"{name}/{d}" if d else name for d in ds]
                     elif e.kind == KIND_CHUNKFILE:
@@ -371,8 +382,8 @@ def damaged_datasets(
                         cs = blob_chunks(e.id)
                         if cs is None or not all(chunk_ok(c, fetchable) for c in cs):
                             files.append(name)
-            memo[(tid, fetchable)] = (files, folders)
-            return files, folders
+                memo[(tid, fetchable)] = (files, folders)
+            return memo[(root, fetchable)]
 
         for _, rec in store.iter_records(reg.PREFIX):
             fetchable = lenient and _may_fetch(rec, any_remote)

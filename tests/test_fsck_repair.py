@@ -199,3 +199,25 @@ def test_repair_of_a_damaged_folder_listing(tmp_path: Path, home: Path, with_rem
     else:
         rep = cli(home, "fsck", "--repair", rc=EXIT_INTEGRITY)
         assert [(d["id"], d["folders"]) for d in rep["unrepaired"]] == [(ds.id, ["d/e"])]
+
+
+def test_fsck_reports_missing_content_below_a_very_deep_tree(home: Path) -> None:
+    """Trees from a remote may be thousands of folders deep: the walk is not recursive."""
+    from dsvc.ids import chunk_id
+    from dsvc.objects import KIND_CHUNKFILE, MODE_FILE, Entry
+    from dsvc.treeops import Trees
+
+    store = registry.open_store()
+    with store.batch() as b:
+        trees = Trees(store, b)
+        cid = b.put_chunk(b"leaf")
+        top = trees.put({"leaf": Entry(KIND_CHUNKFILE, chunk_id(b"leaf"), 4, MODE_FILE)})
+        for _ in range(5000):
+            top = trees.put({"d": top})
+    ds = Dataset.create(dataset_name="deep", dataset_project="p")
+    registry.update(store, ds.id, lambda r: {**r, "tree": top.id})
+    assert fsck(store, progress=False)["missing"] == []
+    with store.batch() as b:
+        b.delete("chunks", cid)
+    (damage,) = fsck(store, progress=False)["missing"]
+    assert damage["id"] == ds.id and damage["files"] == ["d/" * 5000 + "leaf"]
