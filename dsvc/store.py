@@ -42,7 +42,7 @@ import lmdb
 import msgpack
 import xxhash
 
-from dsvc import codec, storecheck
+from dsvc import codec, faultpoints, storecheck
 from dsvc.chunker import DEFAULT_PARAMS, Chunker, ChunkerParams
 from dsvc.errors import (
     ConfigError,
@@ -214,6 +214,19 @@ def _over_file_size_limit(path: Path) -> bool:
         return path.is_file() and path.stat().st_size + BATCH_BYTES * 2 > soft
     except (ImportError, OSError, ValueError):
         return False
+
+
+def _fault_label(ops: list[tuple[str, bytes, bytes | None]]) -> str:
+    """What a commit writes, for :mod:`dsvc.faultpoints`: its databases, and the kinds
+    of record (key up to the first ``/``), e.g. ``chunks,records[ds]``."""
+    dbs: dict[str, set[str]] = {}
+    for db, key, _ in ops:
+        kinds = dbs.setdefault(db, set())
+        if db == "records":
+            kinds.add(key.split(b"/", 1)[0].decode(errors="replace"))
+    return ",".join(
+        f"{db}[{','.join(sorted(k))}]" if k else db for db, k in sorted(dbs.items())
+    )
 
 
 def lmdb_error(home: Path, e: lmdb.Error) -> DsvcError:
@@ -451,6 +464,10 @@ class Store:
                             txn.put(key, value, db=dbs[db], overwrite=False)
                         else:
                             txn.put(key, value, db=dbs[db])
+                    if faultpoints.ENABLED:
+                        faultpoints.hit("lmdb.commit", "before", _fault_label(ops))
+                if faultpoints.ENABLED:
+                    faultpoints.hit("lmdb.commit", "after", _fault_label(ops))
                 return
             except lmdb.MapFullError:
                 # only reachable with a small DSVC_MAP_SIZE: grow and redo the batch
@@ -569,6 +586,10 @@ class Store:
                 txn.delete(name.encode())
             else:
                 txn.put(name.encode(), new)
+            if faultpoints.ENABLED:
+                faultpoints.hit("lmdb.commit", "before", "refs")
+        if faultpoints.ENABLED:
+            faultpoints.hit("lmdb.commit", "after", "refs")
         self._durable_point()
 
     def scan_prefix(self, db: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
@@ -616,6 +637,10 @@ class Store:
                 txn.delete(k)
             else:
                 txn.put(k, _pack(new))
+            if faultpoints.ENABLED:
+                faultpoints.hit("lmdb.commit", "before", _fault_label([("records", k, None)]))
+        if faultpoints.ENABLED:
+            faultpoints.hit("lmdb.commit", "after", _fault_label([("records", k, None)]))
         self._durable_point()
 
     def delete_record(self, key: str) -> None:

@@ -40,6 +40,7 @@ MODULES = {
     "dsvc.objects": "model",
     "dsvc.record": "model",
     "dsvc.errors": "model",
+    "dsvc.faultpoints": "model",
     "dsvc.progress": "model",
 }
 

@@ -32,6 +32,7 @@ import obstore
 import obstore.exceptions as obx
 from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
 
+from dsvc import faultpoints
 from dsvc.errors import ConfigError, ConflictError, InvalidPathError, NotFoundError, RemoteError
 from dsvc.remote import options as options_mod
 
@@ -317,16 +318,23 @@ class Backend:
 
     def put(self, key: str, data: bytes | memoryview) -> ObjectVersion:
         """Write (overwrite) the object atomically; returns its new version."""
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.put", "before", _fault_label(key))
         with self._errors("put", key):
-            return _version(
+            out = _version(
                 obstore.put(self._obj(write=True), _check_key(key), data, use_multipart=False)
             )
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.put", "after", _fault_label(key))
+        return out
 
     def put_file(self, key: str, path: str) -> ObjectVersion:
         """Upload a local file, streamed; multipart when it is larger than 64 MiB."""
         size = os.path.getsize(path)
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.put", "before", _fault_label(key))
         with self._errors("upload to", key):
-            return _version(
+            out = _version(
                 obstore.put(
                     self._obj(write=True),
                     _check_key(key),
@@ -336,9 +344,20 @@ class Backend:
                     max_concurrency=4,
                 )
             )
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.put", "after", _fault_label(key))
+        return out
 
     def create(self, key: str, data: bytes) -> bool:
         """Create the object only if absent: True if written, False if it already existed."""
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.create", "before", _fault_label(key))
+        created = self._create(key, data)
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.create", "after", _fault_label(key))
+        return created
+
+    def _create(self, key: str, data: bytes) -> bool:
         try:
             with self._errors("create", key):
                 obstore.put(
@@ -355,6 +374,16 @@ class Backend:
 
         Returns the new version; :class:`ConflictError` when another writer got there first.
         """
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.cas", "before", _fault_label(key))
+        out = self._compare_and_swap(key, data, expected)
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.cas", "after", _fault_label(key))
+        return out
+
+    def _compare_and_swap(
+        self, key: str, data: bytes, expected: ObjectVersion | None
+    ) -> ObjectVersion:
         _check_key(key)
         if expected is None:
             with self._errors("create", key):
@@ -377,6 +406,13 @@ class Backend:
 
     def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.delete", "before", _fault_label(key))
+        self._delete(key)
+        if faultpoints.ENABLED:
+            faultpoints.hit("remote.delete", "after", _fault_label(key))
+
+    def _delete(self, key: str) -> None:
         with contextlib.suppress(NotFoundError), self._errors("delete", key):
             if self._local_root is not None:
                 with self._key_lock(key):  # not between a local CAS's check and its write
@@ -557,6 +593,16 @@ def _endpoint(provider: str, opts: dict[str, str]) -> str:
             var, value = envs[key]
             return options_mod.check_endpoint(value, what=f"environment variable {var}")
     return ""
+
+
+def _fault_label(key: str) -> str:
+    """The kind of object a key names, for :mod:`dsvc.faultpoints`: its first path
+    segment and its extension (``packs/*.idx``, ``datasets/*``, ``dsvc.json``)."""
+    head, sep, rest = key.partition("/")
+    if not sep:
+        return key if "." in key else "*"
+    ext = rest.rpartition("/")[2].partition(".")[2]
+    return f"{head}/*.{ext}" if ext else f"{head}/*"
 
 
 def _check_key(key: str) -> str:
