@@ -202,9 +202,7 @@ def walk(
                     continue
                 flags, lower, upper = struct.unpack_from("<HHH", raw, 10)
                 kind = flags & (P_BRANCH | P_LEAF | P_OVERFLOW | P_META | P_LEAF2)
-                if kind not in (P_BRANCH, P_LEAF) or not (
-                    PAGEHDRSZ <= lower <= upper <= psize
-                ):
+                if kind not in (P_BRANCH, P_LEAF) or not (PAGEHDRSZ <= lower <= upper <= psize):
                     rep.problems.append(
                         f"database {name!r}: page {pgno} has a bad header "
                         f"(flags {flags:#x}, lower {lower}, upper {upper})"

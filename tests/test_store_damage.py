@@ -101,7 +101,9 @@ def assert_clean_refusal(r: subprocess.CompletedProcess[str], home: Path, *words
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c[0])
-def test_truncated_data_file_fails_cleanly(home: Path, tmp_path: Path, cmd: tuple[str, ...]) -> None:
+def test_truncated_data_file_fails_cleanly(
+    home: Path, tmp_path: Path, cmd: tuple[str, ...]
+) -> None:
     f = data_file(home)
     os.truncate(f, f.stat().st_size // 3)
     r = dsvc(home, *(a.format(tmp=tmp_path) for a in cmd))
