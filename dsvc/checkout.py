@@ -202,6 +202,7 @@ class ContentCache:
         self.reflink = os.environ.get("DSVC_REFLINK", "1") != "0"
         #: False on filesystems that drop mtime nanoseconds (then only sizes are checked)
         self.sentinel = True
+        self._probed = False
 
     def path_for(self, entry: Entry) -> str:
         h = entry.id.hex()
@@ -237,8 +238,10 @@ class ContentCache:
             os.chmod(tmp, 0o555 if entry.mode == MODE_EXEC else 0o444)
             mtime = (time.time_ns() // _NS) * _NS + _sentinel_ns(entry.id)
             os.utime(tmp, ns=(mtime, mtime))
-            if self.sentinel and os.stat(tmp).st_mtime_ns != mtime:
-                self.sentinel = False  # coarse timestamps: sizes are all a stat can tell
+            if not self._probed:  # once: does this filesystem keep mtime nanoseconds?
+                self._probed = True
+                if os.stat(tmp).st_mtime_ns != mtime:
+                    self.sentinel = False  # coarse timestamps: a stat can tell sizes only
             try:
                 os.link(tmp, p)
             except FileExistsError:
