@@ -184,6 +184,24 @@ def _sentinel_ns(cid: bytes) -> int:
     return int.from_bytes(cid[:4], "big") % _NS
 
 
+def _keeps_mtime_ns(folder: Path) -> bool:
+    """Whether files in ``folder`` keep the nanoseconds of an mtime set on them (ext3,
+    FAT, some network filesystems round to seconds or coarser)."""
+    probe = folder / f".mtime-probe-{uuid.uuid4().hex}"
+    try:
+        probe.touch()
+        want = 1_000_000_000 * 1_600_000_000 + 123_456_789
+        os.utime(probe, ns=(want, want))
+        return os.stat(probe).st_mtime_ns == want
+    except OSError:
+        return False
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
 class ContentCache:
     """Read-only files named by content id, shared by local copies: reflinked where the
     filesystem can (each copy its own inode, blocks shared copy-on-write), hard-linked
@@ -201,8 +219,7 @@ class ContentCache:
         #: False once a clone failed: this filesystem has no reflinks (tests set it)
         self.reflink = os.environ.get("DSVC_REFLINK", "1") != "0"
         #: False on filesystems that drop mtime nanoseconds (then only sizes are checked)
-        self.sentinel = True
-        self._probed = False
+        self.sentinel = _keeps_mtime_ns(root)
 
     def path_for(self, entry: Entry) -> str:
         h = entry.id.hex()
@@ -238,10 +255,6 @@ class ContentCache:
             os.chmod(tmp, 0o555 if entry.mode == MODE_EXEC else 0o444)
             mtime = (time.time_ns() // _NS) * _NS + _sentinel_ns(entry.id)
             os.utime(tmp, ns=(mtime, mtime))
-            if not self._probed:  # once: does this filesystem keep mtime nanoseconds?
-                self._probed = True
-                if os.stat(tmp).st_mtime_ns != mtime:
-                    self.sentinel = False  # coarse timestamps: a stat can tell sizes only
             try:
                 os.link(tmp, p)
             except FileExistsError:

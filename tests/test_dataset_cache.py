@@ -190,3 +190,29 @@ def test_without_reflinks_copies_fall_back_to_hard_links(
     pa, pb = Path(a.get_local_copy()), Path(b.get_local_copy())
     assert os.stat(pa / "shared.txt").st_ino == os.stat(pb / "shared.txt").st_ino
     assert read_tree(pb) == {**BASE, "x": b"x"}
+
+
+def test_filesystem_with_coarse_mtimes_serves_without_repairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where mtimes lose their nanoseconds the sentinel cannot be used: copies still
+    build, are served without being repaired each time, and damage is still found."""
+    real_utime = os.utime
+
+    def coarse(path, *a, ns=None, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if ns is None:
+            return real_utime(path, *a, **kw)
+        return real_utime(path, *a, ns=tuple(t - t % 1_000_000_000 for t in ns), **kw)
+
+    monkeypatch.setattr(os, "utime", coarse)
+    a = version(tmp_path, BASE, "a")
+    p = Path(a.get_local_copy())
+    inodes = {f: os.stat(p / f).st_ino for f in BASE}
+    b = version(tmp_path, BASE, "b")  # all of its content is in the cache already
+    pb = Path(b.get_local_copy())
+    assert read_tree(pb) == BASE
+    assert {f: os.stat(pb / f).st_ino for f in BASE} == inodes  # linked, not rewritten
+    assert read_tree(a.get_local_copy()) == BASE
+    assert {f: os.stat(p / f).st_ino for f in BASE} == inodes  # nothing was re-placed
+    write_in_place(p / "shared.txt", b"EVIL" * 38)
+    assert read_tree(a.get_local_copy()) == BASE
