@@ -216,6 +216,7 @@ def test_dsvc_create_on_the_cli_survives_a_malformed_record(
     ("doc", "error"),
     [
         (b"[1, 2]", IntegrityError),
+        (b'{"format": 1, "chunker": {}, "id": true}', IntegrityError),
         (b'{"format": "1", "chunker": {}}', IntegrityError),
         (b'{"format": 1, "chunker": []}', IntegrityError),
         (b"not json", IntegrityError),
@@ -694,3 +695,50 @@ def test_printable_escapes_every_control_sequence() -> None:
     assert printable("two\nlines\ttab\r") == "two\\x0alines\\x09tab\\x0d"
     assert printable("two\nlines\ttab\r", keep_lines=True) == "two\nlines\ttab\\x0d"
     assert printable("plain é 日本 😀") == "plain é 日本 😀"
+
+
+_LIST_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from dsvc.dataset import Dataset
+    from dsvc.errors import DsvcError
+    out = {"listed": [d["id"] for d in Dataset.list_datasets()]}
+    try:
+        Dataset.get(dataset_id=sys.argv[1])
+        out["error"] = None
+    except DsvcError as e:
+        out["error"], out["message"] = type(e).__name__, str(e)
+    with open("/proc/self/status") as f:
+        hwm = [l for l in f if l.startswith("VmHWM:")][0].split()[1]
+    out["peak_mib"] = int(hwm) / 1024
+    print(json.dumps(out))
+    """
+)
+
+
+def test_an_oversized_record_is_refused_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 200 MiB object under datasets/ (the bound is 64 MiB) is refused from its size,
+    before its bytes are read into memory."""
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    did, _ = honest_setup(spec, tmp_path, monkeypatch)
+    big = "c" * 32
+    with open(tmp_path / "remote" / "datasets" / big, "wb") as f:
+        f.truncate(200 << 20)  # sparse: no disk used
+    home = victim(spec, tmp_path, monkeypatch)
+    env = {**os.environ, "DSVC_HOME": str(home), "PYTHONPATH": str(HERE.parent)}
+    env.pop("DSVC_REMOTE", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIST_SCRIPT, big],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["listed"] == [did]
+    assert got["error"] == "IntegrityError" and f"datasets/{big}" in got["message"], got
+    assert f"datasets/{big}" in proc.stderr  # the listing reported it
+    assert got["peak_mib"] < 150, got

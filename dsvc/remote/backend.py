@@ -33,7 +33,14 @@ import obstore.exceptions as obx
 from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
 
 from dsvc import faultpoints
-from dsvc.errors import ConfigError, ConflictError, InvalidPathError, NotFoundError, RemoteError
+from dsvc.errors import (
+    ConfigError,
+    ConflictError,
+    IntegrityError,
+    InvalidPathError,
+    NotFoundError,
+    RemoteError,
+)
 from dsvc.remote import options as options_mod
 
 __all__ = ["Backend", "ObjectInfo", "ObjectVersion"]
@@ -255,21 +262,38 @@ class Backend:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, key: str) -> bytes:
-        """The whole object; :class:`NotFoundError` if it does not exist."""
+    def get(self, key: str, *, limit: int | None = None) -> bytes:
+        """The whole object; :class:`NotFoundError` if it does not exist. An object larger
+        than ``limit`` bytes is an :class:`IntegrityError`, raised before it is read."""
         with self._errors("get", key):
-            return bytes(obstore.get(self._obj(), _check_key(key)).bytes())
+            result = obstore.get(self._obj(), _check_key(key))
+            self._check_size(key, result, limit)
+            return bytes(result.bytes())
 
-    def get_versioned(self, key: str) -> tuple[bytes, ObjectVersion] | None:
-        """The object and the version to pass to :meth:`compare_and_swap`; None if missing."""
+    def get_versioned(
+        self, key: str, *, limit: int | None = None
+    ) -> tuple[bytes, ObjectVersion] | None:
+        """The object and the version to pass to :meth:`compare_and_swap`; None if missing.
+        ``limit`` as for :meth:`get`."""
         try:
             with self._errors("get", key):
                 result = obstore.get(self._obj(), _check_key(key))
+                self._check_size(key, result, limit)
                 data = bytes(result.bytes())
         except NotFoundError:
             return None
         meta = result.meta
         return data, ObjectVersion(meta.get("e_tag"), meta.get("version"))
+
+    def _check_size(self, key: str, result: Any, limit: int | None) -> None:
+        # the response's metadata comes before its body: a hostile remote's huge object
+        # is refused without being read into memory
+        size = result.meta.get("size")
+        if limit is not None and isinstance(size, int) and size > limit:
+            raise IntegrityError(
+                f"remote {self.url}: {key} is {size} bytes, more than dsvc ever writes there "
+                f"({limit}); it is damaged or was not written by dsvc"
+            )
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from offset ``start``; fewer only at the end of the object."""
@@ -507,7 +531,7 @@ class Backend:
         """Translate obstore exceptions into dsvc's, with a credential-free one-line message."""
         try:
             yield
-        except (ConflictError, NotFoundError, ConfigError, InvalidPathError):
+        except (ConflictError, NotFoundError, ConfigError, InvalidPathError, IntegrityError):
             raise
         except obx.AlreadyExistsError:
             raise ConflictError(f"remote {self.url}: {key!r} already exists") from None

@@ -50,7 +50,15 @@ from dsvc.errors import ConfigError, ConflictError, DsvcError, IntegrityError, N
 from dsvc.ids import TAG_CHUNK, to_hex
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Commit, Entry
 from dsvc.progress import Progress
-from dsvc.record import Record, is_dataset_id, is_hex32, is_timestamp, parse_ref
+from dsvc.record import (
+    MAX_RECORD_BYTES,
+    MAX_REF_BYTES,
+    Record,
+    is_dataset_id,
+    is_hex32,
+    is_timestamp,
+    parse_ref,
+)
 from dsvc.remote.backend import Backend
 from dsvc.remote.config import lookup
 from dsvc.remote.packs import (
@@ -79,6 +87,9 @@ _LOCAL_FIELDS = ("uploaded_tree", "remote")
 
 #: the gc marks document (see Remote.gc)
 GC_MARKS = "gc/marks"
+#: largest gc/marks and dsvc.json read (a larger object is refused before it is read)
+MAX_MARKS_BYTES = 64 << 20
+MAX_REPO_DOC_BYTES = 1 << 20
 
 _open: dict[tuple[str, str, int], Remote] = {}
 _open_lock = threading.Lock()
@@ -196,10 +207,15 @@ def _parse_repo_doc(data: bytes, url: str) -> dict[str, Any]:
     except ValueError as e:
         raise IntegrityError(f"remote {url}: dsvc.json is not valid JSON ({e})") from None
     fmt = doc.get("format") if isinstance(doc, dict) else None
-    if not isinstance(fmt, int) or isinstance(fmt, bool) or not isinstance(doc.get("chunker"), dict):
+    if (
+        not isinstance(fmt, int)
+        or isinstance(fmt, bool)
+        or not isinstance(doc.get("chunker"), dict)
+        or not (doc.get("id") is None or is_hex32(doc["id"]))
+    ):
         raise IntegrityError(
-            f"remote {url}: dsvc.json is malformed (want an object with an integer 'format' "
-            "and a 'chunker' map); this is not a dsvc remote, or it was damaged"
+            f"remote {url}: dsvc.json is malformed (want an object with an integer 'format', "
+            "a 'chunker' map and a 32-hex 'id'); this is not a dsvc remote, or it was damaged"
         )
     return doc
 
@@ -245,7 +261,7 @@ class Remote:
                 self._cas_checked = True
             if self._checked and not recheck:
                 return True
-            raw = self.backend.get_versioned("dsvc.json")
+            raw = self.backend.get_versioned("dsvc.json", limit=MAX_REPO_DOC_BYTES)
             if raw is None:
                 if not create:
                     return False
@@ -273,8 +289,8 @@ class Remote:
                         "dsvc.json", json.dumps(doc, indent=1).encode(), raw[1]
                     )
                 except ConflictError:  # another writer did it first: use theirs
-                    again = self.backend.get_versioned("dsvc.json")
-                    doc = json.loads(again[0]) if again is not None else doc
+                    again = self.backend.get_versioned("dsvc.json", limit=MAX_REPO_DOC_BYTES)
+                    doc = _parse_repo_doc(again[0], self.url) if again is not None else doc
             self._adopt_identity(doc.get("id"))
             self._checked = True
             return True
@@ -321,7 +337,7 @@ class Remote:
     # -- gc marks -----------------------------------------------------------------
 
     def _read_marks(self) -> tuple[dict[str, dict[str, float]], Any]:
-        got = self.backend.get_versioned(GC_MARKS)
+        got = self.backend.get_versioned(GC_MARKS, limit=MAX_MARKS_BYTES)
         if got is None:
             return {"marked": {}, "deleting": {}}, None
         return _parse_marks(got[0], self.url), got[1]
@@ -546,7 +562,8 @@ class Remote:
         key = f"datasets/{rec['id']}"
         Record.from_dict(rec, key, finalized=True)  # never publish what readers refuse
         if not self.backend.create(key, _encode(rec)):
-            existing = Record.from_msgpack(self.backend.get(key), key, expect_id=rec["id"])
+            got = self.backend.get(key, limit=MAX_RECORD_BYTES)
+            existing = Record.from_msgpack(got, key, expect_id=rec["id"])
             if existing.commit != commit:
                 raise ConflictError(
                     f"remote {self.url} already has dataset {rec['id']} with another commit"
@@ -560,7 +577,7 @@ class Remote:
         """Add a version to the ref of ``project/name`` (compare-and-swap, retried)."""
         key = _ref_key(project, name)
         for attempt in range(100):
-            cur = self.backend.get_versioned(key)
+            cur = self.backend.get_versioned(key, limit=MAX_REF_BYTES)
             doc = {"project": project, "name": name, "versions": {}}
             if cur is not None:
                 doc = parse_ref(cur[0], key).to_dict()
@@ -575,7 +592,7 @@ class Remote:
         raise ConflictError(f"remote {self.url}: ref {key} is too contended; try again")
 
     def read_ref(self, project: str, name: str) -> dict[str, Any] | None:
-        cur = self.backend.get_versioned(_ref_key(project, name))
+        cur = self.backend.get_versioned(_ref_key(project, name), limit=MAX_REF_BYTES)
         return None if cur is None else parse_ref(cur[0], _ref_key(project, name)).to_dict()
 
     def push_dataset(
@@ -632,7 +649,7 @@ class Remote:
         if raw is None:
             if not self.ensure_repo(store, create=False):
                 return None
-            got = self.backend.get_versioned(key)
+            got = self.backend.get_versioned(key, limit=MAX_RECORD_BYTES)
             if got is None:
                 return None
             raw = got[0]
