@@ -467,6 +467,16 @@ def test_gcs_custom_endpoint_without_credentials_never_asks_the_metadata_server(
         assert "Authorization" not in headers  # unsigned: no token was fetched anywhere
 
 
+def test_azure_custom_endpoint_without_credentials_never_asks_the_metadata_server(
+    recorder: Recorder, no_cloud_env: None
+) -> None:
+    # without a key Azure's client would ask the managed-identity endpoint (IMDS) first
+    opts = {"account_name": "acct", "endpoint": f"{recorder.url}/acct"}
+    b = Backend.from_url("az://cont/p", opts, retries=0)
+    assert b.head("x") is None
+    assert recorder.requests and all("Authorization" not in h for _, _, h in recorder.requests)
+
+
 def test_gcs_tests_use_credentials_that_disable_oauth(tmp_path: Path) -> None:
     # The GCS fixture's service-account file names the emulator and disables OAuth, so
     # no test's GCS client ever asks Google's metadata server for a token.
