@@ -742,3 +742,21 @@ def test_an_oversized_record_is_refused_without_reading_it(
     assert got["error"] == "IntegrityError" and f"datasets/{big}" in got["message"], got
     assert f"datasets/{big}" in proc.stderr  # the listing reported it
     assert got["peak_mib"] < 150, got
+
+
+def test_a_long_lineage_renders_without_recursion() -> None:
+    """A remote's records may chain thousands of parents (or loop): drawing the
+    lineage must neither recurse nor loop."""
+    from dsvc.cli.render import render_svg, render_text
+
+    ids = [f"{i:032x}" for i in range(1_500)]
+    nodes = {
+        d: {"project": "p", "name": "n", "version": str(i), "status": "final", "created": i}
+        for i, d in enumerate(ids)
+    }
+    edges = [(ids[i + 1], ids[i], "parent") for i in range(len(ids) - 1)]
+    edges.append((ids[0], ids[-1], "parent"))  # a loop, as a hostile remote may write
+    text = render_text(ids[0], nodes, edges)
+    assert len(text.splitlines()) == len(ids) + 1 and "(shown above)" in text
+    svg = render_svg(nodes, edges)
+    assert svg.count("<rect x=") == len(ids)

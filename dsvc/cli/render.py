@@ -65,19 +65,22 @@ def render_text(root: str, nodes: dict[str, Any], edges: list[tuple[str, str, st
         tag = "squash of " if kind == "squash" else ""
         return f"{dot} {tag}{short(did)}  {title}" + (f"  ({sub.split(' · ')[0]})" if sub else "")
 
-    def walk(did: str, prefix: str, kind: str, is_last: bool, top: bool) -> None:
+    # depth-first, parents in order, with an explicit stack: a lineage read from a
+    # remote may be thousands of versions long
+    stack = [(root, "", "parent", True, True)]
+    while stack:
+        did, prefix, kind, is_last, top = stack.pop()
         conn = "" if top else (last if is_last else tee)
         if did in shown:
             lines.append(f"{prefix}{conn}{dot} {short(did)}  (shown above)")
-            return
+            continue
         lines.append(prefix + conn + line_for(did, kind))
         shown.add(did)
         kids = up.get(did, [])
         ext = "" if top else (blank if is_last else pipe)
-        for i, (p, k) in enumerate(kids):
-            walk(p, prefix + ext, k, i == len(kids) - 1, False)
-
-    walk(root, "", "parent", True, True)
+        for i in reversed(range(len(kids))):
+            p, k = kids[i]
+            stack.append((p, prefix + ext, k, i == len(kids) - 1, False))
     return "\n".join(lines)
 
 
@@ -117,11 +120,25 @@ def render_svg(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
         ups.setdefault(c, []).append(p)
     depth: dict[str, int] = {}
 
-    def d(n: str, seen: frozenset[str] = frozenset()) -> int:
-        if n not in depth:
-            ps = [p for p in ups.get(n, []) if p not in seen]
-            depth[n] = 0 if not ps else 1 + max(d(p, seen | {n}) for p in ps)
-        return depth[n]
+    def d(start: str) -> None:
+        """Longest chain of ancestors below ``start`` (a parent on the current path, a
+        loop a hostile remote may write, is ignored); iterative, for long lineages."""
+        if start in depth:
+            return
+        stack = [(start, iter(ups.get(start, [])))]
+        path = {start}
+        while stack:
+            n, todo = stack[-1]
+            for p in todo:
+                if p not in depth and p not in path:
+                    stack.append((p, iter(ups.get(p, []))))
+                    path.add(p)
+                    break
+            else:
+                stack.pop()
+                path.discard(n)
+                ps = [depth[p] for p in ups.get(n, []) if p in depth]
+                depth[n] = 1 + max(ps) if ps else 0
 
     for n in nodes:
         d(n)
