@@ -375,6 +375,10 @@ class Store:
                 self.env.reader_check()  # clear reader slots left by killed processes
                 with self._begin(write=True) as txn:
                     self._dbs = {n: self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES}
+                    if faultpoints.ENABLED:
+                        faultpoints.hit("lmdb.commit", "before", "open")
+                if faultpoints.ENABLED:
+                    faultpoints.hit("lmdb.commit", "after", "open")
         except DsvcError:
             self.env.close()
             raise

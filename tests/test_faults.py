@@ -150,8 +150,13 @@ def cmd_check(a: dict[str, Any]) -> dict[str, Any]:
     from dsvc.remote import sync
 
     rep = fsck(registry.open_store(a["home"]), progress=False)
-    problems = [f"fsck: {k}: {rep[k]}" for k in ("structure", "bad_chunks", "bad_objects")]
-    problems = [p for p, k in zip(problems, ("structure", "bad_chunks", "bad_objects")) if rep[k]]
+    # what `dsvc fsck` exits non-zero for
+    cache = rep.get("cache") or {}
+    found = {
+        **{k: rep.get(k) for k in ("structure", "bad_chunks", "bad_objects", "missing")},
+        **{k: cache.get(k) for k in ("bad_cache_files", "bad_copy_files")},
+    }
+    problems = [f"fsck of the killed store: {k}: {v}" for k, v in found.items() if v]
     _origin(a["spec"])
     store = registry.open_store()
     remote = sync.resolve(store, None, required=True)
