@@ -1,6 +1,6 @@
 """Fuzzing the remote read path (issue 10): hypothesis rewrites one object of an honest
-remote -- a record, a name ref, gc/marks, a pack index, dsvc.json, or a tree (stored
-with its correct id, so only decoding stands in the way) -- with random bytes, random
+remote -- a record, a name ref, gc/marks, a pack index, dsvc.json, or a tree or blob
+(stored with its correct id, so only decoding stands in the way) -- with random bytes, random
 msgpack, or the honest value with one part replaced or a few bytes changed. A fresh
 client then lists, looks up, copies (cached and writable) and plans gc.
 
@@ -22,13 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from remote_helpers import all_paths, backend, machine, remote_objects, remote_of, write_tree
-from test_hostile_remote import craft_version, honest_setup, publish, rm_deep
+from test_hostile_remote import craft_version, honest_setup, publish, rm_deep, tree_value
 
 from dsvc import registry
 from dsvc.dataset import Dataset
 from dsvc.errors import DsvcError
-from dsvc.ids import TAG_TREE, object_id
-from dsvc.objects import encode_tree
+from dsvc.ids import TAG_BLOB, TAG_TREE, object_id
+from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, Blob, encode_tree
 from dsvc.remote import sync
 
 EXAMPLES = int(os.environ.get("DSVC_FUZZ_EXAMPLES", "40"))
@@ -190,7 +190,7 @@ def _mib(field: str) -> float:
         return int(next(line for line in f if line.startswith(field)).split()[1]) / 1024
 
 
-KINDS = ["record", "ref", "marks", "index", "dsvc.json", "tree"]
+KINDS = ["record", "ref", "marks", "index", "dsvc.json", "tree", "blob"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -208,6 +208,11 @@ def test_hostile_objects_give_only_dsvc_errors(
     ids = [did]
     if kind == "tree":  # a real tree payload: the root of the honest version
         honest = encode_tree(store_a.get_tree(registry.get(store_a, did)["tree"]))
+        key, decoded, encode = None, msgpack.unpackb(honest, raw=False), _pack
+    elif kind == "blob":  # a real blob payload: two chunks of the honest version
+        files = store_a.get_tree(registry.get(store_a, did)["tree"])
+        chunks = tuple((e.id, e.size) for e in files.values() if e.kind == KIND_CHUNKFILE)
+        honest = Blob(chunks).encode()
         key, decoded, encode = None, msgpack.unpackb(honest, raw=False), _pack
     else:
         key = {
@@ -245,6 +250,13 @@ def test_hostile_objects_give_only_dsvc_errors(
             evil = craft_version(
                 spec, store_a, tid, [(tid, 1, TAG_TREE + b"\x00" + data)], name="fuzz"
             )
+            read_everything(spec, victims, n, [did, evil])
+            return
+        if kind == "blob":  # a root with one file whose blob is the example
+            bid = object_id(TAG_BLOB, data)
+            root, root_value = tree_value([["f", KIND_FILE, bid, 7, 0o644]])
+            stored = [(bid, 1, TAG_BLOB + b"\x00" + data), (root, 1, root_value)]
+            evil = craft_version(spec, store_a, root, stored, name="fuzz")
             read_everything(spec, victims, n, [did, evil])
             return
         b.put(key, data)
