@@ -265,3 +265,86 @@ def test_the_sweep_rechecks_the_marks_before_each_delete(
     for name in spared:
         if f"packs/{name}.idx" not in gone:
             assert f"packs/{name}.pack" in left and f"packs/{name}.idx" in left
+
+
+# ---------------------------------------------------------------------- item 12
+
+
+def _flip_remote(spec: dict[str, Any], oid: bytes) -> str:
+    """Flip a byte in the middle of ``oid``'s value in its remote pack; returns the pack."""
+    b = backend(spec)
+    for key in remote_objects(spec, "packs/"):
+        if key.endswith(".idx"):
+            for eid, _kind, off, length in msgpack.unpackb(b.get(key), raw=False)["entries"]:
+                if bytes(eid) == oid:
+                    pack = key[: -len(".idx")] + ".pack"
+                    data = bytearray(b.get(pack))
+                    data[off + length // 2] ^= 0x40
+                    b.put(pack, bytes(data))
+                    return pack[len("packs/") : -len(".pack")]
+    raise AssertionError("object not on the remote")
+
+
+def _cli_rc(home: Path, *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSVC_")}
+    env.update(DSVC_HOME=str(home), DSVC_QUIET="1")
+    return subprocess.run(
+        [sys.executable, "-m", "dsvc", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_fsck_remote_finds_damage_and_a_push_repairs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from dsvc import registry
+
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    files = {"big.bin": rand_bytes(1_500_000, 21), "small.txt": b"s" * 4000}
+    src = write_tree(tmp_path / "src", files)
+    store_a = machine(monkeypatch, tmp_path / "home-a", spec)
+    v1 = Dataset.create(dataset_name="data", dataset_project="proj")
+    v1.add_files(str(src))
+    v1.finalize(auto_upload=True)
+    victim = store_a.file_chunks(v1._files()["big.bin"])[-1][0]
+    pack = _flip_remote(spec, victim)
+
+    # fsck --remote, from another machine: finds the damaged value and names the version
+    registry.close_all()
+    home_c = tmp_path / "home-c"
+    assert _cli_rc(home_c, "remote", "add", "origin", spec["url"]).returncode == 0
+    p = _cli_rc(home_c, "fsck", "--remote", "--json")
+    assert p.returncode == 5, (p.stdout, p.stderr)
+    rep = json.loads(p.stdout)
+    assert rep["damaged"] == [{"pack": pack, "object": to_hex(victim)}], rep
+    assert v1.id in rep["datasets"] and not rep["ok"]
+    p = _cli_rc(home_c, "fsck", "--remote")
+    assert p.returncode == 5 and to_hex(victim) in p.stdout + p.stderr, (p.stdout, p.stderr)
+    assert "dsvc push" in p.stderr, p.stderr
+
+    # a new version of the same files, from a store that never had them, does not
+    # dedupe onto the damaged copy
+    machine(monkeypatch, tmp_path / "home-d", spec)
+    v2 = Dataset.create(dataset_name="data", dataset_project="proj")
+    v2.add_files(str(src))
+    v2.finalize(auto_upload=True)
+    machine(monkeypatch, tmp_path / "fresh-1", spec)
+    assert read_tree(Dataset.get(dataset_id=v2.id).get_local_copy()) == files
+
+    # the store that has v1 pushes it again: the remote is whole
+    registry.close_all()
+    out = _cli(tmp_path / "home-a", "push", "--json")
+    assert out["datasets"] >= 1
+    machine(monkeypatch, tmp_path / "fresh-2", spec)
+    assert read_tree(Dataset.get(dataset_id=v1.id).get_local_copy()) == files
+    registry.close_all()
+    p = _cli_rc(home_c, "fsck", "--remote", "--json")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    rep = json.loads(p.stdout)
+    assert rep["ok"] and not rep["datasets"], rep
+

@@ -454,3 +454,41 @@ def clone(url: str, directory: str | None, remote_name: str, options: tuple[str,
     )
     if directory and home != str(default_home()):
         say(f"  use it with: export DSVC_HOME={home}", err=True)
+
+
+def fsck_remote(remote_spec: str | None, as_json: bool) -> None:
+    """``dsvc fsck --remote [NAME]``: verify every pack of a remote, mark what is damaged."""
+    from dsvc.errors import IntegrityError
+
+    store = open_store()
+    r = remote_for(store, remote_spec)
+    t0 = time.monotonic()
+    rep = r.fsck(store, mark=True, show_progress=not is_quiet())
+    if as_json:
+        emit_json(rep)
+    else:
+        result(
+            f"checked {rep['objects']} objects in {plural(rep['packs'], 'pack')} "
+            f"({human_size(rep['bytes'])}) of {_remote_name(r)} in "
+            f"{human_duration(time.monotonic() - t0)}"
+        )
+        for d in rep["damaged"]:
+            result(f"damaged object {d['object']} in pack {d['pack']}")
+        for name in rep["bad_indexes"]:
+            result(f"malformed index packs/{name}.idx")
+        for did in rep["datasets"]:
+            result(f"incomplete dataset {did}")
+        if rep["damaged"] and rep["ok"]:
+            result("every damaged object has a good copy (the damaged ones are excluded)")
+    if not rep["ok"]:
+        n = len(rep["absent"])
+        raise IntegrityError(
+            f"remote {r.url}: {n} object{'s' if n != 1 else ''} damaged with no good copy "
+            f"({len(rep['datasets'])} dataset versions incomplete); they are marked absent: "
+            "run `dsvc push` from a store that has those versions to repair the remote"
+            + (
+                f"; malformed indexes: {', '.join(rep['bad_indexes'])}"
+                if rep["bad_indexes"]
+                else ""
+            )
+        )

@@ -20,7 +20,7 @@ from dsvc.cli.core import (
     result,
     say,
 )
-from dsvc.cli.remotes import remote_for
+from dsvc.cli.remotes import fsck_remote, remote_for
 from dsvc.cli.render import printable
 from dsvc.errors import IntegrityError, NotFoundError, StoreCorruptError, UsageError
 from dsvc.store import corrupt_message
@@ -118,8 +118,18 @@ def gc(remote_spec: str | None, dry_run: bool, grace: int, wait: float, as_json:
     help="Drop bad values (and the stat-cache entries and cached copies made from them), "
     "fetch the damaged datasets again from their remote, and list what must be re-added.",
 )
+@click.option(
+    "--remote",
+    "remote_spec",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[NAME]",
+    help="Verify a remote's packs instead (default: the default remote) and mark damaged "
+    "objects absent, so that `dsvc push` from a store that has them repairs the remote.",
+)
 @json_option
-def fsck(repair: bool, as_json: bool) -> None:
+def fsck(repair: bool, remote_spec: str | None, as_json: bool) -> None:
     """Verify every chunk and object of the store against its hash, and that every
     dataset's content is there (exit 5 if anything is bad or missing).
 
@@ -127,7 +137,10 @@ def fsck(repair: bool, as_json: bool) -> None:
     Example:
       dsvc fsck && echo store is sound
       dsvc fsck --repair
+      dsvc fsck --remote origin
     """
+    if remote_spec is not None:
+        return fsck_remote(remote_spec or None, as_json)
     try:
         store = open_store(create=False)
     except StoreCorruptError as e:  # too damaged to open: the message says what and why

@@ -15,7 +15,7 @@ removes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 import msgpack
@@ -113,7 +113,9 @@ class RemoteIndex:
     """Which objects a remote holds and where, cached in the local store.
 
     Keys in the ``remote`` database: ``<remote key>/o/<object id>`` -> location row,
-    ``<remote key>/p/<pack id>`` -> b"" for each index already loaded.
+    ``<remote key>/p/<pack id>`` -> b"" for each index already loaded,
+    ``<remote key>/id`` -> the remote's repository id, ``<remote key>/dmg`` -> digest of
+    the remote's damage list (``fsck/damaged``) the cached locations respect.
     """
 
     def __init__(self, store: Store, remote_key: str) -> None:
@@ -124,9 +126,18 @@ class RemoteIndex:
         p = self.prefix + b"p/"
         return {k[len(p) :] for k, _ in self.store.scan_prefix("remote", p)}
 
-    def add_pack(self, pack: bytes, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
+    def add_pack(
+        self,
+        pack: bytes,
+        entries: Iterable[tuple[bytes, int, int, int]],
+        skip: Container[bytes] = frozenset(),
+    ) -> None:
+        """Cache a pack's index; ``skip``: ids whose copy in this pack is damaged (never
+        located there)."""
         with self.store.batch() as b:
             for oid, kind, off, length in entries:
+                if oid in skip:
+                    continue
                 b.put("remote", self.prefix + b"o/" + oid, _ROW.pack(pack, off, length, kind))
             b.put("remote", self.prefix + b"p/" + pack, b"")
 
@@ -140,11 +151,42 @@ class RemoteIndex:
                     out[oid] = Location(*_ROW.unpack(raw))
         return out
 
-    def has(self, oid: bytes, exclude: frozenset[bytes] | set[bytes] = frozenset()) -> bool:
-        """Whether the remote holds ``oid`` in a pack not in ``exclude``."""
+    def has(
+        self,
+        oid: bytes,
+        exclude: frozenset[bytes] | set[bytes] = frozenset(),
+        suspect: Container[tuple[bytes, bytes]] = frozenset(),
+    ) -> bool:
+        """Whether the remote holds ``oid`` in a pack not in ``exclude``, in a copy that
+        is not in ``suspect`` (``(pack, id)`` pairs: copies whose subtree is incomplete)."""
         with self.store.read() as txn:
             raw = txn.get(self.prefix + b"o/" + oid, db=self.store.db("remote"))
-        return raw is not None and (not exclude or bytes(raw[:16]) not in exclude)
+        if raw is None:
+            return False
+        pack = bytes(raw[:16])
+        return pack not in exclude and (pack, oid) not in suspect
+
+    def drop(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        """Forget the cached location of each ``(pack, id)`` that points into that pack."""
+        with self.store.read() as txn:
+            db = self.store.db("remote")
+            keys = []
+            for pack, oid in pairs:
+                raw = txn.get(self.prefix + b"o/" + oid, db=db)
+                if raw is not None and bytes(raw[:16]) == pack:
+                    keys.append(self.prefix + b"o/" + oid)
+        with self.store.batch() as b:
+            for k in keys:
+                b.delete("remote", k)
+
+    def get_meta(self, name: bytes) -> bytes | None:
+        with self.store.read() as txn:
+            raw = txn.get(self.prefix + name, db=self.store.db("remote"))
+        return None if raw is None else bytes(raw)
+
+    def set_meta(self, name: bytes, value: bytes) -> None:
+        with self.store.batch() as b:
+            b.put("remote", self.prefix + name, value)
 
     def missing(
         self, ids: Iterable[bytes], exclude: frozenset[bytes] | set[bytes] = frozenset()

@@ -47,8 +47,8 @@ import xxhash
 
 from dsvc import codec
 from dsvc.errors import ConfigError, ConflictError, DsvcError, IntegrityError, NotFoundError
-from dsvc.ids import TAG_CHUNK, to_hex
-from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Commit, Entry
+from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
+from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Blob, Commit, Entry, decode_tree
 from dsvc.progress import Progress
 from dsvc.record import (
     MAX_RECORD_BYTES,
@@ -64,6 +64,7 @@ from dsvc.remote.config import lookup
 from dsvc.remote.packs import (
     KIND_CHUNK,
     KIND_OBJECT,
+    Location,
     PackBuilder,
     RemoteIndex,
     decode_index,
@@ -90,6 +91,8 @@ GC_MARKS = "gc/marks"
 #: largest gc/marks and dsvc.json read (a larger object is refused before it is read)
 MAX_MARKS_BYTES = 64 << 20
 MAX_REPO_DOC_BYTES = 1 << 20
+#: the damage list written by ``Remote.fsck`` (see docs/remote-protocol.md §10)
+DAMAGE = "fsck/damaged"
 
 _open: dict[tuple[str, str, int], Remote] = {}
 _open_lock = threading.Lock()
@@ -235,6 +238,10 @@ class Remote:
         # a chunk never exceeds the chunker's maximum: a frame declaring more is refused
         self._chunk_limit = store.chunker_params.max_size
         self._doomed: frozenset[bytes] = frozenset()
+        # from fsck/damaged: copies that are damaged, and copies whose subtree is not
+        # complete on the remote (both (pack, id) pairs): push re-sends them
+        self._damaged: frozenset[tuple[bytes, bytes]] = frozenset()
+        self._incomplete: frozenset[tuple[bytes, bytes]] = frozenset()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -313,6 +320,7 @@ class Remote:
     def refresh_index(self, store: Store, *, forget_gone: bool = True) -> None:
         """Load the indexes of packs we have not seen yet (in parallel), forget packs that
         are gone, and note the packs ``gc`` has marked for deletion (see :meth:`gc`)."""
+        self._load_damage()
         known = self.index.known_packs()
         on_remote = {}
         for info in self.backend.list("packs/"):
@@ -326,13 +334,201 @@ class Remote:
             return pid, decode_index(self.backend.get(f"packs/{name}.idx"), name)
 
         if new:
+            bad: dict[bytes, set[bytes]] = defaultdict(set)
+            for pack, oid in self._damaged:
+                bad[pack].add(oid)
             with ThreadPoolExecutor(DEFAULT_WORKERS) as pool:
                 for pid, entries in pool.map(load, new):
-                    self.index.add_pack(pid, entries)
+                    self.index.add_pack(pid, entries, skip=bad.get(pid, ()))
         if forget_gone:
             self.index.forget_packs(known - on_remote.keys())
         doc, _ = self._read_marks()
         self._doomed = frozenset(bytes.fromhex(n) for n in (*doc["marked"], *doc["deleting"]))
+
+    # -- damage found by fsck --------------------------------------------------------
+
+    def _read_damage(self) -> tuple[dict[str, dict[str, list[str]]], Any, bytes]:
+        """``fsck/damaged``: ``{pack name: {"damaged": [id], "incomplete": [id]}}``, its
+        version, and its raw bytes (b"" when absent)."""
+        got = self.backend.get_versioned(DAMAGE)
+        if got is None:
+            return {}, None, b""
+        return _parse_damage(got[0], self.url), got[1], got[0]
+
+    def _load_damage(self) -> None:
+        """Read the damage list; when it changed since the local cache was built, drop
+        the cached locations of damaged copies and reload every index (skipping them),
+        since another pack may hold a good copy of what they held."""
+        doc, _, raw = self._read_damage()
+        damaged, incomplete = _damage_pairs(doc)
+        digest = xxhash.xxh3_128(raw).digest() if raw else b""
+        if (self.index.get_meta(b"dmg") or b"") != digest:
+            self.index.drop(damaged)
+            self.index.reset_packs()
+            self.index.set_meta(b"dmg", digest)
+        self._damaged, self._incomplete = frozenset(damaged), frozenset(incomplete)
+
+    def fsck(self, store: Store, *, mark: bool = True, show_progress: bool = False) -> dict[str, Any]:
+        """Read and verify every value of every pack, and find what is not complete.
+
+        A value that fails verification is *damaged*; an id that no good copy holds but
+        something references is *absent*; every copy of a tree, blob or commit above an
+        absent id is *incomplete* (its subtree is not all there). With ``mark``, damaged
+        and incomplete copies are added to ``fsck/damaged`` (compare-and-swap; merged
+        with what is there): readers never locate damaged copies, and push re-sends
+        both, so pushing the version from a store that has it repairs the remote, and
+        a new version never dedupes onto a damaged copy. Returns counts, ``damaged``
+        (``{"pack", "object"}``), ``absent`` ids, ``incomplete`` (a count), ``datasets``
+        (ids of the versions that cannot be read back whole) and ``ok``.
+        """
+        out: dict[str, Any] = {
+            "remote": self.url,
+            "packs": 0,
+            "objects": 0,
+            "bytes": 0,
+            "bad_indexes": [],
+            "damaged": [],
+            "absent": [],
+            "incomplete": 0,
+            "datasets": [],
+            "ok": True,
+        }
+        if not self.ensure_repo(store, create=False):
+            return out
+        infos = {i.key: i for i in self.backend.list("packs/")}
+        jobs = []
+        copies: dict[bytes, list[bytes]] = defaultdict(list)  # id -> packs holding it
+        for key in sorted(infos):
+            name = key[len("packs/") : -len(".idx")]
+            if not key.endswith(".idx") or not is_hex32(name):
+                continue
+            try:
+                entries = decode_index(self.backend.get(key), name)
+            except IntegrityError:
+                out["bad_indexes"].append(name)
+                continue
+            pid = bytes.fromhex(name)
+            out["packs"] += 1
+            locs = {}
+            for oid, kind, off, length in entries:
+                copies[oid].append(pid)
+                locs[oid] = Location(pid, off, length, kind)
+            jobs += _range_jobs(locs)
+        total = sum(g[-1][1].offset + g[-1][1].length - g[0][1].offset for _, g in jobs)
+        damaged: set[tuple[bytes, bytes]] = set()
+        children: dict[bytes, set[bytes]] = {}  # object -> what it references
+
+        def check(job: tuple[bytes, list[tuple[bytes, Any]]]) -> tuple[list, list, int]:
+            pack, group = job
+            name = pack_name(pack)
+            start = group[0][1].offset
+            end = group[-1][1].offset + group[-1][1].length
+            try:
+                data = memoryview(self.backend.get_range(f"packs/{name}.pack", start, end - start))
+            except NotFoundError:
+                data = memoryview(b"")  # index without its pack: every value is gone
+            good, bad = [], []
+            for oid, loc in group:
+                value = data[loc.offset - start : loc.offset - start + loc.length]
+                try:
+                    if len(value) != loc.length:
+                        raise IntegrityError("truncated", oid)
+                    frame = value if loc.kind == KIND_CHUNK else value[1:]
+                    with _decode_budget.hold(codec.declared_size(frame)):
+                        payload = _verify(value, oid, loc.kind, name, self._chunk_limit)
+                        refs = None if loc.kind == KIND_CHUNK else _references(value, payload, oid)
+                    good.append((oid, refs))
+                except IntegrityError:
+                    bad.append((pack, oid))
+            return good, bad, end - start
+
+        with (
+            Progress(f"fsck {self.url}", total or None, enabled=show_progress) as bar,
+            ThreadPoolExecutor(DEFAULT_WORKERS, thread_name_prefix="dsvc-fsck") as pool,
+        ):
+            for good, bad, nbytes in pool.map(check, jobs):
+                for oid, refs in good:
+                    out["objects"] += 1
+                    if refs is not None:
+                        children[oid] = refs
+                out["objects"] += len(bad)
+                damaged.update(bad)
+                out["bytes"] += nbytes
+                bar.update(nbytes)
+        # absent: referenced, but no good copy anywhere
+        bad_copies: dict[bytes, int] = defaultdict(int)
+        for _pack, oid in damaged:
+            bad_copies[oid] += 1
+        whole = {oid for oid, packs in copies.items() if len(packs) > bad_copies.get(oid, 0)}
+        parents: dict[bytes, list[bytes]] = defaultdict(list)
+        for oid, refs in children.items():
+            for c in refs:
+                parents[c].append(oid)
+        absent = {c for c in parents if c not in whole}
+        above: set[bytes] = set()
+        todo = list(absent)
+        while todo:  # everything above an absent id is incomplete
+            for p in parents.get(todo.pop(), ()):
+                if p not in above:
+                    above.add(p)
+                    todo.append(p)
+        incomplete = {(pack, oid) for oid in above for pack in copies.get(oid, ())}
+        incomplete -= damaged
+        out["damaged"] = [
+            {"pack": pack_name(p), "object": to_hex(o)} for p, o in sorted(damaged)
+        ]
+        out["absent"] = sorted(to_hex(o) for o in absent)
+        out["incomplete"] = len(incomplete)
+        for rec in self.list_records(store):
+            if rec.get("commit") in above or rec.get("commit") in absent or rec["tree"] in above:
+                out["datasets"].append(rec["id"])
+        out["ok"] = not (absent or out["bad_indexes"])
+        if mark:
+            self.ensure_repo(store, create=True)
+            if self._add_damage(damaged, incomplete):
+                self.refresh_index(store)
+        return out
+
+    def _add_damage(
+        self, damaged: set[tuple[bytes, bytes]], incomplete: set[tuple[bytes, bytes]]
+    ) -> bool:
+        """Write what fsck found into ``fsck/damaged`` by compare-and-swap (one write: all
+        or nothing): damaged copies are added to those listed (a copy stays damaged), the
+        incomplete ones replace those listed (fsck just computed them from the whole
+        remote). False when nothing changed."""
+        for attempt in range(100):
+            doc, ver, _ = self._read_damage()
+            new: dict[str, dict[str, list[str]]] = {
+                n: {"damaged": list(e["damaged"]), "incomplete": []} for n, e in doc.items()
+            }
+            for kind, pairs in (("damaged", damaged), ("incomplete", incomplete)):
+                for pack, oid in sorted(pairs):
+                    entry = new.setdefault(pack_name(pack), {"damaged": [], "incomplete": []})
+                    if to_hex(oid) not in entry[kind]:
+                        entry[kind].append(to_hex(oid))
+            new = {n: e for n, e in new.items() if e["damaged"] or e["incomplete"]}
+            if new == doc:
+                return False
+            try:
+                self.backend.compare_and_swap(DAMAGE, _encode({"v": 1, "packs": new}), ver)
+                return True
+            except ConflictError:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise ConflictError(f"remote {self.url}: {DAMAGE} is too contended; run fsck again")
+
+    def _prune_damage(self, gone: set[str]) -> None:
+        """Forget the damage entries of packs that no longer exist (gc swept them)."""
+        for attempt in range(100):
+            doc, ver, _ = self._read_damage()
+            if not gone & doc.keys():
+                return
+            for name in gone:
+                doc.pop(name, None)
+            try:
+                self.backend.compare_and_swap(DAMAGE, _encode({"v": 1, "packs": doc}), ver)
+                return
+            except ConflictError:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
 
     # -- gc marks -----------------------------------------------------------------
 
@@ -369,7 +565,7 @@ class Remote:
         seen: set[bytes] = set()
 
         def new(tid: bytes) -> bool:
-            if tid in seen or self.index.has(tid, doomed):
+            if tid in seen or self.index.has(tid, doomed, suspect):
                 return False  # closure invariant: the whole subtree is there
             seen.add(tid)
             return True
@@ -386,7 +582,7 @@ class Remote:
                             break
                     elif e.kind == KIND_CHUNKFILE:
                         chunks[e.id] = None
-                    elif e.id not in seen and not self.index.has(e.id, doomed):
+                    elif e.id not in seen and not self.index.has(e.id, doomed, suspect):
                         seen.add(e.id)
                         for cid, _ in store.get_blob(e.id).chunks:
                             chunks[cid] = None
@@ -396,6 +592,7 @@ class Remote:
                     objects.append(tid)
 
         doomed = self._doomed  # packs gc marked: their content does not count
+        suspect = self._incomplete  # copies fsck found above damage: descend into them
         for r in roots:
             visit(r)
         return objects, self.index.missing(chunks, doomed)
@@ -480,7 +677,9 @@ class Remote:
             if e.object_id is None:
                 raise
             raise _Damaged(e.object_id, e) from None
-        objects += [o for o in extra_objects if not self.index.has(o, self._doomed)]
+        objects += [
+            o for o in extra_objects if not self.index.has(o, self._doomed, self._incomplete)
+        ]
         limit = (pack_size_mb or DEFAULT_PACK_MB) << 20
         workers = max_workers or DEFAULT_WORKERS
         # one zero-copy snapshot for sizing and packing: each chunk is copied once, into
@@ -788,6 +987,15 @@ class Remote:
             self.refresh_index(store)
             locs = self.index.locate(want)
         missing = [i for i in want if i not in locs]
+        damaged = {oid for _, oid in self._damaged} & set(missing)
+        if damaged:
+            oid = next(iter(damaged))
+            raise IntegrityError(
+                f"remote {self.url}: object {to_hex(oid)} is damaged there (found by `dsvc "
+                "fsck --remote`) and no good copy was pushed since; push the version again "
+                "from a store that has it (`dsvc push`)",
+                oid,
+            )
         if missing:
             raise NotFoundError(
                 f"remote {self.url} lacks {len(missing)} objects (e.g. {to_hex(missing[0])}); "
@@ -911,6 +1119,7 @@ class Remote:
         if not dry_run:
             self.ensure_repo(store, create=True)  # probes conditional writes once
         self.refresh_index(store)
+        bad = self._damaged
         reachable: set[bytes] = set()
         # metadata fetched here may be named by no local record: the lease keeps a local
         # gc from sweeping it before _reach has read it
@@ -936,7 +1145,10 @@ class Remote:
                     continue  # not a pack of ours: never marked, never deleted
                 idx = infos.get(f"packs/{name}.idx")
                 entries = decode_index(self.backend.get(idx.key), name) if idx else []
-                if any(oid in reachable for oid, *_ in entries):
+                pid = bytes.fromhex(name)
+                # a damaged copy keeps nothing alive (fsck found it; a good one exists
+                # or must be pushed again)
+                if any(oid in reachable and (pid, oid) not in bad for oid, *_ in entries):
                     stats.packs_kept += 1
                     marks.pop(name, None)
                     doc["deleting"].pop(name, None)
@@ -985,6 +1197,7 @@ class Remote:
                 swept.add(name)
             self.index.forget_packs({bytes.fromhex(n) for n in swept})
             self._clear_deleting(swept)
+            self._prune_damage(swept)
             break
         else:
             raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
@@ -1065,6 +1278,53 @@ def _verify(
             "damaged: push the version again from a store that has it",
             oid,
         ) from None
+
+
+def _parse_damage(data: bytes, url: str) -> dict[str, dict[str, list[str]]]:
+    """Check ``fsck/damaged``: ``{"v": 1, "packs": {pack: {"damaged": [id], "incomplete":
+    [id]}}}`` with pack names and ids as 32 hex characters."""
+    doc = _decode(data, f"remote {url}: {DAMAGE}")
+    packs = doc.get("packs") if isinstance(doc, dict) and doc.get("v") == 1 else None
+    out: dict[str, dict[str, list[str]]] = {}
+    ok = isinstance(packs, dict)
+    for name, entry in packs.items() if ok else ():
+        ok = ok and is_hex32(name) and isinstance(entry, dict)
+        lists = {k: entry.get(k) or [] for k in ("damaged", "incomplete")} if ok else {}
+        ok = ok and all(
+            isinstance(v, list) and all(is_hex32(i) for i in v) for v in lists.values()
+        )
+        if ok:
+            out[name] = {k: list(v) for k, v in lists.items()}
+    if not ok:
+        raise IntegrityError(
+            f"remote {url}: {DAMAGE} is malformed; delete it and run `dsvc fsck --remote` again"
+        )
+    return out
+
+
+def _damage_pairs(
+    doc: dict[str, dict[str, list[str]]],
+) -> tuple[set[tuple[bytes, bytes]], set[tuple[bytes, bytes]]]:
+    damaged, incomplete = set(), set()
+    for name, entry in doc.items():
+        pack = bytes.fromhex(name)
+        damaged.update((pack, bytes.fromhex(i)) for i in entry["damaged"])
+        incomplete.update((pack, bytes.fromhex(i)) for i in entry["incomplete"])
+    return damaged, incomplete
+
+
+def _references(value: bytes | memoryview, payload: Any, oid: bytes) -> set[bytes]:
+    """The ids a verified object (tag byte + frame ``value``, decoded ``payload``)
+    references: a tree's entries, a blob's chunks, a commit's tree."""
+    tag = bytes(value[:1])
+    data = bytes(payload)
+    if tag == TAG_TREE:
+        return {e.id for e in decode_tree(data, oid).values()}
+    if tag == TAG_BLOB:
+        return {c for c, _ in Blob.decode(data, oid).chunks}
+    if tag == TAG_COMMIT:
+        return {Commit.decode(data, oid).tree}
+    raise IntegrityError(f"object {to_hex(oid)}: unknown type tag {tag!r}", oid)
 
 
 class _Damaged(Exception):
