@@ -327,3 +327,35 @@ def test_stored_trees_decode_and_validate(store):
         raw = store.get_object(tid, b"T")
         assert decode_tree(raw, tid) == store.get_tree(tid)
     assert path_str(("k", "é", "z")) == "k/é/z"
+
+
+def test_diff_and_merge_read_only_the_folders_that_differ(tmp_path):
+    """docs/architecture.md invariant 8: tree operations descend only where subtree ids
+    differ, so comparing or merging two large versions costs the changed paths."""
+    s = open_store(tmp_path)
+    files = {
+        (f"d{i}", f"e{j}", f"f{k}.bin"): content_entry(f"{i}{j}{k}".encode())
+        for i in range(4)
+        for j in range(4)
+        for k in range(4)
+    }
+    with s.batch() as b:
+        t = Trees(s, b)
+        root = apply_edits(t, EMPTY_TREE_ID, files)
+        root2 = apply_edits(t, root, {("d1", "e2", "f3.bin"): content_entry(b"new")})
+    read: list[bytes] = []
+    get_tree = s.get_tree
+
+    def counted(tid: bytes):
+        read.append(tid)
+        return get_tree(tid)
+
+    s.get_tree = counted  # type: ignore[method-assign]
+    changes = list(diff(Trees(s), root, root2))
+    assert [c.path for c in changes] == [("d1", "e2", "f3.bin")]
+    assert len(read) == 6  # (), d1, d1/e2 of each side: 3 of 21 folders per version
+    read.clear()
+    merged = merge(Trees(s), [root, root2])
+    assert merged == root2
+    assert len(set(read)) <= 6, len(set(read))
+    s.close()
