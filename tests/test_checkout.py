@@ -278,3 +278,24 @@ def test_corrupt_tree_object_is_detected(tmp_path, store):
         txn.put(root, bytes(raw), db=store.db("objects"))
     with pytest.raises(IntegrityError, match=to_hex(root)):
         store.get_tree(root)
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file"])
+def test_a_file_is_never_written_through_a_planted_link_or_over_a_file(tmp_path, store, planted):
+    """docs/architecture.md invariant 7: each file is created with O_EXCL|O_NOFOLLOW, so
+    a symlink (or file) that appeared at its name is refused, never written through."""
+    from dsvc.checkout import _write_file
+
+    root = ingest_tree(store, tmp_path / "src")
+    (_, entry) = next((p, e) for p, e in listing(store, root) if p == ("a.txt",))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep me")
+    dest = tmp_path / "dest.txt"
+    if planted == "symlink":
+        dest.symlink_to(outside)
+    else:
+        dest.write_bytes(b"keep me too")
+    with pytest.raises(FileExistsError):
+        _write_file(store, entry, str(dest))
+    assert outside.read_bytes() == b"keep me"
+    assert dest.is_symlink() if planted == "symlink" else dest.read_bytes() == b"keep me too"
