@@ -105,34 +105,29 @@ def read_meta(data_file: str | os.PathLike[str], txnid: int | None = None) -> Me
 
 
 def quick_check(data_file: str | os.PathLike[str]) -> str | None:
-    """A problem that would crash LMDB on open (truncation, no valid meta), or None.
+    """A problem that would stop LMDB on open (no valid meta page), or None.
 
-    Costs two small reads. A missing or empty file is fine (LMDB creates it)."""
+    Costs two small reads. A missing or empty file is fine (LMDB creates it). Whether
+    the file is long enough is for :func:`walk`: LMDB's last page number may lie past
+    the end of a sound file (pages a transaction allocated and freed again are never
+    written), so only its free list can tell a short file from a truncated one."""
     p = Path(data_file)
     try:
-        size = p.stat().st_size
+        if p.stat().st_size == 0:
+            return None
     except OSError:
         return None  # missing, or not openable at all: LMDB's own open error says why
-    if size == 0:
-        return None
+    problem = None
     for attempt in (0, 1):
         # a second look after a pause: a writer in another process may have been
         # rewriting the meta page we read (LMDB updates it in place)
         if attempt:
             time.sleep(0.05)
-            size = p.stat().st_size
         try:
-            meta = read_meta(p)
+            read_meta(p)
+            return None
         except (OSError, ValueError) as e:
             problem = f"{p} is damaged: {e}"
-            continue
-        need = (meta.last_page + 1) * meta.page_size
-        if size >= need:
-            return None
-        problem = (
-            f"{p} is truncated: it is {size} bytes long but its last committed page ends at "
-            f"byte {need}"
-        )
     return problem
 
 
@@ -160,8 +155,10 @@ def walk(
     meta = read_meta(p, txnid)
     psize, last = meta.page_size, meta.last_page
     seen: set[int] = set()
+    free: set[int] = set()  # pages the free database lists
     fd = os.open(p, os.O_RDONLY)
     try:
+        file_pages = os.fstat(fd).st_size // psize  # after the meta: the file only grows
 
         def page(pgno: int, where: str) -> bytes | None:
             if pgno < 2 or pgno > last:
@@ -186,6 +183,9 @@ def walk(
 
         def tree(name: str, db: tuple[int, ...], subdbs: list[tuple[str, tuple[int, ...]]]) -> None:
             _pad, _flags, depth, n_branch, n_leaf, n_over, n_entries, root = db
+            # an open reads the main and free databases whole (the free list tells a
+            # short file from a truncated one) and the root page of the others
+            full = not shallow or name in ("main", "free")
             counts = {"branch": 0, "leaf": 0, "overflow": 0, "entries": 0}
             if root == P_INVALID:
                 if n_entries:
@@ -195,7 +195,7 @@ def walk(
             stack = [(root, 1)]
             while stack:
                 pgno, level = stack.pop()
-                if shallow and level > 1 and name != "main":
+                if not full and level > 1:
                     continue
                 raw = page(pgno, f"database {name!r}")
                 if raw is None:
@@ -241,7 +241,7 @@ def walk(
                     counts["entries"] += 1
                     dsize = lo | hi << 16
                     doff = ptr + NODESZ + ksize
-                    if nflags & F_BIGDATA and shallow and name != "main":
+                    if nflags & F_BIGDATA and not full:
                         continue
                     if nflags & F_BIGDATA:
                         (opg,) = struct.unpack_from("<Q", raw, doff)
@@ -255,18 +255,22 @@ def walk(
                                 f"database {name!r}: overflow page {opg} has a bad header"
                             )
                             continue
-                        if opg + npages - 1 > last:
+                        if opg + npages - 1 > last or opg + npages > file_pages:
                             rep.problems.append(
                                 f"database {name!r}: overflow page {opg} runs past the file"
                             )
                             continue
                         seen.update(range(opg + 1, opg + npages))
                         counts["overflow"] += npages
+                        if name == "free":
+                            _free_ids(os.pread(fd, dsize, opg * psize + PAGEHDRSZ), free)
                     elif doff + dsize > psize:
                         rep.problems.append(
                             f"database {name!r}: page {pgno} has a value past the page end"
                         )
                         break
+                    elif name == "free":
+                        _free_ids(raw[doff : doff + dsize], free)
                     elif nflags & F_SUBDATA and name == "main":
                         key = raw[ptr + NODESZ : doff].decode("utf-8", "replace")
                         if dsize != _DB.size:
@@ -274,7 +278,7 @@ def walk(
                         else:
                             subdbs.append((key, _DB.unpack_from(raw, doff)))
             got = (counts["branch"], counts["leaf"], counts["overflow"], counts["entries"])
-            if shallow and name != "main":
+            if not full:
                 pass  # counts need the whole tree
             elif got != (n_branch, n_leaf, n_over, n_entries) and not rep.problems:
                 rep.problems.append(
@@ -288,6 +292,26 @@ def walk(
         tree("main", meta.main_root, subdbs)
         for name, db in subdbs:
             tree(name, db, [])
+        # LMDB's last page may lie past the end of a sound file, but only if it and
+        # every page between are free (allocated and released by one transaction,
+        # never written); a page in use past the end is a truncated file (SIGBUS)
+        for pg in range(file_pages, last + 1):
+            if pg not in free:
+                rep.problems.insert(
+                    0,
+                    f"{p} is truncated: it is {os.fstat(fd).st_size} bytes long but page {pg}, "
+                    f"in use, ends at byte {(pg + 1) * psize}",
+                )
+                break
     finally:
         os.close(fd)
     return rep
+
+
+def _free_ids(value: bytes, out: set[int]) -> None:
+    """Add the page numbers of a free-database value (an ID list: count, then ids)."""
+    if len(value) < 8:
+        return
+    (n,) = struct.unpack_from("<Q", value, 0)
+    if 8 + 8 * n <= len(value):
+        out.update(struct.unpack_from(f"<{n}Q", value, 8))

@@ -178,7 +178,8 @@ def test_structure_walk_ignores_concurrent_writers(tmp_path: Path) -> None:
             "s = Store(sys.argv[1])\n"
             "print('ready', flush=True)\n"
             "for i in range(4000):\n"
-            "    s.put_record(f'x/{i % 300}', {'i': i, 'pad': os.urandom(300)})\n"
+            "    pad = os.urandom(300 if i % 3 else 9000)  # some values on overflow pages\n"
+            "    s.put_record(f'x/{i % 300}', {'i': i, 'pad': pad})\n"
             "    if i % 7 == 0:\n"
             "        s.delete_record(f'x/{(i * 13) % 300}')\n",
             str(home),
@@ -191,13 +192,28 @@ def test_structure_walk_ignores_concurrent_writers(tmp_path: Path) -> None:
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
         store = Store(home)
-        walks = 0
+        walks = opens = 0
         while writer.poll() is None or walks < 5:
             assert store.structure_problems() == []
             walks += 1
+            if walks % 10 == 1:  # what every command does first: open, with its checks
+                opened = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import sys; from dsvc.store import Store; Store(sys.argv[1])",
+                        str(home),
+                    ],
+                    cwd=REPO,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                    capture_output=True,
+                    text=True,
+                )
+                assert opened.returncode == 0, opened.stderr
+                opens += 1
         store.close()
     finally:
         writer.kill() if writer.poll() is None else None
         writer.wait()
     assert writer.returncode == 0
-    assert walks >= 5
+    assert walks >= 5 and opens >= 1
