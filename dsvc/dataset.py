@@ -437,9 +437,13 @@ class Dataset:
         shallow_search: bool = False,
         delete_files: bool = True,
         delete_external_files: bool = False,
+        remote: str | bool | None = None,
     ) -> None:
         """Delete one version (or every version with ``entire_dataset``) from the local
         store. Content shared with other versions stays; ``dsvc gc`` reclaims the rest.
+        ``remote`` (a remote's name or URL, or True for the default remote) deletes the
+        finalized versions from that remote too, first (its ``gc`` reclaims the content);
+        without it the remote copy stays and ``fetch`` brings the version back.
 
         Never a guess, as in ClearML: ``entire_dataset`` needs ``force=True``, and a
         project + name matching several versions (no ``dataset_version``) is refused
@@ -487,6 +491,11 @@ class Dataset:
                         f"dataset {r['project']}/{r['name']} ({r['id']}) uses a dataset being "
                         "deleted as parent; pass force=True to delete anyway"
                     )
+        if remote is not None and remote is not False:
+            where = remote_for(store, None if remote is True else remote or None, required=True)
+            for t in targets:
+                if t.get("commit") is not None:
+                    where.delete_dataset(store, t["id"])
         for t in targets:
             reg.remove(store, t["id"])
 

@@ -348,3 +348,64 @@ def test_fsck_remote_finds_damage_and_a_push_repairs_it(
     rep = json.loads(p.stdout)
     assert rep["ok"] and not rep["datasets"], rep
 
+
+
+# ---------------------------------------------------------------------- item 9
+
+
+def test_metadata_changes_travel_through_the_remote_field_by_field(
+    fs3_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dsvc.errors import NotFoundError
+
+    files = {"a.txt": b"a" * 3000}
+    store_a = machine(monkeypatch, tmp_path / "home-a", fs3_spec)
+    v1 = Dataset.create(dataset_name="data", dataset_project="proj", description="d0")
+    v1.add_files(str(write_tree(tmp_path / "src", files)))
+    v1.finalize(auto_upload=True)
+
+    store_b = machine(monkeypatch, tmp_path / "home-b", fs3_spec)
+    assert Dataset.get(dataset_id=v1.id).description == "d0"  # imported into B
+
+    # A publishes, describes, tags and renames, then pushes
+    machine(monkeypatch, tmp_path / "home-a", fs3_spec)
+    v1.publish()
+    v1.set_description("d1")
+    v1.add_tags("gold")
+    Dataset.rename("renamed", dataset_project="proj", dataset_name="data")
+    remote_of(store_a).push_dataset(store_a, v1.id, show_progress=False)
+
+    # a fresh clone sees all of it
+    machine(monkeypatch, tmp_path / "fresh", fs3_spec)
+    got = Dataset.get(dataset_project="proj", dataset_name="renamed", only_published=True)
+    assert got.id == v1.id and got.description == "d1" and "gold" in got.tags
+    assert got.status == "published"
+    assert read_tree(got.get_local_copy()) == files
+
+    # B, which imported it before, takes the changes on fetch
+    machine(monkeypatch, tmp_path / "home-b", fs3_spec)
+    rec = remote_of(store_b).sync_meta(store_b, v1.id)
+    assert rec is not None
+    assert (rec["description"], rec["name"], rec["status"]) == ("d1", "renamed", "published")
+
+    # both change different fields: per field, the later writer wins, nothing is lost
+    machine(monkeypatch, tmp_path / "home-a", fs3_spec)
+    v1.set_description("d2")
+    machine(monkeypatch, tmp_path / "home-b", fs3_spec)
+    Dataset.get(dataset_id=v1.id).tags = ["b-tag"]
+    machine(monkeypatch, tmp_path / "home-a", fs3_spec)
+    remote_of(store_a).sync_meta(store_a, v1.id)
+    machine(monkeypatch, tmp_path / "home-b", fs3_spec)
+    rec_b = remote_of(store_b).sync_meta(store_b, v1.id)
+    machine(monkeypatch, tmp_path / "home-a", fs3_spec)
+    rec_a = remote_of(store_a).sync_meta(store_a, v1.id)
+    for rec in (rec_a, rec_b):
+        assert rec is not None
+        assert (rec["description"], rec["tags"]) == ("d2", ["b-tag"]), rec
+
+    # an explicit delete from the remote: fetch no longer brings the version back
+    Dataset.delete(dataset_id=v1.id, force=True, remote=True)
+    machine(monkeypatch, tmp_path / "fresh-2", fs3_spec)
+    assert v1.id not in [d["id"] for d in Dataset.list_datasets()]
+    with pytest.raises(NotFoundError):
+        Dataset.get(dataset_id=v1.id)

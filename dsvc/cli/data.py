@@ -438,6 +438,16 @@ def squash(name: str, ids: tuple[str, ...], storage: str | None) -> None:
     help="Delete even if published or another version uses it as parent; required with "
     "--entire-dataset.",
 )
+@click.option(
+    "--remote",
+    "remote_spec",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[NAME]",
+    help="Delete the versions from this remote too (default: the default remote); its "
+    "`dsvc gc --remote` reclaims the content.",
+)
 def delete(
     dataset_id: str | None,
     project: str | None,
@@ -445,6 +455,7 @@ def delete(
     version: str | None,
     entire_dataset: bool,
     force: bool,
+    remote_spec: str | None,
 ) -> None:
     """Delete dataset versions from the local store (`dsvc gc` reclaims their space).
 
@@ -469,6 +480,7 @@ def delete(
         dataset_version=version,
         entire_dataset=entire_dataset,
         force=force,
+        remote=(remote_spec or True) if remote_spec is not None else None,
     )
     gone = before - {r["id"] for r in reg.all_records(store)}
     if last_used(store) in gone:

@@ -283,6 +283,8 @@ def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[
     for rec in remote_recs:
         if reg.get(store, rec["id"]) is None:
             new.append(r.import_record(store, rec))
+        elif rec.get("commit") is not None:
+            r.sync_meta(store, rec["id"])  # tags, description, status... (per field)
     return remote_recs, new
 
 

@@ -93,6 +93,10 @@ MAX_MARKS_BYTES = 64 << 20
 MAX_REPO_DOC_BYTES = 1 << 20
 #: the damage list written by ``Remote.fsck`` (see docs/remote-protocol.md §10)
 DAMAGE = "fsck/damaged"
+#: mutable metadata of a version lives in ``meta/<id>`` (docs/remote-protocol.md §11);
+#: each field is merged on its own, the later timestamp wins
+META_FIELDS = ("name", "project", "version", "tags", "description", "status", "deleted")
+MAX_META_BYTES = 16 << 20
 
 _open: dict[tuple[str, str, int], Remote] = {}
 _open_lock = threading.Lock()
@@ -824,6 +828,7 @@ class Remote:
         self.refresh_index(store)
         for rec in order:
             s = self.publish(store, rec, show_progress=show_progress, refresh=False)
+            self.sync_meta(store, rec["id"])  # tags, description, status... changed since
             total.packs += s.packs
             total.objects += s.objects
             total.chunks += s.chunks
@@ -835,7 +840,9 @@ class Remote:
     def _record_cache_key(self, dataset_id: str) -> bytes:
         return self.index.prefix + b"r/" + dataset_id.encode()
 
-    def get_record(self, store: Store, dataset_id: str) -> dict[str, Any] | None:
+    def get_record(
+        self, store: Store, dataset_id: str, meta_etag: Any = None
+    ) -> dict[str, Any] | None:
         """The remote's record of ``dataset_id`` (records are immutable: cached), checked
         field by field (:class:`~dsvc.record.Record`): IntegrityError names a bad one."""
         if not is_dataset_id(dataset_id):
@@ -857,7 +864,118 @@ class Remote:
             with store.batch() as b:
                 b.put("remote", self._record_cache_key(dataset_id), raw)
         rec["remote"] = self.url
-        return rec
+        meta = self._read_meta(store, dataset_id, meta_etag)[0]
+        if meta.get("deleted", (False, 0))[0]:
+            return None  # deleted from this remote (Remote.delete_dataset)
+        return _apply_meta(rec, meta)
+
+    # -- mutable metadata ---------------------------------------------------------
+
+    def _read_meta(
+        self, store: Store, dataset_id: str, etag: Any = None
+    ) -> tuple[dict[str, tuple[Any, int]], Any]:
+        """``meta/<id>`` as ``{field: (value, time ns)}`` and its version (None: absent).
+        ``etag``: the version a listing showed (``False``: the listing had none), so an
+        unchanged document is taken from the local cache without a request."""
+        key = f"meta/{dataset_id}"
+        ck = self.index.prefix + b"M/" + dataset_id.encode()
+        if etag is False:
+            return {}, None
+        if etag is not None:
+            cached = self.index.get_meta(b"M/" + dataset_id.encode())
+            if cached is not None:
+                tag, raw = msgpack.unpackb(cached, raw=False)
+                if tag == etag:
+                    return _parse_meta(raw, self.url, key), None
+        got = self.backend.get_versioned(key, limit=MAX_META_BYTES)
+        if got is None:
+            return {}, None
+        doc = _parse_meta(got[0], self.url, key)
+        if got[1].etag is not None:
+            with store.batch() as b:
+                b.put("remote", ck, _encode([got[1].etag, got[0]]))
+        return doc, got[1]
+
+    def _write_meta(
+        self, store: Store, dataset_id: str, change: dict[str, tuple[Any, int]]
+    ) -> dict[str, tuple[Any, int]]:
+        """Merge ``change`` into ``meta/<id>`` (per field, the later time wins) by
+        compare-and-swap; returns the merged document."""
+        key = f"meta/{dataset_id}"
+        for attempt in range(100):
+            cur, ver = self._read_meta(store, dataset_id)
+            merged = _merge_meta(cur, change)
+            if merged == cur and ver is not None:
+                return merged
+            doc = {"v": 1, "fields": {f: [v, t] for f, (v, t) in merged.items()}}
+            try:
+                self.backend.compare_and_swap(key, _encode(doc), ver)
+                return merged
+            except ConflictError:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise ConflictError(f"remote {self.url}: {key} is too contended; try again")
+
+    def sync_meta(self, store: Store, dataset_id: str) -> dict[str, Any] | None:
+        """Exchange the mutable metadata (name, project, version, tags, description,
+        status) of a finalized version with the remote: fields changed locally since
+        the last exchange are written (stamped with the local record's ``modified``
+        time), then every field takes the value with the later time, locally and on the
+        remote. Returns the local record (None if there is none)."""
+        self.ensure_repo(store, create=True)
+        lkey = RECORD_PREFIX + dataset_id
+        local = store.get_record(lkey)
+        if local is None or local.get("commit") is None:
+            return local
+        remote_rec = self.get_record(store, dataset_id)
+        base = self._meta_base(store, dataset_id)
+        if base is None and remote_rec is not None:
+            base = {f: (remote_rec.get(f), 0) for f in META_FIELDS if f != "deleted"}
+        base = base or {}
+        stamp = int(local.get("modified") or time.time_ns())
+        change = {
+            f: (local.get(f), stamp)
+            for f in META_FIELDS
+            if f != "deleted" and f in local and (f not in base or base[f][0] != local.get(f))
+        }
+        merged = self._write_meta(store, dataset_id, change)
+        new = {f: v for f, (v, _t) in merged.items() if f != "deleted"}
+        while True:  # adopt the merged values locally (compare-and-swap)
+            cur = store.get_record(lkey)
+            if cur is None:
+                return None
+            want = {**cur, **new}
+            if want == cur:
+                break
+            try:
+                store.cas_record(lkey, cur, want)
+                break
+            except ConflictError:
+                continue
+        self._save_base(store, dataset_id, merged)
+        out = store.get_record(lkey)
+        if out is not None and ("name" in change or "project" in change):
+            # list it under its new name too
+            self.update_ref(out["project"], out["name"], dataset_id, out.get("version"))
+        return out
+
+    def _save_base(self, store: Store, dataset_id: str, meta: dict[str, tuple[Any, int]]) -> None:
+        self.index.set_meta(
+            b"B/" + dataset_id.encode(), _encode({f: [v, t] for f, (v, t) in meta.items()})
+        )
+
+    def _meta_base(self, store: Store, dataset_id: str) -> dict[str, tuple[Any, int]] | None:
+        raw = self.index.get_meta(b"B/" + dataset_id.encode())
+        if raw is None:
+            return None
+        return {f: (v, t) for f, (v, t) in msgpack.unpackb(raw, raw=False).items()}
+
+    def delete_dataset(self, store: Store, dataset_id: str) -> None:
+        """Delete a version from the remote: a tombstone in ``meta/<id>`` (so listings,
+        lookups and fetch no longer see it); its content is left for ``gc``."""
+        self.ensure_repo(store, create=True)
+        if self.get_record(store, dataset_id) is None:
+            raise NotFoundError(f"dataset {dataset_id} is not on remote {self.url}")
+        self._write_meta(store, dataset_id, {"deleted": (True, time.time_ns())})
 
     def list_records(self, store: Store, *, strict: bool = False) -> list[dict[str, Any]]:
         """Every dataset record on the remote (new ones fetched in parallel).
@@ -870,6 +988,8 @@ class Remote:
         if not self.ensure_repo(store, create=False):
             return []
         ids = [i.key[len("datasets/") :] for i in self.backend.list("datasets/")]
+        # one listing tells which metadata documents changed since they were cached
+        metas = {i.key[len("meta/") :]: i.version.etag for i in self.backend.list("meta/")}
 
         def one(did: str) -> dict[str, Any] | None:
             try:
@@ -877,7 +997,7 @@ class Remote:
                     raise IntegrityError(
                         f"record datasets/{did} is malformed: the key is not a dataset id"
                     )
-                return self.get_record(store, did)
+                return self.get_record(store, did, metas.get(did, False))
             except IntegrityError as e:
                 if strict:
                     raise IntegrityError(
@@ -905,6 +1025,8 @@ class Remote:
             local = {**record, "remote": self.url, "uploaded_tree": record["tree"]}
             try:
                 store.cas_record(key, None, local)
+                # the metadata as imported is what later local edits are compared with
+                self._save_base(store, record["id"], {f: (record.get(f), 0) for f in META_FIELDS})
             except ConflictError:
                 pass  # already imported (by us or a concurrent process)
         return store.get_record(key)
@@ -1278,6 +1400,55 @@ def _verify(
             "damaged: push the version again from a store that has it",
             oid,
         ) from None
+
+
+def _parse_meta(data: bytes, url: str, key: str) -> dict[str, tuple[Any, int]]:
+    """Check ``meta/<id>``: ``{"v": 1, "fields": {field: [value, time ns]}}``; each
+    value passes the same check as in a record (dsvc.record.FIELDS)."""
+    from dsvc.record import FIELDS
+
+    doc = _decode(data, f"remote {url}: {key}")
+    out: dict[str, tuple[Any, int]] = {}
+    try:
+        fields_ = doc.get("fields") if isinstance(doc, dict) and doc.get("v") == 1 else None
+        if not isinstance(fields_, dict):
+            raise ValueError("want {'v': 1, 'fields': {...}}")
+        for f, pair in fields_.items():
+            if f not in META_FIELDS:
+                continue  # a newer dsvc's field: ignored
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ValueError(f"field {f!r} is not [value, time]")
+            value, t = pair
+            if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+                raise ValueError(f"field {f!r} has a bad time")
+            if f == "deleted":
+                if not isinstance(value, bool):
+                    raise ValueError("deleted must be true or false")
+            else:
+                value = FIELDS[f][0](value, f)
+                if f == "status" and value not in ("final", "published"):
+                    raise ValueError("a finalized version's status is final or published")
+            out[f] = (value, t)
+    except ValueError as e:
+        raise IntegrityError(f"remote {url}: {key} is malformed ({e}); delete it") from None
+    return out
+
+
+def _merge_meta(
+    a: dict[str, tuple[Any, int]], b: dict[str, tuple[Any, int]]
+) -> dict[str, tuple[Any, int]]:
+    """Per field, the value with the later time; equal times: the larger encoded value
+    (any fixed rule: every client must pick the same)."""
+    out = dict(a)
+    for f, (v, t) in b.items():
+        cur = out.get(f)
+        if cur is None or (t, _encode(v)) > (cur[1], _encode(cur[0])):
+            out[f] = (v, t)
+    return out
+
+
+def _apply_meta(rec: dict[str, Any], meta: dict[str, tuple[Any, int]]) -> dict[str, Any]:
+    return {**rec, **{f: v for f, (v, _t) in meta.items() if f != "deleted"}}
 
 
 def _parse_damage(data: bytes, url: str) -> dict[str, dict[str, list[str]]]:
