@@ -79,13 +79,31 @@ DIRECT_FETCH_MAX = 64 << 20
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a dataset, as ClearML's ``FileEntry`` exposes it."""
+    """One file of a dataset, as ClearML's ``FileEntry`` exposes it.
+
+    ``artifact_name`` names the ClearML zip part that held the file; dsvc stores files as
+    chunks, not in parts, so it is always None. ``hash`` is the file's content id.
+    """
 
     relative_path: str
     hash: str
     size: int
     parent_dataset_id: str | None = None
     local_path: str | None = None
+    artifact_name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as ClearML's ``FileEntry.as_dict`` gives it (``local_path`` only when set)."""
+        out: dict[str, Any] = {
+            "relative_path": self.relative_path,
+            "hash": self.hash,
+            "parent_dataset_id": self.parent_dataset_id,
+            "size": self.size,
+            "artifact_name": self.artifact_name,
+        }
+        if self.local_path:
+            out["local_path"] = self.local_path
+        return out
 
 
 def _now() -> int:
@@ -171,8 +189,9 @@ class Dataset:
         return list(self._refresh().get("tags") or [])
 
     @tags.setter
-    def tags(self, values: Sequence[str]) -> None:
-        self._update(lambda r: {**r, "tags": list(values)}, allow_final=True)
+    def tags(self, values: Sequence[str] | None) -> None:
+        new = _as_list(values)  # ClearML: ``ds.tags = None`` clears the tags
+        self._update(lambda r: {**r, "tags": new}, allow_final=True)
 
     def add_tags(self, tags: str | Sequence[str]) -> None:
         """Add tags (kept unique, in order)."""
@@ -205,9 +224,13 @@ class Dataset:
         return self._refresh()["status"] in reg.COMPLETED_STATES
 
     def is_dirty(self) -> bool:
-        """True when the draft has changes that were not uploaded yet."""
+        """True when the draft has changes that were not uploaded yet.
+
+        A new draft is clean: its content is its parents', which are stored already.
+        """
         r = self._refresh()
-        return r["status"] == reg.DRAFT and r.get("uploaded_tree") != r["tree"]
+        uploaded = r.get("uploaded_tree") or r.get("base_tree")
+        return r["status"] == reg.DRAFT and uploaded != r["tree"]
 
     def __repr__(self) -> str:
         r = self._rec
@@ -288,13 +311,11 @@ class Dataset:
         siblings = reg.filter_records(
             known_records(store), project=dataset_project, name=dataset_name
         )
-        if dataset_version is None:
+        # ClearML allows an explicit version twice (its lookup then picks the most
+        # recently updated of the two); only a missing version is numbered for you
+        dataset_version = str(dataset_version).strip() if dataset_version is not None else ""
+        if not dataset_version:
             dataset_version = reg.next_version(siblings)
-        elif any(s.get("version") == dataset_version for s in siblings):
-            raise UsageError(
-                f"dataset {dataset_project}/{dataset_name} already has version "
-                f"{dataset_version}; pick another dataset_version or leave it out"
-            )
         trees = Trees(store)
         with store.batch() as b:
             trees.batch = b
@@ -540,7 +561,9 @@ class Dataset:
         verbose: bool = False,
         max_workers: int | None = None,
     ) -> int:
-        """Add a file or a folder; returns the number of files added or changed.
+        """Add a file or a folder; returns the number of files added, counted as ClearML
+        counts them: new paths, plus files this draft added before and has not uploaded
+        yet; a modified file is not counted (clearml/datasets/dataset.py ``_add_files``).
 
         Unchanged files cost a ``stat`` (stat cache), changed ones store only new chunks.
         """
@@ -570,7 +593,9 @@ class Dataset:
             clashes = note_sources(self._sources, added)
             if clashes:
                 warn(collision_message(clashes))
-            return self._apply(edits)
+            count = _added_count(self._trees(), self._refresh(), edits)
+            self._apply(edits)
+            return count
 
     def _ingest(
         self, items: list[ScanItem], verbose: bool, max_workers: int | None, desc: str
@@ -756,6 +781,33 @@ class Dataset:
         """External links are not supported: always empty (see docs/coming-from-clearml.md)."""
         return {}
 
+    @property
+    def link_entries(self) -> list[Any]:
+        """The external links of this version (``link_entries_dict``'s values)."""
+        return list(self.link_entries_dict.values())
+
+    def get_default_storage(self) -> str | None:
+        """Where ``upload()`` sends content: the dataset's ``output_uri``, else the remote
+        it was uploaded to, else the default remote's URL; None when the local store is
+        the only storage (ClearML: the task's output URI or the default destination)."""
+        rec = self._refresh()
+        spec = rec.get("output_uri") or rec.get("remote")
+        if spec:
+            return str(spec)
+        remote = remote_for(self._store, None)
+        return remote.url if remote is not None else None
+
+    @classmethod
+    def is_offline(cls) -> bool:
+        """Always True: dsvc has no server, so it is in ClearML's offline mode for good
+        (every call works on the local store and the configured remotes)."""
+        return True
+
+    @classmethod
+    def set_offline(cls, offline_mode: bool = False) -> None:
+        """Accepted and ignored: there is no server to go on- or offline with (see
+        :meth:`is_offline`)."""
+
     def get_dependency_graph(self) -> dict[str, list[str]]:
         """``{dataset id: [parent ids]}`` for this version and all its ancestors."""
         graph: dict[str, list[str]] = {}
@@ -783,13 +835,29 @@ class Dataset:
     def set_metadata(
         self, metadata: Any, metadata_name: str = "metadata", ui_visible: bool = True
     ) -> None:
-        """Attach msgpack-able data (dicts, lists, numbers, text, bytes) under a name.
+        """Attach data under a name: dicts, lists, numbers, text, bytes, numpy arrays
+        and pandas DataFrames (get_metadata gives back the same type).
 
         Allowed on drafts only: a finalized version's metadata is part of its commit.
-        pandas DataFrames are stored as their dict form (``to_dict('split')``).
+        As in ClearML, a name may not start with ``data_``.
         """
-        if hasattr(metadata, "to_dict"):
+        if str(metadata_name).startswith("data_"):
+            raise UsageError(f"metadata_name can not start with 'data_' (got {metadata_name!r})")
+        if hasattr(metadata, "to_dict") and hasattr(metadata, "columns"):
             metadata = {"__dataframe__": metadata.to_dict(orient="split")}
+        elif _is_ndarray(metadata):
+            if metadata.dtype.hasobject:
+                raise UsageError(
+                    f"metadata {metadata_name!r}: numpy arrays of Python objects cannot be "
+                    "stored; convert them to a list or a numeric dtype"
+                )
+            metadata = {
+                "__ndarray__": {
+                    "dtype": metadata.dtype.str,
+                    "shape": list(metadata.shape),
+                    "data": metadata.tobytes(order="C"),
+                }
+            }
         import msgpack
 
         try:
@@ -803,6 +871,11 @@ class Dataset:
     def get_metadata(self, metadata_name: str = "metadata") -> Any:
         """The metadata stored under ``metadata_name`` (None if absent)."""
         value = (self._refresh().get("metadata") or {}).get(metadata_name)
+        if isinstance(value, dict) and "__ndarray__" in value:
+            import numpy as np
+
+            a = value["__ndarray__"]
+            return np.frombuffer(a["data"], dtype=np.dtype(a["dtype"])).reshape(a["shape"]).copy()
         if isinstance(value, dict) and "__dataframe__" in value:
             try:
                 import pandas as pd
@@ -1246,9 +1319,13 @@ class Dataset:
         dataset_ids: Sequence[str | Dataset] | None = None,
         dataset_project_name_pairs: Sequence[tuple[str, str]] | None = None,
         output_url: str | None = None,
+        close_squashed_dataset: bool = True,
     ) -> Dataset:
-        """A new finalized, parentless version: the in-order merge of the full content of
-        each listed version. Writes trees and one commit; copies no file content.
+        """A new parentless version: the in-order merge of the full content of each
+        listed version. Writes trees and one commit; copies no file content.
+
+        With ``close_squashed_dataset=False`` the result stays a draft (nothing uploaded
+        or finalized), as in ClearML.
         """
         store = _store()
         if dataset_ids:
@@ -1292,6 +1369,8 @@ class Dataset:
                 "squashed_from": squashed_from,
             }
         )
+        if not close_squashed_dataset:
+            return ds
         if output_url is not None:
             ds.upload(output_url=output_url)
         else:
@@ -1365,6 +1444,15 @@ def _commit_meta(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: the task status ClearML's ``list_datasets`` reports for each dsvc state
+CLEARML_STATUS = {reg.DRAFT: "in_progress", reg.FINAL: "completed", reg.PUBLISHED: "published"}
+
+
+def _is_ndarray(v: Any) -> bool:
+    """A numpy array, recognised without importing numpy when the caller did not."""
+    return type(v).__module__ == "numpy" and type(v).__name__ == "ndarray"
+
+
 def _summary(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": r["name"],
@@ -1373,7 +1461,7 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
         "tags": list(r.get("tags") or []),
         "version": r.get("version"),
         "created": datetime.fromtimestamp(r["created"] / 1e9, tz=UTC),
-        "status": r["status"],
+        "status": CLEARML_STATUS.get(r["status"], r["status"]),
     }
 
 
@@ -1409,6 +1497,24 @@ def _edit_effects(
             if cur is not None and cur.kind == KIND_TREE:
                 removes = True
     return changed, removes
+
+
+def _added_count(trees: Trees, rec: dict[str, Any], edits: dict[RelPath, Entry | None]) -> int:
+    """How many of ``edits`` ClearML's ``add_files`` reports as added: paths that hold no
+    file yet, and files with unchanged content that this draft itself added (they differ
+    from the base) and has not uploaded since."""
+    n = 0
+    uploaded = rec.get("uploaded_tree")
+    for path, new in edits.items():
+        cur = lookup(trees, rec["tree"], path)
+        new_path = cur is None or cur.kind == KIND_TREE
+        readded = (
+            cur == new
+            and lookup(trees, rec["base_tree"], path) != new
+            and (uploaded is None or lookup(trees, uploaded, path) != new)
+        )
+        n += new_path or readded
+    return n
 
 
 def _squash_tree(store: Store, trees: Trees, recs: list[dict[str, Any]]) -> bytes:

@@ -30,6 +30,11 @@ class InvalidPathError(UsageError):
     """A file or dataset path is not acceptable (escapes its folder, bad name, bad UTF-8)."""
 
 
+class WildcardError(UsageError, NotImplementedError):
+    """A wildcard pathlib cannot match (absolute, like ``/*.jpg``); also a
+    ``NotImplementedError``, which is what ClearML's ``add_files`` raises for it."""
+
+
 class NotFoundError(DsvcError, ValueError):
     """A dataset, version, object, file or remote does not exist."""
 
@@ -60,8 +65,11 @@ class IntegrityError(DsvcError):
         self.object_id = object_id
 
 
-class RemoteError(DsvcError):
-    """A remote could not be reached or refused a request (network, credentials, bucket)."""
+class RemoteError(DsvcError, ValueError):
+    """A remote could not be reached or refused a request (network, credentials, bucket).
+
+    Also a ``ValueError``: ClearML documents ``upload`` failures as ``ValueError``.
+    """
 
     exit_code = 6
 

@@ -12,10 +12,10 @@ Ordering invariant (crash safety): a file's chunks are queued to the writer befo
 blob object and its stat-cache entry, and the writer commits in queue order, so a
 committed stat-cache entry or blob never points at a missing chunk.
 
-Symlinks (documented in docs/guide.md): a link whose target resolves inside the folder
-being added is followed and stored as a regular file; a link pointing outside that
-folder, or dangling, is skipped and reported, unless ``follow_symlinks=True``. Folders
-reached through links are not entered (no cycles).
+Symlinks (documented in docs/guide.md): a link to a file is followed wherever it points
+and the target's content is stored as a regular file, as ClearML does; a dangling link or
+a loop is skipped and reported. Folders reached through links are not entered (no
+cycles).
 
 Left out by ``scan`` (docs/matching.md): the store's own folder (``DSVC_HOME``: the LMDB
 files and the cache) wherever it lies below the added folder, and whatever the
@@ -43,7 +43,7 @@ import msgpack
 import pathspec
 
 from dsvc import codec
-from dsvc.errors import DsvcError, InvalidPathError, NotFoundError
+from dsvc.errors import DsvcError, InvalidPathError, NotFoundError, WildcardError
 from dsvc.ids import TAG_BLOB, chunk_id, object_id
 from dsvc.objects import (
     KIND_CHUNKFILE,
@@ -128,26 +128,48 @@ def _validated(rel: RelPath, root: str) -> RelPath:
     return rel
 
 
-def matches_wildcard(rel: RelPath, patterns: list[str], recursive: bool) -> bool:
-    """ClearML's ``add_files`` wildcard rule (pathlib ``rglob``/``glob`` semantics).
+def check_wildcards(patterns: Iterable[str]) -> None:
+    """Refuse what pathlib refuses: an absolute pattern such as ``/*.jpg`` (ClearML's
+    ``add_files`` passes the wildcard to ``Path.rglob``, which raises
+    ``NotImplementedError("Non-relative patterns are unsupported")``)."""
+    for pat in patterns:
+        if pat.startswith(("/", "\\")):
+            raise WildcardError(
+                f"wildcard {pat!r} is absolute; wildcards match paths relative to the added "
+                f"folder (write {pat.lstrip('/')!r})"
+            )
 
-    Recursive: a pattern of k components matches the last k components of the path at
-    any depth (``*.jpg`` matches ``a/b/x.jpg``). Not recursive: the pattern matches the
-    whole relative path (``*.jpg`` matches only top-level files).
+
+def _match_parts(rel: RelPath, parts: list[str]) -> bool:
+    """pathlib's glob: ``**`` stands for zero or more folders, any other part matches one
+    name with fnmatch (``*`` never crosses ``/``, and matches names starting with a dot)."""
+    if not parts:
+        return not rel
+    head, rest = parts[0], parts[1:]
+    if head == "**":
+        if not rest:  # a trailing ``**`` selects folders only, never a file
+            return False
+        return any(_match_parts(rel[i:], rest) for i in range(len(rel)))
+    return bool(rel) and fnmatch.fnmatchcase(rel[0], head) and _match_parts(rel[1:], rest)
+
+
+def matches_wildcard(rel: RelPath, patterns: list[str], recursive: bool) -> bool:
+    """ClearML's ``add_files`` wildcard rule: ``Path.rglob(w)`` when recursive, else
+    ``Path.glob(w)``, over the added folder.
+
+    ``rglob(w)`` is ``glob("**/" + w)``: ``*.jpg`` and ``**/*.jpg`` match JPEGs at every
+    depth, the top level included, and ``a/*.jpg`` matches ``x/a/1.jpg``. ``glob`` matches
+    from the top (``*.jpg``: top-level files only), but its ``**`` still crosses folders.
     """
     for pat in patterns:
         parts = [p for p in pat.replace("\\", "/").split("/") if p not in ("", ".")]
-        k = len(parts)
-        if k == 0:
+        if not parts:
             continue
         if recursive:
-            if len(rel) >= k and all(
-                fnmatch.fnmatchcase(a, b) for a, b in zip(rel[-k:], parts, strict=True)
-            ):
-                return True
-        elif len(rel) == k and all(
-            fnmatch.fnmatchcase(a, b) for a, b in zip(rel, parts, strict=True)
-        ):
+            parts = ["**", *parts]
+        # consecutive ``**`` match what one does; folding them keeps matching linear
+        parts = [p for i, p in enumerate(parts) if not (p == "**" and i and parts[i - 1] == "**")]
+        if _match_parts(rel, parts):
             return True
     return False
 
@@ -190,7 +212,6 @@ def scan(
     *,
     wildcard: str | list[str] | None = None,
     recursive: bool = True,
-    follow_symlinks: bool = False,
     store: Store | None = None,
 ) -> ScanResult:
     """List the files under ``path`` (a folder, or a single file).
@@ -214,10 +235,11 @@ def scan(
         if real == db or real.startswith(db + os.sep):
             raise InvalidPathError(f"cannot add {root!r}: it is the dsvc store's database")
     patterns = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
+    check_wildcards(patterns)
     if statmod.S_ISREG(st.st_mode):
+        # a single file is added whatever the wildcard says, as ClearML does
         name = _decode_name(os.path.basename(root), os.path.dirname(root))
-        if not patterns or matches_wildcard((name,), patterns, recursive):
-            out.items.append(_item(root, (name,), st))
+        out.items.append(_item(root, (name,), st))
         return out
     if not statmod.S_ISDIR(st.st_mode):
         raise InvalidPathError(f"cannot add {root!r}: not a regular file or folder")
@@ -246,11 +268,9 @@ def scan(
                 if ignores and _ignored(ignores, r, is_dir):
                     continue
                 if de.is_symlink():
-                    target = os.path.realpath(de.path)
-                    inside = target == real_root or target.startswith(real_root + os.sep)
-                    if not (inside or follow_symlinks):
-                        out.skipped.append((de.path, "symlink pointing outside the folder"))
-                        continue
+                    # a link to a file is followed wherever it points (ClearML adds the
+                    # target's content: a folder of links into a raw data store is
+                    # common); a link to a folder is never entered, so no cycle
                     try:
                         lst = os.stat(de.path)
                     except FileNotFoundError:

@@ -99,7 +99,9 @@ def find_record(
         only_published=only_published,
         include_archived=include_archived,
     )
-    best = reg.newest(found, by_version=bool(name))
+    # ClearML's Dataset.get picks the highest version even for a project-only or
+    # tags-only lookup (Dataset._get_dataset_id), whatever its SDK page says
+    best = reg.newest(found, by_version=True)
     if best is not None and reg.get(store, best["id"]) is None and remote is not None:
         best = remote.import_record(store, best)
     return best

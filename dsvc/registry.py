@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
+from packaging.version import InvalidVersion, Version
+
 from dsvc.errors import ConflictError, InvalidPathError, NotFoundError
 from dsvc.store import RECORD_PREFIX, Store, default_home
 
@@ -172,44 +174,85 @@ def check_label(what: str, value: Any) -> str:
 
 # -- versions ----------------------------------------------------------------------
 
-_VER_RE = re.compile(r"^\d+(\.\d+)*$")
 
+def parse_version(v: Any) -> Version | None:
+    """A PEP 440 version (``1.0.0``, ``v2.0``, ``1.0.0rc1``, ``1.0.post1``), or None.
 
-def parse_version(v: str | None) -> tuple[int, ...] | None:
-    """``"1.2.3"`` -> ``(1, 2, 3)``; None for anything that is not dotted numbers."""
-    if not v or not _VER_RE.match(v.strip()):
+    ClearML compares dataset versions with a copy of ``packaging``'s PEP 440 ``Version``
+    (clearml/utilities/version.py), so dsvc uses ``packaging`` itself.
+    """
+    if not isinstance(v, str) or not v.strip():
         return None
-    return tuple(int(x) for x in v.strip().split("."))
+    try:
+        return Version(v.strip())
+    except InvalidVersion:
+        return None
 
 
 def bump(v: str) -> str:
-    """``1.0.0`` -> ``1.0.1``, ``1.2`` -> ``1.3`` (last component + 1)."""
-    parts = parse_version(v)
-    if parts is None:
-        return v + ".1"
-    return ".".join(str(x) for x in (*parts[:-1], parts[-1] + 1))
+    """The next version, as ClearML's ``Version.get_next_version`` makes it: the number
+    of the dev part, else the post part, else the pre-release part, else the last
+    release number goes up by one (``1.0.0`` -> ``1.0.1``, ``1.0.0rc1`` -> ``1.0.0rc2``,
+    ``1.0.0.post1`` -> ``1.0.0.post2``, ``v2.0.0`` -> ``2.0.1``). The result is in
+    PEP 440's normal form. Text that is no version gets ``.1`` appended.
+    """
+    p = parse_version(v)
+    if p is None:
+        return v.strip() + ".1"
+    release, pre, post, dev = p.release, p.pre, p.post, p.dev
+    if dev is not None:
+        dev += 1
+    elif post is not None:
+        post += 1
+    elif pre is not None:
+        pre = (pre[0], pre[1] + 1)
+    else:
+        release = (*release[:-1], release[-1] + 1)
+    out = (f"{p.epoch}!" if p.epoch else "") + ".".join(str(x) for x in release)
+    if pre is not None:
+        out += f"{pre[0]}{pre[1]}"
+    if post is not None:
+        out += f".post{post}"
+    if dev is not None:
+        out += f".dev{dev}"
+    if p.local:
+        out += f"+{p.local}"
+    return out
+
+
+def _updated(r: dict[str, Any]) -> int:
+    return int(r.get("modified") or r.get("created") or 0)
+
+
+def latest(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The record ClearML's lookup picks (``Dataset._get_dataset_id``): the highest
+    valid version; among equal versions, and when no version is valid, the most
+    recently updated one."""
+    best: dict[str, Any] | None = None
+    best_v: Version | None = None
+    for r in sorted(records, key=_updated, reverse=True):
+        v = parse_version(r.get("version"))
+        if best is None or (v is not None and (best_v is None or best_v < v)):
+            best, best_v = r, v
+    return best
 
 
 def next_version(records: Iterable[dict[str, Any]]) -> str:
-    """The version a new member of a project/name gets: highest semantic version bumped."""
-    best: tuple[int, ...] | None = None
-    best_text = ""
-    for r in records:
-        p = parse_version(r.get("version"))
-        if p is not None and (best is None or p > best):
-            best, best_text = p, r["version"]
-    return "1.0.0" if best is None else bump(best_text)
+    """The version a new member of a project/name gets: the latest one bumped
+    (``1.0.0`` when there is none, or when the latest has no valid version)."""
+    top = latest(records)
+    if top is None or parse_version(top.get("version")) is None:
+        return "1.0.0"
+    return bump(top["version"])
 
 
 def newest(records: list[dict[str, Any]], by_version: bool) -> dict[str, Any] | None:
-    """Highest semantic version when ``by_version`` (ties: most recent), else most recent."""
+    """:func:`latest` when ``by_version``, else the most recently updated record."""
     if not records:
         return None
     if by_version:
-        versioned = [r for r in records if parse_version(r.get("version")) is not None]
-        if versioned:
-            return max(versioned, key=lambda r: (parse_version(r["version"]), r["created"]))
-    return max(records, key=lambda r: r["created"])
+        return latest(records)
+    return max(records, key=_updated)
 
 
 def project_matches(project: str, wanted: str, recursive: bool) -> bool:

@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+# Some tests materialize trees over 1,000 folders deep (hostile remotes); pytest removes old
+# temporary folders with the recursive shutil.rmtree, which needs a frame per level.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
+
 # ======================================================================================
 # Remote object stores (dsvc/remote/backend.py; servers in tests/servers.py)
 # --------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_clearml_workflow(tmp_path: Path, data: Path) -> None:
     # search
     found = js(home, "search", "--project", "p")
     assert [d["id"] for d in found] == [v1]
-    assert found[0]["status"] == "final" and found[0]["tags"] == ["raw", "v1"]
+    assert found[0]["status"] == "completed" and found[0]["tags"] == ["raw", "v1"]
     assert js(home, "search", "--tags", "nope") == []
 
     # list: path, size, hash

@@ -50,8 +50,10 @@ def test_versions_bump_from_highest_semantic_version(tmp_path: Path) -> None:
     Dataset.create(dataset_name="w", dataset_project="p", dataset_version="1.10.0")
     Dataset.create(dataset_name="w", dataset_project="p", dataset_version="1.9.0")
     assert Dataset.create(dataset_name="w", dataset_project="p").version == "1.10.1"
-    with pytest.raises(errors.UsageError, match="already has version 1.2"):
-        Dataset.create(dataset_name="v", dataset_project="p", dataset_version="1.2")
+    # ClearML allows an explicit version twice (clearml/datasets/dataset.py create);
+    # the lookup then picks the most recently updated of the two
+    twin = Dataset.create(dataset_name="v", dataset_project="p", dataset_version="1.2")
+    assert twin.version == "1.2"
 
 
 def test_parents_merge_in_order_later_wins(tmp_path: Path) -> None:
@@ -102,8 +104,10 @@ def test_get_by_name_project_tag_and_writable_copy(tmp_path: Path) -> None:
     assert (
         Dataset.get(dataset_project="proj", dataset_name="n", dataset_version="1.0.0").id == v1.id
     )
-    assert Dataset.get(dataset_project="proj").id == other.id  # most recent of the project
-    assert Dataset.get(dataset_tags=["red"]).id == other.id
+    # project-only and tags-only lookups pick the highest version, as ClearML's code does
+    # (Dataset._get_dataset_id), not the most recent one its SDK page promises
+    assert Dataset.get(dataset_project="proj").id == v2.id
+    assert Dataset.get(dataset_tags=["red"]).id == other.id  # 1.0.0 twice: latest updated
     with pytest.raises(errors.NotFoundError, match="nope"):
         Dataset.get(dataset_project="proj", dataset_name="nope")
     with pytest.raises(errors.NotFoundError):
@@ -197,7 +201,8 @@ def test_add_files_counts_prefix_wildcards(tmp_path: Path) -> None:
     ds = Dataset.create(dataset_name="w", dataset_project="p")
     assert ds.add_files(src, wildcard="*.jpg", recursive=False) == 1
     assert ds.list_files() == ["a.jpg"]
-    assert ds.add_files(src, wildcard="*.jpg") == 2  # a.jpg unchanged: not counted
+    # a.jpg is re-added before any upload: ClearML counts it (its "Re-Added" case)
+    assert ds.add_files(src, wildcard="*.jpg") == 3
     assert ds.list_files() == ["a.jpg", "sub/c.jpg", "sub/deep/d.jpg"]
     assert ds.add_files(src, wildcard=["*.txt", "nothing*"], dataset_path="/t") == 2
     assert "t/b.txt" in ds.list_files() and "t/sub/e.txt" in ds.list_files()
@@ -222,6 +227,7 @@ def test_modified_file_stores_only_new_chunks_and_stat_cache(
         os.utime(p, (old, old))
     ds = Dataset.create(dataset_name="b", dataset_project="p")
     assert ds.add_files(src) == 2
+    ds.upload()  # uploaded files that are re-added unchanged are not counted (ClearML)
     store = open_store()
     chunks_before = store.stats()["chunks"]
     # unchanged folder: nothing changes, nothing is read (a chmod to make the file
@@ -233,7 +239,7 @@ def test_modified_file_stores_only_new_chunks_and_stat_cache(
     changed = big[: 1 << 20] + b"EDIT" + big[(1 << 20) + 4 :]
     (src / "big.bin").write_bytes(changed)
     os.utime(src / "big.bin", (old + 10, old + 10))
-    assert ds.add_files(src) == 1
+    assert ds.add_files(src) == 0  # ClearML counts modified files apart, not as added
     new_chunks = store.stats()["chunks"] - chunks_before
     assert 1 <= new_chunks <= 4
     ds.finalize()

@@ -1,0 +1,316 @@
+"""ClearML compatibility, row by row (issue 13).
+
+Each test states what ClearML 2.1 does, names the line of clearml/datasets/dataset.py
+(or of the module it calls) that does it, and checks that dsvc does the same. The
+scenarios are our own: they make the calls a ClearML script makes, in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from dataset_helpers import read_tree, write_tree
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsvc import errors
+from dsvc.dataset import Dataset, FileEntry
+from dsvc.ingest import scan
+from dsvc.registry import bump
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("DSVC_HOME", str(h))
+    monkeypatch.delenv("DSVC_REMOTE", raising=False)
+    return h
+
+
+def final(tmp: Path, files: dict[str, bytes], name: str = "ds", **kw) -> Dataset:
+    ds = Dataset.create(dataset_name=name, dataset_project=kw.pop("project", "p"), **kw)
+    if files:
+        ds.add_files(write_tree(tmp / f"src-{ds.id}", files))
+    ds.finalize()
+    return ds
+
+
+# -- list_datasets status values --------------------------------------------------------
+
+
+def test_list_datasets_reports_clearml_task_statuses(tmp_path: Path) -> None:
+    # dataset.py:2171 filters on task statuses and :2190 returns `dataset.status`, the task
+    # status: "in_progress" while edited, "completed" once finalized, "published".
+    draft = Dataset.create(dataset_name="d", dataset_project="p")
+    done = final(tmp_path, {"a": b"1"}, name="f")
+    pub = final(tmp_path, {"a": b"2"}, name="g")
+    pub.publish()
+    rows = {r["id"]: r["status"] for r in Dataset.list_datasets(only_completed=False)}
+    assert rows == {draft.id: "in_progress", done.id: "completed", pub.id: "published"}
+    assert [r for r in Dataset.list_datasets() if r["status"] == "completed"][0]["id"] == done.id
+
+
+# -- add_files wildcards: pathlib's glob/rglob (dataset.py:2245-2247) -----------------------
+
+
+FILES = {
+    "a.jpg": b"1",
+    "b.txt": b"2",
+    "s/c.jpg": b"3",
+    "s/t/d.jpg": b"4",
+    "s/t/e.txt": b"5",
+    ".hidden.jpg": b"6",
+}
+
+
+def _added(tmp: Path, **kw) -> list[str]:
+    src = write_tree(tmp / "src", FILES)
+    ds = Dataset.create(dataset_name="w", dataset_project="p")
+    ds.add_files(src, **kw)
+    return ds.list_files()
+
+
+def test_double_star_wildcard_includes_top_level_files(tmp_path: Path) -> None:
+    # rglob("**/*.jpg") == glob("**/**/*.jpg"): "**" matches zero folders too
+    assert _added(tmp_path, wildcard="**/*.jpg") == [".hidden.jpg", "a.jpg", "s/c.jpg", "s/t/d.jpg"]
+
+
+def test_non_recursive_double_star_still_crosses_folders(tmp_path: Path) -> None:
+    # Path.glob("**/*.jpg") (recursive=False) recurses through "**" all the same
+    got = _added(tmp_path, wildcard="**/*.jpg", recursive=False)
+    assert got == [".hidden.jpg", "a.jpg", "s/c.jpg", "s/t/d.jpg"]
+    assert _added(tmp_path / "x", wildcard="*.jpg", recursive=False) == [".hidden.jpg", "a.jpg"]
+
+
+def test_single_file_is_added_whatever_the_wildcard(tmp_path: Path) -> None:
+    # dataset.py:2234: a file path skips the wildcard loop entirely
+    f = write_tree(tmp_path / "one", {"data.csv": b"x"}) / "data.csv"
+    ds = Dataset.create(dataset_name="w", dataset_project="p")
+    assert ds.add_files(f, wildcard="*.jpg") == 1
+    assert ds.list_files() == ["data.csv"]
+
+
+def test_absolute_wildcard_is_not_implemented(tmp_path: Path) -> None:
+    # pathlib: NotImplementedError("Non-relative patterns are unsupported")
+    src = write_tree(tmp_path / "src", FILES)
+    ds = Dataset.create(dataset_name="w", dataset_project="p")
+    with pytest.raises(NotImplementedError, match="absolute"):
+        ds.add_files(src, wildcard="/*.jpg")
+    with pytest.raises(errors.UsageError):
+        ds.add_files(src, wildcard=["*.txt", "/*.jpg"])
+    assert ds.list_files() == []
+
+
+_name = st.sampled_from(["a", "b", ".c", "a.jpg", "b.txt", "x.jpg"])
+_pattern_part = st.sampled_from(["*", "**", "*.jpg", "a*", "?.txt", "a", "[ab]*", "x.jpg"])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    files=st.lists(st.lists(_name, min_size=1, max_size=3), min_size=1, max_size=8),
+    pattern=st.lists(_pattern_part, min_size=1, max_size=3).map("/".join),
+    recursive=st.booleans(),
+)
+def test_wildcard_selection_equals_pathlib(
+    tmp_path_factory: pytest.TempPathFactory, files: list[list[str]], pattern: str, recursive: bool
+) -> None:
+    """The oracle is pathlib itself, which is what ClearML calls."""
+    root = tmp_path_factory.mktemp("glob")
+    for parts in files:
+        p = root.joinpath(*parts)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if not p.exists():
+                p.write_bytes(b"x")
+        except (FileExistsError, NotADirectoryError):
+            continue  # a name used as both file and folder: keep the first
+    found = root.rglob(pattern) if recursive else root.glob(pattern)
+    expected = sorted(f.relative_to(root).as_posix() for f in found if f.is_file())
+    got = sorted("/".join(i.rel) for i in scan(root, wildcard=pattern, recursive=recursive).items)
+    assert got == expected, pattern
+
+
+# -- add_files return value (dataset.py:2300-2360) ------------------------------------------
+
+
+def test_add_files_counts_as_clearml(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"a": b"1", "b": b"2"})
+    ds = Dataset.create(dataset_name="c", dataset_project="p")
+    assert ds.add_files(src) == 2  # new paths
+    assert ds.add_files(src) == 2  # "Re-Added": unchanged, added by this draft, not uploaded
+    ds.upload()
+    assert ds.add_files(src) == 0  # uploaded since: "Skipping"
+    (src / "a").write_bytes(b"changed")
+    (src / "c").write_bytes(b"new")
+    assert ds.add_files(src) == 1  # the modified file is not counted, the new one is
+    ds.finalize()
+    child = Dataset.create(dataset_name="c", dataset_project="p", parent_datasets=[ds.id])
+    assert child.add_files(src) == 0  # the parent's files: "Unchanged"
+
+
+# -- symlinks pointing outside the added folder --------------------------------------------
+
+
+def test_symlinks_into_a_raw_data_store_add_their_targets(tmp_path: Path) -> None:
+    # dataset.py:2245-2247: rglob + is_file() follow a link to a file wherever it points
+    raw = write_tree(tmp_path / "raw", {"img1.png": b"one", "img2.png": b"two"})
+    view = tmp_path / "view"
+    view.mkdir()
+    for n in ("img1.png", "img2.png"):
+        os.symlink(raw / n, view / n)
+    os.symlink("loop-b", view / "loop-a")  # a loop is still skipped, not followed forever
+    os.symlink("loop-a", view / "loop-b")
+    ds = Dataset.create(dataset_name="links", dataset_project="p")
+    assert ds.add_files(view) == 2
+    ds.finalize()
+    assert read_tree(ds.get_local_copy()) == {"img1.png": b"one", "img2.png": b"two"}
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+def test_explicit_version_may_repeat(tmp_path: Path) -> None:
+    # create() takes dataset_version as given; ClearML has no uniqueness check
+    a = Dataset.create(dataset_name="v", dataset_project="p", dataset_version="1.0")
+    b = Dataset.create(dataset_name="v", dataset_project="p", dataset_version="1.0")
+    assert a.id != b.id and a.version == b.version == "1.0"
+
+
+@pytest.mark.parametrize(
+    "given_,bumped",
+    [
+        ("1.0.0", "1.0.1"),
+        ("1.2", "1.3"),
+        ("1.0.0rc1", "1.0.0rc2"),
+        ("v2.0.0", "2.0.1"),
+        ("1.0.0.post1", "1.0.0.post2"),
+        ("1.0.dev3", "1.0.dev4"),
+        ("1!1.0", "1!1.1"),
+        ("1.0+local.7", "1.1+local.7"),
+    ],
+)
+def test_pep440_versions_bump_as_clearml(given_: str, bumped: str) -> None:
+    # clearml/utilities/version.py Version.get_next_version: dev, else post, else pre,
+    # else the last release number, then str() in PEP 440 normal form
+    assert bump(given_) == bumped
+
+
+def test_version_strings_are_stripped_and_bumped_from_the_highest(tmp_path: Path) -> None:
+    Dataset.create(dataset_name="s", dataset_project="p", dataset_version="  1.0.0rc1 ")
+    assert Dataset.get(dataset_project="p", dataset_name="s").version == "1.0.0rc1"
+    Dataset.create(dataset_name="s", dataset_project="p", dataset_version="1.0.0")
+    # 1.0.0 > 1.0.0rc1 (PEP 440), so the next one bumps 1.0.0
+    assert Dataset.create(dataset_name="s", dataset_project="p").version == "1.0.1"
+
+
+# -- small members and state ---------------------------------------------------------------
+
+
+def test_fresh_draft_is_not_dirty(tmp_path: Path) -> None:
+    # dataset.py:320 `self._dirty = False`; set True by add/remove/sync calls
+    parent = final(tmp_path, {"a": b"1"})
+    for ds in (
+        Dataset.create(dataset_name="n", dataset_project="p"),
+        Dataset.create(dataset_name="n", dataset_project="p", parent_datasets=[parent.id]),
+    ):
+        assert not ds.is_dirty()
+        ds.add_files(write_tree(tmp_path / f"x{ds.id}", {"new": b"n"}))
+        assert ds.is_dirty()
+        ds.upload()
+        assert not ds.is_dirty()
+
+
+def test_tags_none_clears_tags(tmp_path: Path) -> None:
+    # dataset.py:402: `self._task.set_tags(values or [])`
+    ds = Dataset.create(dataset_name="t", dataset_project="p", dataset_tags=["a"])
+    ds.tags = None
+    assert ds.tags == []
+
+
+def test_remote_error_is_a_value_error() -> None:
+    # ClearML documents upload failures as ValueError
+    assert issubclass(errors.RemoteError, ValueError)
+    with pytest.raises(ValueError):
+        raise errors.RemoteError("x")
+
+
+def test_file_entry_as_dict_and_artifact_name(tmp_path: Path) -> None:
+    # dataset.py:82-101: attrs FileEntry with artifact_name; as_dict adds local_path if set
+    ds = final(tmp_path, {"a/b.bin": b"xyz"})
+    fe = ds.file_entries_dict["a/b.bin"]
+    assert isinstance(fe, FileEntry) and fe.artifact_name is None
+    assert fe.as_dict() == {
+        "relative_path": "a/b.bin",
+        "hash": fe.hash,
+        "parent_dataset_id": ds.id,
+        "size": 3,
+        "artifact_name": None,
+    }
+    assert FileEntry("x", "h", 1, local_path="/tmp/x").as_dict()["local_path"] == "/tmp/x"
+    assert ds.link_entries == [] and ds.link_entries_dict == {}
+
+
+def test_get_default_storage(tmp_path: Path) -> None:
+    # dataset.py:1376: the task's output_uri, else the default upload destination
+    remote = f"file://{tmp_path / 'remote'}"
+    ds = Dataset.create(dataset_name="s", dataset_project="p", output_uri=remote)
+    assert ds.get_default_storage() == remote
+    local = Dataset.create(dataset_name="l", dataset_project="p")
+    assert local.get_default_storage() is None
+
+
+def test_offline_mode_calls_are_harmless(tmp_path: Path) -> None:
+    # dataset.py:3090/3099 delegate to Task; dsvc is always serverless
+    Dataset.set_offline(offline_mode=True)
+    Dataset.set_offline(offline_mode=False)
+    assert Dataset.is_offline() is True
+    ds = final(tmp_path, {"a": b"1"})
+    assert Dataset.get(dataset_id=ds.id).id == ds.id  # still works
+
+
+def test_set_metadata_numpy_round_trip(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    ds = Dataset.create(dataset_name="m", dataset_project="p")
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ds.set_metadata(arr, metadata_name="weights")
+    back = Dataset.get(dataset_id=ds.id).get_metadata("weights")
+    assert isinstance(back, np.ndarray) and back.dtype == np.float32
+    assert (back == arr).all() and back.shape == (3, 4)
+    with pytest.raises(ValueError, match="data_"):  # dataset.py:1006
+        ds.set_metadata({"a": 1}, metadata_name="data_x")
+
+
+def test_squash_can_leave_the_result_a_draft(tmp_path: Path) -> None:
+    # dataset.py:2110: upload and finalize only when close_squashed_dataset
+    a = final(tmp_path, {"x": b"1"})
+    b = final(tmp_path, {"y": b"2"}, name="other")
+    sq = Dataset.squash("sq", dataset_ids=[a.id, b.id], close_squashed_dataset=False)
+    assert not sq.is_final()
+    assert sq.list_files() == ["x", "y"]
+    sq.add_files(write_tree(tmp_path / "more", {"z": b"3"}))
+    sq.finalize()
+    assert read_tree(sq.get_local_copy()) == {"x": b"1", "y": b"2", "z": b"3"}
+    assert Dataset.squash("sq2", dataset_ids=[a.id]).is_final()
+
+
+def test_project_or_tags_only_get_picks_highest_version(tmp_path: Path) -> None:
+    # Dataset._get_dataset_id (dataset.py:4050-4078), used by every get without an id:
+    # the highest valid version wins; among equal versions the most recently updated
+    hi = final(tmp_path, {}, name="a", dataset_version="3.0", dataset_tags=["t"])
+    final(tmp_path, {}, name="b", dataset_version="2.0", dataset_tags=["t"])
+    assert Dataset.get(dataset_project="p").id == hi.id
+    assert Dataset.get(dataset_tags=["t"]).id == hi.id
+
+
+def test_remove_tree_then_readd_counts(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"f": b"1"})
+    ds = Dataset.create(dataset_name="r", dataset_project="p")
+    ds.add_files(src)
+    shutil.rmtree(src)
+    write_tree(src, {"f": b"1", "g": b"2"})
+    assert ds.add_files(src) == 2
