@@ -139,15 +139,17 @@ def make_machine(base: Path) -> type[RuleBasedStateMachine]:
             wildcard: str | list[str] | None,
             recursive: bool,
         ) -> None:
-            ds, model, _ = self.drafts[i % len(self.drafts)]
+            ds, model, base_model = self.drafts[i % len(self.drafts)]
             files = consistent(files)
             src = write_tree(self.fresh(), files)
             n = ds.add_files(src, wildcard=wildcard, dataset_path=prefix, recursive=recursive)
             picked = {p: v for p, v in files.items() if _wild(p, wildcard, recursive)}
+            # ClearML's count: new paths, plus unchanged files this (never uploaded) draft
+            # added itself; modified files are not counted
             expected = 0
             for rel, data in picked.items():
                 path = with_prefix(prefix, rel)
-                if model.get(path) != data:
+                if path not in model or (model[path] == data and base_model.get(path) != data):
                     expected += 1
             for rel, data in picked.items():
                 model_set(model, with_prefix(prefix, rel), data)
