@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from dsvc import registry as reg
 from dsvc.checkout import (
@@ -69,6 +70,7 @@ from dsvc.selection import (
     split_parts,
 )
 from dsvc.store import Store
+from dsvc.stream import Reader, clean_path, open_mode
 from dsvc.treeops import Trees, apply_edits, diff, lookup, merge, walk
 
 RelPath = tuple[str, ...]
@@ -1231,6 +1233,37 @@ class Dataset:
             if raise_on_error:
                 raise
             return ""
+
+    def open(self, path: str, mode: str = "rb") -> IO[Any]:
+        """Open one file of this version for reading, without a local copy.
+
+        Reads fetch only the chunks they touch (local store first, else ranged reads from
+        the remote, each chunk verified and kept in the store); see docs/streaming.md.
+        ``mode`` is ``"rb"`` (a seekable binary file) or ``"r"`` (UTF-8 text).
+        """
+        text = open_mode(mode)
+        rec = self._refresh()
+        reader = self._stream_reader(rec)
+        e = reader.lookup(rec["tree"], clean_path(path))
+        if e is None or e.kind == KIND_TREE:
+            what = "is a folder" if e is not None else "does not exist"
+            raise NotFoundError(
+                f"dataset {rec['id']}: file {path!r} {what}; list the files with list_files()"
+            )
+        f = reader.open(e, path)
+        return io.TextIOWrapper(f, encoding="utf-8") if text else f
+
+    def read_bytes(self, path: str) -> bytes:
+        """The content of one file of this version (see :meth:`open`)."""
+        with self.open(path, "rb") as f:
+            return f.read()
+
+    def _stream_reader(self, rec: dict[str, Any]) -> Reader:
+        r = getattr(self, "_reader", None)
+        if r is None:
+            spec = rec.get("remote") or rec.get("output_uri")
+            r = self._reader = Reader(self._store.home, spec, store=self._store)
+        return r
 
     def get_mutable_local_copy(
         self,

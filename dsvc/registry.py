@@ -35,6 +35,20 @@ LAST_USED = "state/last_dataset"
 
 _stores: dict[str, Store] = {}
 _stores_lock = threading.Lock()
+#: stores inherited through fork: an LMDB environment must not be used in a child
+#: (DataLoader workers, multiprocessing), so the child opens its own; the parent's stay
+#: referenced, never closed, since closing them in the child would touch the parent's
+_inherited: list[Store] = []
+
+
+def _after_fork_in_child() -> None:
+    global _stores_lock
+    _inherited.extend(_stores.values())
+    _stores.clear()
+    _stores_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def open_store(home: str | os.PathLike[str] | None = None) -> Store:

@@ -125,6 +125,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
             "fsck", "cache", "config", "demo",
         ],
     ),
+    ("Reading without a copy", ["ls", "cat"]),
 ]  # fmt: skip
 
 

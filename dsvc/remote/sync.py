@@ -100,6 +100,19 @@ MAX_META_BYTES = 16 << 20
 
 _open: dict[tuple[str, str, int], Remote] = {}
 _open_lock = threading.Lock()
+#: remotes inherited through fork: their obstore clients belong to the parent (a child
+#: opens its own), but they stay referenced so the child never tears the parent's down
+_inherited: list[Remote] = []
+
+
+def _after_fork_in_child() -> None:
+    global _open_lock
+    _inherited.extend(_open.values())
+    _open.clear()
+    _open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -1165,6 +1178,35 @@ class Remote:
             for oid, _kind, _frame, payload in values:
                 out[oid] = payload
         return out
+
+    def fetch_chunks(
+        self, store: Store, ids: Sequence[bytes], *, workers: int | None = None
+    ) -> tuple[dict[bytes, bytes], FetchStats]:
+        """Ranged reads for streaming: the verified payloads of the chunks ``ids`` (those
+        adjacent in a pack coalesced into one request, requests run in parallel), each
+        also kept in the local store so later reads and local copies reuse it."""
+        out: dict[bytes, bytes] = {}
+        stats = FetchStats()
+        want = list(dict.fromkeys(ids))
+        if not want:
+            return out, stats
+        jobs = _range_jobs(self._locate(store, want))
+        with ThreadPoolExecutor(
+            min(len(jobs), workers or DEFAULT_WORKERS), thread_name_prefix="dsvc-range"
+        ) as pool, store.batch() as b:
+            for values, nbytes in pool.map(self._read_range, jobs):
+                for oid, _kind, frame, payload in values:
+                    b.put_chunk_frame(oid, bytes(frame))
+                    out[oid] = bytes(payload)
+                stats.objects += len(values)
+                stats.bytes_received += nbytes
+                stats.requests += 1
+        return out, stats
+
+    def fetch_objects(self, store: Store, ids: Sequence[bytes]) -> FetchStats:
+        """Fetch the objects ``ids`` (trees, blobs, commits) not yet local, and only those:
+        for reading one path of a version without its whole metadata."""
+        return self._fetch_values(store, store.missing("objects", list(ids)))
 
     def fetch_metadata(self, store: Store, tree: bytes, extra: Sequence[bytes] = ()) -> FetchStats:
         """Fetch every tree and blob below ``tree`` (and ``extra`` objects) not yet local."""
