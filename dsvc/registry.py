@@ -36,14 +36,20 @@ LAST_USED = "state/last_dataset"
 _stores: dict[str, Store] = {}
 _stores_lock = threading.Lock()
 #: stores inherited through fork: an LMDB environment must not be used in a child
-#: (DataLoader workers, multiprocessing), so the child opens its own; the parent's stay
-#: referenced, never closed, since closing them in the child would touch the parent's
+#: (DataLoader workers, multiprocessing), so the child opens its own. py-lmdb refuses a
+#: second open of an environment it believes open, so the child closes its inherited
+#: copy first (LMDB then releases only the child's mapping and file descriptors: reader
+#: slots are cleared by pid, the parent's are untouched).
 _inherited: list[Store] = []
 
 
 def _after_fork_in_child() -> None:
     global _stores_lock
-    _inherited.extend(_stores.values())
+    for s in _stores.values():
+        try:
+            s.env.close()
+        except Exception:  # the child must start even if an inherited env is odd
+            _inherited.append(s)  # kept referenced: never torn down by the collector
     _stores.clear()
     _stores_lock = threading.Lock()
 
