@@ -100,18 +100,18 @@ def wire(b: Backend) -> Iterator[Wire]:
     w = Wire()
     orig = {n: getattr(b, n) for n in ("get", "get_range", "get_versioned", "head", "list")}
 
-    def get(key: str) -> bytes:
-        data = orig["get"](key)
+    def get(key: str, **kw: Any) -> bytes:
+        data = orig["get"](key, **kw)
         w.add("get", key, len(data))
         return data
 
-    def get_range(key: str, start: int, length: int) -> bytes:
-        data = orig["get_range"](key, start, length)
+    def get_range(key: str, start: int, length: int, **kw: Any) -> bytes:
+        data = orig["get_range"](key, start, length, **kw)
         w.add("get_range", key, len(data))
         return data
 
-    def get_versioned(key: str) -> Any:
-        got = orig["get_versioned"](key)
+    def get_versioned(key: str, **kw: Any) -> Any:
+        got = orig["get_versioned"](key, **kw)
         w.add("get", key, len(got[0]) if got else 0)
         return got
 

@@ -1194,7 +1194,7 @@ class Remote:
         with ThreadPoolExecutor(
             min(len(jobs), workers or DEFAULT_WORKERS), thread_name_prefix="dsvc-range"
         ) as pool, store.batch() as b:
-            for values, nbytes in pool.map(self._read_range, jobs):
+            for values, nbytes in pool.map(lambda j: self._read_range(j, keep=True), jobs):
                 for oid, _kind, frame, payload in values:
                     b.put_chunk_frame(oid, bytes(frame))
                     out[oid] = bytes(payload)
