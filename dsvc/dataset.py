@@ -37,6 +37,7 @@ from dsvc.errors import (
     DsvcError,
     IntegrityError,
     NotFoundError,
+    PendingUploadError,
     RemoteError,
     StateError,
     UsageError,
@@ -382,6 +383,11 @@ class Dataset:
             raise UsageError(
                 "Dataset selection criteria not met: Dataset.get needs dataset_id, "
                 "dataset_project and/or dataset_name, or dataset_tags"
+            )
+        if dataset_id and (dataset_project or dataset_name):
+            # ClearML: mutually_exclusive(dataset_id=..., dataset_project/dataset_name=...)
+            raise UsageError(
+                "Dataset.get takes dataset_id or dataset_project/dataset_name, not both"
             )
         store = _store()
         rec = find_record(
@@ -967,7 +973,9 @@ class Dataset:
             if verbose:
                 print(f"finalized {rec['project']}/{rec['name']} v{rec['version']} ({rec['id']})")
             return True
-        except DsvcError:
+        except PendingUploadError:
+            # ClearML's raise_on_error covers pending uploads only (dataset.py:960-967);
+            # any other failure (already final, remote down) raises either way
             if raise_on_error:
                 raise
             return False
@@ -983,7 +991,7 @@ class Dataset:
         except RemoteError:
             pending = not rec.get("finalizing") and rec.get("uploaded_tree") != rec["tree"]
             if pending and not auto_upload:  # the first thing to fix, and it says what to do
-                raise StateError(_not_uploaded_message(rec, remote)) from None
+                raise PendingUploadError(_not_uploaded_message(rec, remote)) from None
             raise
 
     def _freeze(self, remote: Any, auto_upload: bool, verbose: bool) -> dict[str, Any]:
@@ -999,7 +1007,7 @@ class Dataset:
                 return rec
             if remote is not None and rec.get("uploaded_tree") != rec["tree"]:
                 if not auto_upload:
-                    raise StateError(_not_uploaded_message(rec, remote))
+                    raise PendingUploadError(_not_uploaded_message(rec, remote))
                 self.upload(show_progress=verbose, verbose=verbose)
 
             def freeze(r: dict[str, Any]) -> dict[str, Any]:
@@ -1086,11 +1094,14 @@ class Dataset:
         return self._update(adopt, allow_final=True)
 
     def publish(self, raise_on_error: bool = True) -> bool:
-        """Mark a finalized version as published."""
+        """Mark a finalized version as published.
+
+        A draft raises whatever ``raise_on_error`` says, as in ClearML (dataset.py:1054).
+        """
+        rec = self._refresh()
+        if rec["status"] == reg.DRAFT:
+            raise StateError(f"dataset {rec['id']} must be finalized before publishing")
         try:
-            rec = self._refresh()
-            if rec["status"] == reg.DRAFT:
-                raise StateError(f"dataset {rec['id']} must be finalized before publishing")
             self._update(lambda r: {**r, "status": reg.PUBLISHED}, allow_final=True)
             return True
         except DsvcError:
@@ -1187,13 +1198,14 @@ class Dataset:
         Built once (atomically, safe across processes) and reused; identical files of
         different versions share disk through hard links.
         """
+        # a draft raises whatever raise_on_error says, as in ClearML (dataset.py:1116)
+        rec = self._refresh()
+        if rec["status"] not in reg.COMPLETED_STATES:
+            raise StateError(
+                f"dataset {rec['project']}/{rec['name']} ({rec['id']}) is not finalized; "
+                "finalize it first, or use get_mutable_local_copy() for a draft"
+            )
         try:
-            rec = self._refresh()
-            if rec["status"] not in reg.COMPLETED_STATES:
-                raise StateError(
-                    f"dataset {rec['project']}/{rec['name']} ({rec['id']}) is not finalized; "
-                    "finalize it first, or use get_mutable_local_copy() for a draft"
-                )
             name = rec["id"]
             if files:
                 key = "\0".join(sorted(_as_list(files)))

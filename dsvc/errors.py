@@ -55,6 +55,11 @@ class StateError(DsvcError, ValueError):
     exit_code = 4
 
 
+class PendingUploadError(StateError):
+    """``finalize`` on a draft whose changes are not on its remote yet: the one failure
+    ClearML's ``finalize(raise_on_error=False)`` answers with False."""
+
+
 class IntegrityError(DsvcError):
     """Stored bytes do not match their id, or a stored structure is malformed."""
 

@@ -89,16 +89,20 @@ def find_record(
                 candidates += [r for r in remote.list_records(store) if r["id"] not in local_ids]
         except RemoteError as e:
             warn(f"{e}; looking in the local store only")
-    found = reg.filter_records(
-        candidates,
-        project=project,
-        name=name,
-        tags=tags,
-        version=version,
-        only_completed=only_completed,
-        only_published=only_published,
-        include_archived=include_archived,
-    )
+    if dataset_id:
+        # by id, ClearML ignores every other filter (Dataset.get -> get_instance)
+        found = candidates
+    else:
+        found = reg.filter_records(
+            candidates,
+            project=project,
+            name=name,
+            tags=tags,
+            version=version,
+            only_completed=only_completed,
+            only_published=only_published,
+            include_archived=include_archived,
+        )
     # ClearML's Dataset.get picks the highest version even for a project-only or
     # tags-only lookup (Dataset._get_dataset_id), whatever its SDK page says
     best = reg.newest(found, by_version=True)

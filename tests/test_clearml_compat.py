@@ -314,3 +314,86 @@ def test_remove_tree_then_readd_counts(tmp_path: Path) -> None:
     shutil.rmtree(src)
     write_tree(src, {"f": b"1", "g": b"2"})
     assert ds.add_files(src) == 2
+
+
+# -- get by id, raise_on_error ----------------------------------------------------------------
+
+
+def test_get_by_id_ignores_the_other_filters(tmp_path: Path) -> None:
+    # Dataset.get: with dataset_id, get_instance(dataset_id) is returned as is; the
+    # status/version/tags filters only shape the _get_dataset_id query (dataset.py:1955-1975)
+    ds = final(tmp_path, {"a": b"1"}, dataset_tags=["t"])
+    draft = Dataset.create(dataset_name="d", dataset_project="p")
+    for kw in (
+        {"only_published": True},
+        {"dataset_version": "9.9.9"},
+        {"dataset_tags": ["other"]},
+    ):
+        assert Dataset.get(dataset_id=ds.id, **kw).id == ds.id
+    assert Dataset.get(dataset_id=draft.id, only_completed=True).id == draft.id
+    # mutually_exclusive(dataset_id=..., dataset_project=...) raises ValueError
+    with pytest.raises(ValueError, match="not both"):
+        Dataset.get(dataset_id=ds.id, dataset_project="p")
+
+
+def test_raise_on_error_false_covers_what_clearml_covers(tmp_path: Path) -> None:
+    remote = f"file://{tmp_path / 'remote'}"
+    ds = Dataset.create(dataset_name="r", dataset_project="p", output_uri=remote)
+    ds.add_files(write_tree(tmp_path / "src", {"a": b"1"}))
+    # pending uploads: False instead of an error (dataset.py:960-967)
+    assert ds.finalize(raise_on_error=False) is False
+    with pytest.raises(errors.PendingUploadError):
+        ds.finalize()
+    # a draft cannot be published or copied, whatever raise_on_error says
+    # (dataset.py:1054 and :1116 raise ValueError unconditionally)
+    with pytest.raises(ValueError, match="finalized"):
+        ds.publish(raise_on_error=False)
+    with pytest.raises(ValueError, match="not finalized"):
+        ds.get_local_copy(raise_on_error=False)
+    assert ds.finalize(auto_upload=True) is True
+    # finalizing twice is an error even with raise_on_error=False (dataset.py:970-971)
+    with pytest.raises(ValueError, match="already finalized"):
+        ds.finalize(raise_on_error=False)
+
+
+# -- clearml-data flags (clearml/cli/data/__main__.py) --------------------------------------
+
+
+def _cli(home: Path, *args: str) -> str:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSVC_")}
+    env["DSVC_HOME"] = str(home)
+    p = subprocess.run(
+        [sys.executable, "-m", "dsvc", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p.stdout + p.stderr
+
+
+def test_clearml_data_flags_are_accepted(tmp_path: Path, home: Path) -> None:
+    import re
+
+    remote = tmp_path / "remote"
+    src = write_tree(tmp_path / "src", {"a.txt": b"1"})
+    # create --output-uri (__main__.py:85), add, close
+    out = _cli(home, "create", "--project", "p", "--name", "n", "--output-uri", str(remote))
+    did = re.search(r"id=([0-9a-f]{32})", out).group(1)
+    _cli(home, "add", "--id", did, "--files", str(src))
+    _cli(home, "close", "--id", did)
+    assert Dataset.get(dataset_id=did).get_default_storage() == str(remote)
+    # sync --output-uri (:209)
+    out = _cli(
+        home, "sync", "--folder", str(src), "--project", "p", "--name", "s",
+        "--output-uri", str(remote),
+    )  # fmt: skip
+    # get --verbose (:550) prints clearml-data's line (:672) without --copy
+    out = _cli(home, "get", "--id", did, "--verbose")
+    assert "Dataset local copy available for files at: " in out
+    path = out.split("Dataset local copy available for files at: ")[1].splitlines()[0]
+    assert read_tree(path) == {"a.txt": b"1"}
+    assert _cli(home, "-q", "get", "--id", did).strip() == path
+    # squash --verbose (:438)
+    out = _cli(home, "squash", "--name", "sq", "--ids", did, "--verbose")
+    assert "Squashed dataset created" in out and did[:8] in out

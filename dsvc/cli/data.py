@@ -41,7 +41,13 @@ from dsvc.errors import NotFoundError, UsageError
     help="Parent ids, merged in order (later overrides earlier).",
 )
 @click.option("--tags", multiple=True, metavar="TAG...", help="Tags of the new dataset.")
-@click.option("--storage", metavar="URL", help="Remote (name or URL) this dataset uploads to.")
+@click.option(
+    "--storage",
+    "--output-uri",
+    "storage",
+    metavar="URL",
+    help="Remote (name or URL) this dataset uploads to (--output-uri: clearml-data's name).",
+)
 @click.option("--description", help="Free text description.")
 def create(
     project: str | None,
@@ -194,7 +200,13 @@ def remove(
 @click.option("--name", help="Create a new version with this name.")
 @click.option("--version", help="Version of the new dataset.")
 @click.option("--tags", multiple=True, metavar="TAG...", help="Tags of the new dataset.")
-@click.option("--storage", metavar="URL", help="Remote (name or URL) to upload to.")
+@click.option(
+    "--storage",
+    "--output-uri",
+    "storage",
+    metavar="URL",
+    help="Remote (name or URL) to upload to (--output-uri: clearml-data's name).",
+)
 @click.option("--description", help="Description of the new dataset.")
 @click.option("--skip-close", is_flag=True, help="Leave the dataset a draft (no upload/finalize).")
 @click.option("--chunk-size", type=int, metavar="MB", help="Pack size for the upload, in MiB.")
@@ -395,7 +407,8 @@ def publish(dataset_id: str | None) -> None:
     help="Versions to squash, merged in order.",
 )
 @click.option("--storage", metavar="URL", help="Remote to upload the squashed version to.")
-def squash(name: str, ids: tuple[str, ...], storage: str | None) -> None:
+@click.option("--verbose", is_flag=True, help="Print the versions squashed, one per line.")
+def squash(name: str, ids: tuple[str, ...], storage: str | None, verbose: bool) -> None:
     """Squash versions into one new, parentless, finalized version (no content copied).
 
     \b
@@ -415,6 +428,9 @@ def squash(name: str, ids: tuple[str, ...], storage: str | None) -> None:
     else:
         result(f"Squashed dataset created id={ds.id}")
         say(f"  {dataset_label(rec)} from {len(ids)} versions")
+        if verbose:
+            for sid in rec.get("squashed_from") or []:
+                say(f"  squashed {dataset_label(dataset_record(store, sid))} ({sid})")
 
 
 # -- delete / rename / move / set-description ------------------------------------------------

@@ -201,6 +201,7 @@ def search(
 @click.option("--num-parts", type=int, help="Split the files into this many parts by size.")
 @click.option("--overwrite", is_flag=True, help="Replace what is in DIR.")
 @click.option("--max-workers", type=int, help="Parallel downloads and writes.")
+@click.option("--verbose", is_flag=True, help="Also print what was copied (files, bytes).")
 def get(
     dataset_id: str | None,
     project: str | None,
@@ -212,6 +213,7 @@ def get(
     num_parts: int | None,
     overwrite: bool,
     max_workers: int | None,
+    verbose: bool,
 ) -> None:
     """Get a local copy of a dataset version (fetching missing content from its remote).
 
@@ -249,7 +251,13 @@ def get(
             os.symlink(path, link, target_is_directory=True)
             path = link
     remember(store, ds.id)
-    result(path)
+    if copy_to or link_to or is_quiet():
+        result(path)
+    else:  # clearml-data's line (clearml/cli/data/__main__.py, ds_get)
+        result(f"Dataset local copy available for files at: {path}")
+    if verbose:
+        files = ds.file_entries
+        say(f"{len(files)} files, {sum(f.size for f in files)} bytes", err=True)
     say(
         f"{dataset_label(dataset_record(store, ds.id))} ready in {human_duration(time.monotonic() - t0)}",
         err=True,
