@@ -36,6 +36,7 @@ from dsvc.ids import to_hex
 from dsvc.lookup import warn
 from dsvc.objects import EMPTY_TREE_ID, KIND_CHUNKFILE, KIND_TREE, Entry
 from dsvc.store import Store
+from dsvc.treeops import lookup_with
 
 #: default bound of the in-memory chunk cache of a reader
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -276,17 +277,9 @@ class Reader:
 
     def lookup(self, root: bytes, path: RelPath) -> Entry | None:
         """The entry at ``path`` below ``root`` (a folder entry for ``()``), or None."""
-        tid = root
-        for i, name in enumerate(path):
-            e = self.tree(tid).get(name)
-            if e is None:
-                return None
-            if i == len(path) - 1:
-                return e
-            if e.kind != KIND_TREE:
-                return None
-            tid = e.id
-        return Entry(KIND_TREE, root, sum(e.size for e in self.tree(root).values()), 0)
+        if not path:  # the root, with its size (fsspec's info reports it)
+            return Entry(KIND_TREE, root, sum(e.size for e in self.tree(root).values()), 0)
+        return lookup_with(self.tree, root, path)
 
     def walk(self, root: bytes, prefix: RelPath = ()) -> Iterator[tuple[RelPath, Entry]]:
         """Every entry below ``root`` (folders and files, parents first, sorted by name);

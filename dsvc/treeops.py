@@ -16,7 +16,7 @@ Rules (the stateful tests check them against a plain ``dict[path] -> bytes`` mod
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from dsvc.ids import TAG_TREE, object_id
@@ -144,9 +144,16 @@ def _edit(trees: Trees, tid: bytes | None, edits: dict[Path, Entry | None]) -> E
 
 def lookup(trees: Trees, root: bytes, path: Path) -> Entry | None:
     """The entry at ``path`` (file or folder), or None."""
+    return lookup_with(trees.get, root, path)
+
+
+def lookup_with(
+    get_tree: Callable[[bytes], Mapping[str, Entry]], root: bytes, path: Path
+) -> Entry | None:
+    """:func:`lookup` over any tree source (the stream reader fetches trees on demand)."""
     tid = root
     for i, name in enumerate(path):
-        e = trees.get(tid).get(name)
+        e = get_tree(tid).get(name)
         if e is None:
             return None
         if i == len(path) - 1:
