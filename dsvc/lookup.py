@@ -105,7 +105,7 @@ def find_record(
         )
     # ClearML's Dataset.get picks the highest version even for a project-only or
     # tags-only lookup (Dataset._get_dataset_id), whatever its SDK page says
-    best = reg.newest(found, by_version=True)
+    best = reg.latest(found)
     if best is not None and reg.get(store, best["id"]) is None and remote is not None:
         best = remote.import_record(store, best)
     return best

@@ -266,15 +266,6 @@ def next_version(records: Iterable[dict[str, Any]]) -> str:
     return bump(top["version"])
 
 
-def newest(records: list[dict[str, Any]], by_version: bool) -> dict[str, Any] | None:
-    """:func:`latest` when ``by_version``, else the most recently updated record."""
-    if not records:
-        return None
-    if by_version:
-        return latest(records)
-    return max(records, key=_updated)
-
-
 def project_matches(project: str, wanted: str, recursive: bool) -> bool:
     return project == wanted or (recursive and project.startswith(wanted.rstrip("/") + "/"))
 

@@ -227,7 +227,7 @@ class Reader:
                     raise
                 warn(f"{e}; looking in the local store only")
         found = reg.filter_records(cands.values(), version=version)
-        best = reg.newest(found, by_version=True)
+        best = reg.latest(found)
         if best is None:
             what = f"{project}/{name}" + (f" version {version}" if version else "")
             raise NotFoundError(
