@@ -72,9 +72,19 @@ from dsvc.selection import (
 )
 from dsvc.store import Store
 from dsvc.stream import Reader, clean_path, open_mode
-from dsvc.treeops import Trees, apply_edits, diff, lookup, merge, walk
+from dsvc.treeops import (
+    RelPath,
+    Trees,
+    apply_edits,
+    diff,
+    edit_effects,
+    lookup,
+    merge,
+    owners,
+    squash_tree,
+    walk,
+)
 
-RelPath = tuple[str, ...]
 #: largest file a writable copy reads from a remote straight into memory and then the
 #: file (larger ones go through the store, chunk by chunk)
 DIRECT_FETCH_MAX = 64 << 20
@@ -636,7 +646,7 @@ class Dataset:
             with self._store.batch() as b:
                 trees.batch = b
                 old = r["tree"]
-                changed, removes = _edit_effects(trees, old, edits)
+                changed, removes = edit_effects(trees, old, edits)
                 new = apply_edits(trees, old, edits)
             return {**r, "tree": new, "removed_any": bool(r.get("removed_any", True) or removes)}
 
@@ -774,9 +784,9 @@ class Dataset:
         """
         rec = self._refresh()
         files = self._files()
-        owners = _owners(self._store, self._trees(), rec, files)
+        who = owners(self._trees(), rec, files, lambda pid: reg.get(self._store, pid))
         return {
-            path: FileEntry(path, to_hex(e.id), e.size, owners.get(path, rec["id"]))
+            path: FileEntry(path, to_hex(e.id), e.size, who.get(path, rec["id"]))
             for path, e in files.items()
         }
 
@@ -1401,7 +1411,7 @@ class Dataset:
         trees = Trees(store)
         with store.batch() as b:
             trees.batch = b
-            root = _squash_tree(store, trees, recs)
+            root = squash_tree(trees, recs, _finalized_last_parent(store))
         ds = cls.create(
             dataset_name=dataset_name, dataset_project=recs[0]["project"], output_uri=output_url
         )
@@ -1510,40 +1520,6 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _edit_effects(
-    trees: Trees, root: bytes, edits: dict[RelPath, Entry | None]
-) -> tuple[int, bool]:
-    """``(files added or changed or removed, whether any existing file goes away)``.
-
-    A file goes away when it is removed, when a file replaces a folder, or when a file
-    is set below a path that is a file now (the folder replaces it).
-    """
-    changed = 0
-    removes = False
-    for path, new in edits.items():
-        tid: bytes | None = root
-        cur: Entry | None = None
-        for i, name in enumerate(path):
-            cur = trees.get(tid).get(name) if tid is not None else None
-            if cur is None or i == len(path) - 1:
-                break
-            if cur.kind != KIND_TREE:  # a file where a folder is needed
-                if new is not None:
-                    removes = True
-                cur = None
-                break
-            tid = cur.id
-        if new is None:
-            if cur is not None:
-                changed += 1
-                removes = True
-        elif cur != new:
-            changed += 1
-            if cur is not None and cur.kind == KIND_TREE:
-                removes = True
-    return changed, removes
-
-
 def _added_count(trees: Trees, rec: dict[str, Any], edits: dict[RelPath, Entry | None]) -> int:
     """How many of ``edits`` ClearML's ``add_files`` reports as added: paths that hold no
     file yet, and files with unchanged content that this draft itself added (they differ
@@ -1562,72 +1538,15 @@ def _added_count(trees: Trees, rec: dict[str, Any], edits: dict[RelPath, Entry |
     return n
 
 
-def _squash_tree(store: Store, trees: Trees, recs: list[dict[str, Any]]) -> bytes:
-    """The in-order merge of the full trees of ``recs``.
+def _finalized_last_parent(store: Store) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """For ``treeops.squash_tree``: a record's last parent, if that version is finalized."""
 
-    Along a lineage most steps need no merging: when a version only added or replaced
-    files since its base (``removed_any`` is False), its tree holds every path of its
-    base, and a base holds every path of its last parent, so merging any tree of that
-    chain with the version's tree gives the version's tree. Only the other steps run
-    the tree merge (whose cost is the tree entries that differ).
-    """
-    chains: dict[str, set[bytes]] = {}
+    def last(r: dict[str, Any]) -> dict[str, Any] | None:
+        parents = r.get("parents") or []
+        p = reg.get(store, parents[-1]) if parents else None
+        return p if p is not None and p.get("status") in reg.COMPLETED_STATES else None
 
-    def covered(rec: dict[str, Any]) -> set[bytes]:
-        """Trees whose every path is also in ``rec``'s tree."""
-        path = []
-        r: dict[str, Any] | None = rec
-        while r is not None and r["id"] not in chains:
-            path.append(r)
-            clean = r.get("removed_any", True) is False and r.get("base_tree") is not None
-            parents = r.get("parents") or []
-            r = reg.get(store, parents[-1]) if clean and parents else None
-            if r is not None and r.get("status") not in reg.COMPLETED_STATES:
-                r = None
-        below = chains.get(r["id"], set()) if r is not None else set()
-        for x in reversed(path):
-            own = {x["tree"]}
-            if x.get("removed_any", True) is False and x.get("base_tree") is not None:
-                own.add(x["base_tree"])
-                parents = x.get("parents") or []
-                if parents and below:
-                    own |= below
-            chains[x["id"]] = below = own
-        return chains[rec["id"]]
-
-    acc: bytes | None = None
-    for r in recs:
-        skip = acc is None or acc in covered(r)
-        acc = r["tree"] if skip else merge(trees, [acc, r["tree"]])
-    return acc if acc is not None else trees.ensure_empty()
-
-
-def _owners(
-    store: Store, trees: Trees, rec: dict[str, Any], files: dict[str, Entry]
-) -> dict[str, str]:
-    """For each path of ``files`` (the content of ``rec``), the id of the version that
-    introduced that content: the latest parent holding the same entry at the same path
-    passes the question on to its own parents, else it is ``rec``'s own change."""
-    out: dict[str, str] = {}
-    todo: list[tuple[dict[str, Any], dict[str, Entry]]] = [(rec, files)]
-    while todo:
-        r, remaining = todo.pop()
-        for pid in reversed(r.get("parents") or []):
-            if not remaining:
-                break
-            prec = reg.get(store, pid)
-            if prec is None:
-                continue
-            same = {
-                p: e
-                for p, e in remaining.items()
-                if lookup(trees, prec["tree"], tuple(p.split("/"))) == e
-            }
-            if same:
-                todo.append((prec, same))
-                remaining = {p: e for p, e in remaining.items() if p not in same}
-        out.update(dict.fromkeys(remaining, r["id"]))
-    return out
+    return last
 
 
 def _missing_files(store: Store, entries: list[Entry]) -> list[Entry]:

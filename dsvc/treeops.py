@@ -16,8 +16,9 @@ Rules (the stateful tests check them against a plain ``dict[path] -> bytes`` mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dsvc.ids import TAG_TREE, object_id
 from dsvc.objects import (
@@ -312,3 +313,119 @@ def count_files(trees: Trees, root: bytes) -> int:
 
 def path_str(path: Path) -> str:
     return "/".join(path)
+
+
+# -- tree algebra the dataset layer builds on ---------------------------------------------
+# Records reach this layer as plain maps; only the fields that describe content are read
+# (``id``, ``tree``, ``base_tree``, ``parents``, ``removed_any``). What "finalized" means
+# stays in the dataset layer, which passes the record lookups in.
+
+#: a dataset path as its names, root first (the dataset layer's name for :data:`Path`)
+RelPath = Path
+Record = Mapping[str, Any]
+
+
+def edit_effects(trees: Trees, root: bytes, edits: Mapping[Path, Entry | None]) -> tuple[int, bool]:
+    """``(files added or changed or removed, whether any existing file goes away)``.
+
+    A file goes away when it is removed, when a file replaces a folder, or when a file
+    is set below a path that is a file now (the folder replaces it).
+    """
+    changed = 0
+    removes = False
+    for path, new in edits.items():
+        tid: bytes | None = root
+        cur: Entry | None = None
+        for i, name in enumerate(path):
+            cur = trees.get(tid).get(name) if tid is not None else None
+            if cur is None or i == len(path) - 1:
+                break
+            if cur.kind != KIND_TREE:  # a file where a folder is needed
+                if new is not None:
+                    removes = True
+                cur = None
+                break
+            tid = cur.id
+        if new is None:
+            if cur is not None:
+                changed += 1
+                removes = True
+        elif cur != new:
+            changed += 1
+            if cur is not None and cur.kind == KIND_TREE:
+                removes = True
+    return changed, removes
+
+
+def squash_tree(
+    trees: Trees, recs: Sequence[Record], last_parent: Callable[[Record], Record | None]
+) -> bytes:
+    """The in-order merge of the full trees of ``recs``.
+
+    ``last_parent(rec)`` is the record of ``rec``'s last parent if that version is
+    finalized (its tree can no longer change), else None.
+
+    Along a lineage most steps need no merging: when a version only added or replaced
+    files since its base (``removed_any`` is False), its tree holds every path of its
+    base, and a base holds every path of its last parent, so merging any tree of that
+    chain with the version's tree gives the version's tree. Only the other steps run
+    the tree merge (whose cost is the tree entries that differ).
+    """
+    chains: dict[str, set[bytes]] = {}
+
+    def covered(rec: Record) -> set[bytes]:
+        """Trees whose every path is also in ``rec``'s tree."""
+        path = []
+        r: Record | None = rec
+        while r is not None and r["id"] not in chains:
+            path.append(r)
+            clean = r.get("removed_any", True) is False and r.get("base_tree") is not None
+            r = last_parent(r) if clean else None
+        below = chains.get(r["id"], set()) if r is not None else set()
+        for x in reversed(path):
+            own = {x["tree"]}
+            if x.get("removed_any", True) is False and x.get("base_tree") is not None:
+                own.add(x["base_tree"])
+                parents = x.get("parents") or []
+                if parents and below:
+                    own |= below
+            chains[x["id"]] = below = own
+        return chains[rec["id"]]
+
+    acc: bytes | None = None
+    for r in recs:
+        skip = acc is None or acc in covered(r)
+        acc = r["tree"] if skip else merge(trees, [acc, r["tree"]])
+    return acc if acc is not None else trees.ensure_empty()
+
+
+def owners(
+    trees: Trees,
+    rec: Record,
+    files: Mapping[str, Entry],
+    get_record: Callable[[str], Record | None],
+) -> dict[str, str]:
+    """For each path of ``files`` (the content of ``rec``), the id of the version that
+    introduced that content: the latest parent holding the same entry at the same path
+    passes the question on to its own parents, else it is ``rec``'s own change.
+    ``get_record`` finds a parent's record by id (None when it is unknown)."""
+    out: dict[str, str] = {}
+    todo: list[tuple[Record, Mapping[str, Entry]]] = [(rec, files)]
+    while todo:
+        r, remaining = todo.pop()
+        for pid in reversed(r.get("parents") or []):
+            if not remaining:
+                break
+            prec = get_record(pid)
+            if prec is None:
+                continue
+            same = {
+                p: e
+                for p, e in remaining.items()
+                if lookup(trees, prec["tree"], tuple(p.split("/"))) == e
+            }
+            if same:
+                todo.append((prec, same))
+                remaining = {p: e for p, e in remaining.items() if p not in same}
+        out.update(dict.fromkeys(remaining, r["id"]))
+    return out
