@@ -19,7 +19,7 @@ import io
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -73,10 +73,13 @@ from dsvc.selection import (
 from dsvc.store import Store
 from dsvc.stream import Reader, clean_path, open_mode
 from dsvc.treeops import (
+    Change,
+    DiffStats,
     RelPath,
     Trees,
     apply_edits,
     diff,
+    diff_stats,
     edit_effects,
     lookup,
     merge,
@@ -757,13 +760,26 @@ class Dataset:
         pattern = str(dataset_path).replace("\\", "/").lstrip("/")
         return [f for f in files if match_dataset_path(f, pattern, recursive)]
 
-    def _changes(self, dataset_id: str | None) -> list[Any]:
+    def diff(self, other: str | Dataset | None = None) -> Iterator[Change]:
+        """The files that differ from ``other`` (a version or its id; default: the merge
+        of this version's parents, what this version changed) to this version, streamed
+        as ``treeops.Change(path, old, new)`` (``old`` None: added, ``new`` None:
+        removed) in sorted path order. Only folders whose content differs are read.
+        ``dsvc.treeops.diff_stats(ds.diff(...))`` sums them up.
+        """
         rec = self._refresh()
-        if dataset_id is None:
+        if other is None:
             base = rec["base_tree"]
         else:
-            base = reg.require(self._store, dataset_id)["tree"]
-        return list(diff(self._trees(), base, rec["tree"]))
+            base = reg.require(self._store, _id_of(other))["tree"]
+        return diff(self._trees(), base, rec["tree"])
+
+    def stats(self, other: str | Dataset | None = None) -> DiffStats:
+        """Counts and bytes of :meth:`diff` (added, removed, modified files)."""
+        return diff_stats(self.diff(other))
+
+    def _changes(self, dataset_id: str | None) -> list[Change]:
+        return list(self.diff(dataset_id))
 
     def list_added_files(self, dataset_id: str | None = None) -> list[str]:
         """Files added compared with ``dataset_id`` (default: the merge of the parents)."""

@@ -16,7 +16,7 @@ Rules (the stateful tests check them against a plain ``dict[path] -> bytes`` mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,15 +206,26 @@ class Change:
 
     @property
     def status(self) -> str:
+        """``"added"``, ``"removed"`` or ``"modified"``."""
         if self.old is None:
             return "added"
         if self.new is None:
             return "removed"
         return "modified"
 
+    @property
+    def path_str(self) -> str:
+        """The path as the dataset lists it (``a/b/c.txt``)."""
+        return "/".join(self.path)
+
 
 def diff(trees: Trees, a: bytes, b: bytes, prefix: Path = ()) -> Iterator[Change]:
-    """Files added, removed or modified from ``a`` to ``b``; equal subtrees are skipped.
+    """Files added, removed or modified from ``a`` to ``b``, streamed as
+    :class:`Change` ``(path, old entry, new entry)`` in canonical (UTF-8 sorted) path
+    order. Folders whose ids are equal on both sides are skipped without being read,
+    so the cost is the folders on the changed paths, and memory is one folder per
+    level being compared. The library call behind ``Dataset.diff``, ``list_*_files``
+    and the CLI's ``diff``/``status``/``log``.
 
     A file whose content is unchanged but whose mode changed counts as modified.
     """
@@ -246,6 +257,39 @@ def diff(trees: Trees, a: bytes, b: bytes, prefix: Path = ()) -> Iterator[Change
                 yield Change(p, ea, eb)
         else:
             stack.pop()
+
+
+@dataclass(frozen=True)
+class DiffStats:
+    """Counts and bytes of a diff (:func:`diff_stats`); ``bytes_*`` sum the new sizes of
+    added files, the old sizes of removed ones, and new minus old size of modified ones."""
+
+    added: int = 0
+    removed: int = 0
+    modified: int = 0
+    bytes_added: int = 0
+    bytes_removed: int = 0
+    bytes_delta: int = 0
+
+    @property
+    def changed(self) -> int:
+        """Files that differ in any way."""
+        return self.added + self.removed + self.modified
+
+
+def diff_stats(changes: Iterable[Change]) -> DiffStats:
+    """Sum a stream of changes (from :func:`diff`) into counts and bytes."""
+    n = {"added": 0, "removed": 0, "modified": 0}
+    added = removed = delta = 0
+    for c in changes:
+        n[c.status] += 1
+        if c.old is None and c.new is not None:
+            added += c.new.size
+        elif c.new is None and c.old is not None:
+            removed += c.old.size
+        elif c.new is not None and c.old is not None:
+            delta += c.new.size - c.old.size
+    return DiffStats(n["added"], n["removed"], n["modified"], added, removed, delta)
 
 
 def merge(trees: Trees, roots: list[bytes]) -> bytes:

@@ -340,6 +340,32 @@ def test_listings_against_given_version(tmp_path: Path) -> None:
     assert v1_only.list_files(dataset_id=v1.id) == ["a", "b"]
 
 
+def test_diff_and_stats_are_a_library_call(tmp_path: Path) -> None:
+    """Dataset.diff streams (path, old, new) from another version (default: the parents'
+    merge) to this one; stats sums it. The CLI's diff/status/log build on these."""
+    v1 = final({"a": b"1", "b": b"22", "keep/k": b"k"}, tmp_path)
+    v2 = Dataset.create(dataset_name="l", dataset_project="p", parent_datasets=[v1])
+    v2.add_files(write_tree(tmp_path / "x", {"a": b"changed", "c/d": b"333"}))
+    v2.remove_files("b")
+    got = [(c.path_str, c.status) for c in v2.diff()]
+    assert got == [("a", "modified"), ("b", "removed"), ("c/d", "added")]
+    by_path = {c.path_str: c for c in v2.diff()}
+    assert by_path["a"].old.size == 1 and by_path["a"].new.size == len(b"changed")
+    assert by_path["b"].new is None and by_path["c/d"].old is None
+    st = v2.stats()
+    assert (st.added, st.removed, st.modified, st.changed) == (1, 1, 1, 3)
+    assert (st.bytes_added, st.bytes_removed, st.bytes_delta) == (3, 2, 6)
+    v2.finalize()
+    # against an explicit version (object or id), both directions mirror each other
+    assert [(c.path_str, c.status) for c in v1.diff(v2.id)] == [
+        ("a", "modified"),
+        ("b", "added"),
+        ("c/d", "removed"),
+    ]
+    assert [c.path_str for c in v2.diff(v2)] == []
+    assert v1.stats().added == 3  # a root version: everything is added
+
+
 # -- local copies ---------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from dsvc.treeops import (
     apply_edits,
     count_files,
     diff,
+    diff_stats,
     flatten,
     lookup,
     merge,
@@ -359,3 +360,71 @@ def test_diff_and_merge_read_only_the_folders_that_differ(tmp_path):
     assert merged == root2
     assert len(set(read)) <= 6, len(set(read))
     s.close()
+
+
+class _Counting(Trees):
+    """Trees that records every folder it is asked for (sharing a builder's memory, so
+    trees still in an unflushed batch can be read)."""
+
+    def __init__(self, src: Trees) -> None:
+        super().__init__(src.store, src.batch)
+        self._mem = src._mem
+        self.read: list[bytes] = []
+
+    def get(self, tid: bytes):
+        self.read.append(tid)
+        return super().get(tid)
+
+
+def _differing_folders(trees: Trees, a: bytes, b: bytes) -> set[bytes]:
+    """Ids of the folders whose id differs from the other side's at the same path (the
+    only folders a diff or merge of ``a`` and ``b`` may open), plus the two roots."""
+    da, db = dict(walk_dirs(trees, a)), dict(walk_dirs(trees, b))
+    out = {a, b}
+    out |= {t for p, t in da.items() if db.get(p) != t}
+    out |= {t for p, t in db.items() if da.get(p) != t}
+    return out
+
+
+@given(op_lists, op_lists)
+@SETTINGS
+def test_diff_and_merge_open_only_folders_whose_ids_differ(store, base_ops, more_ops):
+    """Invariant 8 as a property: on any pair of nested trees, diff and merge read only
+    folders whose id differs at their path; equal subtrees are skipped unread."""
+    with store.batch() as b:
+        trees = Trees(store, b)
+        a = build(trees, base_ops)
+        bb = build(trees, more_ops, a)
+        allowed = _differing_folders(trees, a, bb)
+        for x, y in ((a, bb), (bb, a)):
+            c = _Counting(trees)
+            got = list(diff(c, x, y))
+            assert set(c.read) <= allowed
+            # and the diff is complete: applying it to x (removals first) gives y
+            edits = {ch.path: None for ch in got if ch.new is None}
+            edits.update({ch.path: ch.new for ch in got if ch.new is not None})
+            assert apply_edits(trees, x, edits) == y
+            c = _Counting(trees)
+            m = merge(c, [x, y])
+            assert set(c.read) <= allowed
+            assert dict(listing(trees, m)) == model_merge(
+                [dict(listing(trees, x)), dict(listing(trees, y))]
+            )
+
+
+@given(op_lists, op_lists)
+@SETTINGS
+def test_diff_stats_match_model(store, base_ops, more_ops):
+    with store.batch() as b:
+        trees = Trees(store, b)
+        a = build(trees, base_ops)
+        bb = build(trees, more_ops, a)
+        ma, mb = model_of(base_ops), model_of([*base_ops, *more_ops])
+        st = diff_stats(diff(trees, a, bb))
+        added = [p for p in mb if p not in ma]
+        removed = [p for p in ma if p not in mb]
+        modified = [p for p in ma if p in mb and ma[p] != mb[p]]
+        assert (st.added, st.removed, st.modified) == (len(added), len(removed), len(modified))
+        assert st.bytes_added == sum(mb[p].size for p in added)
+        assert st.bytes_removed == sum(ma[p].size for p in removed)
+        assert st.bytes_delta == sum(mb[p].size - ma[p].size for p in modified)
