@@ -38,7 +38,13 @@ from typing import Any
 import msgpack
 
 from dsvc import codec
-from dsvc.errors import IntegrityError, InvalidPathError, ObjectNotFoundError, StateError
+from dsvc.errors import (
+    OVERWRITE,
+    IntegrityError,
+    InvalidPathError,
+    ObjectNotFoundError,
+    StateError,
+)
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, object_id, to_hex
 from dsvc.objects import (
     KIND_CHUNKFILE,
@@ -679,9 +685,7 @@ def materialize(
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     if os.path.lexists(target) and not overwrite and not _is_empty_dir(target):
-        raise StateError(
-            f"target folder {target!r} is not empty; pass overwrite=True to replace it"
-        )
+        raise StateError(f"target folder {target!r} is not empty", remedy=OVERWRITE)
     tmp = os.path.join(parent, f".{os.path.basename(target)}.dsvc-tmp-{uuid.uuid4().hex}")
     os.mkdir(tmp)
     lock = _claim(tmp)

@@ -33,21 +33,27 @@ from dsvc.checkout import (
     serve_copy,
 )
 from dsvc.errors import (
+    FORCE_DELETE,
+    LIST_DATASETS,
+    OVERWRITE,
+    UPLOAD_FIRST,
     ConflictError,
     DsvcError,
     IntegrityError,
     NotFoundError,
     PendingUploadError,
+    Remedy,
     RemoteError,
     StateError,
     UsageError,
+    child_remedy,
 )
 from dsvc.ids import TAG_BLOB, object_id, to_hex
 from dsvc.ingest import Ingestor, ScanItem, scan
 from dsvc.lookup import (
     find_record,
     known_records,
-    not_found_message,
+    not_found_error,
     remote_for,
     remote_record,
     warn,
@@ -262,8 +268,8 @@ class Dataset:
             if not allow_final and r["status"] != reg.DRAFT:
                 raise StateError(
                     f"dataset {r['project']}/{r['name']} ({r['id']}) is finalized and cannot "
-                    "be modified; create a child version with "
-                    f"Dataset.create(parent_datasets=['{r['id']}'], ...)"
+                    "be modified",
+                    remedy=child_remedy(r["id"]),
                 )
             if not (allow_final or allow_frozen) and r.get("finalizing"):
                 raise StateError(_frozen_message(r))
@@ -309,14 +315,22 @@ class Dataset:
                 dataset_name = parents[-1]["name"]
             else:
                 raise UsageError(
-                    "Dataset.create needs a non-empty dataset_name and a dataset_project (or "
-                    "parent_datasets to take them from); there is no ClearML task to name it"
+                    "a new dataset needs a name and a project; there is no ClearML task to "
+                    "name it",
+                    remedy=Remedy(
+                        "pass dataset_name and dataset_project (or parent_datasets to take "
+                        "them from)",
+                        "pass --name and --project (or --parents to take them from)",
+                    ),
                 )
         if not dataset_project:
             if not parents:
                 raise UsageError(
-                    f"dataset {dataset_name!r} needs dataset_project (or parent_datasets to "
-                    "take the project from)"
+                    f"dataset {dataset_name!r} needs a project",
+                    remedy=Remedy(
+                        "pass dataset_project (or parent_datasets to take the project from)",
+                        "pass --project (or --parents to take the project from)",
+                    ),
                 )
             dataset_project = parents[-1]["project"]
         # before anything reaches a remote: a bad label fails at the remote's ref, after
@@ -422,10 +436,8 @@ class Dataset:
                     dataset_tags=dataset_tags,
                     dataset_version=dataset_version,
                 )
-            raise NotFoundError(
-                not_found_message(
-                    dataset_id, dataset_project, dataset_name, dataset_tags, dataset_version
-                )
+            raise not_found_error(
+                dataset_id, dataset_project, dataset_name, dataset_tags, dataset_version
             )
         ds = cls(store, rec)
         if writable_copy:
@@ -516,22 +528,22 @@ class Dataset:
         else:
             raise UsageError("Dataset.delete needs dataset_id, or dataset_project and dataset_name")
         if not targets:
-            raise NotFoundError(
-                not_found_message(dataset_id, dataset_project, dataset_name, None, dataset_version)
-            )
+            raise not_found_error(dataset_id, dataset_project, dataset_name, None, dataset_version)
         doomed = {t["id"] for t in targets}
         if not force:
             for t in targets:
                 if t["status"] == reg.PUBLISHED:
                     raise StateError(
                         f"dataset {t['project']}/{t['name']} v{t.get('version')} ({t['id']}) is "
-                        "published; pass force=True (--force) to delete it anyway"
+                        "published",
+                        remedy=FORCE_DELETE,
                     )
             for r in recs:
                 if r["id"] not in doomed and doomed.intersection(r.get("parents", [])):
                     raise StateError(
                         f"dataset {r['project']}/{r['name']} ({r['id']}) uses a dataset being "
-                        "deleted as parent; pass force=True to delete anyway"
+                        "deleted as parent",
+                        remedy=FORCE_DELETE,
                     )
         if remote is not None and remote is not False:
             where = remote_for(store, None if remote is True else remote or None, required=True)
@@ -564,9 +576,7 @@ class Dataset:
         store = _store()
         targets = reg.filter_records(reg.all_records(store), project=project, name=name)
         if not targets:
-            raise NotFoundError(
-                f"no dataset {project}/{name}; list them with Dataset.list_datasets()"
-            )
+            raise NotFoundError(f"no dataset {project}/{name}", remedy=LIST_DATASETS)
         for t in targets:
             reg.update(store, t["id"], lambda r: {**r, **fields})
 
@@ -1017,7 +1027,9 @@ class Dataset:
         except RemoteError:
             pending = not rec.get("finalizing") and rec.get("uploaded_tree") != rec["tree"]
             if pending and not auto_upload:  # the first thing to fix, and it says what to do
-                raise PendingUploadError(_not_uploaded_message(rec, remote)) from None
+                raise PendingUploadError(
+                    _not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST
+                ) from None
             raise
 
     def _freeze(self, remote: Any, auto_upload: bool, verbose: bool) -> dict[str, Any]:
@@ -1033,7 +1045,9 @@ class Dataset:
                 return rec
             if remote is not None and rec.get("uploaded_tree") != rec["tree"]:
                 if not auto_upload:
-                    raise PendingUploadError(_not_uploaded_message(rec, remote))
+                    raise PendingUploadError(
+                        _not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST
+                    )
                 self.upload(show_progress=verbose, verbose=verbose)
 
             def freeze(r: dict[str, Any]) -> dict[str, Any]:
@@ -1228,8 +1242,11 @@ class Dataset:
         rec = self._refresh()
         if rec["status"] not in reg.COMPLETED_STATES:
             raise StateError(
-                f"dataset {rec['project']}/{rec['name']} ({rec['id']}) is not finalized; "
-                "finalize it first, or use get_mutable_local_copy() for a draft"
+                f"dataset {rec['project']}/{rec['name']} ({rec['id']}) is not finalized",
+                remedy=Remedy(
+                    "finalize it first, or use get_mutable_local_copy() for a draft",
+                    "close it first (`dsvc close`), or use `dsvc get --copy DIR` for a draft",
+                ),
             )
         try:
             name = rec["id"]
@@ -1318,8 +1335,7 @@ class Dataset:
             refuse_store_overlap(self._store, target)  # before anything is fetched or moved
             if os.path.isdir(target) and os.listdir(target) and not overwrite:
                 raise StateError(
-                    f"target folder {target!r} already contains files; pass overwrite=True to "
-                    "replace them"
+                    f"target folder {target!r} already contains files", remedy=OVERWRITE
                 )
             self._refresh()
             entries = self._selected(part, num_parts, None)
@@ -1456,7 +1472,8 @@ class Dataset:
         if r["status"] != reg.DRAFT:
             raise StateError(
                 f"dataset {r['project']}/{r['name']} ({r['id']}) is finalized and cannot be "
-                f"modified; create a child with Dataset.create(parent_datasets=['{r['id']}'])"
+                "modified",
+                remedy=child_remedy(r["id"]),
             )
         if r.get("finalizing"):
             raise StateError(_frozen_message(r))
@@ -1481,7 +1498,7 @@ def _frozen_message(r: dict[str, Any]) -> str:
 def _not_uploaded_message(rec: dict[str, Any], remote: Any) -> str:
     return (
         f"dataset {rec['project']}/{rec['name']} ({rec['id']}) has changes that were not "
-        f"uploaded to {remote.url}; call upload() first or finalize(auto_upload=True)"
+        f"uploaded to {remote.url}"
     )
 
 

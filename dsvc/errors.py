@@ -6,18 +6,59 @@ integrity, remote, conflict, invalid input). Where ClearML's ``Dataset`` raises
 ``ValueError`` the matching dsvc class also subclasses ``ValueError``, so ClearML scripts
 that catch ``ValueError`` keep working.
 
-Messages say what happened, to what, and what to do next. The CLI maps each class to a
-distinct exit code (``exit_code``) and prints the message on one line.
+Messages say what happened, to what, and what to do next. What to do is data, not
+text to be parsed: an error raised with a :class:`Remedy` keeps the problem
+(``problem``) and the remedy (``remedy``) apart, so the ``dsvc`` command line renders
+the remedy in its own words (flags and commands) while ``str(error)`` gives the Python
+one (arguments and methods). The CLI maps each class to a distinct exit code
+(``exit_code``) and prints :meth:`DsvcError.cli_message` on one line.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """What to do about an error, for a Python caller and for the command line.
+
+    ``cli`` is left empty when the same words fit both (e.g. "free some space").
+    """
+
+    python: str
+    cli: str = ""
+
+    def for_cli(self) -> str:
+        """The command-line wording (``cli``, else the Python one)."""
+        return self.cli or self.python
+
 
 class DsvcError(Exception):
-    """Root of every dsvc error."""
+    """Root of every dsvc error.
+
+    ``DsvcError(problem, remedy=Remedy(...))``: ``str(e)`` is ``"problem; remedy"`` in
+    Python's words, :meth:`cli_message` the same in the command line's.
+    """
 
     #: process exit code used by the ``dsvc`` command line for this kind of error
     exit_code: int = 1
+
+    def __init__(self, *args: object, remedy: Remedy | None = None) -> None:
+        if remedy is not None and args:
+            super().__init__(f"{args[0]}; {remedy.python}", *args[1:])
+        else:
+            super().__init__(*args)
+        #: what went wrong, without the remedy
+        self.problem: str = str(args[0]) if args else ""
+        #: what to do about it (None: the message already says it, or nothing can be done)
+        self.remedy: Remedy | None = remedy
+
+    def cli_message(self) -> str:
+        """The message in the command line's words (its flags and commands)."""
+        if self.remedy is None:
+            return str(self)
+        return f"{self.problem}; {self.remedy.for_cli()}"
 
 
 class UsageError(DsvcError, ValueError):
@@ -44,8 +85,10 @@ class NotFoundError(DsvcError, ValueError):
 class ObjectNotFoundError(NotFoundError):
     """A content-addressed object (chunk, blob, tree, commit) is missing from a store."""
 
-    def __init__(self, message: str, object_id: bytes | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, object_id: bytes | None = None, *, remedy: Remedy | None = None
+    ) -> None:
+        super().__init__(message, remedy=remedy)
         self.object_id = object_id
 
 
@@ -65,8 +108,10 @@ class IntegrityError(DsvcError):
 
     exit_code = 5
 
-    def __init__(self, message: str, object_id: bytes | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, object_id: bytes | None = None, *, remedy: Remedy | None = None
+    ) -> None:
+        super().__init__(message, remedy=remedy)
         self.object_id = object_id
 
 
@@ -105,3 +150,25 @@ class StorageError(DsvcError):
 
 class DiskFullError(StorageError):
     """No space left (ENOSPC, EDQUOT, EFBIG) where dsvc writes; the message says where."""
+
+
+# -- remedies shared by several raise sites -------------------------------------------------
+
+#: a dataset lookup found nothing
+LIST_DATASETS = Remedy("list them with Dataset.list_datasets()", "list them with `dsvc search`")
+#: a target folder holds files
+OVERWRITE = Remedy("pass overwrite=True to replace them", "pass --overwrite to replace them")
+#: deleting a published dataset or a parent of another one
+FORCE_DELETE = Remedy("pass force=True to delete anyway", "pass --force to delete anyway")
+#: finalizing a draft whose changes are not on its remote yet
+UPLOAD_FIRST = Remedy(
+    "call upload() first or finalize(auto_upload=True)", "run `dsvc upload` first, or `dsvc close`"
+)
+
+
+def child_remedy(dataset_id: str) -> Remedy:
+    """Changing a finalized dataset: make a child version of it instead."""
+    return Remedy(
+        f"create a child version with Dataset.create(parent_datasets=['{dataset_id}'], ...)",
+        f"create a child version with `dsvc create --parents {dataset_id}`",
+    )

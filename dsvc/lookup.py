@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dsvc import registry as reg
-from dsvc.errors import RemoteError
+from dsvc.errors import LIST_DATASETS, DsvcError, NotFoundError, RemoteError
 from dsvc.store import Store
 
 
@@ -111,6 +111,21 @@ def find_record(
     return best
 
 
+def not_found_error(
+    dataset_id: str | None,
+    project: str | None,
+    name: str | None,
+    tags: Sequence[str] | None,
+    version: str | None,
+) -> DsvcError:
+    """The error for a lookup that found nothing (saying what to pass when nothing was)."""
+    if not (dataset_id or project or name or tags):
+        return NotFoundError(not_found_message(dataset_id, project, name, tags, version))
+    return NotFoundError(
+        not_found_message(dataset_id, project, name, tags, version), remedy=LIST_DATASETS
+    )
+
+
 def not_found_message(
     dataset_id: str | None,
     project: str | None,
@@ -130,7 +145,4 @@ def not_found_message(
         what = ", ".join(b for b in bits if b) or "no criteria"
         if not (dataset_id or project or name or tags):
             return "Dataset.get needs dataset_id, dataset_project/dataset_name or dataset_tags"
-    return (
-        f"no dataset found with {what} (locally or on the default remote); list them with "
-        "Dataset.list_datasets() or `dsvc search`"
-    )
+    return f"no dataset found with {what} (locally or on the default remote)"

@@ -207,26 +207,6 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-#: the dataset layer speaks Python; on the command line its hints name flags and commands
-_CLI_HINTS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"Dataset\.create\(parent_datasets=\['([0-9a-f]+)'\][^)]*\)"), r"`dsvc create --parents \1`"),
-    (re.compile(r"Dataset\.list_datasets\(\)"), "`dsvc search`"),
-    (re.compile(r"call upload\(\) first or finalize\(auto_upload=True\)"), "run `dsvc upload` first, or `dsvc close`"),
-    (re.compile(r"pass overwrite=True"), "pass --overwrite"),
-    (re.compile(r"pass force=True"), "pass --force"),
-    (re.compile(r"use get_mutable_local_copy\(\) for a draft"), "use `dsvc get --copy DIR` for a draft"),
-    (re.compile(r"Dataset\.create needs a non-empty dataset_name"), "create needs --name (and --project), or --parents"),
-    (re.compile(r"needs dataset_project \(or parent_datasets to take the project from\)"), "needs --project (or --parents to take the project from)"),
-    (re.compile(r"pick another dataset_version or leave it out"), "pick another --version or leave it out"),
-]  # fmt: skip
-
-
-def cli_hints(msg: str) -> str:
-    for pat, repl in _CLI_HINTS:
-        msg = pat.sub(repl, msg)
-    return msg
-
-
 def error_line(msg: str) -> None:
     click.echo(f"dsvc: error: {printable(one_line(msg))}", err=True)
 
@@ -251,7 +231,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except DsvcError as e:
         if _state["debug"]:
             traceback.print_exc()
-        error_line(cli_hints(str(e)))
+        error_line(e.cli_message())  # the remedy in the CLI's words
         return e.exit_code
     except BrokenPipeError:  # `dsvc list | head`
         try:
