@@ -789,7 +789,18 @@ class Dataset:
         return diff_stats(self.diff(other))
 
     def _changes(self, dataset_id: str | None) -> list[Change]:
-        return list(self.diff(dataset_id))
+        rec = self._refresh()
+        if dataset_id is None:
+            base = rec["base_tree"]
+        else:
+            base = reg.require(self._store, dataset_id)["tree"]
+        key = (base, rec["tree"])
+        # list_added/modified/removed_files in a row diff once (trees are immutable,
+        # so the same pair of ids always gives the same changes)
+        last = getattr(self, "_last_changes", None)
+        if last is None or last[0] != key:
+            last = self._last_changes = (key, list(diff(self._trees(), base, rec["tree"])))
+        return last[1]
 
     def list_added_files(self, dataset_id: str | None = None) -> list[str]:
         """Files added compared with ``dataset_id`` (default: the merge of the parents)."""

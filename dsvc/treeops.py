@@ -16,9 +16,12 @@ Rules (the stateful tests check them against a plain ``dict[path] -> bytes`` mod
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from dsvc.ids import TAG_TREE, object_id
 from dsvc.objects import (
@@ -26,11 +29,14 @@ from dsvc.objects import (
     KIND_TREE,
     MODE_DIR,
     Entry,
+    decode_tree,
     encode_tree,
 )
 from dsvc.store import Store, WriteBatch
 
 Path = tuple[str, ...]
+#: a raw tree entry as stored: ``(name, kind, id, size, mode)``
+Row = tuple[Any, ...]
 
 
 class Trees:
@@ -68,6 +74,33 @@ class Trees:
                 with self.store.batch() as b:
                     b.put_object(TAG_TREE, data)
         return Entry(KIND_TREE, tid, sum(e.size for e in entries.values()), MODE_DIR)
+
+    def rows(self, tid: bytes) -> tuple[Row, ...]:
+        """A folder's entries as raw ``(name, kind, id, size, mode)`` rows, unvalidated
+        (:func:`_differing` validates the rows it returns). No ``Entry`` is built and
+        nothing is cached: a diff of 1,000 folders of 1,000 files builds and keeps only
+        the entries that differ (profiled: building and validating every entry of both
+        sides was 3/4 of ``list_modified_files``)."""
+        t = self._mem.get(tid)
+        if t is not None:
+            return tuple((n, *e) for n, e in t.items())
+        if tid == EMPTY_TREE_ID:
+            return ()
+        data = self.store.get_object(tid, TAG_TREE)
+        # the cyclic gc would run every few hundred rows, as each row is a new tuple, and
+        # scan them all: a third of the unpack time (these tuples cannot form cycles)
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            rows = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=False)
+        except Exception:  # msgpack raises several unrelated types
+            rows = None
+        finally:
+            if gc_was_on:
+                gc.enable()
+        if not isinstance(rows, tuple):  # malformed: the full decode raises the right error
+            return tuple((n, *e) for n, e in self.get(tid).items())
+        return rows
 
     def ensure_empty(self) -> bytes:
         """Store the empty tree (a zero-file dataset's root) and return its id."""
@@ -219,6 +252,45 @@ class Change:
         return "/".join(self.path)
 
 
+def _differing(trees: Trees, a: bytes, b: bytes) -> tuple[dict[str, Entry], dict[str, Entry]]:
+    """The entries of folders ``a`` and ``b`` that are not equal on the other side (as
+    validated ``name -> Entry`` maps): a set difference of the raw rows, in C."""
+    ra, rb = trees.rows(a), trees.rows(b)
+    try:
+        if len(ra) == len(rb):
+            # the common case, files modified in place: same names at the same places,
+            # so a positional compare (no hashing) finds the rows that differ
+            odd = [(x, y) for x, y in zip(ra, rb, strict=True) if x != y]
+            if all(x[0] == y[0] for x, y in odd):
+                return _validated({x for x, _ in odd}, a), _validated({y for _, y in odd}, b)
+        sa, sb = set(ra), set(rb)
+    except (TypeError, IndexError):  # a row that is not a tuple: the full decode says why
+        return _differing_decoded(trees, a, b)
+    return _validated(sa - sb, a), _validated(sb - sa, b)
+
+
+def _validated(rows: set[Row], tid: bytes) -> dict[str, Entry]:
+    """``rows`` of tree ``tid`` checked exactly as a full decode checks them (names,
+    kinds, ids, sizes, one row per name), by decoding them as a tree."""
+    if not rows:
+        return {}
+    try:
+        ordered = sorted(rows, key=lambda r: r[0].encode())
+    except (AttributeError, IndexError, TypeError, UnicodeEncodeError):
+        ordered = list(rows)  # decode_tree names the bad row
+    return decode_tree(msgpack.packb(ordered, use_bin_type=True), tid)
+
+
+def _differing_decoded(
+    trees: Trees, a: bytes, b: bytes
+) -> tuple[dict[str, Entry], dict[str, Entry]]:
+    ta, tb = trees.get(a), trees.get(b)
+    return (
+        {n: e for n, e in ta.items() if tb.get(n) != e},
+        {n: e for n, e in tb.items() if ta.get(n) != e},
+    )
+
+
 def diff(trees: Trees, a: bytes, b: bytes, prefix: Path = ()) -> Iterator[Change]:
     """Files added, removed or modified from ``a`` to ``b``, streamed as
     :class:`Change` ``(path, old entry, new entry)`` in canonical (UTF-8 sorted) path
@@ -233,9 +305,9 @@ def diff(trees: Trees, a: bytes, b: bytes, prefix: Path = ()) -> Iterator[Change
         return
 
     def pairs(a: bytes, b: bytes) -> Iterator[tuple[str, Entry | None, Entry | None]]:
-        ta, tb = trees.get(a), trees.get(b)
+        ta, tb = _differing(trees, a, b)
         names = sorted(ta.keys() | tb.keys(), key=lambda n: n.encode())
-        return iter([(n, ta.get(n), tb.get(n)) for n in names if ta.get(n) != tb.get(n)])
+        return iter([(n, ta.get(n), tb.get(n)) for n in names])
 
     stack = [(prefix, pairs(a, b))]  # iterative: any depth works
     while stack:

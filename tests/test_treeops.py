@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dsvc.ids import TAG_TREE
 from dsvc.objects import (
     EMPTY_TREE_ID,
     KIND_TREE,
@@ -345,13 +346,14 @@ def test_diff_and_merge_read_only_the_folders_that_differ(tmp_path):
         root = apply_edits(t, EMPTY_TREE_ID, files)
         root2 = apply_edits(t, root, {("d1", "e2", "f3.bin"): content_entry(b"new")})
     read: list[bytes] = []
-    get_tree = s.get_tree
+    get_object = s.get_object
 
-    def counted(tid: bytes):
-        read.append(tid)
-        return get_tree(tid)
+    def counted(oid: bytes, tag: bytes):
+        if tag == TAG_TREE:  # every tree read (decoded, or as raw rows) comes here
+            read.append(oid)
+        return get_object(oid, tag)
 
-    s.get_tree = counted  # type: ignore[method-assign]
+    s.get_object = counted  # type: ignore[method-assign]
     changes = list(diff(Trees(s), root, root2))
     assert [c.path for c in changes] == [("d1", "e2", "f3.bin")]
     assert len(read) == 6  # (), d1, d1/e2 of each side: 3 of 21 folders per version
@@ -374,6 +376,10 @@ class _Counting(Trees):
     def get(self, tid: bytes):
         self.read.append(tid)
         return super().get(tid)
+
+    def rows(self, tid: bytes):
+        self.read.append(tid)
+        return super().rows(tid)
 
 
 def _differing_folders(trees: Trees, a: bytes, b: bytes) -> set[bytes]:
@@ -428,3 +434,30 @@ def test_diff_stats_match_model(store, base_ops, more_ops):
         assert st.bytes_added == sum(mb[p].size for p in added)
         assert st.bytes_removed == sum(ma[p].size for p in removed)
         assert st.bytes_delta == sum(mb[p].size - ma[p].size for p in modified)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [["..", 3, b"i" * 16, 1, 0o644]],  # an escaping name
+        [["a", 3, b"short", 1, 0o644]],  # a bad id
+        [["a", 3, b"i" * 16, 1, 0o644], ["a", 3, b"j" * 16, 2, 0o644]],  # a name twice
+        [7],  # not a row
+        {"a": 1},  # not a list
+    ],
+)
+def test_diff_validates_the_entries_it_reports(tmp_path, rows):
+    """The diff compares raw rows and builds entries only for those that differ: those
+    are validated exactly as a full decode validates a tree (hostile remote trees)."""
+    import msgpack
+
+    from dsvc.errors import IntegrityError
+
+    s = open_store(tmp_path)
+    with s.batch() as b:
+        bad = b.put_object(TAG_TREE, msgpack.packb(rows, use_bin_type=True))
+        good = Trees(s, b).put({"a": content_entry(b"x")}).id
+    for x, y in ((EMPTY_TREE_ID, bad), (bad, EMPTY_TREE_ID), (good, bad)):
+        with pytest.raises(IntegrityError):
+            list(diff(Trees(s), x, y))
+    s.close()
