@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from dsvc import external
 from dsvc import registry as reg
 from dsvc.checkout import (
     ContentCache,
@@ -59,8 +60,10 @@ from dsvc.lookup import (
     warn,
 )
 from dsvc.objects import (
+    CHUNK_REF_KINDS,
     EMPTY_TREE_ID,
     KIND_CHUNKFILE,
+    KIND_EXTERNAL,
     KIND_TREE,
     Blob,
     Commit,
@@ -126,6 +129,32 @@ class FileEntry:
         if self.local_path:
             out["local_path"] = self.local_path
         return out
+
+
+@dataclass(frozen=True)
+class LinkEntry:
+    """One external file (``add_external_files``), as ClearML's ``LinkEntry`` exposes it.
+
+    ``hash`` is ClearML's optional SHA-256 from object metadata (``read_hash``), which
+    dsvc does not read: always None. The ETag/version dsvc records are in the tree entry
+    (docs/format.md §4.4) and are checked by every copy.
+    """
+
+    link: str
+    relative_path: str
+    parent_dataset_id: str | None = None
+    size: int | None = None
+    hash: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as ClearML's ``LinkEntry.as_dict`` gives it."""
+        return {
+            "link": self.link,
+            "relative_path": self.relative_path,
+            "parent_dataset_id": self.parent_dataset_id,
+            "size": self.size,
+            "hash": self.hash,
+        }
 
 
 def _now() -> int:
@@ -628,6 +657,59 @@ class Dataset:
             self._apply(edits)
             return count
 
+    def add_external_files(
+        self,
+        source_url: str | Sequence[str],
+        wildcard: str | Sequence[str] | None = None,
+        dataset_path: str | Sequence[str] | None = None,
+        recursive: bool = True,
+        verbose: bool = False,
+        max_workers: int | None = None,
+    ) -> int:
+        """Add files that stay where they are (``s3://``, ``gs://``, ``azure://``,
+        ``http(s)://``, ``file://`` or a local path): the version records each file's
+        URL, size and ETag/version/mtime, not its content; copies download and check it
+        (see :mod:`dsvc.external`). A folder or prefix adds every file below it
+        (filtered by ``wildcard``); ``dataset_path`` may be a list, one per URL.
+
+        Returns the number of new link paths, as ClearML counts them (a link that
+        replaces another link is not counted; clearml/datasets/dataset.py
+        ``_add_external_files``). A URL where nothing is found adds nothing, with a
+        warning, as in ClearML.
+        """
+        self._require_draft()
+        urls = [source_url] if isinstance(source_url, str) else list(source_url)
+        if dataset_path is None or isinstance(dataset_path, str):
+            paths: list[str | None] = [dataset_path] * len(urls)
+        else:
+            paths = list(dataset_path)
+            if len(paths) != len(urls):
+                raise UsageError(
+                    "dataset_path must be a string or a list of strings with the same length "
+                    f"as source_url (received {len(paths)} paths for {len(urls)} source urls)"
+                )
+        with self._store.lease(f"add_external_files {self.id}"):
+            links: list[tuple[RelPath, Any]] = []
+            for url, dp in zip(urls, paths, strict=True):
+                found = external.list_links(self._store, url, wildcard, recursive)
+                if not found:
+                    warn(f"could not list or find external file(s) at {url}; nothing added")
+                prefix = clean_dataset_path(dp)
+                links += [((*prefix, *rel), link) for rel, link in found]
+            edits: dict[RelPath, Entry | None] = dict(external.link_entries(self._store, links))
+            trees = self._trees()
+            root = self._refresh()["tree"]
+            count = 0
+            for p in edits:
+                old = lookup(trees, root, p)
+                if old is None or old.kind != KIND_EXTERNAL:
+                    count += 1
+            if verbose:
+                for p, link in links:
+                    print(f"external file {link.url} added as {'/'.join(p)}")
+            self._apply(edits)
+            return count
+
     def _ingest(
         self, items: list[ScanItem], verbose: bool, max_workers: int | None, desc: str
     ) -> tuple[dict[RelPath, Entry], list[tuple[str, str]]]:
@@ -683,13 +765,22 @@ class Dataset:
         trees = self._trees()
         doomed = [
             p
-            for p, _ in walk(trees, self._rec["tree"])
+            for p, e in walk(trees, self._rec["tree"])
             if match_dataset_path("/".join(p), pattern, recursive)
+            or (e.kind == KIND_EXTERNAL and self._link_matches(e, dataset_path or "", recursive))
         ]
         if verbose:
             for p in doomed:
                 print(f"removing {'/'.join(p)}")
         return self._apply(dict.fromkeys(doomed))
+
+    def _link_matches(self, e: Entry, pattern: str, recursive: bool) -> bool:
+        """ClearML removes external files by their link too (``remove_files("s3://b/x")``,
+        clearml/datasets/dataset.py:606-611)."""
+        if "://" not in pattern:
+            return False
+        url = external.read_link(self._store, e).url
+        return url == pattern or match_dataset_path(url, pattern, recursive)
 
     def sync_folder(
         self,
@@ -825,6 +916,7 @@ class Dataset:
         return {
             path: FileEntry(path, to_hex(e.id), e.size, who.get(path, rec["id"]))
             for path, e in files.items()
+            if e.kind != KIND_EXTERNAL  # ClearML keeps links apart (link_entries_dict)
         }
 
     @property
@@ -832,12 +924,26 @@ class Dataset:
         return list(self.file_entries_dict.values())
 
     @property
-    def link_entries_dict(self) -> dict[str, Any]:
-        """External links are not supported: always empty (see docs/coming-from-clearml.md)."""
-        return {}
+    def link_entries_dict(self) -> dict[str, LinkEntry]:
+        """``relative path -> LinkEntry`` for every external file (``add_external_files``);
+        ``parent_dataset_id`` as in :attr:`file_entries_dict`."""
+        rec = self._refresh()
+        files = self._files()
+        links = {p: e for p, e in files.items() if e.kind == KIND_EXTERNAL}
+        if not links:
+            return {}
+        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        external.fetch_links(self._store, list(links.values()), remote)
+        owners = _owners(self._store, self._trees(), rec, files)
+        return {
+            p: LinkEntry(
+                external.read_link(self._store, e).url, p, owners.get(p, rec["id"]), e.size
+            )
+            for p, e in links.items()
+        }
 
     @property
-    def link_entries(self) -> list[Any]:
+    def link_entries(self) -> list[LinkEntry]:
         """The external links of this version (``link_entries_dict``'s values)."""
         return list(self.link_entries_dict.values())
 
@@ -881,6 +987,8 @@ class Dataset:
         """Number of distinct content chunks the version's files are made of."""
         seen: set[bytes] = set()
         for e in self._files().values():
+            if e.kind == KIND_EXTERNAL:  # content stays at its URL
+                continue
             for cid, _ in self._store.file_chunks(e):
                 seen.add(cid)
         return len(seen)
@@ -1178,6 +1286,22 @@ class Dataset:
             entries = split_parts(entries, part, num_parts)
         return entries
 
+    def _resolve_links(
+        self, entries: list[tuple[RelPath, Entry]], max_workers: int | None
+    ) -> list[tuple[RelPath, Entry]]:
+        """``entries`` with external links replaced by their downloaded content."""
+        if not any(e.kind == KIND_EXTERNAL for _, e in entries):
+            return entries
+        rec = self._rec
+        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        return external.resolve(
+            self._store,
+            entries,
+            remote=remote,
+            label=f" of dataset {rec['id']}",
+            max_workers=max_workers,
+        )
+
     def _ensure_content(
         self, entries: list[tuple[RelPath, Entry]], max_workers: int | None
     ) -> None:
@@ -1275,11 +1399,11 @@ class Dataset:
                     self._store,
                     cache,
                     name,
-                    lambda: self._selected(part, num_parts, files),
+                    lambda: self._resolve_links(self._selected(part, num_parts, files), max_workers),
                     lambda es: self._ensure_content([((), e) for e in es], max_workers),
                 )
                 return str(target)
-            entries = self._selected(part, num_parts, files)
+            entries = self._resolve_links(self._selected(part, num_parts, files), max_workers)
             self._ensure_content(entries, max_workers)
             with Progress(
                 f"copy {rec['name']}",
@@ -1349,7 +1473,7 @@ class Dataset:
                     f"target folder {target!r} already contains files", remedy=OVERWRITE
                 )
             self._refresh()
-            entries = self._selected(part, num_parts, None)
+            entries = self._resolve_links(self._selected(part, num_parts, None), max_workers)
             fetch = self._direct_fetch(entries)
             if fetch is None:
                 self._ensure_content(entries, max_workers)
@@ -1381,7 +1505,9 @@ class Dataset:
         root = local_copy_path or self.get_local_copy()
         bad = []
         chunker = self._store.chunker
-        for path, e in self._files().items():
+        files = self._files()
+        resolved = self._resolve_links([(tuple(p.split("/")), e) for p, e in files.items()], None)
+        for path, e in zip(files, (e for _, e in resolved), strict=True):
             full = os.path.join(root, *path.split("/"))
             try:
                 size = os.path.getsize(full)
@@ -1596,8 +1722,8 @@ def _finalized_last_parent(store: Store) -> Callable[[dict[str, Any]], dict[str,
 def _missing_files(store: Store, entries: list[Entry]) -> list[Entry]:
     """The entries whose content is not complete in the local store (few transactions)."""
     unique = list({e.id: e for e in entries}.values())
-    single = [e for e in unique if e.kind == KIND_CHUNKFILE]
-    blobs = [e for e in unique if e.kind != KIND_CHUNKFILE]
+    single = [e for e in unique if e.kind in CHUNK_REF_KINDS]  # a link: its chunk
+    blobs = [e for e in unique if e.kind not in CHUNK_REF_KINDS]
     absent = set(store.missing("chunks", [e.id for e in single]))
     absent |= set(store.missing("objects", [e.id for e in blobs]))
     need: dict[bytes, list[bytes]] = {}

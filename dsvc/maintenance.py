@@ -43,7 +43,14 @@ from dsvc.checkout import remove_tree, temp_in_use, verify_cache
 from dsvc.errors import DsvcError, IntegrityError
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
 from dsvc.lookup import remote_for
-from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Blob, Commit, decode_tree
+from dsvc.objects import (
+    CHUNK_REF_KINDS,
+    KIND_FILE,
+    KIND_TREE,
+    Blob,
+    Commit,
+    decode_tree,
+)
 from dsvc.progress import Progress
 from dsvc.registry import all_records
 from dsvc.store import LEASE_PREFIX, Store
@@ -111,7 +118,7 @@ def _mark_tree(rd: _Reader, tree: bytes, out: set[bytes]) -> None:
         for e in decode_tree(data, tid).values():
             if e.kind == KIND_TREE:
                 stack.append(e.id)
-            elif e.kind == KIND_CHUNKFILE:
+            elif e.kind in CHUNK_REF_KINDS:  # a file's chunk, or an external link's
                 out.add(e.id)
             elif e.id not in out:
                 out.add(e.id)
@@ -375,7 +382,7 @@ def damaged_datasets(
                         fs, ds = memo[(e.id, fetchable)]
                         files += [f"{name}/{f}" for f in fs]
                         folders += [f"{name}/{d}" if d else name for d in ds]
-                    elif e.kind == KIND_CHUNKFILE:
+                    elif e.kind in CHUNK_REF_KINDS:
                         if not chunk_ok(e.id, fetchable):
                             files.append(name)
                     elif e.kind == KIND_FILE:

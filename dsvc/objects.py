@@ -29,7 +29,12 @@ from dsvc.ids import ID_SIZE, TAG_BLOB, TAG_COMMIT, TAG_TREE, object_id, to_hex
 KIND_TREE = 1
 KIND_FILE = 2  # id is a blob object (list of chunks)
 KIND_CHUNKFILE = 3  # id is the file's only chunk
+# id is a chunk holding the file's Link (URL, size, ETag...): the content stays at the
+# URL (ClearML's add_external_files). Since format_version 2 (docs/format.md §4.2).
+KIND_EXTERNAL = 4
 FILE_KINDS = (KIND_FILE, KIND_CHUNKFILE)
+#: kinds whose id is a chunk id (what reachability walks follow to one chunk)
+CHUNK_REF_KINDS = (KIND_CHUNKFILE, KIND_EXTERNAL)
 
 MODE_FILE = 0o644
 MODE_EXEC = 0o755
@@ -164,7 +169,12 @@ def decode_tree(data: bytes, oid: bytes | None = None) -> dict[str, Entry]:
     for item in raw:
         try:
             name, kind, eid, size, mode = item
-            if not _is_uint(kind) or kind not in (KIND_TREE, KIND_FILE, KIND_CHUNKFILE):
+            if not _is_uint(kind) or kind not in (
+                KIND_TREE,
+                KIND_FILE,
+                KIND_CHUNKFILE,
+                KIND_EXTERNAL,
+            ):
                 raise ValueError("bad kind")
             if not _is_id(eid):
                 raise ValueError("bad id")
@@ -179,6 +189,58 @@ def decode_tree(data: bytes, oid: bytes | None = None) -> dict[str, Entry]:
         prev = k
         out[name] = Entry(kind, eid, size, mode)
     return out
+
+
+# -- external links ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """An external file (``KIND_EXTERNAL``): content that stays at ``url``.
+
+    ``size`` is its length when it was added; ``etag``/``version`` are what the object
+    store reported (None where it reports nothing, as plain HTTP servers and local files
+    do); ``mtime_ns`` is the source's modification time (local files and HTTP
+    ``Last-Modified``). A copy checks all that is known before it uses the content.
+    Stored as a chunk of canonical msgpack (docs/format.md §4.4).
+    """
+
+    url: str
+    size: int
+    etag: str | None = None
+    version: str | None = None
+    mtime_ns: int | None = None
+
+    def encode(self) -> bytes:
+        return _packb(
+            canonical(
+                {
+                    "etag": self.etag,
+                    "mtime_ns": self.mtime_ns,
+                    "size": self.size,
+                    "url": self.url,
+                    "version": self.version,
+                }
+            )
+        )
+
+    @classmethod
+    def decode(cls, data: bytes, oid: bytes | None = None) -> Link:
+        raw = _unpackb(data, "link", oid)
+        try:
+            if not isinstance(raw, dict) or not isinstance(raw["url"], str) or not raw["url"]:
+                raise ValueError("no url")
+            if not _is_uint(raw["size"]):
+                raise ValueError("bad size")
+            for k in ("etag", "version"):
+                if raw.get(k) is not None and not isinstance(raw[k], str):
+                    raise ValueError(f"bad {k}")
+            mt = raw.get("mtime_ns")
+            if mt is not None and not isinstance(mt, int):
+                raise ValueError("bad mtime_ns")
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntegrityError(f"link {to_hex(oid) if oid else '?'}: malformed ({e})", oid) from e
+        return cls(raw["url"], raw["size"], raw.get("etag"), raw.get("version"), mt)
 
 
 # -- commits -----------------------------------------------------------------------

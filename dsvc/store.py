@@ -66,7 +66,11 @@ from dsvc.objects import (
     encode_tree,
 )
 
-FORMAT_VERSION = 1
+#: the newest store format this dsvc reads and writes (docs/format.md §6)
+FORMAT_VERSION = 2
+#: the format a new store starts at; its first external link raises it to 2
+#: (:meth:`Store.require_format`), so stores without links stay readable by older dsvc
+INITIAL_FORMAT_VERSION = 1
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
 DB_NAMES = ("chunks", "objects", "refs", "records", "statcache", "config", "remote")
@@ -396,7 +400,7 @@ class Store:
             raw = txn.get(b"chunker", db=cfg)
             if raw is None:
                 chosen = params or DEFAULT_PARAMS
-                txn.put(b"format_version", _pack(FORMAT_VERSION), db=cfg)
+                txn.put(b"format_version", _pack(INITIAL_FORMAT_VERSION), db=cfg)
                 txn.put(b"chunker", _pack(chosen.to_config()), db=cfg)
                 txn.put(b"zstd_level", _pack(codec.DEFAULT_LEVEL), db=cfg)
                 txn.put(STATCACHE_FORMAT_KEY, _pack(STATCACHE_FORMAT), db=cfg)
@@ -427,6 +431,13 @@ class Store:
         if key in ("chunker", "format_version"):
             raise ConfigError(f"config key {key!r} is fixed when the store is created")
         self._apply([("config", key.encode(), _pack(value))])
+
+    def require_format(self, version: int) -> None:
+        """Raise the store's ``format_version`` to ``version`` (never lowers it); called
+        before the first data that needs it is written, so an older dsvc refuses the
+        store instead of meeting data it cannot read."""
+        if self.get_config("format_version", INITIAL_FORMAT_VERSION) < version:
+            self._apply([("config", b"format_version", _pack(version))])
 
     # -- transactions ----------------------------------------------------------
 

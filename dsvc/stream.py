@@ -30,11 +30,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsvc import external
 from dsvc import registry as reg
 from dsvc.errors import InvalidPathError, NotFoundError, RemoteError, UsageError
 from dsvc.ids import to_hex
 from dsvc.lookup import warn
-from dsvc.objects import EMPTY_TREE_ID, KIND_CHUNKFILE, KIND_TREE, Entry
+from dsvc.objects import EMPTY_TREE_ID, KIND_CHUNKFILE, KIND_EXTERNAL, KIND_TREE, Entry
 from dsvc.store import Store
 from dsvc.treeops import lookup_with
 
@@ -264,7 +265,11 @@ class Reader:
             self._fetch_objects(want, "trees")
 
     def chunks(self, entry: Entry) -> list[tuple[bytes, int]]:
-        """``(chunk id, length)`` of a file entry (its blob fetched if not local)."""
+        """``(chunk id, length)`` of a file entry (its blob fetched if not local). An
+        external link's content is downloaded into the store first, checked against its
+        recorded size and ETag (dsvc.external)."""
+        if entry.kind == KIND_EXTERNAL:
+            [(_, entry)] = external.resolve(self.store, [((), entry)], remote=self.remote)
         if entry.kind == KIND_CHUNKFILE:
             return [(entry.id, entry.size)]
         got = self._blobs.get(entry.id)

@@ -397,3 +397,172 @@ def test_clearml_data_flags_are_accepted(tmp_path: Path, home: Path) -> None:
     # squash --verbose (:438)
     out = _cli(home, "squash", "--name", "sq", "--ids", did, "--verbose")
     assert "Squashed dataset created" in out and did[:8] in out
+
+
+# -- add_external_files (dataset.py:479-571, :3835-3950) -----------------------------------
+
+
+def _serve_http(root: Path):
+    """A plain http.server on loopback serving ``root`` (no ETag, Last-Modified only)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_external_local_files_are_linked_not_stored(tmp_path: Path, home: Path) -> None:
+    # dataset.py:3866-3873 lists a folder (or takes one file) and :3882-3889 names each
+    # link by its path below the source, under dataset_path; :3886 filters by wildcard.
+    # list_files lists links with files (:1216), file_entries keep them apart (:354, :371).
+    raw = write_tree(tmp_path / "raw", {"a.jpg": b"A" * 10, "sub/b.jpg": b"B" * 2000, "c.txt": b"c"})
+    ds = Dataset.create(dataset_name="ext", dataset_project="p")
+    ds.add_files(write_tree(tmp_path / "own", {"own.txt": b"mine"}))
+    assert ds.add_external_files(f"file://{raw}", wildcard="*.jpg", dataset_path="imgs") == 2
+    assert ds.add_external_files(str(raw / "c.txt"), dataset_path="/one/") == 1
+    assert ds.add_external_files(str(raw / "c.txt"), dataset_path="one") == 0  # a re-add
+    assert ds.add_external_files(str(tmp_path / "nothing-here")) == 0  # as ClearML: 0, a warning
+    assert ds.list_files() == ["imgs/a.jpg", "imgs/sub/b.jpg", "one/c.txt", "own.txt"]
+    assert sorted(ds.file_entries_dict) == ["own.txt"]
+    links = ds.link_entries_dict
+    assert {p: (e.link, e.size) for p, e in links.items()} == {
+        "imgs/a.jpg": ((raw / "a.jpg").as_uri(), 10),
+        "imgs/sub/b.jpg": ((raw / "sub/b.jpg").as_uri(), 2000),
+        "one/c.txt": ((raw / "c.txt").as_uri(), 1),
+    }
+    assert links["one/c.txt"].as_dict() == {
+        "link": (raw / "c.txt").as_uri(),
+        "relative_path": "one/c.txt",
+        "parent_dataset_id": ds.id,
+        "size": 1,
+        "hash": None,
+    }
+    # the content is not in the store: only a small link chunk per file
+    from dsvc import registry
+    from dsvc.ids import object_id
+
+    store = registry.open_store()
+    assert store.get_config("format_version") == 2  # docs/format.md §6: links need format 2
+    content = object_id(b"C", b"A" * 10)
+    assert store.missing("chunks", [content]) == [content]
+    assert ds.get_num_chunks() == 1  # own.txt only
+    mutable = ds.get_mutable_local_copy(tmp_path / "mut")
+    assert read_tree(mutable) == {
+        "imgs/a.jpg": b"A" * 10,
+        "imgs/sub/b.jpg": b"B" * 2000,
+        "one/c.txt": b"c",
+        "own.txt": b"mine",
+    }
+    ds.finalize()
+    assert read_tree(ds.get_local_copy()) == read_tree(mutable)
+    assert ds.read_bytes("imgs/sub/b.jpg") == b"B" * 2000  # streaming reads serve links
+    assert ds.verify_dataset_hash() == []
+
+
+def test_external_file_changed_at_its_source_is_an_error_naming_it(tmp_path: Path) -> None:
+    # The link records size and mtime (local) or ETag (object stores); a copy of a source
+    # that changed must not hand out other bytes than the version recorded.
+    raw = write_tree(tmp_path / "raw", {"x.bin": b"1" * 100, "y.bin": b"2" * 100})
+    ds = Dataset.create(dataset_name="ext", dataset_project="p")
+    ds.add_external_files(raw.as_uri())
+    ds.finalize()
+    (raw / "y.bin").write_bytes(b"3" * 101)
+    with pytest.raises(errors.IntegrityError, match=r"external file y\.bin .*changed at its source"):
+        ds.get_local_copy()
+    (raw / "y.bin").write_bytes(b"2" * 100)
+    os.utime(raw / "y.bin", ns=(1, 1))  # same size, other mtime: still a change
+    with pytest.raises(errors.IntegrityError, match=r"y\.bin"):
+        ds.get_mutable_local_copy(tmp_path / "m")
+    (raw / "y.bin").unlink()
+    with pytest.raises(errors.NotFoundError, match=r"y\.bin"):
+        ds.get_local_copy()
+
+
+def test_external_links_diff_remove_and_squash_like_files(tmp_path: Path) -> None:
+    # remove_files matches dataset paths and, for links, the link itself (dataset.py:606-611);
+    # squash merges link entries like file entries (:2110).
+    raw = write_tree(tmp_path / "raw", {"a.csv": b"a", "b.csv": b"bb", "c.csv": b"ccc"})
+    v1 = Dataset.create(dataset_name="ext", dataset_project="p")
+    v1.add_external_files(raw.as_uri(), wildcard="a.csv")
+    v1.finalize()
+    v2 = Dataset.create(dataset_name="ext", dataset_project="p", parent_datasets=[v1.id])
+    v2.add_external_files(raw.as_uri(), wildcard=["b.csv", "c.csv"])
+    assert v2.list_added_files() == ["b.csv", "c.csv"]
+    assert v2.remove_files((raw / "c.csv").as_uri()) == 1
+    assert v2.remove_files("a.csv") == 1
+    assert v2.list_removed_files() == ["a.csv"]
+    assert v2.link_entries_dict["b.csv"].parent_dataset_id == v2.id
+    v2.finalize()
+    other = Dataset.create(dataset_name="other", dataset_project="p")
+    other.add_external_files(raw.as_uri(), wildcard="c.csv", dataset_path="z")
+    other.finalize()
+    sq = Dataset.squash("sq", dataset_ids=[v1.id, v2.id, other.id])
+    assert sq.list_files() == ["a.csv", "b.csv", "z/c.csv"]
+    assert read_tree(sq.get_local_copy()) == {"a.csv": b"a", "b.csv": b"bb", "z/c.csv": b"ccc"}
+
+
+def test_external_http_files(tmp_path: Path) -> None:
+    # http(s) links are single files (dataset.py:3870 lists only non-http URLs).
+    served = write_tree(tmp_path / "www", {"data/file.txt": b"over http\n"})
+    srv = _serve_http(served)
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/data/file.txt"
+        ds = Dataset.create(dataset_name="web", dataset_project="p")
+        assert ds.add_external_files(url, dataset_path="web") == 1
+        assert ds.link_entries_dict["web/file.txt"].link == url
+        ds.finalize()
+        f = served / "data/file.txt"
+        st = f.stat()
+        f.write_bytes(b"changed!!!!\n")
+        with pytest.raises(errors.IntegrityError, match=r"web/file\.txt .*changed at its source"):
+            ds.get_local_copy()
+        f.write_bytes(b"over http\n")
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # Last-Modified as recorded
+        assert read_tree(ds.get_local_copy()) == {"web/file.txt": b"over http\n"}
+        f.write_bytes(b"later edit\n")  # once copied, the version keeps what it recorded
+        assert ds.read_bytes("web/file.txt") == b"over http\n"
+    finally:
+        srv.shutdown()
+
+
+@pytest.mark.servers
+def test_external_s3_files_travel_with_push_and_are_checked_by_etag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: dict
+) -> None:
+    # S3 sources are listed with their size and ETag; the link travels with push/fetch
+    # (the content stays in its bucket) and a copy on another machine downloads and
+    # checks it. Options (endpoint, keys) come from a remote configured on the bucket.
+    import uuid
+
+    from remote_helpers import backend, machine
+
+    uid = uuid.uuid4().hex[:8]
+    spec = {"url": f"s3://{s3_server['bucket']}/repo-{uid}", "options": s3_server["options"]}
+    raw = backend({"url": f"s3://{s3_server['bucket']}/raw-{uid}", "options": s3_server["options"]})
+    raw.put("img/1.jpg", b"one" * 100)
+    raw.put("img/deep/2.jpg", b"two" * 50)
+    raw.put("img/notes.txt", b"n")
+    machine(monkeypatch, tmp_path / "m1", spec)
+    ds = Dataset.create(dataset_name="s3ext", dataset_project="p")
+    src = f"s3://{s3_server['bucket']}/raw-{uid}/img"
+    assert ds.add_external_files(src, wildcard="*.jpg", dataset_path="imgs") == 2
+    assert ds.add_external_files(f"{src}/notes.txt") == 1
+    ds.upload()
+    ds.finalize()
+    assert not backend(spec).head(f"raw-{uid}/img/1.jpg")  # nothing copied into the repo
+    machine(monkeypatch, tmp_path / "m2", spec)
+    got = Dataset.get(dataset_id=ds.id)
+    assert got.link_entries_dict["imgs/deep/2.jpg"].link == f"{src}/deep/2.jpg"
+    assert read_tree(got.get_local_copy()) == {
+        "imgs/1.jpg": b"one" * 100,
+        "imgs/deep/2.jpg": b"two" * 50,
+        "notes.txt": b"n",
+    }
+    raw.put("img/1.jpg", b"ONE" * 100)  # same size, new ETag
+    machine(monkeypatch, tmp_path / "m3", spec)
+    with pytest.raises(errors.IntegrityError, match=r"imgs/1\.jpg .*ETag"):
+        Dataset.get(dataset_id=ds.id).get_mutable_local_copy(tmp_path / "copy")

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dsvc.errors import IntegrityError, InvalidPathError
-from dsvc.ids import TAG_BLOB, TAG_COMMIT, TAG_TREE, object_id
+from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, object_id
 from dsvc.objects import (
     EMPTY_TREE_ID,
     KIND_CHUNKFILE,
@@ -356,3 +356,30 @@ def test_commit_decode_rejects_non_string_map_keys():
     data = msgpack.packb({"meta": {1: 2}, "parents": [], "tree": b"\x00" * 16})
     with pytest.raises(IntegrityError):
         Commit.decode(data)
+
+
+def test_external_link_entries_and_their_link_chunk() -> None:
+    # docs/format.md §4.2 kind 4 and §4.4: the link is a sorted msgpack map in a chunk
+    from dsvc.objects import KIND_EXTERNAL, Link
+
+    link = Link("file:///data/a.txt", 5, mtime_ns=1764558216000000000)
+    raw = link.encode()
+    assert raw == msgpack.packb(
+        {
+            "etag": None,
+            "mtime_ns": 1764558216000000000,
+            "size": 5,
+            "url": "file:///data/a.txt",
+            "version": None,
+        },
+        use_bin_type=True,
+    )
+    assert Link.decode(raw) == link
+    lid = object_id(TAG_CHUNK, raw)
+    tree = {"a.txt": Entry(KIND_EXTERNAL, lid, 5, MODE_FILE)}
+    assert decode_tree(encode_tree(tree)) == tree
+    for bad in ({"url": "", "size": 1}, {"url": "s3://b/k", "size": -1}, [1, 2]):
+        with pytest.raises(IntegrityError, match="link"):
+            Link.decode(msgpack.packb(bad))
+    with pytest.raises(IntegrityError, match="bad kind"):
+        decode_tree(msgpack.packb([["a", 5, lid, 5, MODE_FILE]], use_bin_type=True))

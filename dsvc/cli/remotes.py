@@ -289,12 +289,12 @@ def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[
 
 
 def _missing_entries(store: Any, tree: bytes) -> list[Any]:
-    from dsvc.objects import KIND_CHUNKFILE
+    from dsvc.objects import CHUNK_REF_KINDS
     from dsvc.treeops import Trees, walk
 
     out = []
     for _, e in walk(Trees(store), tree):
-        if e.kind == KIND_CHUNKFILE:
+        if e.kind in CHUNK_REF_KINDS:
             if not store.has_chunk(e.id):
                 out.append(e)
         elif not store.has_object(e.id) or store.missing(

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 from urllib.parse import urlsplit
 
 import obstore
@@ -316,6 +316,17 @@ class Backend:
                 lengths=[n for _, n in ranges],
             )
         return [bytes(b) for b in out]
+
+    def download(self, key: str, out: BinaryIO, *, if_match: str | None = None) -> ObjectInfo:
+        """Stream the whole object into ``out``; returns its metadata. With ``if_match``,
+        only while its ETag is still that one (else :class:`ConflictError`): an object
+        replaced after it was looked at is never read as the old one."""
+        with self._errors("get", key):
+            opts = {"if_match": if_match} if if_match else None
+            result = obstore.get(self._obj(), _check_key(key), options=opts)
+            for piece in result.stream():
+                out.write(piece)
+            return _info(result.meta)
 
     def head(self, key: str) -> ObjectInfo | None:
         """Metadata of the object, or None if it does not exist."""

@@ -48,7 +48,15 @@ import xxhash
 from dsvc import codec
 from dsvc.errors import ConfigError, ConflictError, DsvcError, IntegrityError, NotFoundError
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
-from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, KIND_TREE, Blob, Commit, Entry, decode_tree
+from dsvc.objects import (
+    CHUNK_REF_KINDS,
+    KIND_FILE,
+    KIND_TREE,
+    Blob,
+    Commit,
+    Entry,
+    decode_tree,
+)
 from dsvc.progress import Progress
 from dsvc.record import (
     MAX_RECORD_BYTES,
@@ -597,7 +605,7 @@ class Remote:
                         if new(e.id):
                             stack.append((e.id, iter(store.get_tree(e.id).values())))
                             break
-                    elif e.kind == KIND_CHUNKFILE:
+                    elif e.kind in CHUNK_REF_KINDS:  # a file's chunk or a link's
                         chunks[e.id] = None
                     elif e.id not in seen and not self.index.has(e.id, doomed, suspect):
                         seen.add(e.id)
@@ -1617,7 +1625,7 @@ def _reach(store: Store, tree: bytes, out: set[bytes]) -> None:
         for e in store.get_tree(tid).values():
             if e.kind == KIND_TREE:
                 stack.append(e.id)
-            elif e.kind == KIND_CHUNKFILE:
+            elif e.kind in CHUNK_REF_KINDS:
                 out.add(e.id)
             elif e.id not in out:
                 out.add(e.id)
