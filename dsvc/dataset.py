@@ -934,10 +934,10 @@ class Dataset:
             return {}
         remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
         external.fetch_links(self._store, list(links.values()), remote)
-        owners = _owners(self._store, self._trees(), rec, files)
+        who = owners(self._trees(), rec, files, lambda pid: reg.get(self._store, pid))
         return {
             p: LinkEntry(
-                external.read_link(self._store, e).url, p, owners.get(p, rec["id"]), e.size
+                external.read_link(self._store, e).url, p, who.get(p, rec["id"]), e.size
             )
             for p, e in links.items()
         }
