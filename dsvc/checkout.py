@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -64,6 +65,71 @@ FetchFn = Callable[[list[bytes]], Mapping[bytes, Any]]
 
 _GROUP_BYTES = 8 << 20
 _GROUP_FILES = 256
+
+
+class CacheLayout:
+    """Where local copies live below ``DSVC_HOME/cache``; the one place that says so
+    (``Dataset.get_local_copy``, :func:`serve_copy`, ``dsvc cache``, local gc and
+    ``fsck --repair`` all take their paths from here):
+
+    * ``datasets/<name>``: read-only copies; ``<name>`` is the dataset id, plus
+      ``-sel-<hash>`` for a selection of files and ``-part-<i>-of-<n>`` for a part;
+    * ``datasets/.<name>.dsvc-tmp-<uuid>``: a copy being built (locked by its builder);
+    * ``manifests/<name>``: what each copy held when complete (:class:`Manifest`);
+    * ``content/<hex[:2]>/<hex>[x]``: the content cache (:class:`ContentCache`).
+    """
+
+    TEMP_MARK = ".dsvc-tmp-"
+
+    def __init__(self, home: str | os.PathLike[str]) -> None:
+        self.root = Path(home) / "cache"
+        self.copies = self.root / "datasets"
+        self.content = self.root / "content"
+        self.manifests = self.root / "manifests"
+
+    @staticmethod
+    def copy_name(
+        dataset_id: str,
+        files: Sequence[str] | None = None,
+        part: int | None = None,
+        num_parts: int | None = None,
+    ) -> str:
+        """The name of the copy of a dataset (or of a selection or part of it)."""
+        name = dataset_id
+        if files:
+            key = "\0".join(sorted(files))
+            name += "-sel-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        if num_parts is not None or part is not None:
+            name += f"-part-{part}-of-{num_parts}"
+        return name
+
+    @classmethod
+    def dataset_of(cls, name: str) -> str | None:
+        """The dataset id a copy named ``name`` belongs to; None for a temporary or
+        hidden entry."""
+        if name.startswith(".") or cls.TEMP_MARK in name:
+            return None
+        return name.split("-", 1)[0]
+
+    @classmethod
+    def is_temp(cls, name: str) -> bool:
+        """Whether ``name`` is a copy (or content file) being built."""
+        return cls.TEMP_MARK in name
+
+    @classmethod
+    def temp_beside(cls, target: str) -> str:
+        """A fresh temporary name for building ``target`` beside it (then renamed)."""
+        parent, base = os.path.split(target)
+        return os.path.join(parent, f".{base}{cls.TEMP_MARK}{uuid.uuid4().hex}")
+
+    def copy_path(self, name: str) -> Path:
+        return self.copies / name
+
+    def manifest_path(self, name: str) -> Path:
+        return self.manifests / name
+
+    def content_cache(self) -> ContentCache:
+        return ContentCache(self.content)
 
 
 @dataclass
@@ -407,8 +473,8 @@ _COLUMNS = {"kinds": "B", "sizes": "Q", "modes": "I", "inos": "Q", "mtimes": "q"
 
 
 def manifest_path(cache: ContentCache, name: str) -> str:
-    """Where the manifest of the cached copy ``cache/datasets/<name>`` lives."""
-    return os.path.join(os.path.dirname(cache.root), "manifests", name)
+    """Where the manifest of the cached copy ``name`` lives (see :class:`CacheLayout`)."""
+    return str(CacheLayout(cache.root.parent.parent).manifest_path(name))
 
 
 def read_manifest(path: str) -> Manifest | None:
@@ -550,7 +616,7 @@ def serve_copy(
     manifest is missing (then every file is hashed once). ``ensure_content`` makes the
     content of the files to repair local first. Returns the number of files repaired.
     """
-    root = os.path.join(os.path.dirname(cache.root), "datasets", name)
+    root = str(CacheLayout(cache.root.parent.parent).copy_path(name))
     mpath = manifest_path(cache, name)
     man = read_manifest(mpath)
     if man is None:
@@ -577,8 +643,8 @@ def verify_cache(store: Store, *, repair: bool = False) -> dict[str, Any]:
     and manifests without a copy are removed. Copies are rebuilt on demand, so nothing
     is lost. Returns counts and the bad items.
     """
-    base = store.home / "cache"
-    cache = ContentCache(base / "content")
+    layout = CacheLayout(store.home)
+    cache = layout.content_cache()
     out: dict[str, Any] = {
         "cache_files": 0,
         "bad_cache_files": [],
@@ -591,7 +657,7 @@ def verify_cache(store: Store, *, repair: bool = False) -> dict[str, Any]:
     for sub in sorted(cache.root.iterdir()):
         for f in sorted(sub.iterdir()) if sub.is_dir() else ():
             name = f.name
-            if ".tmp-" in name:
+            if ".tmp-" in name:  # a content file being written (ContentCache.ensure)
                 continue
             hexid = name[:-1] if name.endswith("x") else name
             try:
@@ -605,9 +671,9 @@ def verify_cache(store: Store, *, repair: bool = False) -> dict[str, Any]:
                 out["bad_cache_files"].append(name)
                 if repair:
                     os.unlink(f)
-    copies = base / "datasets"
+    copies = layout.copies
     names = (
-        sorted(d.name for d in copies.iterdir() if not d.name.startswith("."))
+        sorted(d.name for d in copies.iterdir() if layout.dataset_of(d.name) is not None)
         if copies.is_dir()
         else []
     )
@@ -633,7 +699,7 @@ def verify_cache(store: Store, *, repair: bool = False) -> dict[str, Any]:
                 os.unlink(mpath)
                 continue
             write_manifest(mpath, man)
-    mdir = base / "manifests"
+    mdir = layout.manifests
     if repair and mdir.is_dir():
         for m in mdir.iterdir():
             if ".tmp-" not in m.name and m.name not in names:
@@ -644,18 +710,18 @@ def verify_cache(store: Store, *, repair: bool = False) -> dict[str, Any]:
 def clear_cache(store: Store) -> dict[str, int]:
     """Remove every cached copy, content-cache file and manifest (the store keeps the
     content; copies are rebuilt on demand). Returns what was removed."""
-    base = store.home / "cache"
+    layout = CacheLayout(store.home)
     out = {"cached_copies": 0, "cache_files": 0}
-    copies = base / "datasets"
+    copies = layout.copies
     if copies.is_dir():
         for d in copies.iterdir():
-            out["cached_copies"] += not d.name.startswith(".")
+            out["cached_copies"] += layout.dataset_of(d.name) is not None
             remove_tree(d) if d.is_dir() else os.unlink(d)
-    content = base / "content"
+    content = layout.content
     if content.is_dir():
         out["cache_files"] = sum(len(os.listdir(s)) for s in content.iterdir() if s.is_dir())
-    for sub in ("content", "manifests"):
-        remove_tree(base / sub)
+    for sub in (layout.content, layout.manifests):
+        remove_tree(sub)
     return out
 
 
@@ -686,7 +752,7 @@ def materialize(
     os.makedirs(parent, exist_ok=True)
     if os.path.lexists(target) and not overwrite and not _is_empty_dir(target):
         raise StateError(f"target folder {target!r} is not empty", remedy=OVERWRITE)
-    tmp = os.path.join(parent, f".{os.path.basename(target)}.dsvc-tmp-{uuid.uuid4().hex}")
+    tmp = CacheLayout.temp_beside(target)
     os.mkdir(tmp)
     lock = _claim(tmp)
     stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
@@ -720,7 +786,7 @@ def materialize_shared(
         return CheckoutStats(), False
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(target)}.dsvc-tmp-{uuid.uuid4().hex}")
+    tmp = CacheLayout.temp_beside(target)
     os.mkdir(tmp)
     lock = _claim(tmp)
     stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))

@@ -14,7 +14,6 @@ one draft do not lose each other's files.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import os
 import time
@@ -27,7 +26,7 @@ from typing import IO, Any
 from dsvc import external
 from dsvc import registry as reg
 from dsvc.checkout import (
-    ContentCache,
+    CacheLayout,
     materialize,
     materialize_shared,
     refuse_store_overlap,
@@ -1384,14 +1383,10 @@ class Dataset:
                 ),
             )
         try:
-            name = rec["id"]
-            if files:
-                key = "\0".join(sorted(_as_list(files)))
-                name += "-sel-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-            if num_parts is not None or part is not None:
-                name += f"-part-{part}-of-{num_parts}"
-            target = self._store.home / "cache" / "datasets" / name
-            cache = ContentCache(self._store.home / "cache" / "content")
+            layout = CacheLayout(self._store.home)
+            name = layout.copy_name(rec["id"], _as_list(files), part, num_parts)
+            target = layout.copy_path(name)
+            cache = layout.content_cache()
             if target.is_dir():
                 # a stat per file against the copy's manifest; changed or missing files
                 # (an in-place write as root reaches every hard link) come from the store

@@ -39,7 +39,7 @@ import msgpack
 
 from dsvc import codec
 from dsvc import registry as reg
-from dsvc.checkout import remove_tree, temp_in_use, verify_cache
+from dsvc.checkout import CacheLayout, remove_tree, temp_in_use, verify_cache
 from dsvc.errors import DsvcError, IntegrityError
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
 from dsvc.lookup import remote_for
@@ -60,7 +60,6 @@ _SWEEP_BATCH = 10_000
 #: its lock right after creating its folder; content-cache files are linked right
 #: after they are written)
 TEMP_GRACE = 60.0
-_TMP_MARK = ".dsvc-tmp-"
 
 
 # -- marking -----------------------------------------------------------------------------
@@ -211,20 +210,23 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
     # the caches below live outside LMDB and outside the lock: copies are rebuilt from
     # the store, and nothing here is a reference a version depends on
     ids = {r["id"] for r in all_records(store)}
-    copies = store.home / "cache" / "datasets"
+    layout = CacheLayout(store.home)
+    copies = layout.copies
     now = time.time()
     if copies.is_dir():
         for d in copies.iterdir():
-            if _TMP_MARK in d.name:
+            owner = layout.dataset_of(d.name)
+            if layout.is_temp(d.name):
                 if _stale_temp(d, now):
                     stats["temp_deleted"] += 1
                     if not dry_run:
                         remove_tree(d)
-            elif d.name.split("-", 1)[0] not in ids and not d.name.startswith("."):
+            elif owner is not None and owner not in ids:
                 stats["cached_copies_deleted"] += 1
                 if not dry_run:
                     remove_tree(d)  # iterative: a copy may be very deep
-    content = store.home / "cache" / "content"
+                    _unlink_quietly(layout.manifest_path(d.name))
+    content = layout.content
     if content.is_dir():
         for sub in content.iterdir():
             for f in sub.iterdir() if sub.is_dir() else ():
@@ -531,7 +533,7 @@ def _refetch(store: Store, rec: dict[str, Any], damage: dict[str, Any]) -> bool:
 def _drop_cached_files(store: Store, ids: set[bytes]) -> int:
     """Remove content-cache files of ``ids`` (named ``<hex[:2]>/<hex>``, ``x`` for
     executables)."""
-    root = store.home / "cache" / "content"
+    root = CacheLayout(store.home).content
     n = 0
     for i in ids:
         h = i.hex()
@@ -545,11 +547,19 @@ def _drop_cached_files(store: Store, ids: set[bytes]) -> int:
 
 def _drop_cached_copies(store: Store, dataset_ids: set[str]) -> int:
     """Remove the cached read-only copies (whole or partial) of ``dataset_ids``."""
-    root = store.home / "cache" / "datasets"
+    layout = CacheLayout(store.home)
     n = 0
-    if root.is_dir():
-        for d in root.iterdir():
-            if not d.name.startswith(".") and d.name.split("-", 1)[0] in dataset_ids:
+    if layout.copies.is_dir():
+        for d in layout.copies.iterdir():
+            if layout.dataset_of(d.name) in dataset_ids:
                 remove_tree(d)
+                _unlink_quietly(layout.manifest_path(d.name))
                 n += 1
     return n
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass

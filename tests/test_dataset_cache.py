@@ -216,3 +216,33 @@ def test_filesystem_with_coarse_mtimes_serves_without_repairs(
     assert {f: os.stat(p / f).st_ino for f in BASE} == inodes  # nothing was re-placed
     write_in_place(p / "shared.txt", b"EVIL" * 38)
     assert read_tree(a.get_local_copy()) == BASE
+
+
+def test_cache_layout_is_the_one_place_copies_live(tmp_path: Path, home: Path) -> None:
+    """Issue 12: get_local_copy, serve_copy and local gc share checkout.CacheLayout; gc
+    of a forgotten version removes its copies (whole and partial) and their manifests,
+    and keeps those of live versions and copies being built."""
+    from dsvc.maintenance import local_gc
+
+    a = version(tmp_path, BASE, "a")
+    b = version(tmp_path, {"x": b"x"}, "b")
+    layout = checkout.CacheLayout(home)
+    whole = Path(a.get_local_copy())
+    part = Path(a.get_local_copy(part=0, num_parts=2))
+    sel = Path(a.get_local_copy(files=["e"]))
+    keep = Path(b.get_local_copy())
+    assert whole == layout.copy_path(layout.copy_name(a.id))
+    assert part == layout.copy_path(layout.copy_name(a.id, part=0, num_parts=2))
+    assert sel == layout.copy_path(layout.copy_name(a.id, ["e"]))
+    assert {layout.dataset_of(p.name) for p in (whole, part, sel)} == {a.id}
+    for p in (whole, part, sel, keep):
+        assert layout.manifest_path(p.name).is_file()
+    building = Path(layout.temp_beside(str(layout.copy_path(a.id))))
+    building.mkdir()
+    assert layout.is_temp(building.name) and layout.dataset_of(building.name) is None
+    reg.remove(open_store(), a.id)
+    assert local_gc(open_store())["cached_copies_deleted"] == 3
+    for p in (whole, part, sel):
+        assert not p.exists() and not layout.manifest_path(p.name).exists()
+    assert read_tree(keep) == {"x": b"x"} and layout.manifest_path(keep.name).is_file()
+    assert building.is_dir()  # young: its builder may be about to lock it
