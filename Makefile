@@ -27,8 +27,10 @@ install: $(PY)
 test: deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# ruff, then mypy with the configuration in pyproject.toml ([tool.mypy]: checks dsvc/)
 lint: deps
 	$(VENV)/bin/ruff check dsvc tests benchmarks
+	$(PY) -m mypy
 
 bench: deps
 	$(VENV)/bin/pip install -q -e '.[bench]'

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Literal, Protocol, cast
 
 from pyfastcdc import FastCDC
 
 from dsvc.errors import ConfigError
+
+
+class ReadInto(Protocol):
+    """A binary file read by :meth:`Chunker.cut_windows` (``open(p, "rb")``, BytesIO)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -47,6 +53,8 @@ class ChunkerParams:
             )
         if self.algorithm != "fastcdc2020":
             raise ConfigError(f"unknown chunking algorithm {self.algorithm!r}")
+        if self.normalization not in (0, 1, 2, 3):  # FastCDC's levels
+            raise ConfigError(f"chunker normalization must be 0-3, got {self.normalization}")
 
     def to_config(self) -> dict[str, int | str]:
         return {
@@ -94,7 +102,7 @@ class Chunker:
             p.avg_size,
             min_size=p.min_size,
             max_size=p.max_size,
-            normalized_chunking=p.normalization,
+            normalized_chunking=cast(Literal[0, 1, 2, 3], p.normalization),
         )
 
     def cut(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
@@ -106,7 +114,7 @@ class Chunker:
         for c in self._cdc().cut_buf(mv):
             yield mv[c.offset : c.offset + c.length]
 
-    def cut_stream(self, f: BinaryIO) -> Iterator[memoryview]:
+    def cut_stream(self, f: ReadInto) -> Iterator[memoryview]:
         """Yield the chunks of a binary stream, reading at most one window at a time.
 
         An empty stream yields one empty chunk, so every file has at least one chunk.
@@ -123,7 +131,7 @@ class Chunker:
             yield memoryview(b"")
 
     def cut_windows(
-        self, f: BinaryIO, get_buffer: Callable[[], bytearray]
+        self, f: ReadInto, get_buffer: Callable[[], bytearray]
     ) -> Iterator[tuple[bytearray, list[memoryview]]]:
         """Yield ``(buffer, chunks)`` per window read from ``f``.
 

@@ -131,6 +131,7 @@ def decode_frame_view(
     codec = frame[0]
     body = memoryview(frame)[1:]
     bound = payload_limit(tag, limit)
+    data: bytes | memoryview
     if codec == RAW:
         data = body
         if len(data) > bound:

@@ -120,10 +120,10 @@ class DsvcFileSystem(AbstractFileSystem):
         if v is None:
             if "id" in sel:
                 v = self.reader.version_by_id(sel["id"] or "")
-            elif sel.get("name") is None:
+            elif (name := sel.get("name")) is None:
                 raise UsageError(f"{path!r} names no dataset: use dsvc://<project>/<name>/<path>")
             else:
-                v = self.reader.version_by_name(sel["project"] or "", sel["name"], sel["version"])
+                v = self.reader.version_by_name(sel["project"] or "", name, sel["version"])
             self._versions[root] = v
         return v
 

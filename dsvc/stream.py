@@ -451,8 +451,8 @@ class DsvcFile(io.BufferedIOBase):
         hi = bisect.bisect_left(self._starts, b)  # chunks [lo, hi) cover [a, b)
         wanted = [c for c, _ in self._chunks[lo:hi]]
         cache = self._reader.cache
-        cached = {c: cache.get(c) for c in wanted}
-        if any(v is None for v in cached.values()):
+        cached = {c: v for c in wanted if (v := cache.get(c)) is not None}
+        if len(cached) < len(set(wanted)):
             ids = wanted
             if self._ahead:  # the chunks of the read-ahead window come in the same batch
                 end = bisect.bisect_left(self._starts, b + self._ahead)

@@ -314,16 +314,16 @@ def diff(trees: Trees, a: bytes, b: bytes, prefix: Path = ()) -> Iterator[Change
         path, todo = stack[-1]
         for name, ea, eb in todo:
             p = (*path, name)
-            a_dir = ea is not None and ea.kind == KIND_TREE
-            b_dir = eb is not None and eb.kind == KIND_TREE
-            if a_dir and b_dir:  # unequal entries, so different ids
-                stack.append((p, pairs(ea.id, eb.id)))
+            a_dir = ea.id if ea is not None and ea.kind == KIND_TREE else None
+            b_dir = eb.id if eb is not None and eb.kind == KIND_TREE else None
+            if a_dir is not None and b_dir is not None:  # unequal entries, so different ids
+                stack.append((p, pairs(a_dir, b_dir)))
                 break
-            if a_dir:
-                yield from (Change(q, e, None) for q, e in walk(trees, ea.id, p))
+            if a_dir is not None:
+                yield from (Change(q, e, None) for q, e in walk(trees, a_dir, p))
                 ea = None
-            if b_dir:
-                yield from (Change(q, None, e) for q, e in walk(trees, eb.id, p))
+            if b_dir is not None:
+                yield from (Change(q, None, e) for q, e in walk(trees, b_dir, p))
                 eb = None
             if ea is not None or eb is not None:
                 yield Change(p, ea, eb)

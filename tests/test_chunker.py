@@ -140,6 +140,7 @@ def test_boundaries_stable_under_deletion_and_overwrite():
         dict(min_size=8192, avg_size=4096, max_size=16384),
         dict(min_size=1024, avg_size=32768, max_size=16384),
         dict(min_size=1024, avg_size=4096, max_size=16384, algorithm="rabin"),
+        dict(min_size=1024, avg_size=4096, max_size=16384, normalization=4),
     ],
 )
 def test_params_validation(kw):

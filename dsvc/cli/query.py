@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import click
 
@@ -80,7 +81,7 @@ def list_cmd(
     rows = []
     for p in paths:
         e = entries.get(p)
-        row = {
+        row: dict[str, Any] = {
             "path": p,
             "size": e.size if e else None,
             "hash": e.hash if e else None,

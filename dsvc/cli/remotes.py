@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -27,6 +27,9 @@ from dsvc.cli.core import (
 )
 from dsvc.errors import ConfigError, NotFoundError, StateError
 
+if TYPE_CHECKING:
+    from dsvc.remote.sync import Remote
+
 
 def remote_for(store: Any, spec: str | None) -> Any:
     """The remote ``spec`` names (None: the default); a config error when there is none."""
@@ -40,8 +43,8 @@ def remote_for(store: Any, spec: str | None) -> Any:
     return r
 
 
-def _remote_name(r: Any) -> str:
-    return getattr(r, "name", None) or getattr(r, "url", "remote")
+def _remote_name(r: Remote) -> str:
+    return r.name or r.url
 
 
 # -- remote ---------------------------------------------------------------------------------

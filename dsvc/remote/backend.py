@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 from urllib.parse import urlsplit
 
 import obstore
@@ -42,6 +42,10 @@ from dsvc.errors import (
     RemoteError,
 )
 from dsvc.remote import options as options_mod
+
+if TYPE_CHECKING:  # typed dicts that exist only in obstore's stubs
+    from obstore import UpdateVersion
+    from obstore.store import AzureConfig, GCSConfig, S3Config
 
 __all__ = ["Backend", "ObjectInfo", "ObjectVersion"]
 
@@ -162,8 +166,8 @@ class Backend:
         if scheme == "memory":
             name = (parts.netloc + parts.path).strip("/")
             with _MEMORY_LOCK:
-                store = _MEMORY_STORES.setdefault(name, MemoryStore())
-            return cls(store, f"memory://{name}", secrets=secrets)
+                mem = _MEMORY_STORES.setdefault(name, MemoryStore())
+            return cls(mem, f"memory://{name}", secrets=secrets)
         provider = options_mod.SCHEMES.get(scheme)
         if provider is None:
             raise ConfigError(
@@ -208,14 +212,21 @@ class Backend:
         kwargs: dict[str, Any] = {"client_options": client, "retry_config": retry}
         try:
             if provider == "s3":
-                store: Any = S3Store(bucket, prefix=prefix or None, config=opts, **kwargs)
+                # opts: keys checked against the provider's option names (remote/options.py)
+                store: Any = S3Store(
+                    bucket, prefix=prefix or None, config=cast("S3Config", opts), **kwargs
+                )
             elif provider == "gcs":
-                store = GCSStore(bucket, prefix=prefix or None, config=opts, **kwargs)
+                store = GCSStore(
+                    bucket, prefix=prefix or None, config=cast("GCSConfig", opts), **kwargs
+                )
             else:
                 account, container, prefix = _parse_azure(bucket, prefix)
                 if account and "account_name" not in opts:
                     opts["account_name"] = account
-                store = AzureStore(container, prefix=prefix or None, config=opts, **kwargs)
+                store = AzureStore(
+                    container, prefix=prefix or None, config=cast("AzureConfig", opts), **kwargs
+                )
         except ConfigError:
             raise
         except BaseException as e:  # obstore errors, and Rust panics (BaseException)
@@ -429,7 +440,11 @@ class Backend:
                 )
         if self._local_root is not None:
             return self._local_cas(key, data, expected)
-        mode = {k: v for k, v in (("e_tag", expected.etag), ("version", expected.version)) if v}
+        mode: UpdateVersion = {}
+        if expected.etag:
+            mode["e_tag"] = expected.etag
+        if expected.version:
+            mode["version"] = expected.version
         if not mode:
             raise ConflictError(
                 f"remote {self.url}: cannot update {key!r}: expected version is empty"
@@ -437,7 +452,7 @@ class Backend:
         with self._errors("update", key, missing_is_conflict=True):
             return _version(
                 obstore.put(self._obj(write=True), key, data, mode=mode, use_multipart=False)
-            )  # type: ignore[arg-type]
+            )
 
     def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""

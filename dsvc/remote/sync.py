@@ -39,7 +39,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import quote
 
 import msgpack
@@ -148,6 +148,14 @@ class GcStats:
     deleted: list[str] = field(default_factory=list)
 
 
+@overload
+def resolve(
+    store: Store, spec: str | None, *, required: Literal[True], retries: int = 3
+) -> Remote: ...
+@overload
+def resolve(
+    store: Store, spec: str | None, *, required: bool = False, retries: int = 3
+) -> Remote | None: ...
 def resolve(
     store: Store, spec: str | None, *, required: bool = False, retries: int = 3
 ) -> Remote | None:
