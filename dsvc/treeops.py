@@ -511,7 +511,7 @@ def squash_tree(
     acc: bytes | None = None
     for r in recs:
         skip = acc is None or acc in covered(r)
-        acc = r["tree"] if skip else merge(trees, [acc, r["tree"]])
+        acc = r["tree"] if skip or acc is None else merge(trees, [acc, r["tree"]])
     return acc if acc is not None else trees.ensure_empty()
 
 
@@ -543,5 +543,6 @@ def owners(
             if same:
                 todo.append((prec, same))
                 remaining = {p: e for p, e in remaining.items() if p not in same}
-        out.update(dict.fromkeys(remaining, r["id"]))
+        rid: str = r["id"]
+        out.update(dict.fromkeys(remaining, rid))
     return out
