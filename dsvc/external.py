@@ -280,13 +280,13 @@ def resolve(
                 items = [_scan_item(files[lid], (to_hex(lid),)) for lid in todo]
                 got, _stats = ing.ingest(items)
                 for lid, (p, link) in todo.items():
-                    e = got.get((to_hex(lid),))
-                    if e is None or e.size != link.size:
+                    stored = got.get((to_hex(lid),))
+                    if stored is None or stored.size != link.size:
                         raise IntegrityError(
                             f"external file {'/'.join(p)}{label}: {link.url} could not be "
                             "stored; try again"
                         )
-                    e = Entry(e.kind, e.id, e.size, MODE_FILE)
+                    e = Entry(stored.kind, stored.id, stored.size, MODE_FILE)
                     store.put_record(CACHE_PREFIX + to_hex(lid), [e.kind, e.id, e.size])
                     done[lid] = e
     return [(p, done[e.id] if e.kind == KIND_EXTERNAL else e) for p, e in entries]

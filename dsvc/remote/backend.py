@@ -44,7 +44,7 @@ from dsvc.errors import (
 from dsvc.remote import options as options_mod
 
 if TYPE_CHECKING:  # typed dicts that exist only in obstore's stubs
-    from obstore import UpdateVersion
+    from obstore import GetOptions, UpdateVersion
     from obstore.store import AzureConfig, GCSConfig, S3Config
 
 __all__ = ["Backend", "ObjectInfo", "ObjectVersion"]
@@ -333,7 +333,7 @@ class Backend:
         only while its ETag is still that one (else :class:`ConflictError`): an object
         replaced after it was looked at is never read as the old one."""
         with self._errors("get", key):
-            opts = {"if_match": if_match} if if_match else None
+            opts: GetOptions | None = {"if_match": if_match} if if_match else None
             result = obstore.get(self._obj(), _check_key(key), options=opts)
             for piece in result.stream():
                 out.write(piece)
