@@ -1059,16 +1059,28 @@ class Dataset:
         chunk_size: int | None = None,
         max_workers: int | None = None,
         retries: int = 3,
+        preview: bool = True,
+        upload_as_external_links: bool = False,
     ) -> None:
         """Send the draft's content that the destination lacks.
 
         Destination: ``output_url``, else the dataset's ``output_uri``, else the default
         remote. With no remote at all the local store is the storage and upload only
         records that the current content is stored.
+
+        ``upload_as_external_links=True`` (ClearML 2.1) first writes the files this draft
+        added or changed as plain objects under ``<destination>/external_links/<id>/``
+        and replaces them by external links to those objects (inherited files stay as
+        they are). ``preview`` (ClearML: a preview in the web UI) stores a preview
+        report with the version: the file listing and the first rows of tabular files
+        (see :meth:`get_logger`, ``dsvc show --reports``).
         """
         rec = self._refresh()
         if rec["status"] != reg.DRAFT:
             raise StateError(f"dataset {rec['id']} is finalized; nothing to upload")
+        if upload_as_external_links:
+            self._upload_as_links(output_url, max_workers)
+            rec = self._refresh()
         spec = output_url or rec.get("output_uri")
         remote = remote_for(self._store, spec, required=spec is not None, retries=retries)
         tree = rec["tree"]
@@ -1089,6 +1101,28 @@ class Dataset:
             lambda r: {**r, "uploaded_tree": tree, "remote": where or r.get("remote")},
             allow_frozen=True,  # a retried `dsvc close` uploads before finalizing again
         )
+
+    def _upload_as_links(self, output_url: str | None, max_workers: int | None) -> None:
+        rec = self._refresh()
+        dest = output_url or self.get_default_storage()
+        if not dest:
+            raise UsageError(
+                f"dataset {rec['id']}: output_url must be set when upload_as_external_links=True "
+                "(or give the dataset an output_uri, or configure a default remote)"
+            )
+        found = remote_lookup(self._store, dest)
+        url, options = (found[1], found[2]) if found is not None else (dest, {})
+        files = [
+            (c.path, c.new)
+            for c in diff(self._trees(), rec["base_tree"], rec["tree"])
+            if c.new is not None and c.new.kind != KIND_EXTERNAL
+        ]
+        base = f"{url.rstrip('/')}/external_links/{rec['id']}"
+        with self._store.lease(f"upload {self.id}"):
+            links = external.upload_as_links(
+                self._store, files, base, options, max_workers=max_workers
+            )
+            self._apply(dict(external.link_entries(self._store, links)))
 
     def finalize(
         self, verbose: bool = False, raise_on_error: bool = True, auto_upload: bool = False

@@ -383,3 +383,44 @@ def _copy_local(link: Link, target: str, path: str, label: str) -> None:
             out.write(piece)
         if os.fstat(f.fileno()).st_mtime_ns != st.st_mtime_ns or out.tell() != link.size:
             raise _changed(path, label, link, "it was written to during the copy")
+
+
+# -- upload(upload_as_external_links=True) ------------------------------------------
+
+
+def upload_as_links(
+    store: Store,
+    files: list[tuple[RelPath, Entry]],
+    dest_url: str,
+    options: dict[str, str] | None = None,
+    *,
+    max_workers: int | None = None,
+) -> list[tuple[RelPath, Link]]:
+    """Write each file's content as a plain object ``<dest_url>/<path>`` and return the
+    links to them (ClearML's ``upload(upload_as_external_links=True)``, dataset.py:761-800,
+    writes to ``<output_url>/external_links/<dataset id>/<relative path>``)."""
+    if not files:
+        return []
+    dest = dest_url.rstrip("/")
+    backend = Backend.from_url(dest, options)
+    tmp = store.home / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    def one(item: tuple[RelPath, Entry]) -> tuple[RelPath, Link]:
+        rel, e = item
+        key = "/".join(rel)
+        with tempfile.NamedTemporaryFile(dir=tmp, prefix="up-") as f:
+            for piece in store.read_file(e):
+                f.write(piece)
+            f.flush()
+            backend.put_file(key, f.name)
+        found = list_links(store, f"{dest}/{key}")
+        if len(found) != 1 or found[0][1].size != e.size:
+            raise IntegrityError(
+                f"{key}: uploaded to {dest}, but {dest}/{key} does not read back with its "
+                f"{e.size} bytes; check the destination and upload again"
+            )
+        return rel, found[0][1]
+
+    with ThreadPoolExecutor(max(1, min(len(files), max_workers or 4))) as pool:
+        return list(pool.map(one, files))

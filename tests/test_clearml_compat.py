@@ -566,3 +566,60 @@ def test_external_s3_files_travel_with_push_and_are_checked_by_etag(
     machine(monkeypatch, tmp_path / "m3", spec)
     with pytest.raises(errors.IntegrityError, match=r"imgs/1\.jpg .*ETag"):
         Dataset.get(dataset_id=ds.id).get_mutable_local_copy(tmp_path / "copy")
+
+
+def test_cli_add_links(tmp_path: Path, home: Path) -> None:
+    # clearml-data add --links (clearml/cli/data/__main__.py:123, ds_add :925 calls
+    # add_external_files with the same --wildcard/--dataset-folder/--non-recursive)
+    import re
+
+    raw = write_tree(tmp_path / "raw", {"x.jpg": b"x", "y.txt": b"y", "own/z.jpg": b"z"})
+    out = _cli(home, "create", "--project", "p", "--name", "links")
+    did = re.search(r"id=([0-9a-f]{32})", out).group(1)
+    out = _cli(
+        home, "add", "--id", did, "--links", raw.as_uri(), "--wildcard", "*.jpg",
+        "--dataset-folder", "ext",
+    )  # fmt: skip
+    assert "2 files added" in out
+    ds = Dataset.get(dataset_id=did)
+    assert sorted(ds.link_entries_dict) == ["ext/own/z.jpg", "ext/x.jpg"]
+    _cli(home, "close", "--id", did)
+    assert read_tree(Dataset.get(dataset_id=did).get_local_copy()) == {
+        "ext/x.jpg": b"x",
+        "ext/own/z.jpg": b"z",
+    }
+
+
+@pytest.mark.parametrize("where", ["output_url", "default remote"])
+def test_upload_as_external_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fs3_spec: dict, where: str
+) -> None:
+    # dataset.py:761-800: the draft's files go as plain objects to
+    # <output_url>/external_links/<id>/<path> and become links; no output url: ValueError
+    from remote_helpers import machine, remote_objects
+
+    machine(monkeypatch, tmp_path / "m1", fs3_spec if where == "default remote" else None)
+    parent = Dataset.create(dataset_name="ds", dataset_project="p")
+    parent.add_files(write_tree(tmp_path / "old", {"old.txt": b"old"}))
+    parent.finalize(auto_upload=True)
+    ds = Dataset.create(dataset_name="ds", dataset_project="p", parent_datasets=[parent.id])
+    ds.add_files(write_tree(tmp_path / "new", {"a.txt": b"a", "d/b.bin": b"b" * 5000}))
+    if where == "output_url":
+        if fs3_spec["kind"] != "file":
+            pytest.skip("the S3 destination is covered through the default remote")
+        with pytest.raises(ValueError, match="output_url must be set"):
+            ds.upload(upload_as_external_links=True)
+        ds.upload(output_url=fs3_spec["url"], upload_as_external_links=True)
+    else:
+        ds.upload(upload_as_external_links=True)
+    objs = remote_objects(fs3_spec, "external_links/")
+    assert objs == {f"external_links/{ds.id}/a.txt": 1, f"external_links/{ds.id}/d/b.bin": 5000}
+    assert sorted(ds.link_entries_dict) == ["a.txt", "d/b.bin"]
+    assert ds.link_entries_dict["d/b.bin"].link.endswith(f"external_links/{ds.id}/d/b.bin")
+    assert sorted(ds.file_entries_dict) == ["old.txt"]  # inherited files stay files
+    ds.finalize()
+    want = {"old.txt": b"old", "a.txt": b"a", "d/b.bin": b"b" * 5000}
+    assert read_tree(ds.get_local_copy()) == want
+    if where == "default remote":  # another machine: links come with the version
+        machine(monkeypatch, tmp_path / "m2", fs3_spec)
+        assert read_tree(Dataset.get(dataset_id=ds.id).get_local_copy()) == want

@@ -91,14 +91,20 @@ def create(
 # -- add / remove / sync -------------------------------------------------------------
 
 
-@cli.command(**greedy("--files", "--wildcard"))
+@cli.command(**greedy("--files", "--wildcard", "--links"))
 @id_option()
 @click.option(
     "--files",
     multiple=True,
-    required=True,
     metavar="PATH...",
     help="Files or folders to add.",
+)
+@click.option(
+    "--links",
+    multiple=True,
+    metavar="URL...",
+    help="External files or folders to link, not copy (s3://, gs://, azure://, http(s)://, "
+    "file://); a copy downloads and checks them.",
 )
 @click.option(
     "--wildcard",
@@ -113,6 +119,7 @@ def create(
 def add(
     dataset_id: str | None,
     files: tuple[str, ...],
+    links: tuple[str, ...],
     wildcard: tuple[str, ...],
     dataset_folder: str | None,
     non_recursive: bool,
@@ -128,9 +135,12 @@ def add(
     Example:
       dsvc add --files ./images ./labels.csv
       dsvc add --id 3f2a1b2c --files ./raw --wildcard '*.jpg' --dataset-folder train
+      dsvc add --links s3://bucket/raw/ --wildcard '*.jpg'
     """
     from dsvc.dataset import Dataset
 
+    if not files and not links:
+        raise click.UsageError("give --files PATH... and/or --links URL...")
     store = open_store()
     ds = Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, "add"))
     t0 = time.monotonic()
@@ -138,6 +148,15 @@ def add(
     for f in files:
         n += ds.add_files(
             f,
+            wildcard=list(wildcard) or None,
+            dataset_path=dataset_folder,
+            recursive=not non_recursive,
+            verbose=verbose,
+            max_workers=max_workers,
+        )
+    for link in links:  # clearml-data's ds_add: files first, then links
+        n += ds.add_external_files(
+            link,
             wildcard=list(wildcard) or None,
             dataset_path=dataset_folder,
             recursive=not non_recursive,
