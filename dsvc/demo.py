@@ -194,8 +194,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns its figures (also printed through ``echo``)."""
     from dsvc.dataset import Dataset
+    from dsvc.remote import client
     from dsvc.remote import config as rconfig
-    from dsvc.remote import sync
 
     root, temporary = _prepare(workdir)
     data, home_a, home_b, remote_dir = (root / n for n in _OURS)
@@ -285,7 +285,7 @@ def run_demo(
             t = time.monotonic()
             try:
                 rconfig.add_remote(store, "demo", str(remote_dir), make_default=True)
-                remote = sync.resolve(store, "demo", required=True)
+                remote = client.resolve(store, "demo", required=True)
                 packs = objects = sent = 0
                 for ds in (v1, v2, sq):
                     st = remote.push_dataset(store, ds.id, show_progress=False)

@@ -27,9 +27,9 @@ def remote_for(store: Store, spec: str | None, *, required: bool = False, retrie
 
     The transport layer is imported lazily so local work never loads it.
     """
-    from dsvc.remote import sync
+    from dsvc.remote import client
 
-    return sync.resolve(store, spec, required=required, retries=retries)
+    return client.resolve(store, spec, required=required, retries=retries)
 
 
 def known_records(store: Store) -> list[dict[str, Any]]:

@@ -89,9 +89,9 @@ def close_all() -> None:
 
 
 def _close(s: Store) -> None:
-    from dsvc.remote import sync  # transport is below this layer; imported only here
+    from dsvc.remote import client  # transport is below this layer; imported only here
 
-    sync.forget(s)
+    client.forget(s)
     s.close()
 
 

@@ -159,16 +159,16 @@ class Reader:
 
     @property
     def remote(self) -> Any:
-        """The remote (a ``dsvc.remote.sync.Remote``), or None when none is configured."""
+        """The remote (a ``dsvc.remote.client.Remote``), or None when none is configured."""
         store = self.store
         if not self._remote_resolved:
-            from dsvc.remote import sync  # transport: loaded only when reading needs it
+            from dsvc.remote import client  # transport: loaded only when reading needs it
 
             spec = self.remote_spec
             if spec is not None and self.remote_options:
-                self._remote = sync.Remote(store, None, spec, self.remote_options)
+                self._remote = client.Remote(store, None, spec, self.remote_options)
             else:
-                self._remote = sync.resolve(store, spec)
+                self._remote = client.resolve(store, spec)
             self._remote_resolved = True
         return self._remote
 

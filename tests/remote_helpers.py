@@ -24,7 +24,7 @@ if str(HERE.parent) not in sys.path:  # running as a script from anywhere
     sys.path.insert(0, str(HERE.parent))
 
 from dsvc import registry  # noqa: E402
-from dsvc.remote import sync  # noqa: E402
+from dsvc.remote import client  # noqa: E402
 from dsvc.remote.backend import Backend  # noqa: E402
 from dsvc.remote.config import (  # noqa: E402
     add_remote,
@@ -64,8 +64,8 @@ def add_origin(store: Store, spec: dict[str, Any], monkeypatch: Any = None) -> N
     add_remote(store, "origin", spec["url"], plain)
 
 
-def remote_of(store: Store) -> sync.Remote:
-    r = sync.resolve(store, None, required=True)
+def remote_of(store: Store) -> client.Remote:
+    r = client.resolve(store, None, required=True)
     assert r is not None
     return r
 

@@ -104,7 +104,7 @@ def cmd_work(a: dict[str, Any]) -> dict[str, Any]:
     from dsvc.dataset import Dataset
     from dsvc.errors import StateError
     from dsvc.maintenance import local_gc
-    from dsvc.remote import sync
+    from dsvc.remote import client
 
     _origin(a["spec"])
     store = registry.open_store()
@@ -135,7 +135,7 @@ def cmd_work(a: dict[str, Any]) -> dict[str, Any]:
     _step("local_gc")
     local_gc(store)
     _step("remote_gc")
-    remote = sync.resolve(store, None, required=True)
+    remote = client.resolve(store, None, required=True)
     assert remote is not None
     remote.gc(store, grace_seconds=0)
     return state
@@ -147,7 +147,7 @@ def cmd_check(a: dict[str, Any]) -> dict[str, Any]:
     from dsvc import registry
     from dsvc.dataset import Dataset
     from dsvc.maintenance import fsck
-    from dsvc.remote import sync
+    from dsvc.remote import client
 
     rep = fsck(registry.open_store(a["home"]), progress=False)
     # what `dsvc fsck` exits non-zero for
@@ -159,7 +159,7 @@ def cmd_check(a: dict[str, Any]) -> dict[str, Any]:
     problems = [f"fsck of the killed store: {k}: {v}" for k, v in found.items() if v]
     _origin(a["spec"])
     store = registry.open_store()
-    remote = sync.resolve(store, None, required=True)
+    remote = client.resolve(store, None, required=True)
     assert remote is not None
     finals = []
     for rec in remote.list_records(store):

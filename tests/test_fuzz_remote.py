@@ -29,7 +29,7 @@ from dsvc.dataset import Dataset
 from dsvc.errors import DsvcError
 from dsvc.ids import TAG_BLOB, TAG_TREE, object_id
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, Blob, encode_tree
-from dsvc.remote import sync
+from dsvc.remote import repo
 
 EXAMPLES = int(os.environ.get("DSVC_FUZZ_EXAMPLES", "40"))
 #: peak RSS growth allowed over the whole run (the honest data is a few KB)
@@ -204,7 +204,7 @@ def test_hostile_objects_give_only_dsvc_errors(
     b = backend(spec)
     store_a = registry.open_store()
     # an honest gc/marks: one pack marked (not one of ours), none being deleted
-    b.put(sync.GC_MARKS, _pack({"marked": {"ab" * 16: 1.7e9}, "deleting": {}}))
+    b.put(repo.GC_MARKS, _pack({"marked": {"ab" * 16: 1.7e9}, "deleting": {}}))
     ids = [did]
     if kind == "tree":  # a real tree payload: the root of the honest version
         honest = encode_tree(store_a.get_tree(registry.get(store_a, did)["tree"]))
@@ -218,7 +218,7 @@ def test_hostile_objects_give_only_dsvc_errors(
         key = {
             "record": rec_key,
             "ref": next(k for k in remote_objects(spec, "refs/")),
-            "marks": sync.GC_MARKS,
+            "marks": repo.GC_MARKS,
             "index": next(k for k in remote_objects(spec, "packs/") if k.endswith(".idx")),
             "dsvc.json": "dsvc.json",
         }[kind]

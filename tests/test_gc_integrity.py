@@ -319,7 +319,7 @@ def test_local_gc_during_remote_gc_keeps_the_metadata_it_reads(
 ) -> None:
     """Remote gc fetches the remote's trees into a store where no record names them; a
     local gc at that moment used to sweep them before remote gc read them."""
-    from dsvc.remote import sync
+    from dsvc.remote import client, gc
 
     remote = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
     add_origin(registry.open_store(), remote)
@@ -329,7 +329,7 @@ def test_local_gc_during_remote_gc_keeps_the_metadata_it_reads(
     monkeypatch.setenv("DSVC_HOME", str(tmp_path / "other"))  # knows no dataset locally
     store = registry.open_store()
     add_origin(store, remote)
-    reach = sync._reach
+    reach = gc._reach
     raced: list[str] = []
 
     def reach_after_a_local_gc(st, tree, out):  # type: ignore[no-untyped-def]
@@ -340,8 +340,8 @@ def test_local_gc_during_remote_gc_keeps_the_metadata_it_reads(
             raced.append("refused")
         return reach(st, tree, out)
 
-    monkeypatch.setattr(sync, "_reach", reach_after_a_local_gc)
-    counts = sync.resolve(store, None, required=True).gc(store, grace_seconds=0)
+    monkeypatch.setattr(gc, "_reach", reach_after_a_local_gc)
+    counts = client.resolve(store, None, required=True).gc(store, grace_seconds=0)
     assert raced == ["refused"] and counts["packs_deleted"] == 0
 
 

@@ -30,7 +30,7 @@ from dsvc.dataset import Dataset
 from dsvc.errors import ConfigError, DsvcError, IntegrityError, NotFoundError
 from dsvc.ids import TAG_COMMIT, TAG_TREE, chunk_id, object_id
 from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Commit
-from dsvc.remote import sync
+from dsvc.remote import client, fetch
 from dsvc.remote.packs import KIND_CHUNK, KIND_OBJECT, PackBuilder, pack_name
 
 HERE = Path(__file__).resolve().parent
@@ -374,7 +374,7 @@ def craft_version(
     evil_id = object_id(b"x", name.encode()).hex()
     rec.update(id=evil_id, tree=root, commit=commit_id, name=name, version="6.6.6", created=1)
     b.put(f"datasets/{evil_id}", msgpack.packb(rec, use_bin_type=True))
-    sync.Remote(store, None, spec["url"], spec["options"]).update_ref(
+    client.Remote(store, None, spec["url"], spec["options"]).update_ref(
         "proj", name, evil_id, "6.6.6"
     )
     return evil_id
@@ -490,7 +490,7 @@ def test_fetch_threads_share_one_bound_on_decompressed_bytes(
     files = {f"t{i}.csv": (b"%d,row,%d\n" % (i, i)) * 150_000 for i in range(8)}  # ~1.6 MB
     ds = publish(write_tree(tmp_path / "src", files))
     budget = codec.MemoryBudget(2 << 20)
-    monkeypatch.setattr(sync, "_decode_budget", budget)
+    monkeypatch.setattr(fetch, "_decode_budget", budget)
     machine(monkeypatch, tmp_path / "victim", spec)
     out = Dataset.get(dataset_id=ds.id).get_local_copy(max_workers=8)
     assert {p.name: p.read_bytes() for p in Path(out).iterdir()} == files

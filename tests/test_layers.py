@@ -73,8 +73,9 @@ def imports(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dsvc"):
             out.add(node.module)
             for alias in node.names:  # `from dsvc import codec` imports dsvc.codec
-                if node.module == "dsvc":
-                    out.add(f"dsvc.{alias.name}")
+                sub = ROOT.parent / node.module.replace(".", "/") / alias.name
+                if node.module == "dsvc" or sub.with_suffix(".py").exists() or sub.is_dir():
+                    out.add(f"{node.module}.{alias.name}")
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("dsvc"))
     return out
@@ -93,6 +94,36 @@ def test_imports_only_lower_layers(path: Path) -> None:
         theirs = LAYERS[layer_of(imp)]
         same_layer_ok = theirs == mine
         assert theirs < mine or same_layer_ok, f"{me} ({layer_of(me)}) imports {imp} ({layer_of(imp)})"
+
+
+#: inside the transport layer, the remote protocol's modules build on each other in this
+#: order (docs/architecture.md); a module imports only those of a lower rank
+REMOTE_ORDER = {
+    "dsvc.remote.options": 0,
+    "dsvc.remote.backend": 1,
+    "dsvc.remote.config": 1,
+    "dsvc.remote.packs": 1,
+    "dsvc.remote.repo": 2,
+    "dsvc.remote.fetch": 3,
+    "dsvc.remote.refs": 4,
+    "dsvc.remote.push": 5,
+    "dsvc.remote.gc": 5,
+    "dsvc.remote.check": 5,
+    "dsvc.remote.client": 6,
+}
+
+
+@pytest.mark.parametrize("module", sorted(REMOTE_ORDER))
+def test_remote_modules_import_only_lower_ranks(module: str) -> None:
+    path = ROOT.parent / (module.replace(".", "/") + ".py")
+    for imp in imports(path):
+        if imp in REMOTE_ORDER and imp != module:
+            assert REMOTE_ORDER[imp] < REMOTE_ORDER[module], f"{module} imports {imp}"
+
+
+def test_every_remote_module_has_a_rank() -> None:
+    found = {module_name(p) for p in (ROOT / "remote").glob("*.py")} - {"dsvc.remote"}
+    assert found == set(REMOTE_ORDER)
 
 
 def test_every_module_has_a_layer() -> None:

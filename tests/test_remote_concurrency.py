@@ -22,7 +22,7 @@ from remote_helpers import (
 )
 
 from dsvc.dataset import Dataset
-from dsvc.remote import sync
+from dsvc.remote import client, repo
 from dsvc.remote.packs import PackBuilder, pack_name
 
 
@@ -82,12 +82,12 @@ def test_threads_racing_on_one_ref_lose_nothing(
     store = machine(monkeypatch, tmp_path / "home", remote_spec)
     # separate clients (as separate machines would have), all on one ref
     remotes = [
-        sync.Remote(store, None, remote_spec["url"], remote_spec["options"]) for _ in range(6)
+        client.Remote(store, None, remote_spec["url"], remote_spec["options"]) for _ in range(6)
     ]
     errors: list[BaseException] = []
     start = threading.Barrier(len(remotes))
 
-    def work(n: int, r: sync.Remote) -> None:
+    def work(n: int, r: client.Remote) -> None:
         try:
             start.wait()
             for j in range(3):
@@ -142,7 +142,7 @@ def test_gc_marks_then_sweeps_only_unreferenced_packs_after_the_grace_period(
     first = remote.gc(store, grace_seconds=grace)  # marks the old orphan only
     assert first["packs_marked"] == 1 and first["packs_deleted"] == 0
     assert first["packs_kept"] == len({k for k in referenced if k.endswith(".pack")})
-    marks = msgpack.unpackb(backend(fs3_spec).get(sync.GC_MARKS), raw=False)
+    marks = msgpack.unpackb(backend(fs3_spec).get(repo.GC_MARKS), raw=False)
     assert set(marks["marked"]) == {old}
 
     time.sleep(grace + 0.1)
@@ -202,7 +202,7 @@ def test_push_does_not_rely_on_packs_marked_by_gc(
     # the pusher comes back: uploads again (rebuilding the same packs), then finalizes
     machine(monkeypatch, tmp_path / "home", spec)
     ds.upload(show_progress=False)
-    marks = msgpack.unpackb(backend(spec).get(sync.GC_MARKS), raw=False)
+    marks = msgpack.unpackb(backend(spec).get(repo.GC_MARKS), raw=False)
     assert not marks["marked"]  # the rebuilt packs took their marks off
     time.sleep(0.6)
     swept = gc_remote.gc(gc_store, grace_seconds=0.5)  # before the ref exists

@@ -38,7 +38,7 @@ from dsvc.errors import (
 )
 from dsvc.ids import TAG_COMMIT, TAG_TREE, object_id
 from dsvc.objects import KIND_CHUNKFILE, KIND_TREE, Commit
-from dsvc.remote import sync
+from dsvc.remote import client, repo
 from dsvc.remote.backend import Backend, ObjectVersion
 from dsvc.remote.packs import KIND_CHUNK, KIND_OBJECT, MAGIC, PackBuilder, pack_name
 
@@ -212,7 +212,7 @@ def _craft_hostile_version(spec: dict[str, Any], store: Any, bad_name: str, nest
         id=evil_rec_id, tree=root_id, commit=commit_id, name="evil", version="6.6.6", created=1
     )
     b.put(f"datasets/{evil_rec_id}", msgpack.packb(rec, use_bin_type=True))
-    sync.Remote(store, None, spec["url"], spec["options"]).update_ref(
+    client.Remote(store, None, spec["url"], spec["options"]).update_ref(
         "proj", "evil", evil_rec_id, "6.6.6"
     )
     return evil_rec_id
@@ -289,7 +289,7 @@ def test_a_store_that_ignores_conditional_writes_is_refused(
         machine(monkeypatch, tmp_path / "home-0", spec)
         publish(write_tree(tmp_path / "src0", {"a": b"a"}), name="first")
     before = remote_objects(spec)
-    monkeypatch.setattr(sync, "Backend", IgnoresConditions)
+    monkeypatch.setattr(repo, "Backend", IgnoresConditions)
     store = machine(monkeypatch, tmp_path / "home", spec)
     ds = Dataset.create(dataset_name="data", dataset_project="proj")
     ds.add_files(str(write_tree(tmp_path / "src", {"a.bin": b"1234" * 100})))

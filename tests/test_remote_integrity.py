@@ -201,7 +201,7 @@ def test_a_sweep_never_deletes_a_pack_that_a_pusher_rescued(
     read back."""
     import time
 
-    from dsvc.remote import sync
+    from dsvc.remote import push
 
     spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
     ds, files = _orphaned_draft(tmp_path, monkeypatch, spec)
@@ -211,7 +211,7 @@ def test_a_sweep_never_deletes_a_pack_that_a_pusher_rescued(
     assert gc_remote.gc(gc_store, grace_seconds=0.2)["packs_marked"] >= 2
     time.sleep(0.3)
     # before the fix the pusher waited RESCUE_WAIT for the sweep, then cancelled it
-    monkeypatch.setattr(sync, "RESCUE_WAIT", 0.2, raising=False)
+    monkeypatch.setattr(push, "RESCUE_WAIT", 0.2, raising=False)
 
     def pusher_comes_back() -> None:
         machine(monkeypatch, tmp_path / "pusher", spec)
@@ -231,7 +231,7 @@ def test_the_sweep_rechecks_the_marks_before_each_delete(
 ) -> None:
     import time
 
-    from dsvc.remote import sync
+    from dsvc.remote import repo
 
     spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
     _orphaned_draft(tmp_path, monkeypatch, spec)
@@ -248,11 +248,11 @@ def test_the_sweep_rechecks_the_marks_before_each_delete(
     def someone_takes_marks_off() -> None:
         # between the sweep's commit of its list and its deletes, another party (a
         # concurrent gc that found the packs reachable) takes every pack off the list
-        raw, ver = b.get_versioned(sync.GC_MARKS)
+        raw, ver = b.get_versioned(repo.GC_MARKS)
         doc = msgpack.unpackb(raw, raw=False)
         spared.extend(doc["deleting"])
         doc["deleting"] = {}
-        b.compare_and_swap(sync.GC_MARKS, msgpack.packb(doc, use_bin_type=True), ver)
+        b.compare_and_swap(repo.GC_MARKS, msgpack.packb(doc, use_bin_type=True), ver)
 
     deleted = _hook_first_delete(gc_remote, someone_takes_marks_off)
     gc_remote.gc(gc_store, grace_seconds=0.2)

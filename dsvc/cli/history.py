@@ -78,10 +78,10 @@ def resolve_version(store: Any, text: str) -> dict[str, Any]:
 
 
 def _default_remote(store: Any) -> Any:
-    from dsvc.remote import sync
+    from dsvc.remote import client
 
     try:
-        return sync.resolve(store, None)
+        return client.resolve(store, None)
     except DsvcError as e:
         say(f"dsvc: warning: default remote not used: {e}", err=True)
         return None

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 def remote_for(store: Any, spec: str | None) -> Any:
     """The remote ``spec`` names (None: the default); a config error when there is none."""
-    from dsvc.remote import sync
+    from dsvc.remote import client
 
-    r = sync.resolve(store, spec, required=True)
+    r = client.resolve(store, spec, required=True)
     if r is None:
         raise ConfigError(
             "no remote configured; add one with `dsvc remote add origin URL` (or pass a URL)"

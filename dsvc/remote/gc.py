@@ -1,0 +1,192 @@
+"""Garbage collection of a remote: mark the packs no record reaches, sweep them after
+a grace period (docs/remote-protocol.md §7)."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsvc.errors import ConflictError
+from dsvc.objects import CHUNK_REF_KINDS, KIND_TREE
+from dsvc.record import (
+    is_hex32,
+)
+from dsvc.remote.packs import (
+    decode_index,
+)
+from dsvc.remote.refs import RemoteRefs
+from dsvc.remote.repo import GC_MARKS, _encode
+from dsvc.store import Store
+
+
+@dataclass
+class GcStats:
+    packs_deleted: int = 0
+    bytes_deleted: int = 0
+    packs_kept: int = 0
+    packs_too_young: int = 0
+    deleted: list[str] = field(default_factory=list)
+
+
+def _reach(store: Store, tree: bytes, out: set[bytes]) -> None:
+    """Add every object and chunk id below ``tree`` to ``out`` (iterative: any depth)."""
+    stack = [tree]
+    while stack:
+        tid = stack.pop()
+        if tid in out:
+            continue
+        out.add(tid)
+        for e in store.get_tree(tid).values():
+            if e.kind == KIND_TREE:
+                stack.append(e.id)
+            elif e.kind in CHUNK_REF_KINDS:
+                out.add(e.id)
+            elif e.id not in out:
+                out.add(e.id)
+                out.update(c for c, _ in store.get_blob(e.id).chunks)
+
+
+class RemoteGc(RemoteRefs):
+    """Garbage collection of a remote's packs."""
+
+    def gc(
+        self, store: Store, *, grace_seconds: float = 86400, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Delete packs that no dataset record reaches: mark, then sweep after a grace period.
+
+        Each run (1) computes what the records on the remote reach, (2) marks unreached
+        packs older than ``grace_seconds`` in ``gc/marks`` (compare-and-swap), and (3)
+        deletes the packs marked at least ``grace_seconds`` ago and still unreached
+        (index first, then pack). A referenced pack loses its mark. Pushers ignore
+        marked packs when deciding what the remote already has, and take the mark off a
+        pack they upload again, so a push that started before the mark is safe as long
+        as it finishes within the grace period. ``grace_seconds=0`` marks and sweeps in
+        one run (only when nobody else is pushing).
+        """
+        zero = {"packs_deleted": 0, "bytes_deleted": 0, "packs_kept": 0, "packs_marked": 0}
+        if not self.ensure_repo(store, create=False):
+            return {**zero, "packs_too_young": 0, "dry_run": dry_run}
+        if not dry_run:
+            self.ensure_repo(store, create=True)  # probes conditional writes once
+        self.refresh_index(store)
+        bad = self._damaged
+        reachable: set[bytes] = set()
+        # metadata fetched here may be named by no local record: the lease keeps a local
+        # gc from sweeping it before _reach has read it
+        with store.lease(f"gc {self.url}", announce=False):
+            for rec in self.list_records(store, strict=True):
+                commits = [rec["commit"]] if rec.get("commit") else []
+                self.fetch_metadata(store, rec["tree"], commits)
+                reachable.add(rec["commit"])
+                _reach(store, rec["tree"], reachable)
+        for attempt in range(20):
+            now = time.time()
+            stats = GcStats()
+            marked_now = 0
+            infos = {i.key: i for i in self.backend.list("packs/")}
+            doc, ver = self._read_marks()
+            marks = doc["marked"]
+            sweep: dict[str, tuple[Any, Any, list]] = {}
+            for key, info in infos.items():
+                if not key.endswith(".pack"):
+                    continue
+                name = key[len("packs/") : -len(".pack")]
+                if not is_hex32(name):
+                    continue  # not a pack of ours: never marked, never deleted
+                idx = infos.get(f"packs/{name}.idx")
+                entries = decode_index(self.backend.get(idx.key), name) if idx else []
+                pid = bytes.fromhex(name)
+                # a damaged copy keeps nothing alive (fsck found it; a good one exists
+                # or must be pushed again)
+                if any(oid in reachable and (pid, oid) not in bad for oid, *_ in entries):
+                    stats.packs_kept += 1
+                    marks.pop(name, None)
+                    doc["deleting"].pop(name, None)
+                    continue
+                if name in doc["deleting"]:
+                    sweep[name] = (info, idx, entries)  # a crashed sweep: finish it
+                    continue
+                if name not in marks:
+                    modified = info.last_modified.timestamp() if info.last_modified else now
+                    if now - modified < grace_seconds:
+                        stats.packs_too_young += 1
+                        continue
+                    marks[name] = now
+                    marked_now += 1
+                if now - marks[name] >= grace_seconds:
+                    sweep[name] = (info, idx, entries)
+                else:
+                    stats.packs_too_young += 1
+            for name in [n for n in marks if f"packs/{n}.pack" not in infos]:
+                del marks[name]  # deleted by someone else
+            for name, (info, _, _) in sweep.items():
+                stats.packs_deleted += 1
+                stats.bytes_deleted += info.size
+                stats.deleted.append(name)
+            if dry_run:
+                break
+            for name in sweep:
+                marks.pop(name, None)
+                doc["deleting"].setdefault(name, now)
+            try:  # commit marks and the sweep list before deleting anything
+                if doc["marked"] or doc["deleting"] or ver is not None:
+                    ver = self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+            except ConflictError:
+                time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))
+                continue  # a pusher rescued a pack (or another gc ran): start over
+            swept = set()
+            for name, (info, idx, _) in sweep.items():
+                if not self._claim(name):
+                    stats.packs_deleted -= 1  # taken off the list since: keep it
+                    stats.bytes_deleted -= info.size
+                    stats.deleted.remove(name)
+                    continue
+                if idx is not None:
+                    self.backend.delete(idx.key)  # index first: readers stop trusting it
+                self.backend.delete(info.key)
+                swept.add(name)
+            self.index.forget_packs({bytes.fromhex(n) for n in swept})
+            self._clear_deleting(swept)
+            self._prune_damage(swept)
+            break
+        else:
+            raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
+        return {
+            "packs_deleted": stats.packs_deleted,
+            "bytes_deleted": stats.bytes_deleted,
+            "packs_kept": stats.packs_kept,
+            "packs_marked": marked_now,
+            "packs_too_young": stats.packs_too_young,
+            "dry_run": dry_run,
+        }
+
+    def _claim(self, name: str) -> bool:
+        """Right before deleting a pack: check by compare-and-swap that it is still on the
+        ``deleting`` list (stamping it anew), so a change made to the list since the sweep
+        planned (another gc found it reachable) wins over this sweep."""
+        for attempt in range(100):
+            doc, ver = self._read_marks()
+            if name not in doc["deleting"]:
+                return False
+            doc["deleting"][name] = time.time()
+            try:
+                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+                return True
+            except ConflictError:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
+
+    def _clear_deleting(self, names: set[str]) -> None:
+        for _ in range(100):
+            doc, ver = self._read_marks()
+            if not names & doc["deleting"].keys():
+                return
+            for n in names:
+                doc["deleting"].pop(n, None)
+            try:
+                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+                return
+            except ConflictError:
+                time.sleep(random.uniform(0, 0.05))

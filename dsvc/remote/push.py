@@ -1,0 +1,373 @@
+"""Writing to a remote: plan what it lacks below a tree, build and upload packs (chunks
+first, then objects children first: the closure invariant), publish a version's record
+and ref (refs last)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from dsvc import codec
+from dsvc.errors import ConfigError, ConflictError, DsvcError, IntegrityError, NotFoundError
+from dsvc.ids import TAG_CHUNK, to_hex
+from dsvc.objects import CHUNK_REF_KINDS, KIND_FILE, KIND_TREE
+from dsvc.progress import Progress
+from dsvc.record import (
+    MAX_RECORD_BYTES,
+    Record,
+)
+from dsvc.remote.packs import (
+    KIND_CHUNK,
+    KIND_OBJECT,
+    PackBuilder,
+    decode_index,
+    pack_name,
+)
+from dsvc.remote.refs import RemoteRefs
+from dsvc.remote.repo import DEFAULT_WORKERS, _encode
+from dsvc.store import RECORD_PREFIX, Store
+
+DEFAULT_PACK_MB = 64
+#: bound on pack bytes a push holds in memory at once
+PUSH_MEMORY = 256 << 20
+#: records we drop before publishing (local bookkeeping only)
+_LOCAL_FIELDS = ("uploaded_tree", "remote")
+
+
+@dataclass
+class PushStats:
+    packs: int = 0
+    objects: int = 0
+    chunks: int = 0
+    bytes_sent: int = 0
+    skipped_objects: int = 0
+
+
+def _label(record: dict[str, Any]) -> str:
+    """How errors name a dataset version."""
+    return f"dataset {record.get('project')}/{record.get('name')} ({record.get('id')})"
+
+
+class _Damaged(Exception):
+    """A local value failed verification while packing (turned into an IntegrityError
+    with the file it belongs to by :meth:`Remote.push_tree`)."""
+
+    def __init__(self, oid: bytes, error: IntegrityError) -> None:
+        super().__init__(str(error))
+        self.oid = oid
+        self.error = error
+
+
+def _verify_local(value: bytes | memoryview, oid: bytes, kind: int) -> None:
+    """Decode and hash a value of the local store before it is packed."""
+    try:
+        if kind == KIND_CHUNK:
+            codec.decode_frame_view(value, TAG_CHUNK, oid)
+        else:
+            codec.decode_frame_view(memoryview(value)[1:], bytes(value[:1]), oid)
+    except IntegrityError as e:
+        raise _Damaged(oid, e) from None
+
+
+def _path_of(store: Store, tree: bytes, oid: bytes) -> str | None:
+    """The path below ``tree`` of the file or folder that is or holds ``oid`` ("" for the
+    root), or None. Only used to word an error, so damaged trees are skipped."""
+    if tree == oid:
+        return ""
+    todo = [("", tree)]
+    while todo:
+        prefix, tid = todo.pop()
+        try:
+            entries = store.get_tree(tid)
+        except DsvcError:
+            continue
+        for name, e in entries.items():
+            path = f"{prefix}{name}"
+            if e.id == oid:
+                return path
+            if e.kind == KIND_TREE:
+                todo.append((path + "/", e.id))
+            elif e.kind == KIND_FILE:
+                try:
+                    if any(c == oid for c, _ in store.get_blob(e.id).chunks):
+                        return path
+                except DsvcError:
+                    continue
+    return None
+
+
+def _damage_error(
+    store: Store, url: str, tree: bytes, oid: bytes, error: IntegrityError, label: str | None
+) -> IntegrityError:
+    path = _path_of(store, tree, oid)
+    where = ""
+    if path == "":
+        where = " (the root folder)"
+    elif path is not None:
+        where = f" (of {path!r})"
+    what = f" of {label}" if label else ""
+    return IntegrityError(
+        f"{error}{where}{what}: the local store {store.path} holds a damaged copy, so it was "
+        f"not pushed to {url}; run `dsvc fsck --repair`, then re-add the files (or fetch them "
+        "from a remote that has them) and push again",
+        oid,
+    )
+
+
+class RemotePush(RemoteRefs):
+    """Pushing content and publishing versions to a remote."""
+
+    def _plan(self, store: Store, roots: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """Objects (children first) and chunks the remote lacks below ``roots``."""
+        objects: list[bytes] = []
+        chunks: dict[bytes, None] = {}
+        seen: set[bytes] = set()
+
+        def new(tid: bytes) -> bool:
+            if tid in seen or self.index.has(tid, doomed, suspect):
+                return False  # closure invariant: the whole subtree is there
+            seen.add(tid)
+            return True
+
+        def visit(root: bytes) -> None:
+            # iterative post-order (a tree goes after its children), so any depth works
+            stack = [(root, iter(store.get_tree(root).values()))] if new(root) else []
+            while stack:
+                tid, todo = stack[-1]
+                for e in todo:
+                    if e.kind == KIND_TREE:
+                        if new(e.id):
+                            stack.append((e.id, iter(store.get_tree(e.id).values())))
+                            break
+                    elif e.kind in CHUNK_REF_KINDS:  # a file's chunk or a link's
+                        chunks[e.id] = None
+                    elif e.id not in seen and not self.index.has(e.id, doomed, suspect):
+                        seen.add(e.id)
+                        for cid, _ in store.get_blob(e.id).chunks:
+                            chunks[cid] = None
+                        objects.append(e.id)
+                else:
+                    stack.pop()
+                    objects.append(tid)
+
+        doomed = self._doomed  # packs gc marked: their content does not count
+        suspect = self._incomplete  # copies fsck found above damage: descend into them
+        for r in roots:
+            visit(r)
+        return objects, self.index.missing(chunks, doomed)
+
+    def _upload_pack(self, builder: PackBuilder, stats: PushStats, bar: Progress | None) -> None:
+        for oid, kind, value in builder.values():  # a damaged local value never leaves
+            _verify_local(value, oid, kind)
+        pid, data, index = builder.finish()
+        name = pack_name(pid)
+        if pid in self._doomed and not self._rescue(name):
+            # same bytes as a pack a sweep is deleting: a random tail (not covered by the
+            # index, so readers never see it) gives the copy a name of its own
+            pid, data, index = builder.finish(tail=os.urandom(16))
+            name = pack_name(pid)
+        self.backend.put(f"packs/{name}.pack", data)
+        self.backend.put(f"packs/{name}.idx", index)  # index last: the pack now counts
+        entries = decode_index(index, name)
+        self.index.add_pack(pid, entries)
+        with self._lock:
+            stats.packs += 1
+            stats.bytes_sent += len(data) + len(index)
+        if bar is not None:
+            bar.update(len(data))
+
+    def push_tree(
+        self,
+        store: Store,
+        tree: bytes,
+        *,
+        show_progress: bool = True,
+        verbose: bool = False,
+        pack_size_mb: int | None = None,
+        max_workers: int | None = None,
+        retries: int = 3,
+        extra_objects: Sequence[bytes] = (),
+        label: str | None = None,
+        refresh: bool = True,
+    ) -> PushStats:
+        """Upload what the remote lacks of ``tree`` (and ``extra_objects``, e.g. a commit,
+        which go last). A second push of the same content sends nothing.
+
+        Every value is decoded and hashed against its id before it goes into a pack: a
+        value damaged in the local store is an ``IntegrityError`` naming it, the file or
+        folder of ``tree`` it belongs to and ``label`` (the dataset), and is never sent.
+
+        ``refresh=False`` skips re-reading the remote's identity and indexes (for a caller
+        that just did, e.g. :meth:`push_dataset`).
+        """
+        try:
+            return self._push_tree(
+                store,
+                tree,
+                show_progress=show_progress,
+                verbose=verbose,
+                pack_size_mb=pack_size_mb,
+                max_workers=max_workers,
+                extra_objects=extra_objects,
+                refresh=refresh,
+            )
+        except _Damaged as d:
+            raise _damage_error(store, self.url, tree, d.oid, d.error, label) from None
+
+    def _push_tree(
+        self,
+        store: Store,
+        tree: bytes,
+        *,
+        show_progress: bool,
+        verbose: bool,
+        pack_size_mb: int | None,
+        max_workers: int | None,
+        extra_objects: Sequence[bytes],
+        refresh: bool,
+    ) -> PushStats:
+        if refresh:
+            self.ensure_repo(store, create=True, recheck=True)
+            self.refresh_index(store)
+        stats = PushStats()
+        try:
+            objects, chunks = self._plan(store, [tree])
+        except IntegrityError as e:  # a damaged tree or blob met while planning
+            if e.object_id is None:
+                raise
+            raise _Damaged(e.object_id, e) from None
+        objects += [
+            o for o in extra_objects if not self.index.has(o, self._doomed, self._incomplete)
+        ]
+        limit = (pack_size_mb or DEFAULT_PACK_MB) << 20
+        workers = max_workers or DEFAULT_WORKERS
+        # one zero-copy snapshot for sizing and packing: each chunk is copied once, into
+        # its pack (PackBuilder.finish), never into a bytes object of its own
+        with (
+            store._begin(buffers=True) as txn,
+            Progress(f"push {self.url}", None, enabled=show_progress) as bar,
+        ):
+            cdb = store.db("chunks")
+            frames = [txn.get(c, db=cdb) for c in chunks]
+            if any(f is None for f in frames):
+                gone = chunks[frames.index(None)]
+                raise NotFoundError(f"chunk {to_hex(gone)} is missing from the local store")
+            bar.set_total(sum(len(f) for f in frames))
+            # 1. chunks, packs in parallel; wait for all (closure invariant)
+            # packs held in memory (being built or uploaded): at most ~PUSH_MEMORY bytes
+            slots = threading.BoundedSemaphore(max(2, min(workers + 1, PUSH_MEMORY // limit)))
+            futures: list[Future] = []
+            with ThreadPoolExecutor(workers, thread_name_prefix="dsvc-push") as pool:
+
+                def submit(b: PackBuilder) -> None:
+                    slots.acquire()
+                    fut = pool.submit(self._upload_pack, b, stats, bar)
+                    fut.add_done_callback(lambda _f: slots.release())
+                    futures.append(fut)
+
+                builder = PackBuilder()
+                for cid, frame in zip(chunks, frames):
+                    builder.add(cid, KIND_CHUNK, frame)
+                    if builder.size >= limit:
+                        submit(builder)
+                        builder = PackBuilder()
+                if len(builder):
+                    submit(builder)
+                for f in futures:
+                    f.result()
+            # 2. objects, children first, one pack at a time
+            builder = PackBuilder()
+            for oid in objects:
+                raw = store.get_object_frame(oid)
+                if raw is None:
+                    raise NotFoundError(f"object {to_hex(oid)} is missing from the local store")
+                builder.add(oid, KIND_OBJECT, raw)
+                if builder.size >= limit:
+                    self._upload_pack(builder, stats, None)
+                    builder = PackBuilder()
+            if len(builder):
+                self._upload_pack(builder, stats, None)
+        stats.chunks = len(chunks)
+        stats.objects = len(objects)
+        if verbose:
+            print(
+                f"pushed {stats.chunks} chunks and {stats.objects} objects in {stats.packs} packs "
+                f"({stats.bytes_sent} bytes) to {self.url}"
+            )
+        return stats
+
+    def publish(
+        self,
+        store: Store,
+        record: dict[str, Any],
+        *,
+        show_progress: bool = False,
+        refresh: bool = True,
+    ) -> PushStats:
+        """Make a finalized version visible: content and commit (whatever the remote lacks
+        of them), record (create-only), then its ref. Idempotent: nothing is skipped on
+        the word of the local cache alone (the record's presence is asked of the remote)."""
+        commit = record["commit"]
+        stats = self.push_tree(
+            store,
+            record["tree"],
+            show_progress=show_progress,
+            extra_objects=[commit],
+            label=_label(record),
+            refresh=refresh,
+        )
+        rec = {k: v for k, v in record.items() if k not in _LOCAL_FIELDS}
+        key = f"datasets/{rec['id']}"
+        Record.from_dict(rec, key, finalized=True)  # never publish what readers refuse
+        if not self.backend.create(key, _encode(rec)):
+            got = self.backend.get(key, limit=MAX_RECORD_BYTES)
+            existing = Record.from_msgpack(got, key, expect_id=rec["id"])
+            if existing.commit != commit:
+                raise ConflictError(
+                    f"remote {self.url} already has dataset {rec['id']} with another commit"
+                )
+        with store.batch() as b:  # re-read on the next get_record
+            b.delete("remote", self._record_cache_key(rec["id"]))
+        self.update_ref(rec["project"], rec["name"], rec["id"], rec.get("version"))
+        return stats
+
+    def push_dataset(
+        self, store: Store, dataset_id: str, *, show_progress: bool = True
+    ) -> PushStats:
+        """Push a finalized local version, its parents first; idempotent.
+
+        Every version is checked against the remote itself (identity, indexes, record),
+        never skipped because the local cache says it was pushed before: after the remote
+        was emptied or replaced, this sends everything again."""
+        total = PushStats()
+        order: list[dict[str, Any]] = []
+        seen: set[str] = set()
+
+        def visit(did: str) -> None:
+            if did in seen:
+                return
+            seen.add(did)
+            rec = store.get_record(RECORD_PREFIX + did)
+            if rec is None:
+                return  # a parent known only remotely is already there
+            if rec.get("commit") is None:
+                raise ConfigError(f"dataset {did} is a draft; finalize it before pushing")
+            for p in rec.get("parents") or []:
+                visit(p)
+            order.append(rec)
+
+        visit(dataset_id)
+        self.ensure_repo(store, create=True, recheck=True)
+        self.refresh_index(store)
+        for rec in order:
+            s = self.publish(store, rec, show_progress=show_progress, refresh=False)
+            self.sync_meta(store, rec["id"])  # tags, description, status... changed since
+            total.packs += s.packs
+            total.objects += s.objects
+            total.chunks += s.chunks
+            total.bytes_sent += s.bytes_sent
+        return total
