@@ -28,7 +28,7 @@ from dsvc.cli.core import (
 from dsvc.errors import ConfigError, NotFoundError, StateError
 
 if TYPE_CHECKING:
-    from dsvc.remote.sync import Remote
+    from dsvc.remote.client import Remote
 
 
 def remote_for(store: Any, spec: str | None) -> Any:
