@@ -16,6 +16,8 @@ Workloads
   quarter of its size (like real exports), not the 20x of a repeated pattern.
 * :func:`small_files` / :func:`modify_files`: N small text files of 1-4 KiB spread over
   M folders (each file distinct).
+* :func:`tiny_files`: the scale workload, N files of 160-800 bytes filled folder by
+  folder (1,000 x 1,000 is the million-file dataset of benchmarks/bench_scale.py).
 * :func:`edit` : insert / delete / overwrite / append bytes in a buffer (chunking
   studies).
 
@@ -465,6 +467,47 @@ def small_files(
             with open(dirs[i % n_folders] / f"f{i:07d}.csv", "wb") as f:
                 f.write(data)
             total += len(data)
+    return total
+
+
+def tiny_files(
+    folder: str | os.PathLike[str],
+    n: int,
+    n_folders: int,
+    seed: int,
+    min_size: int = 160,
+    max_size: int = 800,
+) -> int:
+    """Write ``n`` distinct text files of ``min_size..max_size`` bytes, filled folder by
+    folder: ``n_folders`` sub-folders (``d0000/f0000123.txt``) of about ``n / n_folders``
+    files each -- the scale workload (1,000 folders x 1,000 files of 160-800 bytes is
+    issue 11's million-file dataset). Returns the total bytes.
+
+    Each folder's content is sliced from one CSV block (``csv_text`` has a fixed cost
+    per call), so a million files take about a minute to write, not ten."""
+    root = Path(folder)
+    rng = _rng("tinysizes", seed)
+    total = 0
+    per = -(-n // n_folders)
+    i = 0
+    for j in range(n_folders):
+        cnt = min(per, n - i)
+        if cnt <= 0:
+            break
+        d = root / f"d{j:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        sizes = [rng.randint(min_size, max_size) for _ in range(cnt)]
+        text = csv_text(sum(sizes) // 60 + 100, seed * 7 + j, start_id=i * 100)
+        off = 0
+        for k in range(cnt):
+            # a file's number as its first line keeps every file distinct even if the
+            # CSV block were to repeat
+            data = (b"%d\n" % (i + k) + text[off : off + sizes[k]])[: sizes[k]]
+            off += sizes[k]
+            with open(d / f"f{i + k:07d}.txt", "wb") as f:
+                f.write(data)
+            total += len(data)
+        i += cnt
     return total
 
 
