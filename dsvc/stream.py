@@ -16,7 +16,9 @@
 * **Fork-safe**: LMDB environments and obstore clients must not cross ``fork``
   (DataLoader workers). A :class:`Reader` re-opens the store and the remote in a
   process other than the one that created it (pid check); ``registry`` and the remote
-  cache drop what a child inherited (``os.register_at_fork``).
+  cache drop what a child inherited (``os.register_at_fork``). obstore's tokio runtime
+  does not survive ``fork`` either (its threads stay in the parent): a forked child
+  that reads a remote loads its own copy of obstore (``dsvc.remote.backend``).
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ in the store, so the next epoch is local).
 Safe with ``DataLoader(num_workers>0)``: the version is resolved once, here, and pinned
 by id, so every worker reads the same version; each worker process opens its own LMDB
 environment and obstore client (a pid check in the reader, fork hooks in the registry
-and the remote cache), since neither may be shared across ``fork``. With the ``spawn``
-start method the dataset is pickled and rebuilt from its storage options.
+and the remote cache), since neither may be shared across ``fork``. obstore's tokio
+runtime is process-wide and its threads do not survive ``fork`` (a worker's first
+remote read used to wait forever): a forked worker loads its own copy of obstore's
+extension module on its first remote read (``dsvc.remote.backend``). With the
+``spawn`` start method the dataset is pickled and rebuilt from its storage options.
 """
 
 from __future__ import annotations

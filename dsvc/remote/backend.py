@@ -17,8 +17,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
 import os
 import re
+import shutil
+import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -95,6 +101,85 @@ _MEMORY_STORES: dict[str, MemoryStore] = {}
 _MEMORY_LOCK = threading.Lock()
 _LOCAL_LOCK = threading.Lock()
 
+# -- fork ----------------------------------------------------------------------------
+# obstore runs every request on one process-wide tokio runtime (pyo3-async-runtimes),
+# started on first use. fork() copies only the calling thread: in the child of a
+# process that used it, the runtime's worker and blocking-pool threads are gone and the
+# first request waits forever (DataLoader(num_workers>0) workers hung so, issue 15).
+# The runtime cannot be restarted from Python, so a forked child that uses a remote
+# loads a private copy of obstore's extension module (its own runtime), rebinds this
+# module's obstore names to it, and every Backend it inherited reopens its store.
+_OBSTORE_SO = obstore._obstore.__file__  # the copy's source (a loaded copy has no path)
+_obstore_pid: int | None = None  # the process whose runtime the obstore names here use
+_FORK_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # a lock a parent thread held at fork stays held forever in the child
+    global _FORK_LOCK, _MEMORY_LOCK, _LOCAL_LOCK
+    _FORK_LOCK, _MEMORY_LOCK, _LOCAL_LOCK = threading.Lock(), threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _obstore_for_this_process() -> None:
+    """Make this module's obstore names usable in this process (see the comment above)."""
+    global _obstore_pid
+    pid = os.getpid()
+    if _obstore_pid == pid:
+        return
+    with _FORK_LOCK:
+        if _obstore_pid is not None and _obstore_pid != pid:
+            _reload_obstore()
+        _obstore_pid = pid
+
+
+def _reload_obstore() -> None:
+    global obstore, obx, AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
+    saved = {k: m for k, m in sys.modules.items() if k == "obstore" or k.startswith("obstore.")}
+    for k in saved:
+        del sys.modules[k]
+    fd = -1
+    try:
+        try:
+            # a new inode, so the dynamic loader maps a new copy instead of reusing the
+            # loaded one; memfd: nothing written to disk, nothing left behind
+            fd = os.memfd_create("dsvc-obstore")
+            path = f"/proc/self/fd/{fd}"
+        except (AttributeError, OSError):
+            fd, path = tempfile.mkstemp(prefix="dsvc-obstore-", suffix=".so")
+            os.unlink(path)  # POSIX: the open descriptor keeps the file
+            path = f"/dev/fd/{fd}"
+        with open(_OBSTORE_SO, "rb") as src, open(fd, "wb", closefd=False) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        loader = importlib.machinery.ExtensionFileLoader("obstore._obstore", path)
+        spec = importlib.util.spec_from_file_location("obstore._obstore", path, loader=loader)
+        assert spec is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["obstore._obstore"] = mod
+        loader.exec_module(mod)
+        new = importlib.import_module("obstore")
+        exc = importlib.import_module("obstore.exceptions")
+        stores = importlib.import_module("obstore.store")
+    except Exception as e:
+        for k in [k for k in sys.modules if k == "obstore" or k.startswith("obstore.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        raise RemoteError(
+            f"cannot reopen the remote client in this forked process ({e}); start worker "
+            "processes with the 'spawn' or 'forkserver' method instead of 'fork' (e.g. "
+            "DataLoader(..., multiprocessing_context='spawn'))"
+        ) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)  # the loaded copy stays mapped
+    obstore, obx = new, exc
+    AzureStore, GCSStore, LocalStore = stores.AzureStore, stores.GCSStore, stores.LocalStore
+    MemoryStore, S3Store = stores.MemoryStore, stores.S3Store
+    # the parent's memory stores belong to its copy of obstore: this process starts empty
+    _MEMORY_STORES.clear()
+
 
 @dataclass(frozen=True)
 class ObjectVersion:
@@ -136,6 +221,8 @@ class Backend:
         self.url = url  # display form, credential-free
         self._local_root = local_root  # set for file:// and plain paths (local CAS)
         self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._pid = os.getpid()  # the process whose obstore opened self._store
+        self._reopen: tuple[str, dict[str, str] | None, int] | None = None  # from_url's args
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r})"
@@ -155,6 +242,7 @@ class Backend:
         obstore reads itself. An ``http://`` endpoint turns ``allow_http`` on.
         ``retries`` bounds the retries of transient failures (connection, 5xx, timeouts).
         """
+        _obstore_for_this_process()
         opts = {k.lower(): str(v) for k, v in (options or {}).items()}
         secrets = _secret_values(opts)
         parts = urlsplit(url)
@@ -234,7 +322,28 @@ class Backend:
                 raise
             text = _scrub(_first_line(str(e)), secrets)
             raise ConfigError(f"remote {display}: invalid configuration: {text}") from None
-        return cls(store, display, secrets=secrets)
+        backend = cls(store, display, secrets=secrets)
+        backend._reopen = (url, options, retries)
+        return backend
+
+    def _in_this_process(self) -> None:
+        """Reopen the store in a forked child: the parent's belongs to its obstore."""
+        if self._pid == os.getpid():
+            return
+        _obstore_for_this_process()
+        with _FORK_LOCK:
+            if self._pid == os.getpid():
+                return
+            if self._local_root is not None:
+                self._store = None  # reopened by _obj() with this process's obstore
+            elif self._reopen is not None:
+                url, options, retries = self._reopen
+                self._store = Backend.from_url(url, options, retries=retries)._store
+            else:  # memory://
+                name = self.url.removeprefix("memory://")
+                with _MEMORY_LOCK:
+                    self._store = _MEMORY_STORES.setdefault(name, MemoryStore())
+            self._pid = os.getpid()
 
     @classmethod
     def _local(cls, url: str, path: str, secrets: tuple[str, ...]) -> Backend:
@@ -555,6 +664,7 @@ class Backend:
     @contextlib.contextmanager
     def _errors(self, op: str, key: str, *, missing_is_conflict: bool = False) -> Iterator[None]:
         """Translate obstore exceptions into dsvc's, with a credential-free one-line message."""
+        self._in_this_process()  # every obstore call runs in here
         try:
             yield
         except (ConflictError, NotFoundError, ConfigError, InvalidPathError, IntegrityError):
