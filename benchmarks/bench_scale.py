@@ -154,7 +154,9 @@ def run(cmd: list[str], env: dict[str, str], nice: int = 0) -> dict[str, Any]:
     finally:
         os.unlink(report)
     if p.returncode != 0 or "wall_s" not in got:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stderr[-4000:]}"
+        )
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     child = json.loads(lines[-1]) if lines else {}
     got.update(child)
@@ -409,7 +411,9 @@ class Bench:
             check=True,
             capture_output=True,
         )
-        r = run([self.restic, "-r", str(repo), "backup", "--quiet", "--host", "bench", str(data)], env)
+        r = run(
+            [self.restic, "-r", str(repo), "backup", "--quiet", "--host", "bench", str(data)], env
+        )
         shutil.rmtree(str(repo) + "-cache", ignore_errors=True)
         self.results[row] = r
         print(f"  {row}: {r['wall_s']:.2f} s", file=sys.stderr)
