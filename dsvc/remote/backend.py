@@ -175,8 +175,9 @@ def _reload_obstore() -> None:
         if fd >= 0:
             os.close(fd)  # the loaded copy stays mapped
     obstore, obx = new, exc
-    AzureStore, GCSStore, LocalStore = stores.AzureStore, stores.GCSStore, stores.LocalStore
-    MemoryStore, S3Store = stores.MemoryStore, stores.S3Store
+    # rebinding the imported classes is the point: every later use takes the new copy's
+    AzureStore, GCSStore, LocalStore = stores.AzureStore, stores.GCSStore, stores.LocalStore  # type: ignore[misc]
+    MemoryStore, S3Store = stores.MemoryStore, stores.S3Store  # type: ignore[misc]
     # the parent's memory stores belong to its copy of obstore: this process starts empty
     _MEMORY_STORES.clear()
 
@@ -339,10 +340,15 @@ class Backend:
             elif self._reopen is not None:
                 url, options, retries = self._reopen
                 self._store = Backend.from_url(url, options, retries=retries)._store
-            else:  # memory://
+            elif self.url.startswith("memory://"):
                 name = self.url.removeprefix("memory://")
                 with _MEMORY_LOCK:
                     self._store = _MEMORY_STORES.setdefault(name, MemoryStore())
+            else:  # made from a store object (not from_url): nothing to reopen it from
+                raise RemoteError(
+                    f"remote {self.url}: this client was opened before the process forked "
+                    "and cannot be used in the child; open the remote again in the child"
+                )
             self._pid = os.getpid()
 
     @classmethod
