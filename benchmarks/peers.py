@@ -244,7 +244,6 @@ def _dsvc_main(argv: list[str]) -> None:
     from dsvc.dataset import Dataset
     from dsvc.remote import sync
     from dsvc.remote.config import add_remote
-    from dsvc.store import DB_NAMES
 
     step, *args = argv
     if step == "add":
@@ -262,15 +261,7 @@ def _dsvc_main(argv: list[str]) -> None:
         print(json.dumps({"id": ds.id, "changed": removed + added + modified}))
     elif step == "used":
         store = reg.open_store()
-        pages = 0
-        with store.read() as txn:
-            psize = txn.stat()["psize"]
-            for name in DB_NAMES:
-                st = txn.stat(store.db(name))
-                pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-            st = txn.stat()
-            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-        print(json.dumps({"used": pages * psize}))
+        print(json.dumps({"used": store.used_bytes()}))
     elif step == "push":
         store = reg.open_store()
         add_remote(store, "origin", args[0])

@@ -38,25 +38,22 @@ from typing import Any
 
 import msgpack
 
-from dsvc import codec
 from dsvc.errors import (
     OVERWRITE,
-    IntegrityError,
     InvalidPathError,
     ObjectNotFoundError,
     StateError,
 )
-from dsvc.ids import TAG_BLOB, TAG_CHUNK, object_id, to_hex
+from dsvc.ids import TAG_BLOB, TAG_CHUNK, object_id
 from dsvc.objects import (
     KIND_CHUNKFILE,
-    KIND_FILE,
     MODE_EXEC,
     MODE_FILE,
     Blob,
     Entry,
     validate_name,
 )
-from dsvc.store import Store
+from dsvc.store import Store, StoreReader
 
 RelPath = tuple[str, ...]
 ProgressFn = Callable[[int], None]
@@ -174,25 +171,6 @@ def _joiner(root: str) -> Callable[[RelPath], str]:
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _file_chunks(store: Store, txn: Any, entry: Entry) -> list[tuple[bytes, int]]:
-    if entry.kind == KIND_CHUNKFILE:
-        return [(entry.id, entry.size)]
-    if entry.kind != KIND_FILE:
-        raise ValueError("not a file entry")
-    raw = txn.get(entry.id, db=store.db("objects"))
-    if raw is None:
-        raise ObjectNotFoundError(
-            f"blob {to_hex(entry.id)} is not in the store {store.path}", entry.id
-        )
-    if bytes(raw[:1]) != TAG_BLOB:
-        raise IntegrityError(
-            f"object {to_hex(entry.id)} has type {bytes(raw[:1])!r}, expected {TAG_BLOB!r}",
-            entry.id,
-        )
-    data = codec.decode_frame(memoryview(raw)[1:], TAG_BLOB, entry.id)
-    return list(Blob.decode(data, entry.id).chunks)
-
-
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     n = os.write(fd, data)
     if n < len(data):
@@ -202,28 +180,23 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def _write_file_txn(
-    store: Store, txn: Any, entry: Entry, dest: str, fetched: Mapping[bytes, Any] | None = None
+    store: Store,
+    txn: StoreReader,
+    entry: Entry,
+    dest: str,
+    fetched: Mapping[bytes, Any] | None = None,
 ) -> None:
-    """Write ``entry``'s content to a new file ``dest``, reading chunks in ``txn`` (a
-    read transaction with ``buffers=True``: raw chunks go from the map to the file
-    without a copy). Every chunk is verified before a byte of it is written: those of
-    the store here, those in ``fetched`` (payloads read from a remote) by the fetcher."""
-    chunks = _file_chunks(store, txn, entry)
+    """Write ``entry``'s content to a new file ``dest``, reading chunks through ``txn``
+    (a reader with ``buffers=True``: raw chunks go from the map to the file without a
+    copy). Every chunk is verified before a byte of it is written: those of the store
+    by the reader, those in ``fetched`` (payloads read from a remote) by the fetcher."""
+    chunks = txn.file_chunks(entry)
     # O_EXCL + O_NOFOLLOW: never write through a link or over something already there
     fd = os.open(dest, _O_CREATE, 0o644)
     try:
-        cdb = store.db("chunks")
         for cid, _ in chunks:
             payload = fetched.get(cid) if fetched else None
-            if payload is not None:
-                _write_all(fd, payload)
-                continue
-            frame = txn.get(cid, db=cdb)
-            if frame is None:
-                raise ObjectNotFoundError(
-                    f"chunk {to_hex(cid)} is not in the store {store.path}", cid
-                )
-            _write_all(fd, codec.decode_frame_view(frame, TAG_CHUNK, cid))
+            _write_all(fd, payload if payload is not None else txn.chunk(cid))
     except OSError as e:
         if e.filename is None:  # os.write names no file: say which one a full disk refused
             e.filename = dest
@@ -235,7 +208,7 @@ def _write_file_txn(
 
 
 def _write_file(store: Store, entry: Entry, dest: str) -> None:
-    with store._begin(buffers=True) as txn:
+    with store.reader(buffers=True) as txn:
         _write_file_txn(store, txn, entry, dest)
 
 
@@ -306,7 +279,7 @@ class ContentCache:
             and (not self.sentinel or st.st_mtime_ns % _NS == _sentinel_ns(entry.id))
         )
 
-    def ensure(self, store: Store, entry: Entry, txn: Any = None) -> str:
+    def ensure(self, store: Store, entry: Entry, txn: StoreReader | None = None) -> str:
         """Path of a cached copy of ``entry``'s content, writing it first if missing.
 
         A cached file is published with ``link`` and never renamed over: another
@@ -384,7 +357,7 @@ def _place(
     cache: ContentCache | None,
     entry: Entry,
     dest: str,
-    txn: Any,
+    txn: StoreReader,
     fetched: Mapping[bytes, Any] | None = None,
 ) -> bool:
     """Put one file at ``dest``; returns True when it was shared from the cache (a
@@ -576,7 +549,7 @@ def repair_copy(
     the manifest. A damaged file that is a hard link of the cache file damaged the
     cache file too: that one is rewritten first, so no later copy links it."""
     prefix = root.rstrip(os.sep) + os.sep
-    with store._begin(buffers=True) as txn:
+    with store.reader(buffers=True) as txn:
         for i in bad:
             e = man.entry(i)
             dest = prefix + man.paths[i]
@@ -945,18 +918,18 @@ def _fill(
     def run(idx: list[int]) -> tuple[int, int]:
         linked = 0
         nbytes = 0
-        # one read snapshot per group; raw chunks are written straight from the map
-        with store._begin(buffers=True) as txn:
-            fetched = None
-            if fetch is not None:
-                cur = txn.cursor(db=store.db("chunks"))
+        fetched = None
+        if fetch is not None:  # network reads happen outside any read snapshot
+            with store.reader() as txn:
                 want = {
                     cid
                     for i in idx
-                    for cid, _ in _file_chunks(store, txn, files[i][1])
-                    if not cur.set_key(cid)
+                    for cid, _ in txn.file_chunks(files[i][1])
+                    if not txn.has_chunk(cid)
                 }
-                fetched = fetch(list(want)) if want else None
+            fetched = fetch(list(want)) if want else None
+        # one read snapshot per group; raw chunks are written straight from the map
+        with store.reader(buffers=True) as txn:
             for i in idx:
                 entry = files[i][1]
                 if _place(store, cache, entry, dests[i], txn, fetched):

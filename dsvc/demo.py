@@ -132,10 +132,10 @@ def _same_tree(a: Path, b: Path) -> tuple[int, list[str]]:
 def _chunk_stats(store: Any) -> tuple[int, int]:
     """(number of chunks, stored bytes of chunks) in a store."""
     n = total = 0
-    with store.read() as txn:
-        for _, v in txn.cursor(db=store.db("chunks")):
+    with store.reader() as r:
+        for _, size in r.chunk_sizes():
             n += 1
-            total += len(v)
+            total += size
     return n, total
 
 

@@ -54,7 +54,7 @@ from dsvc.objects import (
     Entry,
     validate_name,
 )
-from dsvc.store import StatEntry, Store, statcache_key
+from dsvc.store import StatEntry, Store, StoreReader, statcache_key
 
 RelPath = tuple[str, ...]
 ProgressFn = Callable[[int], None]
@@ -352,36 +352,28 @@ def stat_cache_entries(store: Store, items: list[ScanItem]) -> list[Entry | None
     """
     out: list[Entry | None] = []
     present: dict[bytes, bool] = {}  # content id -> in the store
-    with store.read() as txn:
-        sc = txn.cursor(db=store.db("statcache"))
-        chunks = txn.cursor(db=store.db("chunks"))
-        objects = store.db("objects")
+    with store.reader() as r:
         for item in items:
-            path = os.fsencode(item.abs_path)
-            e = StatEntry.decode(sc.value()) if sc.set_key(statcache_key(path)) else None
-            if e is None or e.path != path or not same_stat(e, item):
+            e = r.statcache(os.fsencode(item.abs_path))
+            if e is None or not same_stat(e, item):
                 out.append(None)
                 continue
             ok = present.get(e.id)
             if ok is None:
-                ok = present[e.id] = _content_present(e.kind, e.id, chunks, txn, objects)
+                ok = present[e.id] = _content_present(e.kind, e.id, r)
             out.append(Entry(e.kind, e.id, item.size, item.mode) if ok else None)
     return out
 
 
-def _content_present(kind: int, oid: bytes, chunks, txn, objects) -> bool:
-    """Whether a file's content is in the store (``chunks``: a cursor on the chunks
-    database; ``txn``: the same read snapshot)."""
+def _content_present(kind: int, oid: bytes, r: StoreReader) -> bool:
+    """Whether a file's content is in the store (``r``: one read snapshot)."""
     if kind == KIND_CHUNKFILE:
-        return chunks.set_key(oid)
-    raw = txn.get(oid, db=objects)
-    if raw is None or raw[:1] != TAG_BLOB:
-        return False
+        return r.has_chunk(oid)
     try:
-        blob = Blob.decode(codec.decode_frame(raw[1:], TAG_BLOB, oid), oid)
-    except DsvcError:  # a damaged blob: read the file again (fsck reports the damage)
+        blob = r.blob(oid)
+    except DsvcError:  # absent, or damaged: read the file again (fsck reports damage)
         return False
-    return all(chunks.set_key(cid) for cid, _ in blob.chunks)
+    return all(r.has_chunk(cid) for cid, _ in blob.chunks)
 
 
 # -- the pipeline ------------------------------------------------------------------
@@ -421,7 +413,7 @@ class _Writer(threading.Thread):
         try:
             with self.store.batch(WRITE_BATCH_BYTES) as b:
                 put_chunk = b.put_chunk_frame
-                put = b.put
+                put_stat = b.put_statcache
                 trimmer = _MapTrimmer(self.store)
                 while True:
                     with self.cv:
@@ -440,7 +432,7 @@ class _Writer(threading.Thread):
                                 self.new_chunks += 1
                                 self.new_bytes += len(value)
                         elif kind == "s":
-                            put("statcache", key, value)
+                            put_stat(key, value)
                         else:
                             b.put_object(TAG_BLOB, value)
                         if b.pending_bytes < before:  # the batch committed
@@ -612,7 +604,6 @@ class Ingestor:
         # chunk ids handed to the writer during the current ``ingest`` call: anything
         # queued later is applied after them, so it may refer to them
         self._queued: set[bytes] = set()
-        self._chunks_db = store.db("chunks")
         self._bufs = _BufferPool(self.chunker.window, 2 * self.workers + 2)
 
     # chunk-level work (runs in pool threads) -----------------------------------
@@ -641,12 +632,12 @@ class Ingestor:
         return entry, size
 
     def _encode_new(
-        self, chunks: list[memoryview] | list[bytes], cur, sink: list[tuple]
+        self, chunks: list[memoryview] | list[bytes], r: StoreReader, sink: list[tuple]
     ) -> tuple[list[tuple[bytes, int]], int]:
         """Hash ``chunks``; frame those neither queued nor stored into ``sink``.
 
-        ``cur``: a read cursor on the chunks database. Returns the (id, length) list
-        and the bytes added to ``sink``.
+        ``r``: a read snapshot of the store. Returns the (id, length) list and the
+        bytes added to ``sink``.
         """
         out = []
         size = 0
@@ -656,7 +647,7 @@ class Ingestor:
         for c in chunks:
             cid = chunk_id(c)
             out.append((cid, len(c)))
-            if cid in queued or cid in local or cur.set_key(cid):
+            if cid in queued or cid in local or r.has_chunk(cid):
                 continue
             local.add(cid)
             frame = codec.encode_frame(c, level)
@@ -676,8 +667,7 @@ class Ingestor:
         nbytes = 0
         cut = self.chunker.cut
         min_size = self.min_size
-        with self._small_slots, self.store.read() as txn:
-            cur = txn.cursor(db=self._chunks_db)
+        with self._small_slots, self.store.reader() as r:
             for item in group:
                 try:
                     data = _read_all(item)
@@ -689,7 +679,7 @@ class Ingestor:
                     skipped.append((item.abs_path, _CHANGED))
                     continue
                 pieces = [data] if len(data) <= min_size else list(cut(data))
-                chunks, n = self._encode_new(pieces, cur, sink)
+                chunks, n = self._encode_new(pieces, r, sink)
                 entry, m = self._file_entry(item, chunks, sink)
                 size += n + m
                 nbytes += item.size
@@ -705,8 +695,8 @@ class Ingestor:
 
     def _window_job(self, chunks: list[memoryview], writer: _Writer) -> list[tuple[bytes, int]]:
         sink: list[tuple] = []
-        with self.store.read() as txn:
-            out, size = self._encode_new(chunks, txn.cursor(db=self._chunks_db), sink)
+        with self.store.reader() as r:
+            out, size = self._encode_new(chunks, r, sink)
         self._queue(writer, sink, size)
         self.progress(sum(n for _, n in out))
         return out

@@ -53,7 +53,7 @@ from dsvc.objects import (
 )
 from dsvc.progress import Progress
 from dsvc.registry import all_records
-from dsvc.store import LEASE_PREFIX, Store
+from dsvc.store import LEASE_PREFIX, Store, StoreReader
 
 _SWEEP_BATCH = 10_000
 #: temporary files and folders younger than this are never reclaimed (a builder takes
@@ -68,12 +68,11 @@ TEMP_GRACE = 60.0
 class _Reader:
     """Decoded objects of one read snapshot (``txn``): the mark sees one state."""
 
-    def __init__(self, store: Store, txn: Any) -> None:
+    def __init__(self, store: Store, txn: StoreReader) -> None:
         self.txn = txn
-        self.objects = store.db("objects")
 
-    def raw(self, oid: bytes) -> bytes | None:
-        return self.txn.get(oid, db=self.objects)
+    def raw(self, oid: bytes) -> bytes | memoryview | None:
+        return self.txn.object_frame(oid)
 
     def payload(self, oid: bytes, tag: bytes) -> bytes | None:
         raw = self.raw(oid)
@@ -82,11 +81,11 @@ class _Reader:
         return codec.decode_frame(raw[1:], tag, oid)
 
 
-def reachable(store: Store, txn: Any = None) -> set[bytes]:
+def reachable(store: Store, txn: StoreReader | None = None) -> set[bytes]:
     """Ids of every object and chunk some dataset record reaches (absent ones included:
     a blob's chunks are listed only when the blob is stored)."""
     if txn is None:
-        with store.read() as t:
+        with store.reader() as t:
             return reachable(store, t)
     rd = _Reader(store, txn)
     out: set[bytes] = set()
@@ -146,8 +145,8 @@ def _purge_statcache(
     """Delete every stat-cache entry whose content id satisfies ``doomed(kind, id)``;
     ``sources`` collects, per doomed id, the files on disk the entries were made from."""
     keys: list[bytes] = []
-    with store.read() as txn:
-        for k, v in txn.cursor(db=store.db("statcache")):
+    with store.reader() as txn:
+        for k, v in txn.statcache_items():
             t = _statcache_target(v)
             if t is None or doomed(t[0], t[1]):
                 keys.append(k)
@@ -156,7 +155,7 @@ def _purge_statcache(
     for i in range(0, len(keys), _SWEEP_BATCH):
         with store.batch() as b:
             for k in keys[i : i + _SWEEP_BATCH]:
-                b.delete("statcache", k)
+                b.delete_statcache(k)
     return len(keys)
 
 
@@ -179,28 +178,33 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
     }
     with store.exclusive("gc", wait=wait):
         doomed: dict[str, list[bytes]] = {}
-        with store.read() as txn:  # mark and list the garbage in one snapshot
+        with store.reader() as txn:  # mark and list the garbage in one snapshot
             keep = reachable(store, txn)
-            for db, counter in (("chunks", "chunks_deleted"), ("objects", "objects_deleted")):
+            listings = (
+                ("chunks", "chunks_deleted", txn.chunk_sizes()),
+                ("objects", "objects_deleted", ((k, len(v)) for k, v in txn.objects())),
+            )
+            for db, counter, sizes in listings:
                 doomed[db] = []
-                for k, v in txn.cursor(db=store.db(db)):
+                for k, n in sizes:
                     if k not in keep:
                         doomed[db].append(k)
-                        stats["bytes_freed"] += len(v)
+                        stats["bytes_freed"] += n
                 stats[counter] = len(doomed[db])
         if dry_run:
-            with store.read() as txn:
+            with store.reader() as txn:
                 stats["statcache_purged"] = sum(
                     1
-                    for _, v in txn.cursor(db=store.db("statcache"))
+                    for _, v in txn.statcache_items()
                     if (t := _statcache_target(v)) is None or t[1] not in keep
                 )
         else:
             for db, ids in doomed.items():
                 for i in range(0, len(ids), _SWEEP_BATCH):
                     with store.batch() as b:
+                        delete = b.delete_chunk if db == "chunks" else b.delete_object
                         for k in ids[i : i + _SWEEP_BATCH]:
-                            b.delete(db, k)
+                            delete(k)
             # an entry naming content not kept would make a re-add refer to nothing
             stats["statcache_purged"] = _purge_statcache(store, lambda _k, i: i not in keep)
             # a lease record is written under the shared lock: with the exclusive one
@@ -287,8 +291,8 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
     parse = {TAG_BLOB: Blob.decode, TAG_TREE: decode_tree, TAG_COMMIT: Commit.decode}
     stats = store.stats()
     total = stats.get("chunks", 0) + stats.get("objects", 0)
-    with Progress("fsck", total, enabled=progress, unit="obj") as bar, store.read() as txn:
-        for cid, frame in txn.cursor(db=store.db("chunks")):
+    with Progress("fsck", total, enabled=progress, unit="obj") as bar, store.reader() as txn:
+        for cid, frame in txn.chunks():
             out["chunks"] += 1
             out["bytes"] += len(frame)
             try:
@@ -296,7 +300,7 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
             except IntegrityError:
                 out["bad_chunks"].append(to_hex(cid))
             bar.update(1)
-        for oid, raw in txn.cursor(db=store.db("objects")):
+        for oid, raw in txn.objects():
             out["objects"] += 1
             out["bytes"] += len(raw)
             try:
@@ -330,15 +334,14 @@ def damaged_datasets(
     :func:`_may_fetch`); ``bad`` ones are reported even then."""
     out = []
     any_remote = bool(store.get_config("remotes"))
-    with store.read() as txn:
+    with store.reader() as txn:
         rd = _Reader(store, txn)
-        chunks = txn.cursor(db=store.db("chunks"))
 
         def ok(oid: bytes, tag: bytes) -> bool:
             return oid not in bad and rd.raw(oid) is not None
 
         def chunk_ok(cid: bytes, fetchable: bool) -> bool:
-            return cid not in bad and (fetchable or chunks.set_key(cid))
+            return cid not in bad and (fetchable or txn.has_chunk(cid))
 
         def tree(tid: bytes) -> dict[str, Any] | None:
             try:
@@ -444,8 +447,8 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
         with store.exclusive("fsck --repair", wait=wait):
             # blobs listing a bad chunk: their stat-cache entries and cached files go too
             hit = set(bad)
-            with store.read() as txn:
-                for oid, raw in txn.cursor(db=store.db("objects")):
+            with store.reader() as txn:
+                for oid, raw in txn.objects():
                     if oid in bad or raw[:1] != TAG_BLOB:
                         continue
                     blob = Blob.decode(codec.decode_frame(raw[1:], TAG_BLOB, oid), oid)
@@ -453,8 +456,8 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
                         hit.add(oid)
             with store.batch() as b:
                 for i in bad:
-                    b.delete("chunks", i)
-                    b.delete("objects", i)
+                    b.delete_chunk(i)
+                    b.delete_object(i)
             rep["dropped"] = len(bad)
             rep["statcache_purged"] = _purge_statcache(store, lambda _k, i: i in hit, sources)
         rep["cache_files_deleted"] = _drop_cached_files(store, hit)

@@ -47,7 +47,7 @@ def _after_fork_in_child() -> None:
     global _stores_lock
     for s in _stores.values():
         try:
-            s.env.close()
+            s.close()
         except Exception:  # the child must start even if an inherited env is odd
             _inherited.append(s)  # kept referenced: never torn down by the collector
     _stores.clear()

@@ -5,7 +5,6 @@ Named databases (keys and values are documented in docs/format.md):
 ============  ==========================================================================
 ``chunks``    chunk id -> frame (codec byte + payload) of a piece of file content
 ``objects``   object id -> type tag + frame, for blobs, trees and commits
-``refs``      ref name (utf-8) -> 16-byte id; changed only by compare-and-swap
 ``records``   record key (utf-8) -> msgpack map (dataset records, drafts, remote state)
 ``statcache`` xxh3-128 of the absolute path -> msgpack [size, mtime_ns, ino, kind, id, mode,
               ctime_ns, dev, path] (see :class:`StatEntry`)
@@ -18,7 +17,7 @@ Invariants (what crash safety rests on):
 * Every write goes through an LMDB write transaction, so a process killed at any
   moment leaves the old or the new state, never a torn one.
 * A write batch puts content before anything that refers to it: chunks, then blobs and
-  trees, then commits, then records and refs. A batch that commits early (size limit)
+  trees, then commits, then records. A batch that commits early (size limit)
   therefore never publishes a reference to missing content.
 * Objects are immutable and content-addressed; writing one twice is a no-op.
 * One writer at a time (LMDB's lock, across processes); readers never block.
@@ -33,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -73,7 +72,7 @@ FORMAT_VERSION = 2
 INITIAL_FORMAT_VERSION = 1
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
-DB_NAMES = ("chunks", "objects", "refs", "records", "statcache", "config", "remote")
+DB_NAMES = ("chunks", "objects", "records", "statcache", "config", "remote")
 #: a write batch commits once it holds this many bytes (bounded memory, bounded redo)
 BATCH_BYTES = 64 << 20
 #: key prefix of dataset records in the ``records`` database
@@ -233,6 +232,11 @@ def _fault_label(ops: list[tuple[str, bytes, bytes | None]]) -> str:
     )
 
 
+#: the exception type of the store's database library, for callers that turn errors
+#: raised outside the store's own guards into dsvc errors (:func:`lmdb_error`)
+BackendError = lmdb.Error
+
+
 def lmdb_error(home: Path, e: lmdb.Error) -> DsvcError:
     """The dsvc error for an LMDB error of the store at ``home``."""
     if isinstance(e, _CORRUPT):
@@ -307,14 +311,34 @@ class WriteBatch:
     def put_commit(self, commit: Commit) -> bytes:
         return self.put_object(TAG_COMMIT, commit.encode())
 
-    def put(self, db: str, key: bytes, value: bytes) -> None:
-        self._add(db, key, value)
+    def put_object_frame(self, oid: bytes, raw: bytes) -> None:
+        """Queue an object already framed (``tag + frame``, e.g. fetched from a remote);
+        its readers verify it against ``oid``."""
+        if oid not in self._pending:
+            self._pending.add(oid)
+            self._add("objects", oid, raw)
 
-    def put_record(self, key: str, value: Any) -> None:
-        self._add("records", key.encode(), _pack(value))
+    def put_statcache(self, key: bytes, value: bytes) -> None:
+        """Queue a stat-cache entry (``key``: :func:`statcache_key`; ``value``: an
+        encoded :class:`StatEntry`)."""
+        self._add("statcache", key, value)
 
-    def delete(self, db: str, key: bytes) -> None:
-        self._add(db, key, None)
+    def delete_statcache(self, key: bytes) -> None:
+        self._add("statcache", key, None)
+
+    def put_remote(self, key: bytes, value: bytes) -> None:
+        """Queue a value of the transport layer's cache (pack indexes, cached records)."""
+        self._add("remote", key, value)
+
+    def delete_remote(self, key: bytes) -> None:
+        self._add("remote", key, None)
+
+    def delete_chunk(self, cid: bytes) -> None:
+        """Queue the removal of a chunk (gc, fsck --repair)."""
+        self._add("chunks", cid, None)
+
+    def delete_object(self, oid: bytes) -> None:
+        self._add("objects", oid, None)
 
     def flush(self) -> None:
         if not self._ops:
@@ -322,6 +346,141 @@ class WriteBatch:
         ops, self._ops, self._bytes = self._ops, [], 0
         self.store._apply(ops)
         self._pending.clear()
+
+
+class StoreReader:
+    """A typed read view of one snapshot of the store (``with store.reader() as r``).
+
+    Everything read through one reader is one consistent state. Keep a reader short:
+    LMDB cannot reuse pages freed after the oldest open snapshot, so no network request
+    or long computation belongs inside the block. Chunk and object payloads returned
+    by :meth:`chunk` and :meth:`object` are verified against their ids; ``*_frame``
+    methods return stored frames unverified (callers that forward them verify later).
+    With ``buffers=True`` values are zero-copy views valid only inside the block.
+    """
+
+    def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
+        self.store = store
+        self._txn = txn
+        self._dbs = store._dbs
+        self._chunk_cur: lmdb.Cursor | None = None
+
+    # -- chunks ------------------------------------------------------------------
+
+    def has_chunk(self, cid: bytes) -> bool:
+        cur = self._chunk_cur
+        if cur is None:
+            cur = self._chunk_cur = self._txn.cursor(db=self._dbs["chunks"])
+        return cur.set_key(cid)
+
+    def missing_chunks(self, ids: Iterable[bytes]) -> list[bytes]:
+        """The ids of ``ids`` not stored, in order."""
+        return [i for i in ids if not self.has_chunk(i)]
+
+    def chunk_frame(self, cid: bytes) -> bytes | memoryview | None:
+        """A chunk's stored frame (codec byte + payload), unverified, or None."""
+        return self._txn.get(cid, db=self._dbs["chunks"])
+
+    def chunk_size(self, cid: bytes) -> int | None:
+        """Stored bytes of a chunk's frame, or None when absent."""
+        frame = self.chunk_frame(cid)
+        return None if frame is None else len(frame)
+
+    def chunk(self, cid: bytes) -> bytes | memoryview:
+        """A chunk's bytes, verified against its id (ObjectNotFoundError if absent)."""
+        frame = self.chunk_frame(cid)
+        if frame is None:
+            raise ObjectNotFoundError(
+                f"chunk {to_hex(cid)} is not in the store {self.store.path}", cid
+            )
+        return codec.decode_frame_view(frame, TAG_CHUNK, cid)
+
+    def chunks(self) -> Iterator[tuple[bytes, bytes | memoryview]]:
+        """Every ``(chunk id, frame)``, in id order (fsck)."""
+        for k, v in self._txn.cursor(db=self._dbs["chunks"]):
+            yield bytes(k), v
+
+    def chunk_sizes(self) -> Iterator[tuple[bytes, int]]:
+        """Every ``(chunk id, stored bytes)``, in id order, without reading payloads."""
+        for k, v in self._txn.cursor(db=self._dbs["chunks"]):
+            yield bytes(k), len(v)
+
+    # -- objects -----------------------------------------------------------------
+
+    def has_object(self, oid: bytes) -> bool:
+        return self._txn.get(oid, db=self._dbs["objects"]) is not None
+
+    def object_frame(self, oid: bytes) -> bytes | memoryview | None:
+        """``tag + frame`` of an object, unverified, or None."""
+        return self._txn.get(oid, db=self._dbs["objects"])
+
+    def object(self, oid: bytes, tag: bytes) -> bytes:
+        """An object's payload, verified against its id and type."""
+        raw = self.object_frame(oid)
+        if raw is None:
+            kind = {TAG_TREE: "tree", TAG_BLOB: "blob", TAG_COMMIT: "commit"}.get(tag, "object")
+            raise ObjectNotFoundError(
+                f"{kind} {to_hex(oid)} is not in the store {self.store.path}", oid
+            )
+        if bytes(raw[:1]) != tag:
+            raise IntegrityError(
+                f"object {to_hex(oid)} has type {bytes(raw[:1])!r}, expected {tag!r}", oid
+            )
+        return codec.decode_frame(memoryview(raw)[1:], tag, oid)
+
+    def objects(self) -> Iterator[tuple[bytes, bytes | memoryview]]:
+        """Every ``(object id, tag + frame)``, in id order."""
+        for k, v in self._txn.cursor(db=self._dbs["objects"]):
+            yield bytes(k), v
+
+    def tree(self, oid: bytes) -> dict[str, Entry]:
+        return decode_tree(self.object(oid, TAG_TREE), oid)
+
+    def blob(self, oid: bytes) -> Blob:
+        return Blob.decode(self.object(oid, TAG_BLOB), oid)
+
+    def commit(self, oid: bytes) -> Commit:
+        return Commit.decode(self.object(oid, TAG_COMMIT), oid)
+
+    def file_chunks(self, entry: Entry) -> list[tuple[bytes, int]]:
+        """The ``(chunk id, length)`` list of a file entry."""
+        if entry.kind == KIND_CHUNKFILE:
+            return [(entry.id, entry.size)]
+        if entry.kind == KIND_FILE:
+            return list(self.blob(entry.id).chunks)
+        raise ValueError("not a file entry")
+
+    # -- stat cache, transport cache, config -------------------------------------
+
+    def statcache(self, path: bytes) -> StatEntry | None:
+        """The stat-cache entry of an absolute path (None: absent, or another path's)."""
+        raw = self._txn.get(statcache_key(path), db=self._dbs["statcache"])
+        e = None if raw is None else StatEntry.decode(raw)
+        return e if e is not None and e.path == path else None
+
+    def statcache_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every raw ``(key, value)`` of the stat cache (gc, fsck --repair)."""
+        for k, v in self._txn.cursor(db=self._dbs["statcache"]):
+            yield bytes(k), bytes(v)
+
+    def remote(self, key: bytes) -> bytes | None:
+        """A value of the transport layer's cache, or None."""
+        v = self._txn.get(key, db=self._dbs["remote"])
+        return None if v is None else bytes(v)
+
+    def remote_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The transport cache's ``(key, value)`` pairs under ``prefix``, in key order."""
+        cur = self._txn.cursor(db=self._dbs["remote"])
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not bytes(k).startswith(prefix):
+                    break
+                yield bytes(k), bytes(v)
+
+    def config_items(self) -> Iterator[tuple[str, Any]]:
+        """Every store setting, decoded."""
+        for k, v in self._txn.cursor(db=self._dbs["config"]):
+            yield bytes(k).decode(), _unpack(v)
 
 
 class Store:
@@ -489,35 +648,35 @@ class Store:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        """A read-only snapshot transaction."""
-        with self.errors(), self._begin(buffers=False) as txn:
-            yield txn
-
-    def db(self, name: str) -> Any:
-        """Handle of a named database (for layers that keep their own tables)."""
-        return self._dbs[name]
+    def reader(self, *, buffers: bool = False) -> Iterator[StoreReader]:
+        """A typed read view of one snapshot (:class:`StoreReader`). ``buffers=True``:
+        values are zero-copy views into the map, valid only inside the block."""
+        with self.errors(), self._begin(buffers=buffers) as txn:
+            yield StoreReader(self, txn)
 
     # -- content ---------------------------------------------------------------
 
     def has_chunk(self, cid: bytes) -> bool:
-        with self.errors(), self._begin() as txn:
-            return txn.get(cid, db=self._dbs["chunks"]) is not None
+        with self.reader() as r:
+            return r.has_chunk(cid)
 
     def has_object(self, oid: bytes) -> bool:
-        with self.errors(), self._begin() as txn:
-            return txn.get(oid, db=self._dbs["objects"]) is not None
+        with self.reader() as r:
+            return r.has_object(oid)
 
     def missing(self, db: str, ids: list[bytes]) -> list[bytes]:
-        """The subset of ``ids`` absent from ``db`` (one transaction)."""
-        h = self._dbs[db]
-        with self.errors(), self._begin() as txn:
-            cur = txn.cursor(db=h)
-            return [i for i in ids if not cur.set_key(i)]
+        """The subset of ``ids`` absent from ``db`` (``"chunks"`` or ``"objects"``), in
+        one snapshot."""
+        with self.reader() as r:
+            if db == "chunks":
+                return r.missing_chunks(ids)
+            if db == "objects":
+                return [i for i in ids if not r.has_object(i)]
+        raise ValueError(f"missing() looks up chunks or objects, not {db!r}")
 
     def get_chunk_frame(self, cid: bytes) -> bytes:
-        with self.errors(), self._begin() as txn:
-            frame = txn.get(cid, db=self._dbs["chunks"])
+        with self.reader() as r:
+            frame = r.chunk_frame(cid)
         if frame is None:
             raise ObjectNotFoundError(f"chunk {to_hex(cid)} is not in the store {self.path}", cid)
         return frame
@@ -528,19 +687,12 @@ class Store:
 
     def get_object_frame(self, oid: bytes) -> bytes | None:
         """``tag + frame`` of an object, or None."""
-        with self.errors(), self._begin() as txn:
-            return txn.get(oid, db=self._dbs["objects"])
+        with self.reader() as r:
+            return r.object_frame(oid)
 
     def get_object(self, oid: bytes, tag: bytes) -> bytes:
-        raw = self.get_object_frame(oid)
-        if raw is None:
-            kind = {TAG_TREE: "tree", TAG_BLOB: "blob", TAG_COMMIT: "commit"}.get(tag, "object")
-            raise ObjectNotFoundError(f"{kind} {to_hex(oid)} is not in the store {self.path}", oid)
-        if raw[:1] != tag:
-            raise IntegrityError(
-                f"object {to_hex(oid)} has type {raw[:1]!r}, expected {tag!r}", oid
-            )
-        return codec.decode_frame(raw[1:], tag, oid)
+        with self.reader() as r:
+            return r.object(oid, tag)
 
     def get_tree(self, oid: bytes) -> dict[str, Entry]:
         return decode_tree(self.get_object(oid, TAG_TREE), oid)
@@ -561,11 +713,8 @@ class Store:
 
     def file_chunks(self, entry: Entry) -> list[tuple[bytes, int]]:
         """The ``(chunk id, length)`` list of a file entry."""
-        if entry.kind == KIND_CHUNKFILE:
-            return [(entry.id, entry.size)]
-        if entry.kind == KIND_FILE:
-            return list(self.get_blob(entry.id).chunks)
-        raise ValueError("not a file entry")
+        with self.reader() as r:
+            return r.file_chunks(entry)
 
     def read_file(self, entry: Entry) -> Iterator[bytes]:
         """Yield a file's content chunk by chunk, each verified against its id."""
@@ -580,33 +729,6 @@ class Store:
         if not self.durable:
             self.env.sync(True)
 
-    def get_ref(self, name: str) -> bytes | None:
-        with self.errors(), self._begin() as txn:
-            return txn.get(name.encode(), db=self._dbs["refs"])
-
-    def cas_ref(self, name: str, old: bytes | None, new: bytes | None) -> None:
-        """Set ref ``name`` to ``new`` if it is still ``old``; else raise ConflictError."""
-        with (
-            self.errors(),
-            self._write_lock,
-            self._begin(write=True, db=self._dbs["refs"]) as txn,
-        ):
-            cur = txn.get(name.encode())
-            if cur != old:
-                raise ConflictError(
-                    f"ref {name!r} changed underneath (expected "
-                    f"{to_hex(old) if old else 'absent'}, found {to_hex(cur) if cur else 'absent'})"
-                )
-            if new is None:
-                txn.delete(name.encode())
-            else:
-                txn.put(name.encode(), new)
-            if faultpoints.ENABLED:
-                faultpoints.hit("lmdb.commit", "before", "refs")
-        if faultpoints.ENABLED:
-            faultpoints.hit("lmdb.commit", "after", "refs")
-        self._durable_point()
-
     def scan_prefix(self, db: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every ``(key, value)`` of ``db`` whose key starts with ``prefix``, in key order,
         read in one snapshot."""
@@ -619,9 +741,6 @@ class Store:
                         break
                     out.append((k, v))
         return out
-
-    def iter_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        return iter([(k.decode(), v) for k, v in self.scan_prefix("refs", prefix.encode())])
 
     def get_record(self, key: str) -> Any:
         with self.errors(), self._begin() as txn:
@@ -773,14 +892,8 @@ class Store:
 
     def statcache_get_many(self, paths: list[bytes]) -> list[StatEntry | None]:
         """The stat-cache entries of absolute ``paths`` (None: absent, or another path's)."""
-        h = self._dbs["statcache"]
-        out: list[StatEntry | None] = []
-        with self.errors(), self._begin(db=h) as txn:
-            for p in paths:
-                raw = txn.get(statcache_key(p))
-                e = None if raw is None else StatEntry.decode(raw)
-                out.append(e if e is not None and e.path == p else None)
-        return out
+        with self.reader() as r:
+            return [r.statcache(p) for p in paths]
 
     # -- maintenance -----------------------------------------------------------
 
@@ -792,6 +905,18 @@ class Store:
                 out[n] = txn.stat(h)["entries"]
         out["file_bytes"] = (self.path / "data.mdb").stat().st_size
         return out
+
+    def used_bytes(self) -> int:
+        """Bytes the store's content occupies: LMDB pages in use (all databases, free
+        pages excluded), plus pack files. What a size comparison with another tool
+        should count (the LMDB file itself is sparse and grows in steps)."""
+        with self.errors(), self._begin() as txn:
+            psize = txn.stat()["psize"]
+            pages = 0
+            for h in [*self._dbs.values(), None]:
+                st = txn.stat(h) if h is not None else txn.stat()
+                pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return pages * psize
 
     def structure_problems(self, shallow: bool = False) -> list[str]:
         """Damage to the LMDB file's page structure (see :mod:`dsvc.storecheck`); empty

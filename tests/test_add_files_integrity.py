@@ -45,7 +45,7 @@ def test_re_add_after_content_left_the_store_makes_a_readable_version(tmp_path: 
     v1.finalize()
     store = open_store()
     with store.env.begin(write=True) as txn:  # a.txt is one chunk
-        assert txn.delete(chunk_id(files["a.txt"]), db=store.db("chunks"))
+        assert txn.delete(chunk_id(files["a.txt"]), db=store._dbs["chunks"])
     v2 = Dataset.create(dataset_name="d", dataset_project="p")
     v2.add_files(src)
     assert v2.finalize()

@@ -236,9 +236,9 @@ def test_materialize_shared_two_processes_race(tmp_path, store):
 def _corrupt_chunk(store: Store, cid: bytes) -> None:
     """Flip one payload byte of a stored chunk frame directly in LMDB."""
     with store.env.begin(write=True) as txn:
-        frame = bytearray(txn.get(cid, db=store.db("chunks")))
+        frame = bytearray(txn.get(cid, db=store._dbs["chunks"]))
         frame[len(frame) // 2 + 1] ^= 0x40
-        txn.put(cid, bytes(frame), db=store.db("chunks"))
+        txn.put(cid, bytes(frame), db=store._dbs["chunks"])
 
 
 @pytest.mark.parametrize("which", ["deep/er/still/x.bin", "dup1", "a.txt"])
@@ -273,9 +273,9 @@ def test_corrupt_chunk_raises_and_writes_nothing(tmp_path, store, which):
 def test_corrupt_tree_object_is_detected(tmp_path, store):
     root = ingest_tree(store, tmp_path / "src")
     with store.env.begin(write=True) as txn:
-        raw = bytearray(txn.get(root, db=store.db("objects")))
+        raw = bytearray(txn.get(root, db=store._dbs["objects"]))
         raw[-1] ^= 0x01
-        txn.put(root, bytes(raw), db=store.db("objects"))
+        txn.put(root, bytes(raw), db=store._dbs["objects"])
     with pytest.raises(IntegrityError, match=to_hex(root)):
         store.get_tree(root)
 

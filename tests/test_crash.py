@@ -100,11 +100,11 @@ def check_store(home) -> dict[str, int]:
     try:
         with store.env.begin() as txn:
             chunks = set()
-            for key, frame in txn.cursor(db=store.db("chunks")):
+            for key, frame in txn.cursor(db=store._dbs["chunks"]):
                 decode_frame(frame, TAG_CHUNK, key)
                 chunks.add(key)
             objects: dict[bytes, bytes] = {}
-            for key, raw in txn.cursor(db=store.db("objects")):
+            for key, raw in txn.cursor(db=store._dbs["objects"]):
                 tag = raw[:1]
                 data = decode_frame(raw[1:], tag, key)
                 if tag == TAG_TREE:
@@ -118,7 +118,7 @@ def check_store(home) -> dict[str, int]:
                 else:
                     raise AssertionError(f"unknown object tag {tag!r}")
                 objects[key] = tag
-            for _key, raw in txn.cursor(db=store.db("statcache")):
+            for _key, raw in txn.cursor(db=store._dbs["statcache"]):
                 e = StatEntry.decode(raw)
                 assert e is not None, "a stat-cache value of an unknown layout"
                 size, kind, oid, path = e.size, e.kind, e.id, e.path

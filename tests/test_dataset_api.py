@@ -573,7 +573,7 @@ def test_get_local_copy_of_missing_content_says_what_to_do(tmp_path: Path) -> No
 
     ((_, entry),) = list(walk(Trees(store), store.get_record("ds/" + ds.id)["tree"]))
     with store.batch() as b:
-        b.delete("chunks", entry.id)
+        b.delete_chunk(entry.id)
     with pytest.raises(errors.NotFoundError, match="no remote is configured") as e:
         ds.get_local_copy()
     assert ds.id in str(e.value)

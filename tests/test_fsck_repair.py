@@ -163,8 +163,8 @@ def test_fsck_of_a_clone_does_not_count_remote_content_as_missing(
 def _flip_value(home: Path, db: str, key: bytes) -> None:
     """Flip one byte inside the stored value of ``key`` in ``db``, in data.mdb."""
     store = registry.open_store()
-    with store.read() as txn:
-        value = bytes(txn.get(key, db=store.db(db)))
+    with store.env.begin() as txn:
+        value = bytes(txn.get(key, db=store._dbs[db]))
     registry.close_all()
     path = home / "store.lmdb" / "data.mdb"
     raw = bytearray(path.read_bytes())
@@ -218,6 +218,6 @@ def test_fsck_reports_missing_content_below_a_very_deep_tree(home: Path) -> None
     registry.update(store, ds.id, lambda r: {**r, "tree": top.id})
     assert fsck(store, progress=False)["missing"] == []
     with store.batch() as b:
-        b.delete("chunks", cid)
+        b.delete_chunk(cid)
     (damage,) = fsck(store, progress=False)["missing"]
     assert damage["id"] == ds.id and damage["files"] == ["d/" * 5000 + "leaf"]

@@ -375,7 +375,7 @@ def invariant():
     # every stat-cache entry points at content that exists
     bad = []
     with store.env.begin() as txn:
-        for k, v in txn.cursor(db=store.db("statcache")):
+        for k, v in txn.cursor(db=store._dbs["statcache"]):
             e = StatEntry.decode(v)
             kind, oid = e.kind, e.id
             if kind == 3:
@@ -552,7 +552,7 @@ def test_stat_cache_never_points_at_missing_content_after_a_failure():
 def _drop(store, db: str, keys) -> None:
     with store.env.begin(write=True) as txn:
         for k in keys:
-            assert txn.delete(k, db=store.db(db))
+            assert txn.delete(k, db=store._dbs[db])
 
 
 def _wait_for_ctime_tick(path: Path) -> None:
@@ -666,8 +666,8 @@ def test_paths_longer_than_lmdb_keys_are_cached(tmp_path, store):
     _, stats = ingest_path(store, folder)
     assert stats.cached_files == 2
     # every key is bounded, whatever the path
-    with store.read() as txn:
-        keys = [k for k, _ in txn.cursor(db=store.db("statcache"))]
+    with store.env.begin() as txn:
+        keys = [k for k, _ in txn.cursor(db=store._dbs["statcache"])]
     assert len(keys) == 2 and {len(k) for k in keys} == {16}
 
 
@@ -680,7 +680,7 @@ def test_stat_cache_entry_of_another_path_is_not_used(tmp_path, store):
     entries, _ = ingest_path(store, folder)
     ka = statcache_key(os.fsencode(folder / "a.bin"))
     with store.env.begin(write=True) as txn:
-        db = store.db("statcache")
+        db = store._dbs["statcache"]
         # as if another path hashed to a.bin's key: a.bin's stat, other content and path
         e = StatEntry.decode(txn.get(ka, db=db))
         forged = e._replace(id=entries[("b.bin",)].id, path=b"/some/other/path")
@@ -699,8 +699,8 @@ def test_path_keyed_stat_cache_of_an_older_store_is_dropped(tmp_path):
     with s.env.begin(write=True) as txn:  # the layout before issue 9.18
         st = os.stat(folder / "a.bin")
         old = msgpack.packb([100, st.st_mtime_ns, st.st_ino, 3, chunk_id(b"A" * 100), 0o644])
-        txn.put(os.fsencode(folder / "a.bin"), old, db=s.db("statcache"))
-        txn.delete(b"statcache_format", db=s.db("config"))
+        txn.put(os.fsencode(folder / "a.bin"), old, db=s._dbs["statcache"])
+        txn.delete(b"statcache_format", db=s._dbs["config"])
     assert s.stats()["statcache"] == 2
     s.close()
     s = open_store(home)

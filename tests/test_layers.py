@@ -129,3 +129,39 @@ def test_every_remote_module_has_a_rank() -> None:
 def test_every_module_has_a_layer() -> None:
     for path in FILES:
         layer_of(module_name(path))
+
+
+#: modules of the store layer that may use LMDB and the Store's internals directly
+STORE_INTERNALS = {"dsvc.store", "dsvc.storecheck", "dsvc.packfile"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT.parent)))
+def test_store_used_only_through_its_interface(path: Path) -> None:
+    """Outside the store layer, nothing opens a raw LMDB transaction (``._begin``), a
+    database by name (``.db(``) or LMDB itself: the store is used through
+    ``Store.reader()`` and ``Store.batch()`` (issue 12)."""
+    if module_name(path) in STORE_INTERNALS:
+        return
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("_begin", "db", "env", "_dbs"):
+            raise AssertionError(f"{path.name}:{node.lineno} uses the store's .{node.attr}")
+        if isinstance(node, ast.Import):
+            bad = [a.name for a in node.names if a.name.split(".")[0] == "lmdb"]
+            assert not bad, f"{path.name}:{node.lineno} imports lmdb"
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "lmdb":
+            raise AssertionError(f"{path.name}:{node.lineno} imports from lmdb")
+
+
+def test_interface_rule_catches_a_raw_transaction(tmp_path: Path) -> None:
+    """The rule above is not vacuous: a module reaching into the store fails it."""
+    bad = ROOT / "_layers_probe.py"
+    try:
+        bad.write_text("import lmdb\n\ndef f(store):\n    return store._begin()\n")
+        with pytest.raises(AssertionError):
+            test_store_used_only_through_its_interface(bad)
+        bad.write_text("def f(store):\n    return store.db('chunks')\n")
+        with pytest.raises(AssertionError):
+            test_store_used_only_through_its_interface(bad)
+    finally:
+        bad.unlink(missing_ok=True)

@@ -29,10 +29,10 @@ from dsvc.store import Store
 def flip_local(store: Store, db: str, oid: bytes, where: int | None = None) -> None:
     """Flip one byte of a stored value in the local LMDB (what a bad disk sector does)."""
     with store.env.begin(write=True) as txn:
-        value = bytearray(txn.get(oid, db=store.db(db)))
+        value = bytearray(txn.get(oid, db=store._dbs[db]))
         i = len(value) // 2 if where is None else where
         value[i] ^= 0x40
-        txn.put(oid, bytes(value), db=store.db(db))
+        txn.put(oid, bytes(value), db=store._dbs[db])
 
 
 def remote_entries(spec: dict[str, Any]) -> dict[bytes, str]:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from dsvc.codec import RAW, ZSTD, encode_frame
-from dsvc.errors import ConflictError, IntegrityError, ObjectNotFoundError
+from dsvc.errors import IntegrityError, ObjectNotFoundError
 from dsvc.ids import TAG_BLOB, TAG_COMMIT, TAG_TREE, chunk_id, object_id
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, MODE_FILE, Blob, Commit, Entry
 from dsvc.store import DB_NAMES, Store
@@ -30,9 +30,7 @@ def store(tmp_path):
 def test_layout_and_config(store):
     assert store.path == store.home / "store.lmdb"
     assert (store.path / "data.mdb").is_file()
-    with store.env.begin() as txn:
-        names = {k for k, _ in txn.cursor()}
-    assert names >= {n.encode() for n in DB_NAMES}
+    assert set(store.stats()) >= set(DB_NAMES)
     assert store.get_config("zstd_level") == 1
     assert store.level == 1
     assert store.get_config("nope", 42) == 42
@@ -153,29 +151,6 @@ def test_batch_flushes_at_limit(store):
     assert store.has_chunk(last)
 
 
-def test_refs_compare_and_swap(store):
-    a, b_, c = b"\x0a" * 16, b"\x0b" * 16, b"\x0c" * 16
-    assert store.get_ref("heads/x") is None
-    store.cas_ref("heads/x", None, a)
-    assert store.get_ref("heads/x") == a
-    with pytest.raises(ConflictError, match="absent"):
-        store.cas_ref("heads/x", None, b_)  # create-only lost
-    with pytest.raises(ConflictError, match=c.hex()):
-        store.cas_ref("heads/x", c, b_)  # stale expectation
-    assert store.get_ref("heads/x") == a
-    store.cas_ref("heads/x", a, b_)
-    assert store.get_ref("heads/x") == b_
-    store.cas_ref("heads/y", None, c)
-    store.cas_ref("tags/z", None, a)
-    assert list(store.iter_refs("heads/")) == [("heads/x", b_), ("heads/y", c)]
-    assert [k for k, _ in store.iter_refs()] == ["heads/x", "heads/y", "tags/z"]
-    assert list(store.iter_refs("zzz")) == []
-    store.cas_ref("heads/x", b_, None)
-    assert store.get_ref("heads/x") is None
-    with pytest.raises(ConflictError):
-        store.cas_ref("heads/x", b_, None)
-
-
 def test_records_by_prefix(store):
     store.put_record("ds/1", {"name": "one", "n": 1})
     store.put_record("ds/2", {"name": "two"})
@@ -189,9 +164,8 @@ def test_records_by_prefix(store):
     assert len(list(store.iter_records())) == 4
     store.delete_record("ds/1")
     assert [k for k, _ in store.iter_records("ds/")] == ["ds/2"]
-    with store.batch() as b:
-        b.put_record("ds/3", {"x": 1})
-        b.delete("records", b"ds/2")
+    store.put_record("ds/3", {"x": 1})
+    store.delete_record("ds/2")
     assert [k for k, _ in store.iter_records("ds/")] == ["ds/3"]
     assert store.stats()["records"] == 3
 
@@ -328,14 +302,15 @@ def test_concurrent_writers_from_two_processes(tmp_path):
         for i in range(200):
             with s.batch() as b:
                 b.put_chunk(f"{tag}-{i}".encode() * 50)
-                b.put_record(f"{tag}/{i:04d}", i)
+                b.put_remote(f"{tag}/{i:04d}".encode(), b"%d" % i)
         """
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(home), t], cwd=REPO) for t in "ab"]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     with open_store(home) as s:
         assert s.stats()["chunks"] == 400
-        assert len(list(s.iter_records("a/"))) == 200 == len(list(s.iter_records("b/")))
+        with s.reader() as r:
+            assert len(list(r.remote_items(b"a/"))) == 200 == len(list(r.remote_items(b"b/")))
         assert s.get_chunk(chunk_id(b"a-7" * 50)) == b"a-7" * 50
 
 

@@ -149,7 +149,7 @@ def test_fsck_reports_a_damaged_leaf_deep_in_a_tree(tmp_path: Path) -> None:
     store = Store(home)
     with store.batch() as b:
         for i in range(3000):  # several leaf pages under a branch page
-            b.put("statcache", f"/some/path/file-{i:05d}".encode(), os.urandom(40))
+            b.put_statcache(f"/some/path/file-{i:05d}".encode(), os.urandom(40))
     store.close()
     f = data_file(home)
     pages = walk(f).pages_of["statcache"]

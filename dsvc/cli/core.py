@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-import lmdb
 
 from dsvc import __version__
 from dsvc.cli.render import printable, short  # noqa: F401  (short: re-exported)
@@ -239,7 +238,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return EXIT_OK
-    except (lmdb.Error, OSError) as e:
+    except (_backend_error(), OSError) as e:
         # raised outside the store's own guards (a full disk while materializing, LMDB
         # met through a raw transaction): say what it is and where, not "a bug"
         err = _environment_error(e)
@@ -254,12 +253,19 @@ def run(argv: Sequence[str] | None = None) -> int:
     return rv if isinstance(rv, int) else EXIT_OK
 
 
+def _backend_error() -> type[Exception]:
+    """The store's database error type (imported late, like the store itself)."""
+    from dsvc.store import BackendError
+
+    return BackendError
+
+
 def _environment_error(e: BaseException) -> DsvcError | None:
     """The dsvc error for a damaged store or a full or failing disk, else None."""
-    from dsvc.store import default_home, disk_error, lmdb_error
+    from dsvc.store import BackendError, default_home, disk_error, lmdb_error
 
     home = default_home()
-    if isinstance(e, lmdb.Error):
+    if isinstance(e, BackendError):
         return lmdb_error(home, e)
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
         return disk_error(home, e.filename, e)

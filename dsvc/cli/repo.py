@@ -331,12 +331,8 @@ def config() -> None:
 
 
 def _all_config(store: Any) -> dict[str, Any]:
-    import msgpack
-
-    out = {}
-    with store.read() as txn:
-        for k, v in txn.cursor(db=store.db("config")):
-            out[k.decode()] = msgpack.unpackb(v, raw=False)
+    with store.reader() as r:
+        out = dict(r.config_items())
     if "remotes" in out:
         from dsvc.remote.config import display_url, mask_options
 

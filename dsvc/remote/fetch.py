@@ -138,7 +138,7 @@ class RemoteFetch(RemoteRepo):
                     if kind == KIND_CHUNK:
                         b.put_chunk_frame(oid, value)
                     else:
-                        b.put("objects", oid, value)
+                        b.put_object_frame(oid, value)
                 stats.objects += len(values)
                 stats.bytes_received += nbytes
                 stats.requests += 1

@@ -138,15 +138,14 @@ class RemoteIndex:
             for oid, kind, off, length in entries:
                 if oid in skip:
                     continue
-                b.put("remote", self.prefix + b"o/" + oid, _ROW.pack(pack, off, length, kind))
-            b.put("remote", self.prefix + b"p/" + pack, b"")
+                b.put_remote(self.prefix + b"o/" + oid, _ROW.pack(pack, off, length, kind))
+            b.put_remote(self.prefix + b"p/" + pack, b"")
 
     def locate(self, ids: Iterable[bytes]) -> dict[bytes, Location]:
         out = {}
-        with self.store.read() as txn:
-            db = self.store.db("remote")
+        with self.store.reader() as r:
             for oid in ids:
-                raw = txn.get(self.prefix + b"o/" + oid, db=db)
+                raw = r.remote(self.prefix + b"o/" + oid)
                 if raw is not None:
                     out[oid] = Location(*_ROW.unpack(raw))
         return out
@@ -159,8 +158,8 @@ class RemoteIndex:
     ) -> bool:
         """Whether the remote holds ``oid`` in a pack not in ``exclude``, in a copy that
         is not in ``suspect`` (``(pack, id)`` pairs: copies whose subtree is incomplete)."""
-        with self.store.read() as txn:
-            raw = txn.get(self.prefix + b"o/" + oid, db=self.store.db("remote"))
+        with self.store.reader() as r:
+            raw = r.remote(self.prefix + b"o/" + oid)
         if raw is None:
             return False
         pack = bytes(raw[:16])
@@ -168,35 +167,32 @@ class RemoteIndex:
 
     def drop(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
         """Forget the cached location of each ``(pack, id)`` that points into that pack."""
-        with self.store.read() as txn:
-            db = self.store.db("remote")
+        with self.store.reader() as r:
             keys = []
             for pack, oid in pairs:
-                raw = txn.get(self.prefix + b"o/" + oid, db=db)
+                raw = r.remote(self.prefix + b"o/" + oid)
                 if raw is not None and bytes(raw[:16]) == pack:
                     keys.append(self.prefix + b"o/" + oid)
         with self.store.batch() as b:
             for k in keys:
-                b.delete("remote", k)
+                b.delete_remote(k)
 
     def get_meta(self, name: bytes) -> bytes | None:
-        with self.store.read() as txn:
-            raw = txn.get(self.prefix + name, db=self.store.db("remote"))
-        return None if raw is None else bytes(raw)
+        with self.store.reader() as r:
+            return r.remote(self.prefix + name)
 
     def set_meta(self, name: bytes, value: bytes) -> None:
         with self.store.batch() as b:
-            b.put("remote", self.prefix + name, value)
+            b.put_remote(self.prefix + name, value)
 
     def missing(
         self, ids: Iterable[bytes], exclude: frozenset[bytes] | set[bytes] = frozenset()
     ) -> list[bytes]:
         """The ``ids`` the remote lacks (or holds only in packs in ``exclude``)."""
         out = []
-        with self.store.read() as txn:
-            db = self.store.db("remote")
+        with self.store.reader() as r:
             for i in ids:
-                raw = txn.get(self.prefix + b"o/" + i, db=db)
+                raw = r.remote(self.prefix + b"o/" + i)
                 if raw is None or (exclude and bytes(raw[:16]) in exclude):
                     out.append(i)
         return out
@@ -211,7 +207,7 @@ class RemoteIndex:
         ]
         with self.store.batch() as b:
             for k in keys:
-                b.delete("remote", k)
+                b.delete_remote(k)
 
     def reset_packs(self) -> None:
         """Forget which indexes were loaded, so the next refresh reloads them all (an
@@ -219,13 +215,13 @@ class RemoteIndex:
         keys = [k for k, _ in self.store.scan_prefix("remote", self.prefix + b"p/")]
         with self.store.batch() as b:
             for k in keys:
-                b.delete("remote", k)
+                b.delete_remote(k)
 
     def clear(self) -> None:
         keys = [k for k, _ in self.store.scan_prefix("remote", self.prefix)]
         with self.store.batch() as b:
             for k in keys:
-                b.delete("remote", k)
+                b.delete_remote(k)
 
 
 def pack_name(pid: bytes) -> str:

@@ -245,18 +245,16 @@ class RemotePush(RemoteRefs):
         ]
         limit = (pack_size_mb or DEFAULT_PACK_MB) << 20
         workers = max_workers or DEFAULT_WORKERS
-        # one zero-copy snapshot for sizing and packing: each chunk is copied once, into
-        # its pack (PackBuilder.finish), never into a bytes object of its own
-        with (
-            store._begin(buffers=True) as txn,
-            Progress(f"push {self.url}", None, enabled=show_progress) as bar,
-        ):
-            cdb = store.db("chunks")
-            frames = [txn.get(c, db=cdb) for c in chunks]
-            if any(f is None for f in frames):
-                gone = chunks[frames.index(None)]
-                raise NotFoundError(f"chunk {to_hex(gone)} is missing from the local store")
-            bar.set_total(sum(len(f) for f in frames))
+        # sizes from one short snapshot; then each pack's frames are read in a snapshot
+        # of their own, closed before the pack waits for an upload slot (LMDB cannot
+        # reuse pages freed after the oldest open snapshot)
+        with store.reader(buffers=True) as r:
+            sizes = [r.chunk_size(c) for c in chunks]
+        if None in sizes:
+            gone = chunks[sizes.index(None)]
+            raise NotFoundError(f"chunk {to_hex(gone)} is missing from the local store")
+        with Progress(f"push {self.url}", None, enabled=show_progress) as bar:
+            bar.set_total(sum(n for n in sizes if n is not None))
             # 1. chunks, packs in parallel; wait for all (closure invariant)
             # packs held in memory (being built or uploaded): at most ~PUSH_MEMORY bytes
             slots = threading.BoundedSemaphore(max(2, min(workers + 1, PUSH_MEMORY // limit)))
@@ -270,8 +268,17 @@ class RemotePush(RemoteRefs):
                     futures.append(fut)
 
                 builder = PackBuilder()
-                for cid, frame in zip(chunks, frames):
-                    builder.add(cid, KIND_CHUNK, frame)
+                i = 0
+                while i < len(chunks):
+                    with store.reader() as r:
+                        while i < len(chunks) and builder.size < limit:
+                            frame = r.chunk_frame(chunks[i])
+                            if frame is None:
+                                raise NotFoundError(
+                                    f"chunk {to_hex(chunks[i])} is missing from the local store"
+                                )
+                            builder.add(chunks[i], KIND_CHUNK, frame)
+                            i += 1
                     if builder.size >= limit:
                         submit(builder)
                         builder = PackBuilder()
@@ -331,7 +338,7 @@ class RemotePush(RemoteRefs):
                     f"remote {self.url} already has dataset {rec['id']} with another commit"
                 )
         with store.batch() as b:  # re-read on the next get_record
-            b.delete("remote", self._record_cache_key(rec["id"]))
+            b.delete_remote(self._record_cache_key(rec["id"]))
         self.update_ref(rec["project"], rec["name"], rec["id"], rec.get("version"))
         return stats
 

@@ -119,9 +119,8 @@ class RemoteRefs(RemoteFetch):
         if not is_dataset_id(dataset_id):
             return None  # not an id: never becomes a key (no "datasets/../x")
         key = f"datasets/{dataset_id}"
-        with store.read() as txn:
-            raw = txn.get(self._record_cache_key(dataset_id), db=store.db("remote"))
-            raw = None if raw is None else bytes(raw)
+        with store.reader() as r:
+            raw = r.remote(self._record_cache_key(dataset_id))
         cached = raw is not None
         if raw is None:
             if not self.ensure_repo(store, create=False):
@@ -133,7 +132,7 @@ class RemoteRefs(RemoteFetch):
         rec = Record.from_msgpack(raw, key, expect_id=dataset_id, finalized=True).to_dict()
         if not cached:  # only checked records are cached
             with store.batch() as b:
-                b.put("remote", self._record_cache_key(dataset_id), raw)
+                b.put_remote(self._record_cache_key(dataset_id), raw)
         rec["remote"] = self.url
         meta = self._read_meta(store, dataset_id, meta_etag)[0]
         if meta.get("deleted", (False, 0))[0]:
@@ -162,7 +161,7 @@ class RemoteRefs(RemoteFetch):
         doc = _parse_meta(got[0], self.url, key)
         if got[1].etag is not None:
             with store.batch() as b:
-                b.put("remote", ck, _encode([got[1].etag, got[0]]))
+                b.put_remote(ck, _encode([got[1].etag, got[0]]))
         return doc, got[1]
 
     def _write_meta(

@@ -244,8 +244,8 @@ class RemoteRepo:
     def _adopt_identity(self, repo_id: str | None) -> None:
         """Drop the local cache of this remote when it belonged to another repository."""
         key = self.index.prefix + b"id"
-        with self.index.store.read() as txn:
-            cached = txn.get(key, db=self.index.store.db("remote"))
+        with self.index.store.reader() as r:
+            cached = r.remote(key)
         now = (repo_id or "").encode()
         if cached is None and not list(self.index.store.scan_prefix("remote", self.index.prefix)):
             pass  # nothing cached yet
@@ -254,7 +254,7 @@ class RemoteRepo:
         else:
             self.index.clear()  # emptied and recreated, or replaced: nothing cached holds
         with self.index.store.batch() as b:
-            b.put("remote", key, now)
+            b.put_remote(key, now)
 
     def refresh_index(self, store: Store, *, forget_gone: bool = True) -> None:
         """Load the indexes of packs we have not seen yet (in parallel), forget packs that
