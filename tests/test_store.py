@@ -11,7 +11,7 @@ import time
 import pytest
 
 from dsvc.codec import RAW, ZSTD, encode_frame
-from dsvc.errors import IntegrityError, ObjectNotFoundError
+from dsvc.errors import ConflictError, IntegrityError, ObjectNotFoundError
 from dsvc.ids import TAG_BLOB, TAG_COMMIT, TAG_TREE, chunk_id, object_id
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, MODE_FILE, Blob, Commit, Entry
 from dsvc.store import DB_NAMES, Store
@@ -149,6 +149,22 @@ def test_batch_flushes_at_limit(store):
         last = b.put_chunk(os.urandom(100), level=0)
         assert not store.has_chunk(last)
     assert store.has_chunk(last)
+
+
+def test_records_compare_and_swap(store):
+    store.cas_record("ds/x", None, {"v": 1})
+    assert store.get_record("ds/x") == {"v": 1}
+    with pytest.raises(ConflictError, match="ds/x"):
+        store.cas_record("ds/x", None, {"v": 2})  # create-only lost
+    with pytest.raises(ConflictError):
+        store.cas_record("ds/x", {"v": 0}, {"v": 2})  # stale expectation
+    assert store.get_record("ds/x") == {"v": 1}
+    store.cas_record("ds/x", {"v": 1}, {"v": 2})
+    assert store.get_record("ds/x") == {"v": 2}
+    store.cas_record("ds/x", {"v": 2}, None)
+    assert store.get_record("ds/x") is None
+    with pytest.raises(ConflictError):
+        store.cas_record("ds/x", {"v": 2}, None)
 
 
 def test_records_by_prefix(store):
