@@ -4,6 +4,7 @@ Usage::
 
     nice -n 10 .venv/bin/python benchmarks/bench_scale.py [--files N] [--quick]
         [--json out.json] [--workdir DIR] [--keep-data] [--only ROW,ROW] [--restic PATH]
+    .venv/bin/python benchmarks/bench_scale.py compare run1.json run2.json  # side by side
 
 Every step runs in its own child process through the public ``Dataset`` API, under a
 small wrapper (``bench_scale.py measure``) that reads the child's rusage with ``wait4``.
@@ -519,12 +520,54 @@ def table(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
     return "\n".join(out)
 
 
+#: issue 11's measurements ("now": wall s, peak RSS MB) for the side-by-side table
+ISSUE_NOW = {
+    "add": (39.8, 1234),
+    "sync_unchanged": (12.1, 1319),
+    "sync_1pct": (18.7, 1675),
+    "diff": (4.8, 679),
+    "local_copy_full": (99.7, 1016),
+    "squash": (5.2, 634),
+}
+
+
+def compare(paths: list[str]) -> str:
+    """A markdown table of several ``--json`` runs side by side (call s / RSS MB / write
+    MB per run), after issue 11's own numbers."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    head = "| row | target | issue: s / RSS MB |"
+    sep = "|---|---|---|"
+    for p in paths:
+        head += f" {Path(p).stem}: call s (wall) / RSS MB / write MB |"
+        sep += "---|"
+    out = [head, sep]
+    for row, _what, target in ROWS:
+        now = ISSUE_NOW.get(row)
+        line = f"| {row} | {target} | {f'{now[0]} / {now[1]:,}' if now else '-'} |"
+        for run_ in runs:
+            r = run_["results"].get(row)
+            if r is None:
+                line += f" {run_['skipped'].get(row, 'not run')} |"
+                continue
+            extra = note(row, r)
+            line += (
+                f" {r.get('call_s', r['wall_s']):.2f} ({r['wall_s']:.1f}) / "
+                f"{r['maxrss'] / MB:,.0f} / {r['write_bytes'] / MB:,.0f}"
+                f"{' — ' + extra if extra and row.startswith(('ingest', 'small')) else ''} |"
+            )
+        out.append(line)
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["measure"]:
         return _measure_main(argv[1], argv[3:])
     if argv[:1] == ["step"]:
         _step_main(argv[1:])
+        return 0
+    if argv[:1] == ["compare"]:
+        print(compare(argv[1:]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1_000_000)
