@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from dsvc import external
+from dsvc import external, reports
 from dsvc import registry as reg
 from dsvc.checkout import (
     CacheLayout,
@@ -1030,6 +1030,22 @@ class Dataset:
             lambda r: {**r, "metadata": {**r.get("metadata", {}), metadata_name: metadata}}
         )
 
+    def get_logger(self) -> reports.Logger:
+        """A logger whose reports (tables, scalars, histograms, text, images, media) are
+        stored with this draft and become part of its commit at ``finalize``, so they
+        travel with push/fetch; ``dsvc show --reports ID`` renders them as one HTML page
+        (see :mod:`dsvc.reports`)."""
+        return reports.Logger(
+            self._store, self.id, lambda: self._refresh()["status"] == reg.DRAFT
+        )
+
+    def get_reports(self) -> list[dict[str, Any]]:
+        """The events reported through :meth:`get_logger` (fetching the commit from the
+        remote if a finalized version's is not local)."""
+        rec = self._refresh()
+        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        return reports.version_events(self._store, rec, remote)
+
     def get_metadata(self, metadata_name: str = "metadata") -> Any:
         """The metadata stored under ``metadata_name`` (None if absent)."""
         value = (self._refresh().get("metadata") or {}).get(metadata_name)
@@ -1207,7 +1223,7 @@ class Dataset:
                     return r  # frozen by a concurrent finalize: publish the same commit
                 if remote is not None and r.get("uploaded_tree") != r["tree"]:
                     raise _EditedMeanwhile
-                meta = _commit_meta(r)
+                meta = reports.commit_meta(self._store, r["id"], _commit_meta(r))
                 commit = Commit(
                     tree=r["tree"], parents=tuple(r.get("parent_commits") or ()), meta=meta
                 )

@@ -163,7 +163,9 @@ def _object_link(url: str, info: Any) -> Link:
         info.size,
         etag=info.version.etag,
         version=info.version.version,
-        mtime_ns=int(mtime.timestamp() * 1e9) if mtime is not None and not info.version.etag else None,
+        mtime_ns=int(mtime.timestamp() * 1e9)
+        if mtime is not None and not info.version.etag
+        else None,
     )
 
 

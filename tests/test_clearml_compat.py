@@ -623,3 +623,77 @@ def test_upload_as_external_links(
     if where == "default remote":  # another machine: links come with the version
         machine(monkeypatch, tmp_path / "m2", fs3_spec)
         assert read_tree(Dataset.get(dataset_id=ds.id).get_local_copy()) == want
+
+
+# -- get_logger (dataset.py get_logger returns the task's Logger; the urbansounds examples
+# -- call report_table/report_histogram/report_image/report_media on it) ----------------
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, raw scanlines) of a PNG written by dsvc.reports.png_bytes."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, w, h = 8, b"", 0, 0
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        assert struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])[0] == zlib.crc32(tag + body)
+        if tag == b"IHDR":
+            w, h = struct.unpack(">II", body[:8])
+        elif tag == b"IDAT":
+            idat += body
+        pos += 12 + n
+    return w, h, zlib.decompress(idat)
+
+
+def test_logger_reports_travel_with_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fs3_spec: dict
+) -> None:
+    # urbansounds_get_data.py:39-47 and urbansounds_dataset_preprocessing.py:79-91, 125-130
+    # report a DataFrame, a value_counts histogram, images and audio on dataset.get_logger()
+    np = pytest.importorskip("numpy")
+    pd = pytest.importorskip("pandas")
+    from remote_helpers import machine
+
+    from dsvc.reports import render_html
+
+    machine(monkeypatch, tmp_path / "m1", fs3_spec)
+    ds = Dataset.create(dataset_name="sounds", dataset_project="p")
+    ds.add_files(write_tree(tmp_path / "src", {"a.wav": b"RIFF" + b"\0" * 40}))
+    log = ds.get_logger()
+    meta = pd.DataFrame({"class": ["dog", "cat", "dog"], "fold": [1, 2, 3]})
+    log.report_table(title="Raw Dataset Metadata", series="Raw Dataset Metadata", table_plot=meta)
+    counts = meta["class"].value_counts()
+    log.report_histogram(
+        title="Class distribution", series="Class distribution", values=counts,
+        iteration=0, xlabels=counts.index.tolist(), yaxis="Amount of samples",
+    )  # fmt: skip
+    for i in range(3):
+        log.report_scalar("loss", "train", 1.0 / (i + 1), i)
+    log.report_text("preprocessing done", print_console=False)
+    img = np.zeros((2, 3, 3))
+    img[0, 0] = [1.0, 0.0, 0.0]  # floats in 0..1, as matplotlib colormaps give them
+    log.report_image(title="a", series="spectrogram", image=img)
+    log.report_media(title="a", series="original_audio", local_path=tmp_path / "src" / "a.wav")
+    ds.finalize(auto_upload=True)
+    with pytest.raises(errors.StateError, match="finalized"):
+        ds.get_logger().report_scalar("late", "x", 1, 0)
+
+    machine(monkeypatch, tmp_path / "m2", fs3_spec)  # another machine: from the remote
+    got = Dataset.get(dataset_id=ds.id)
+    ev = got.get_reports()
+    assert [e["kind"] for e in ev] == [
+        "table", "histogram", "scalar", "scalar", "scalar", "text", "image", "media",
+    ]  # fmt: skip
+    assert ev[0]["columns"] == ["class", "fold"] and ev[0]["rows"][2] == ["dog", 3]
+    assert ev[1]["values"] == [2, 1] and ev[1]["xlabels"] == ["dog", "cat"]
+    assert [e["value"] for e in ev[2:5]] == [1.0, 0.5, 1.0 / 3]
+    w, h, raw = _png_pixels(ev[6]["data"])
+    assert (w, h) == (3, 2) and raw[:4] == b"\x00\xff\x00\x00"  # filter byte, then red
+    assert ev[7]["data"] == b"RIFF" + b"\0" * 40 and ev[7]["mime"] == "audio/x-wav"
+    page = render_html(got._refresh(), ev)
+    assert "<td>dog</td>" in page and "preprocessing done" in page
+    assert "data:image/png;base64," in page and "<audio controls" in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained

@@ -31,6 +31,7 @@ MODULES = {
     "dsvc.lookup": "dataset",
     "dsvc.selection": "dataset",
     "dsvc.stream": "dataset",
+    "dsvc.reports": "dataset",
     "dsvc.ingest": "work",
     "dsvc.external": "work",
     "dsvc.checkout": "work",
