@@ -664,6 +664,7 @@ class Dataset:
         recursive: bool = True,
         verbose: bool = False,
         max_workers: int | None = None,
+        read_hash: bool = False,
     ) -> int:
         """Add files that stay where they are (``s3://``, ``gs://``, ``azure://``,
         ``http(s)://``, ``file://`` or a local path): the version records each file's
@@ -674,7 +675,8 @@ class Dataset:
         Returns the number of new link paths, as ClearML counts them (a link that
         replaces another link is not counted; clearml/datasets/dataset.py
         ``_add_external_files``). A URL where nothing is found adds nothing, with a
-        warning, as in ClearML.
+        warning, as in ClearML. ``read_hash`` (ClearML: a SHA-256 from object metadata)
+        is accepted and ignored: dsvc records and checks the ETag instead.
         """
         self._require_draft()
         urls = [source_url] if isinstance(source_url, str) else list(source_url)
@@ -956,6 +958,41 @@ class Dataset:
             return str(spec)
         remote = remote_for(self._store, None)
         return remote.url if remote is not None else None
+
+    @property
+    def changed_files(self) -> dict[str, int]:
+        """ClearML's counts of this version's changes against its parents:
+        ``{"files added", "files removed", "files modified"}`` (computed from the trees)."""
+        counts = {"files added": 0, "files removed": 0, "files modified": 0}
+        for c in self._changes(None):
+            counts[f"files {c.status}"] += 1
+        return counts
+
+    def update_changed_files(
+        self,
+        num_files_added: int | None = None,
+        num_files_modified: int | None = None,
+        num_files_removed: int | None = None,
+    ) -> None:
+        """Accepted and ignored: :attr:`changed_files` is computed from the version's
+        trees, so there are no counters to keep (ClearML updates its task's counters)."""
+
+    def get_offline_mode_folder(self) -> None:
+        """None: dsvc keeps everything in the store (``DSVC_HOME``), never in an offline
+        session folder (ClearML: the offline session's folder)."""
+        return None
+
+    @classmethod
+    def import_offline_session(
+        cls, session_folder_zip: str, upload: bool = True, finalize: bool = False
+    ) -> str:
+        """Refused: ClearML's offline sessions are task folders for a server; dsvc has no
+        server, and its versions move between machines with ``dsvc push``/``clone``."""
+        raise UsageError(
+            f"cannot import the ClearML offline session {session_folder_zip!r}: dsvc has no "
+            "offline sessions (there is no server); create the dataset with dsvc and move "
+            "it with push/fetch, or add the session's files with add_files"
+        )
 
     @classmethod
     def is_offline(cls) -> bool:

@@ -697,3 +697,82 @@ def test_logger_reports_travel_with_the_version(
     assert "<td>dog</td>" in page and "preprocessing done" in page
     assert "data:image/png;base64," in page and "<audio controls" in page
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+
+
+# -- the member table of docs/coming-from-clearml.md ---------------------------------------
+
+CLEARML_MIRROR = Path(os.environ.get("CLEARML_REPO", "/work/.mirror/clearml+clearml/repo"))
+CLEARML_COMMIT = "0cc42633ff5805ba809549028c90954678ef19e3"
+MEMBERS_FILE = Path(__file__).with_name("clearml_dataset_members.txt")
+
+
+def clearml_public_members(source: str) -> list[str]:
+    """Public members of ClearML's ``class Dataset``: methods/properties not starting with
+    ``_`` in file order, then public attributes assigned on ``self``."""
+    import ast
+
+    cls = next(
+        n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Dataset"
+    )
+    names: list[str] = []
+    for n in cls.body:
+        if isinstance(n, ast.FunctionDef) and not n.name.startswith("_") and n.name not in names:
+            names.append(n.name)
+    for n in ast.walk(cls):
+        for t in n.targets if isinstance(n, ast.Assign) else []:
+            if (
+                isinstance(t, ast.Attribute)
+                and isinstance(t.value, ast.Name)
+                and t.value.id == "self"
+                and not t.attr.startswith("_")
+                and t.attr not in names
+            ):
+                names.append(t.attr)
+    return names
+
+
+def _git_show(rev_path: str) -> str | None:
+    import subprocess
+
+    if not CLEARML_MIRROR.exists():
+        return None
+    r = subprocess.run(
+        ["git", "-C", str(CLEARML_MIRROR), "show", rev_path], capture_output=True, text=True
+    )
+    return r.stdout if r.returncode == 0 else None
+
+
+def test_the_member_table_lists_every_public_clearml_member() -> None:
+    listed = [
+        ln.strip()
+        for ln in MEMBERS_FILE.read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    source = _git_show(f"{CLEARML_COMMIT}:clearml/datasets/dataset.py")
+    if source is not None:  # the checked-in list is ClearML's, at the commit it names
+        assert clearml_public_members(source) == listed
+    doc = (Path(__file__).parent.parent / "docs" / "coming-from-clearml.md").read_text()
+    section = doc.split("## Python: every public member of ClearML's `Dataset`")[1].split("\n## ")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    assert sorted(rows) == sorted(listed), "docs/coming-from-clearml.md: one row per member"
+    assert set(rows.values()) <= {"same", "differs", "n/a"}
+    from dsvc.dataset import Dataset
+
+    for name in listed:  # every member exists on dsvc's Dataset (n/a ones answer harmlessly)
+        assert hasattr(Dataset, name), name
+
+
+def test_members_without_a_server_answer_harmlessly(tmp_path: Path) -> None:
+    # dataset.py:2514 update_changed_files (task counters), :3107 get_offline_mode_folder,
+    # :3116 import_offline_session (a server-side session import: refused, clearly)
+    ds = Dataset.create(dataset_name="d", dataset_project="p")
+    ds.add_files(write_tree(tmp_path / "s", {"a": b"1", "b": b"2"}))
+    assert ds.update_changed_files(num_files_added=5) is None
+    assert ds.changed_files == {"files added": 2, "files removed": 0, "files modified": 0}
+    assert ds.get_offline_mode_folder() is None
+    with pytest.raises(ValueError, match="offline session"):
+        Dataset.import_offline_session(str(tmp_path / "session.zip"))
