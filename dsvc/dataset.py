@@ -95,6 +95,7 @@ from dsvc.treeops import (
     squash_tree,
     walk,
 )
+from dsvc.usage import VersionUsage, version_usage
 
 #: largest file a writable copy reads from a remote straight into memory and then the
 #: file (larger ones go through the store, chunk by chunk)
@@ -879,6 +880,11 @@ class Dataset:
     def stats(self, other: str | Dataset | None = None) -> DiffStats:
         """Counts and bytes of :meth:`diff` (added, removed, modified files)."""
         return diff_stats(self.diff(other))
+
+    def usage(self) -> VersionUsage:
+        """Files, logical bytes, stored (compressed, deduplicated) bytes, the bytes this
+        version added over its parents and the dedup ratio (``dsvc show`` prints them)."""
+        return version_usage(self._store, self._refresh())
 
     def _changes(self, dataset_id: str | None) -> list[Change]:
         rec = self._refresh()

@@ -598,6 +598,12 @@ class Store:
         if self.get_config("format_version", INITIAL_FORMAT_VERSION) < version:
             self._apply([("config", b"format_version", _pack(version))])
 
+    def delete_config(self, key: str) -> None:
+        """Remove a setting (``dsvc config unset``); the fixed ones cannot be."""
+        if key in ("chunker", "format_version"):
+            raise ConfigError(f"config key {key!r} is fixed when the store is created")
+        self._apply([("config", key.encode(), None)])
+
     # -- transactions ----------------------------------------------------------
 
     @contextmanager

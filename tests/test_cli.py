@@ -175,10 +175,10 @@ def test_clearml_workflow(tmp_path: Path, data: Path) -> None:
     flat = {f["path"] for f in js(home, "list", "--id", v4)}
     assert flat == {"a.csv", "b.bin", "c.txt", "deep/d.txt", "sub/deep/d.txt", "new/e.txt"}
     cmp = js(home, "compare", "--source", v1, "--target", v3)
-    assert (cmp["source"], cmp["target"]) == (v1, v3)
-    assert set(cmp["added"]) == {"new/e.txt", "sub/deep/d.txt"}
-    assert set(cmp["removed"]) == {"c.txt", "deep/d.txt"}
-    assert cmp["modified"] == ["a.csv"]
+    assert (cmp["from"], cmp["to"]) == (v1, v3)  # the vocabulary of diff --json
+    assert {c["path"] for c in cmp["added"]} == {"new/e.txt", "sub/deep/d.txt"}
+    assert {c["path"] for c in cmp["removed"]} == {"c.txt", "deep/d.txt"}
+    assert [c["path"] for c in cmp["modified"]] == ["a.csv"]
     human = dsvc(home, "compare", "--source", v1, "--target", v3).stdout
     assert f"{len(cmp['added'])} added, {len(cmp['removed'])} removed" in human
 
@@ -187,6 +187,7 @@ def test_clearml_workflow(tmp_path: Path, data: Path) -> None:
     assert js(home, "diff", v3, str(data)) == {
         "from": v3,
         "to": str(data),
+        "counts": {"added": 0, "removed": 0, "modified": 0},
         "added": [],
         "removed": [],
         "modified": [],
@@ -255,9 +256,9 @@ def test_git_workflow(tmp_path: Path, data: Path) -> None:
     assert remotes == [{"name": "origin", "url": str(remote), "default": True, "options": {}}]
     dsvc(home, "push", "--id", draft, rc=EXIT_STATE)
     pushed = js(home, "push")
-    assert pushed["datasets"] == 2 and pushed["bytes_sent"] > 50_000
+    assert len(pushed["datasets"]) == 2 and pushed["bytes"] > 50_000
     again = js(home, "push")
-    assert again["bytes_sent"] == 0 and again["objects"] == 0  # idempotent
+    assert again["bytes"] == 0 and again["objects"] == 0  # idempotent
 
     out = dsvc(None, "clone", str(remote), str(clone)).stdout
     assert "Cloned 2 datasets" in out
@@ -269,7 +270,7 @@ def test_git_workflow(tmp_path: Path, data: Path) -> None:
     assert same_tree(got, data)
     dsvc(clone, "verify", "--id", v1, "--folder", str(got))
     fetched = js(clone, "fetch")
-    assert fetched["new"] == [] and fetched["remote_datasets"] == 2
+    assert fetched["new"] == [] and sorted(fetched["datasets"]) == sorted([v1, v2])
     pulled = js(clone, "pull")
     assert set(pulled["datasets"]) == {v1, v2}
     assert js(clone, "fsck")["ok"] is True

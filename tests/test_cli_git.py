@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from test_cli import dsvc, new_id, one_error_line, write
+from test_cli import dsvc, js, new_id, one_error_line, write
 
 from dsvc.errors import LIST_DATASETS, DsvcError, NotFoundError, Remedy, StateError
 
@@ -58,3 +58,279 @@ def test_finalized_dataset_hint_names_dsvc_create(tmp_path: Path) -> None:
 def test_no_regex_rewriting_of_messages_in_the_cli() -> None:
     src = (Path(__file__).parent.parent / "dsvc" / "cli" / "core.py").read_text()
     assert "_CLI_HINTS" not in src and "re.compile(r\"Dataset" not in src
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _version(home: Path, folder: Path, *create_args: str) -> str:
+    """A finalized version of ``folder`` (create with ``create_args``, add, close)."""
+    did = new_id(dsvc(home, "create", *create_args).stdout)
+    dsvc(home, "add", str(folder))
+    dsvc(home, "close")
+    return did
+
+
+def _data(root: Path, n: int = 3, big: int = 0) -> Path:
+    files: dict[str, bytes | str] = {f"f{i}.txt": f"file {i}\n" for i in range(n)}
+    if big:
+        files["big.bin"] = bytes(range(256)) * (big // 256)
+    return write(root, files)
+
+
+# -- status, show, du (issue 14) -------------------------------------------------------------
+
+
+def test_status_shows_staged_changes_and_versions_not_on_the_remote(tmp_path: Path) -> None:
+    home, data, remote = tmp_path / "h", _data(tmp_path / "d"), tmp_path / "remote"
+    v1 = _version(home, data, "--project", "p", "--name", "n")
+    out = dsvc(home, "status").stdout
+    assert "finalized" in out and "Nothing staged" in out and "No default remote" in out
+    dsvc(home, "remote", "add", "origin", str(remote), "--init")
+    out = dsvc(home, "status").stdout
+    assert "Not on origin yet (1 version;" in out and v1[:8] in out
+    dsvc(home, "push")
+    assert "Every finalized version is on origin." in dsvc(home, "status").stdout
+    dsvc(home, "create", "--parents", v1)
+    write(tmp_path / "more", {"new.txt": "new"})
+    dsvc(home, "add", str(tmp_path / "more"))
+    dsvc(home, "remove", "f0.txt")
+    out = dsvc(home, "status").stdout
+    assert "a draft" in out and "new.txt" in out and "f0.txt" in out
+    assert "1 added, 1 removed, 0 modified" in out
+    st = js(home, "status")
+    assert st["changes"]["counts"] == {"added": 1, "removed": 1, "modified": 0}
+    assert [c["path"] for c in st["changes"]["added"]] == ["new.txt"]
+    assert st["unpushed"] == [] and st["remote"] == "origin"
+    # a folder against the version: what `sync` would change
+    (data / "f1.txt").write_text("changed\n")
+    folder = js(home, "status", str(data), "--id", v1)
+    assert folder["changes"]["counts"] == {"added": 0, "removed": 0, "modified": 1}
+    assert folder["changes"]["to"] == str(data)
+
+
+def test_show_prints_the_library_numbers(tmp_path: Path) -> None:
+    from dsvc.dataset import Dataset
+
+    home = tmp_path / "h"
+    data = _data(tmp_path / "d", n=2, big=300_000)
+    (data / "copy.bin").write_bytes((data / "big.bin").read_bytes())  # deduplicated
+    v1 = _version(home, data, "--project", "p", "--name", "n")
+    write(data, {"f9.txt": "another file\n"})
+    v2 = _version(home, data, "--parents", v1)
+    logical = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    shown = js(home, "show", v2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSVC_HOME", str(home))
+        u = Dataset.get(dataset_id=v2).usage()
+    assert shown["usage"]["files"] == u.files == 5
+    assert shown["usage"]["logical_bytes"] == u.logical_bytes == logical
+    assert shown["usage"]["stored_bytes"] == u.stored_bytes < logical / 1.5  # dedup
+    assert shown["usage"]["dedup_ratio"] > 1.5
+    assert 0 < shown["usage"]["new_bytes"] == u.new_bytes < u.stored_bytes  # only f9
+    assert shown["usage"]["new_chunks"] == 1
+    assert shown["changes"] == {"added": 1, "removed": 0, "modified": 0}
+    assert shown["parents"] == [v1] and js(home, "show", v1)["children"] == [v2]
+    text = dsvc(home, "show", v2[:8]).stdout
+    assert "5 files" in text and "dedup" in text and "1 chunk no parent has" in text
+
+
+def test_du_sums_the_store_by_dataset(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    data = _data(tmp_path / "d", n=2, big=100_000)
+    _version(home, data, "--project", "p", "--name", "a")
+    _version(home, data, "--project", "p", "--name", "b")  # same content: all shared
+    du = js(home, "du")
+    rows = {r["name"]: r for r in du["datasets"]}
+    assert set(rows) == {"a", "b"} and du["versions"] == 2
+    assert rows["a"]["shared_chunks"] == rows["a"]["chunks"] == du["shared_chunks"] > 0
+    assert du["stored_bytes"] == rows["a"]["stored_bytes"] == rows["b"]["stored_bytes"]
+    assert du["logical_bytes"] == 2 * rows["a"]["logical_bytes"]
+    assert "p/a" in dsvc(home, "du").stdout
+
+
+# -- remotes and config as in git (issue 14) --------------------------------------------------
+
+
+def test_remote_management_as_in_git(tmp_path: Path) -> None:
+    home, data, r1, r2 = tmp_path / "h", _data(tmp_path / "d"), tmp_path / "r1", tmp_path / "r2"
+    dsvc(home, "init")
+    assert "no remotes" in dsvc(home, "remote").stderr  # plain `remote` lists, exit 0
+    v1 = _version(home, data, "--project", "p", "--name", "n")
+    dsvc(home, "remote", "add", "origin", str(r1), "--init")
+    dsvc(home, "push")
+    assert "origin" in dsvc(home, "remote").stdout
+    info = js(home, "remote", "show", "origin")
+    assert info["reachable"] and info["repository"] and [d["id"] for d in info["datasets"]] == [v1]
+    assert v1[:8] in dsvc(home, "remote", "show", "origin").stdout
+    dsvc(home, "remote", "rename", "origin", "backup")
+    assert js(home, "remote", "list") == [
+        {"name": "backup", "url": str(r1), "default": True, "options": {}}
+    ]
+    dsvc(home, "remote", "set-url", "backup", str(r2))
+    info = js(home, "remote", "show", "backup")
+    assert info["url"] == str(r2) and not info["repository"] and info["datasets"] == []
+    assert "no dsvc repository" in dsvc(home, "remote", "show", "backup").stdout
+    dsvc(home, "remote", "show", "nope", rc=3)
+    dsvc(home, "remote", "rename", "nope", "x", rc=3)
+
+
+def test_config_unset_and_unknown_keys(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    dsvc(home, "init")
+    line = one_error_line(dsvc(home, "config", "set", "nope", "1", rc=2))
+    assert "unknown setting 'nope'" in line and "zstd_level" in line
+    dsvc(home, "config", "get", "nope", rc=3)  # nothing was saved
+    dsvc(home, "config", "set", "zstd_level", "9")
+    assert dsvc(home, "config", "get", "zstd_level").stdout.strip() == "9"
+    dsvc(home, "config", "unset", "zstd_level")
+    assert dsvc(home, "config", "get", "zstd_level").stdout.strip() == "1"
+    dsvc(home, "config", "unset", "chunker", rc=2)
+    dsvc(home, "config", "unset", "nope", rc=3)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def test_quiet_silences_chatter_and_hints_go_to_stderr(tmp_path: Path) -> None:
+    home, data, remote = tmp_path / "h", _data(tmp_path / "d"), tmp_path / "r"
+    p = dsvc(home, "create", "--project", "p", "--name", "n")
+    assert "next: dsvc add" in p.stderr and "next:" not in p.stdout
+    dsvc(home, "add", str(data))
+    dsvc(home, "close")
+    assert dsvc(home, "-q", "remote", "add", "origin", str(remote), "--init").stdout.strip() == (
+        f"Initialized an empty dsvc repository at {remote}"
+    )
+    dsvc(home, "push")
+    assert dsvc(tmp_path / "c", "-q", "clone", str(remote), str(tmp_path / "c")).stdout == ""
+    assert dsvc(home, "-q", "remote", "remove", "origin").stdout == ""
+    assert "Added remote o" in dsvc(home, "remote", "add", "o", str(remote)).stdout
+    assert "Removed remote o" in dsvc(home, "remote", "remove", "o").stdout  # without -q
+
+
+def test_plural_units_and_sentences(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    data = _data(tmp_path / "d", n=1)
+    dsvc(home, "create", "--project", "p", "--name", "n")
+    assert dsvc(home, "add", str(data)).stdout.startswith("1 file added")
+    v1 = new_id(dsvc(home, "close").stdout)
+    v2 = _version(home, _data(tmp_path / "e", n=2), "--project", "p", "--name", "m")
+    assert "from 2 versions" in dsvc(home, "squash", "--name", "s", "--ids", v1, v2).stdout
+    err = dsvc(home, "get", v1, "--verbose").stderr
+    assert "1 file, 7 B" in err and "bytes" not in err
+    dsvc(home, "delete", "--id", v2)
+    dry = dsvc(home, "gc", "--dry-run").stdout
+    assert dry.startswith("Would delete ") and "nothing was deleted (dry run)" in dry
+    assert "Deleted" not in dry and "chunks_deleted" not in dry
+    done = dsvc(home, "gc").stdout
+    assert done.startswith("Deleted ") and " freed)" in done
+    assert js(home, "gc", "--dry-run")["chunks_deleted"] == 0  # the dry run deleted nothing
+
+
+def test_compare_lists_files_only_with_verbose(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    v1 = _version(home, _data(tmp_path / "d", n=1), "--project", "p", "--name", "n")
+    v2 = _version(home, _data(tmp_path / "e", n=2), "--project", "p", "--name", "n")
+    short = dsvc(home, "compare", "--source", v1, "--target", v2).stdout
+    assert "f1.txt" not in short and "1 added, 0 removed, 0 modified" in short
+    assert "f1.txt" in dsvc(home, "compare", "--source", v1, "--target", v2, "--verbose").stdout
+
+
+# -- positional arguments ---------------------------------------------------------------------
+
+
+def test_positional_arguments_and_clearml_aliases(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    a, b = _data(tmp_path / "a", n=1), write(tmp_path / "b", {"x.txt": "x"})
+    did = new_id(dsvc(home, "create", "--project", "p", "--name", "n").stdout)
+    assert dsvc(home, "add", str(a), str(b)).stdout.startswith("2 files added")
+    dsvc(home, "add", "--files", str(a), rc=0)  # clearml-data's spelling still works
+    dsvc(home, "add", rc=2)
+    dsvc(home, "remove", "x.txt")
+    dsvc(home, "close")
+    got = tmp_path / "got"
+    dsvc(home, "get", did[:8], "--copy", str(got))
+    assert sorted(p.name for p in got.iterdir()) == ["f0.txt"]
+    assert [r["id"] for r in js(home, "log", did[:8])] == [did]
+    assert js(home, "show", did)["id"] == did
+    assert [f["path"] for f in js(home, "list", did)] == ["f0.txt"]
+    assert js(home, "list", "--id", did) == js(home, "list", did)
+    line = one_error_line(dsvc(home, "get", did, "--id", "abcd1234", rc=2))
+    assert "not both" in line
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("add", "--files", ".", "--max-workers", "-1"),
+        ("log", "-n", "-1"),
+        ("gc", "--grace", "-5"),
+        ("create", "--project", "p", "--name", "n", "--version", "notaversion"),
+        ("get", "--num-parts", "0", "--part", "0"),
+    ],
+)
+def test_bad_numbers_and_versions_are_usage_errors(tmp_path: Path, args: tuple[str, ...]) -> None:
+    home = tmp_path / "h"
+    dsvc(home, "create", "--project", "p", "--name", "base")
+    line = one_error_line(dsvc(home, *args, rc=2))
+    assert "internal error" not in line
+
+
+def test_get_by_id_refuses_version(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    did = _version(home, _data(tmp_path / "d"), "--project", "p", "--name", "n")
+    line = one_error_line(dsvc(home, "get", "--id", did, "--version", "1.0", rc=2))
+    assert "--version" in line
+
+
+def test_diff_errors_name_what_was_given(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    dsvc(home, "init")
+    line = one_error_line(dsvc(home, "diff", rc=2))
+    assert "--id" not in line and "ID" in line
+    did = _version(home, _data(tmp_path / "d"), "--project", "p", "--name", "n")
+    line = one_error_line(dsvc(home, "diff", did[:4], "./nofolder", cwd=tmp_path, rc=3))
+    assert "nofolder is not a folder" in line and "project" not in line
+    stat = js(home, "diff", did, str(tmp_path / "d"), "--stat")
+    assert stat["counts"] == {"added": 0, "removed": 0, "modified": 0} and "added" not in stat
+    one_error_line(dsvc(home, "graph", "--id", did, "--format", "svg", "--json", rc=2))
+
+
+def test_debug_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    dsvc(home, "init")
+    p = dsvc(home, "get", "--id", "0" * 32, "--debug", rc=3)
+    assert "Traceback" in p.stderr and "NotFoundError" in p.stderr
+
+
+def test_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from test_cli import DSVC
+
+    home = tmp_path / "h"
+    write(tmp_path / "d", {f"f{i:04}.txt": str(i) for i in range(3000)})
+    _version(home, tmp_path / "d", "--project", "p", "--name", "n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSVC_")}
+    env["DSVC_HOME"] = str(home)
+    p = subprocess.Popen([*DSVC, "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.readline()
+    p.stdout.close()  # `| head -1`
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and err == ""
+
+
+def test_short_ids_resolve_against_remote_records(tmp_path: Path) -> None:
+    a, b, remote = tmp_path / "a", tmp_path / "b", tmp_path / "r"
+    did = _version(a, _data(tmp_path / "d"), "--project", "p", "--name", "n")
+    dsvc(a, "remote", "add", "origin", str(remote), "--init")
+    dsvc(a, "push")
+    dsvc(b, "remote", "add", "origin", str(remote))  # no fetch: the record is remote only
+    assert js(b, "show", did[:6])["id"] == did
+    assert [r["id"] for r in js(b, "log", did[:6])] == [did]
+    assert dsvc(b, "cat", did[:6], "f1.txt").stdout == "file 1\n"

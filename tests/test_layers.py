@@ -32,6 +32,7 @@ MODULES = {
     "dsvc.selection": "dataset",
     "dsvc.stream": "dataset",
     "dsvc.reports": "dataset",
+    "dsvc.usage": "dataset",
     "dsvc.ingest": "work",
     "dsvc.external": "work",
     "dsvc.checkout": "work",

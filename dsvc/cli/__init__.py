@@ -3,7 +3,7 @@
 Modules: ``core`` (root group, global options, errors and exit codes, output helpers),
 ``data`` and ``query`` (clearml-data's verbs that change and that read versions),
 ``remotes`` (remote, push, fetch, pull, clone), ``repo`` (init, gc, fsck, config, demo),
-``stream`` (ls, cat: reading without a copy), ``history`` (log, graph, diff) with ``render`` (DAG drawings), ``docgen`` (docs/cli.md
+``stream`` (ls, cat: reading without a copy), ``overview`` (status, show, du), ``history`` (log, graph, diff) with ``render`` (DAG drawings), ``docgen`` (docs/cli.md
 from these definitions).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from dsvc.cli import data, history, query, remotes, repo, stream  # noqa: F401  (register the commands)
+from dsvc.cli import data, history, overview, query, remotes, repo, stream  # noqa: F401  (register the commands)
 from dsvc.cli.core import EXIT_CODES, cli, run
 
 __all__ = ["EXIT_CODES", "cli", "main", "run"]

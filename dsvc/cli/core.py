@@ -120,12 +120,16 @@ SECTIONS: list[tuple[str, list[str]]] = [
     (
         "Git-style commands",
         [
-            "init", "remote", "push", "fetch", "pull", "clone", "log", "graph", "diff", "gc",
-            "fsck", "cache", "config", "demo",
+            "init", "status", "show", "remote", "push", "fetch", "pull", "clone", "log",
+            "graph", "diff", "du", "gc", "fsck", "cache", "config", "demo",
         ],
     ),
     ("Reading without a copy", ["ls", "cat"]),
 ]  # fmt: skip
+
+
+class ClosedPipe(Exception):
+    """stdout's reader went away (``dsvc list | head``)."""
 
 
 class DsvcGroup(click.Group):
@@ -135,6 +139,12 @@ class DsvcGroup(click.Group):
         order = [n for _, names in SECTIONS for n in names]
         known = [n for n in order if n in self.commands]
         return known + sorted(set(self.commands) - set(known))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # before click's main turns it into a silent exit 1
+            raise ClosedPipe() from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         listed: set[str] = set()
@@ -213,9 +223,16 @@ def error_line(msg: str) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (``main`` exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    _state["debug"] = "--debug" in args or bool(os.environ.get("DSVC_DEBUG"))
+    # --debug is global, but people add it where the error showed: accept it anywhere
+    # before a `--` (git's -c style flags must come first; ours need not)
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    args = [a for a in args[:end] if a != "--debug"] + args[end:]
+    _state["debug"] = debug or bool(os.environ.get("DSVC_DEBUG"))
     try:
-        rv = cli.main(args=args, prog_name="dsvc", standalone_mode=False)
+        rv = cli.main(
+            args=(["--debug"] if debug else []) + args, prog_name="dsvc", standalone_mode=False
+        )
     except click.exceptions.NoArgsIsHelpError as e:  # `dsvc remote` alone: show its help
         click.echo(e.ctx.get_help(), err=True)
         return EXIT_USAGE
@@ -232,12 +249,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         error_line(e.cli_message())  # the remedy in the CLI's words
         return e.exit_code
-    except BrokenPipeError:  # `dsvc list | head`
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        except OSError:
-            pass
-        return EXIT_OK
+    except (BrokenPipeError, ClosedPipe):  # `dsvc list | head`: stop quietly, as git does
+        return _closed_pipe()
     except (_backend_error(), OSError) as e:
         # raised outside the store's own guards (a full disk while materializing, LMDB
         # met through a raw transaction): say what it is and where, not "a bug"
@@ -258,6 +271,18 @@ def _backend_error() -> type[Exception]:
     from dsvc.store import BackendError
 
     return BackendError
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away: point fd 1 at /dev/null so that the flush at exit
+    (of what is still buffered) cannot fail again, and exit 0 without a word."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real fd (a test runner's capture)
+        pass
+    return EXIT_OK
 
 
 def _environment_error(e: BaseException) -> DsvcError | None:
@@ -397,7 +422,8 @@ def remember(store: Any, dataset_id: str) -> None:
 
 
 def expand_id(store: Any, text: str) -> str:
-    """A full dataset id from a full id or a unique prefix (>= 4 hex chars) of a local one."""
+    """A full dataset id from a full id or a unique prefix (>= 4 hex chars) of a local
+    one, else of one on the default remote."""
     from dsvc import registry
 
     t = text.strip().lower()
@@ -405,6 +431,8 @@ def expand_id(store: Any, text: str) -> str:
         return t
     if len(t) >= 4:
         hits = [r["id"] for r in registry.all_records(store) if r["id"].startswith(t)]
+        if not hits:  # a version only the default remote has (as git's fetched refs)
+            hits = [i for i in remote_ids(store) if i.startswith(t)]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
@@ -415,8 +443,23 @@ def expand_id(store: Any, text: str) -> str:
     return t
 
 
-def dataset_id_or_last(store: Any, given: str | None, what: str = "this command") -> str:
-    """``--id`` (expanded), else the last used dataset; a usage error when neither."""
+def remote_ids(store: Any) -> list[str]:
+    """Ids of the default remote's versions ([] without a reachable default remote)."""
+    from dsvc.lookup import remote_for
+
+    try:
+        r = remote_for(store, None)
+        return [] if r is None else [x["id"] for x in r.list_records(store)]
+    except DsvcError:
+        return []
+
+
+def dataset_id_or_last(
+    store: Any, given: str | None, what: str = "this command", how: str = "--id ID"
+) -> str:
+    """``--id`` (expanded), else the last used dataset; a usage error when neither.
+
+    ``how`` is how this command takes an id (``--id ID``, or ``ID`` when positional)."""
     from dsvc.dataset import last_used
 
     if given:
@@ -424,10 +467,18 @@ def dataset_id_or_last(store: Any, given: str | None, what: str = "this command"
     last = last_used(store)
     if not last:
         raise UsageError(
-            f"{what} needs a dataset: pass --id ID (or run `dsvc create` first; the last "
+            f"{what} needs a dataset: pass {how} (or run `dsvc create` first; the last "
             "created or used dataset is the default)"
         )
     return last
+
+
+def one_id(positional: str | None, option: str | None, what: str) -> str | None:
+    """The id given as ``ID`` or as ``--id ID`` (clearml-data's spelling); both is an error
+    unless they agree."""
+    if positional and option and positional != option:
+        raise UsageError(f"{what}: give the dataset as ID or as --id ID, not both")
+    return positional or option
 
 
 def get_dataset(
@@ -441,6 +492,11 @@ def get_dataset(
     """The Dataset for ``--id``, or ``--project/--name[/--version]``, or the last used."""
     from dsvc.dataset import Dataset
 
+    if dataset_id and version:
+        raise UsageError(
+            "--version picks a version of --project/--name; an id names one version "
+            "already: drop --version, or give --project and --name instead of the id"
+        )
     if dataset_id or not (project or name):
         return Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, what))
     if version and not (project and name):
@@ -448,8 +504,25 @@ def get_dataset(
     return Dataset.get(dataset_project=project, dataset_name=name, dataset_version=version)
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files`` (``many``: an irregular plural)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ``--version`` value that is a version (PEP 440, as ClearML compares them)."""
+    from dsvc.registry import parse_version
+
+    if value is not None and parse_version(value) is None:
+        raise click.BadParameter(
+            f"{value!r} is not a version; use numbers like 1.0.0 (PEP 440, as ClearML)"
+        )
+    return value
+
+
+#: counts that cannot be negative (--max-workers, -n, --grace...)
+WORKERS = click.IntRange(min=1)
+COUNT = click.IntRange(min=0)
 
 
 def dataset_label(rec: dict[str, Any]) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from dsvc.cli.core import (
+    WORKERS,
+    check_version,
     cli,
     dataset_id_or_last,
     dataset_label,
@@ -21,6 +23,7 @@ from dsvc.cli.core import (
     id_option,
     is_quiet,
     open_store,
+    plural,
     remember,
     result,
     say,
@@ -33,7 +36,11 @@ from dsvc.errors import NotFoundError, UsageError
 @cli.command(**greedy("--parents", "--tags"))
 @click.option("--project", help="Project of the dataset (default: the last parent's).")
 @click.option("--name", help="Dataset name (default: the last parent's).")
-@click.option("--version", help="Version string (default: the highest existing one bumped).")
+@click.option(
+    "--version",
+    callback=check_version,
+    help="Version string (default: the highest existing one bumped).",
+)
 @click.option(
     "--parents",
     multiple=True,
@@ -85,19 +92,20 @@ def create(
         result(ds.id)
     else:
         result(f"New dataset created id={ds.id}")
-        say(f"  {dataset_label(rec)} (draft); next: dsvc add --files PATH")
+        say(f"  {dataset_label(rec)} (draft); next: dsvc add PATH", err=True)
 
 
 # -- add / remove / sync -------------------------------------------------------------
 
 
 @cli.command(**greedy("--files", "--wildcard", "--links"))
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
 @id_option()
 @click.option(
     "--files",
     multiple=True,
     metavar="PATH...",
-    help="Files or folders to add.",
+    help="Files or folders to add (clearml-data's spelling of PATH...).",
 )
 @click.option(
     "--links",
@@ -114,9 +122,10 @@ def create(
 )
 @click.option("--dataset-folder", metavar="PATH", help="Folder inside the dataset to add into.")
 @click.option("--non-recursive", is_flag=True, help="Do not descend into sub-folders.")
-@click.option("--max-workers", type=int, help="Hashing threads (default: CPUs + 2).")
+@click.option("--max-workers", type=WORKERS, help="Hashing threads (default: CPUs + 2).")
 @click.option("--verbose", is_flag=True, help="Print per-add statistics.")
 def add(
+    paths: tuple[str, ...],
     dataset_id: str | None,
     files: tuple[str, ...],
     links: tuple[str, ...],
@@ -133,14 +142,18 @@ def add(
 
     \b
     Example:
-      dsvc add --files ./images ./labels.csv
+      dsvc add ./images ./labels.csv
       dsvc add --id 3f2a1b2c --files ./raw --wildcard '*.jpg' --dataset-folder train
       dsvc add --links s3://bucket/raw/ --wildcard '*.jpg'
     """
     from dsvc.dataset import Dataset
 
+    files = paths + files
     if not files and not links:
-        raise click.UsageError("give --files PATH... and/or --links URL...")
+        raise UsageError(
+            "add needs files or folders: dsvc add PATH... (or --files PATH..., and/or "
+            "--links URL...)"
+        )
     store = open_store()
     ds = Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, "add"))
     t0 = time.monotonic()
@@ -164,43 +177,50 @@ def add(
             max_workers=max_workers,
         )
     remember(store, ds.id)
-    result(f"{n} file{'s' if n != 1 else ''} added")
+    result(f"{plural(n, 'file')} added")
     say(
         f"  to {dataset_label(dataset_record(store, ds.id))} ({ds.id}) in {human_duration(time.monotonic() - t0)}"
     )
 
 
 @cli.command(**greedy("--files"))
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
 @id_option()
 @click.option(
     "--files",
     multiple=True,
-    required=True,
     metavar="PATH...",
-    help="Dataset paths or wildcards to remove.",
+    help="Dataset paths or wildcards to remove (clearml-data's spelling of PATH...).",
 )
 @click.option(
     "--non-recursive", is_flag=True, help="Wildcards match one folder level, not any depth."
 )
 @click.option("--verbose", is_flag=True, help="Print each removed path.")
 def remove(
-    dataset_id: str | None, files: tuple[str, ...], non_recursive: bool, verbose: bool
+    paths: tuple[str, ...],
+    dataset_id: str | None,
+    files: tuple[str, ...],
+    non_recursive: bool,
+    verbose: bool,
 ) -> None:
     """Remove files from a draft dataset (paths relative to the dataset root).
 
     \b
     Example:
-      dsvc remove --files 'tmp/*' '*.bak'
+      dsvc remove 'tmp/*' '*.bak'
     """
     from dsvc.dataset import Dataset
 
+    files = paths + files
+    if not files:
+        raise UsageError("remove needs dataset paths: dsvc remove PATH... (or --files PATH...)")
     store = open_store()
     ds = Dataset.get(dataset_id=dataset_id_or_last(store, dataset_id, "remove"))
     n = sum(
         ds.remove_files(dataset_path=f, recursive=not non_recursive, verbose=verbose) for f in files
     )
     remember(store, ds.id)
-    result(f"{n} file{'s' if n != 1 else ''} removed")
+    result(f"{plural(n, 'file')} removed")
 
 
 @cli.command(**greedy("--parents", "--tags"))
@@ -217,7 +237,7 @@ def remove(
 )
 @click.option("--project", help="Create a new version in this project.")
 @click.option("--name", help="Create a new version with this name.")
-@click.option("--version", help="Version of the new dataset.")
+@click.option("--version", callback=check_version, help="Version of the new dataset.")
 @click.option("--tags", multiple=True, metavar="TAG...", help="Tags of the new dataset.")
 @click.option(
     "--storage",
@@ -228,8 +248,10 @@ def remove(
 )
 @click.option("--description", help="Description of the new dataset.")
 @click.option("--skip-close", is_flag=True, help="Leave the dataset a draft (no upload/finalize).")
-@click.option("--chunk-size", type=int, metavar="MB", help="Pack size for the upload, in MiB.")
-@click.option("--max-workers", type=int, help="Parallel uploads.")
+@click.option(
+    "--chunk-size", type=WORKERS, metavar="MB", help="Pack size for the upload, in MiB."
+)
+@click.option("--max-workers", type=WORKERS, help="Parallel uploads.")
 @click.option("--verbose", is_flag=True, help="Print sync statistics.")
 def sync(
     dataset_id: str | None,
@@ -286,7 +308,9 @@ def sync(
     removed, added, modified = ds.sync_folder(
         local_path=folder, dataset_path=dataset_folder, verbose=verbose
     )
-    result(f"Sync completed: {removed} files removed, {added} added, {modified} modified")
+    result(
+        f"Sync completed: {plural(removed, 'file')} removed, {added} added, {modified} modified"
+    )
     if skip_close:
         remember(store, ds.id)
         return
@@ -325,8 +349,8 @@ def _close(
     metavar="URL",
     help="Remote name or URL (default: the dataset's or the default remote).",
 )
-@click.option("--chunk-size", type=int, metavar="MB", help="Pack size in MiB.")
-@click.option("--max-workers", type=int, help="Parallel uploads.")
+@click.option("--chunk-size", type=WORKERS, metavar="MB", help="Pack size in MiB.")
+@click.option("--max-workers", type=WORKERS, help="Parallel uploads.")
 @click.option("--verbose", is_flag=True, help="Print upload statistics.")
 def upload(
     dataset_id: str | None,
@@ -365,8 +389,8 @@ def upload(
 @id_option()
 @click.option("--storage", metavar="URL", help="Remote name or URL to upload to first.")
 @click.option("--disable-upload", is_flag=True, help="Fail instead of uploading pending changes.")
-@click.option("--chunk-size", type=int, metavar="MB", help="Pack size in MiB.")
-@click.option("--max-workers", type=int, help="Parallel uploads.")
+@click.option("--chunk-size", type=WORKERS, metavar="MB", help="Pack size in MiB.")
+@click.option("--max-workers", type=WORKERS, help="Parallel uploads.")
 @click.option("--verbose", is_flag=True, help="Print statistics.")
 def close(
     dataset_id: str | None,
@@ -446,7 +470,7 @@ def squash(name: str, ids: tuple[str, ...], storage: str | None, verbose: bool) 
         result(ds.id)
     else:
         result(f"Squashed dataset created id={ds.id}")
-        say(f"  {dataset_label(rec)} from {len(ids)} versions")
+        say(f"  {dataset_label(rec)} from {plural(len(ids), 'version')}")
         if verbose:
             for sid in rec.get("squashed_from") or []:
                 say(f"  squashed {dataset_label(dataset_record(store, sid))} ({sid})")
@@ -520,7 +544,7 @@ def delete(
     gone = before - {r["id"] for r in reg.all_records(store)}
     if last_used(store) in gone:
         store.delete_record(reg.LAST_USED)
-    result(f"Deleted {len(gone)} dataset version{'s' if len(gone) != 1 else ''}")
+    result(f"Deleted {plural(len(gone), 'dataset version')}")
     for g in sorted(gone):
         say(f"  {g}")
 

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from dsvc.cli.core import (
+    COUNT,
     cli,
     dataset_id_or_last,
     dataset_label,
@@ -25,6 +26,7 @@ from dsvc.cli.core import (
     human_time,
     is_quiet,
     json_option,
+    one_id,
     open_store,
     plural,
     record_json,
@@ -35,7 +37,7 @@ from dsvc.cli.core import (
     tree_size,
 )
 from dsvc.cli.render import printable, render_dot, render_mermaid, render_svg, render_text
-from dsvc.errors import ConfigError, DsvcError, UsageError
+from dsvc.errors import ConfigError, DsvcError, NotFoundError, UsageError
 
 # -- looking versions up without moving "last used" ----------------------------------------
 
@@ -174,6 +176,22 @@ def diff_maps(
     return out
 
 
+def changes_json(
+    left: str, right: str, changes: dict[str, list[dict[str, Any]]], *, files: bool = True
+) -> dict[str, Any]:
+    """The JSON of ``diff``, ``compare`` and ``status``: ``from``/``to``, ``counts`` and,
+    unless only the counts were asked for (``--stat``), the ``added``/``removed``/
+    ``modified`` lists of ``{path, size, old_size}``."""
+    out: dict[str, Any] = {
+        "from": left,
+        "to": right,
+        "counts": {k: len(changes[k]) for k in ("added", "removed", "modified")},
+    }
+    if files:
+        out.update({k: changes[k] for k in ("added", "removed", "modified")})
+    return out
+
+
 def print_changes(changes: dict[str, list[dict[str, Any]]], verbose: bool = True) -> None:
     marks = {"added": ("A", "green"), "removed": ("D", "red"), "modified": ("M", "yellow")}
     if verbose:
@@ -186,6 +204,12 @@ def print_changes(changes: dict[str, list[dict[str, Any]]], verbose: bool = True
             click.echo(click.style(line, fg=col) if color else line)
     n = {k: len(v) for k, v in changes.items()}
     result(f"{n['added']} added, {n['removed']} removed, {n['modified']} modified")
+
+
+def looks_like_path(text: str) -> bool:
+    """``./x``, ``../x``, ``/x``, ``~/x`` or an existing file: meant as a folder, never as
+    a PROJECT/NAME."""
+    return text.startswith((".", "/", "~", os.sep)) or os.path.exists(text)
 
 
 @cli.command()
@@ -210,16 +234,24 @@ def diff(a: str | None, b: str | None, only_stat: bool, as_json: bool) -> None:
     def side(x: str) -> tuple[str, Any]:
         if os.path.isdir(x):
             return "folder", os.path.abspath(x)
+        if looks_like_path(x):
+            raise NotFoundError(
+                f"{os.path.abspath(os.path.expanduser(x))} is not a folder; diff compares a "
+                "version with a folder, or two versions (ID, PROJECT/NAME[@VERSION])"
+            )
         return "version", resolve_version(store, x)
 
     if a is None:
-        a = dataset_id_or_last(store, None, "diff")
+        a = dataset_id_or_last(store, None, "diff", "a version ID (and a second ID or FOLDER)")
     sa = side(a)
     if b is None:
         if sa[0] == "folder":
             sb, sa = (
                 sa,
-                ("version", resolve_version(store, dataset_id_or_last(store, None, "diff"))),
+                (
+                    "version",
+                    resolve_version(store, dataset_id_or_last(store, None, "diff", "ID FOLDER")),
+                ),
             )
         else:
             rec = sa[1]
@@ -250,7 +282,7 @@ def diff(a: str | None, b: str | None, only_stat: bool, as_json: bool) -> None:
         left = sa[1]["id"] if sa[0] == "version" else sa[1]
         right = sb[1]["id"] if sb[0] == "version" else sb[1]
     if as_json:
-        emit_json({"from": left, "to": right, **changes})
+        emit_json(changes_json(left, right, changes, files=not only_stat))
         return
     say(f"--- {left}\n+++ {right}")
     print_changes(changes, verbose=not only_stat)
@@ -260,15 +292,17 @@ def diff(a: str | None, b: str | None, only_stat: bool, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("id_arg", metavar="[ID]", required=False)
 @click.option(
     "--id", "dataset_id", metavar="ID", help="A version of the dataset (default: the last used)."
 )
 @click.option("--project", help="Dataset project (with --name).")
 @click.option("--name", help="Dataset name (with --project).")
 @click.option("--oneline", is_flag=True, help="One line per version.")
-@click.option("-n", "--max-count", type=int, help="Show at most this many versions.")
+@click.option("-n", "--max-count", type=COUNT, help="Show at most this many versions.")
 @json_option
 def log(
+    id_arg: str | None,
     dataset_id: str | None,
     project: str | None,
     name: str | None,
@@ -280,16 +314,18 @@ def log(
 
     \b
     Example:
+      dsvc log 3f2a1b2c
       dsvc log --project demo --name images
       dsvc log --oneline -n 5
     """
     from dsvc import registry as reg
 
     store = open_store(create=False)
+    dataset_id = one_id(id_arg, dataset_id, "log")
     if not (project and name):
         if project or name:
             raise UsageError("log needs both --project and --name (or --id)")
-        rec = resolve_version(store, dataset_id or dataset_id_or_last(store, None, "log"))
+        rec = resolve_version(store, dataset_id or dataset_id_or_last(store, None, "log", "ID"))
         project, name = rec["project"], rec["name"]
     recs = {
         r["id"]: r for r in reg.filter_records(reg.all_records(store), project=project, name=name)
@@ -305,12 +341,19 @@ def log(
         except DsvcError as e:
             say(f"dsvc: warning: remote versions not listed: {e}", err=True)
     if not recs:
-        from dsvc.errors import NotFoundError
-
         raise NotFoundError(f"no dataset {project}/{name}; see `dsvc search`")
     ordered = sorted(recs.values(), key=lambda r: r["created"], reverse=True)[:max_count]
     if as_json:
-        emit_json([{**record_json(r), "local": r["id"] not in remote_only} for r in ordered])
+        emit_json(
+            [
+                {
+                    **record_json(r),
+                    "size": tree_size(store, r.get("tree")),
+                    "local": r["id"] not in remote_only,
+                }
+                for r in ordered
+            ]
+        )
         return
     if oneline:
         table(
@@ -442,6 +485,8 @@ def graph(
     else:
         rec = resolve_version(store, dataset_id or dataset_id_or_last(store, None, "graph"))
     nodes, edges = lineage(store, rec["id"])
+    if as_json and fmt != "text":
+        raise UsageError(f"--json prints the graph as JSON; it does not go with --format {fmt}")
     if as_json:
         emit_json(
             {

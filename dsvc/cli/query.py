@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from dsvc.cli.core import (
+    WORKERS,
     cli,
     dataset_id_or_last,
     dataset_label,
@@ -21,7 +22,9 @@ from dsvc.cli.core import (
     id_option,
     is_quiet,
     json_option,
+    one_id,
     open_store,
+    plural,
     remember,
     result,
     say,
@@ -34,6 +37,7 @@ from dsvc.errors import IntegrityError, StateError, UsageError
 
 
 @cli.command("list", **greedy("--filter"))
+@click.argument("id_arg", metavar="[ID]", required=False)
 @id_option()
 @click.option("--project", help="Pick the dataset by project (with --name).")
 @click.option("--name", help="Pick the dataset by name (highest version).")
@@ -48,6 +52,7 @@ from dsvc.errors import IntegrityError, StateError, UsageError
 @click.option("--modified", is_flag=True, help="Only changes of this version against its parents.")
 @json_option
 def list_cmd(
+    id_arg: str | None,
     dataset_id: str | None,
     project: str | None,
     name: str | None,
@@ -66,6 +71,7 @@ def list_cmd(
     from dsvc.dataset import match_dataset_path
 
     store = open_store(create=False)
+    dataset_id = one_id(id_arg, dataset_id, "list")
     ds = get_dataset(store, dataset_id, project, name, version, "list")
     remember(store, ds.id)
     entries = ds.file_entries_dict
@@ -106,7 +112,7 @@ def list_cmd(
         right=[1] if modified else [0],
     )
     total = sum(r["size"] or 0 for r in rows)
-    say(f"{len(rows)} file{'s' if len(rows) != 1 else ''}, {human_size(total)}")
+    say(f"{plural(len(rows), 'file')}, {human_size(total)}")
 
 
 @cli.command(**greedy("--tags", "--ids"))
@@ -180,6 +186,7 @@ def search(
 
 
 @cli.command()
+@click.argument("id_arg", metavar="[ID]", required=False)
 @id_option()
 @click.option("--project", help="Pick the dataset by project (with --name).")
 @click.option("--name", help="Pick the dataset by name (highest version).")
@@ -198,12 +205,15 @@ def search(
     metavar="DIR",
     help="Make DIR a symlink to the read-only cached copy.",
 )
-@click.option("--part", type=int, help="Only part PART (from 0) of --num-parts.")
-@click.option("--num-parts", type=int, help="Split the files into this many parts by size.")
+@click.option("--part", type=click.IntRange(min=0), help="Only part PART (from 0) of --num-parts.")
+@click.option(
+    "--num-parts", type=WORKERS, help="Split the files into this many parts by size."
+)
 @click.option("--overwrite", is_flag=True, help="Replace what is in DIR.")
-@click.option("--max-workers", type=int, help="Parallel downloads and writes.")
+@click.option("--max-workers", type=WORKERS, help="Parallel downloads and writes.")
 @click.option("--verbose", is_flag=True, help="Also print what was copied (files, bytes).")
 def get(
+    id_arg: str | None,
     dataset_id: str | None,
     project: str | None,
     name: str | None,
@@ -222,10 +232,11 @@ def get(
 
     \b
     Example:
-      dsvc get --id 3f2a1b2c --copy ./work
+      dsvc get 3f2a1b2c --copy ./work
       dsvc get --project demo --name images --link ./data --overwrite
     """
     store = open_store(create=False)
+    dataset_id = one_id(id_arg, dataset_id, "get")
     if copy_to and link_to:
         raise UsageError("give --copy or --link, not both")
     if (part is None) != (num_parts is None):
@@ -258,7 +269,7 @@ def get(
         result(f"Dataset local copy available for files at: {path}")
     if verbose:
         files = ds.file_entries
-        say(f"{len(files)} files, {sum(f.size for f in files)} bytes", err=True)
+        say(f"{plural(len(files), 'file')}, {human_size(sum(f.size for f in files))}", err=True)
     say(
         f"{dataset_label(dataset_record(store, ds.id))} ready in {human_duration(time.monotonic() - t0)}",
         err=True,
@@ -280,23 +291,17 @@ def compare(source: str, target: str, verbose: bool, as_json: bool) -> None:
     Example:
       dsvc compare --source 3f2a1b2c --target 9d8e7f60 --verbose
     """
-    from dsvc.cli.history import diff_versions, print_changes, resolve_version
+    from dsvc.cli.history import changes_json, diff_versions, print_changes, resolve_version
 
     store = open_store(create=False)
     a = resolve_version(store, source)
     b = resolve_version(store, target)
     changes = diff_versions(store, a["tree"], b["tree"])
-    if as_json:
-        emit_json(
-            {
-                "source": a["id"],
-                "target": b["id"],
-                **{k: [c["path"] for c in v] for k, v in changes.items()},
-            }
-        )
+    if as_json:  # the vocabulary of `dsvc diff --json` (docs/cli.md, JSON output)
+        emit_json(changes_json(a["id"], b["id"], changes, files=True))
         return
     say(f"Comparing {dataset_label(a)} ({short(a['id'])}) -> {dataset_label(b)} ({short(b['id'])})")
-    print_changes(changes, verbose=verbose or not is_quiet())
+    print_changes(changes, verbose=verbose)
 
 
 @cli.command()

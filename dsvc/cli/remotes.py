@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dsvc.cli.core import (
+    WORKERS,
     cli,
     dataset_label,
     emit_json,
@@ -25,7 +26,7 @@ from dsvc.cli.core import (
     short,
     table,
 )
-from dsvc.errors import ConfigError, NotFoundError, StateError
+from dsvc.errors import ConfigError, DsvcError, NotFoundError, StateError
 
 if TYPE_CHECKING:
     from dsvc.remote.client import Remote
@@ -50,15 +51,21 @@ def _remote_name(r: Remote) -> str:
 # -- remote ---------------------------------------------------------------------------------
 
 
-@cli.group(invoke_without_command=False, no_args_is_help=True)
-def remote() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def remote(ctx: click.Context) -> None:
     """Manage remotes: object stores (s3://, gs://, azure://, a folder) to push to.
+
+    Without a subcommand, lists the remotes (as `dsvc remote list`).
 
     \b
     Example:
       dsvc remote add origin s3://bucket/datasets -o region=eu-west-1
-      dsvc remote list
+      dsvc remote
+      dsvc remote show origin
     """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(remote_list, as_json=False)
 
 
 @remote.command("add")
@@ -98,7 +105,7 @@ def remote_add(
     store = open_store()
     url = _absolute(config.check_url(url))
     config.add_remote(store, name, url, parse_options(options), make_default=make_default)
-    result(f"Added remote {name} -> {config.display_url(url)}")
+    say(f"Added remote {name} -> {config.display_url(url)}")
     if init:
         try:
             r = remote_for(store, name)
@@ -141,7 +148,7 @@ def remote_remove(name: str) -> None:
     from dsvc.remote import config
 
     config.remove_remote(open_store(), name)
-    result(f"Removed remote {name}")
+    say(f"Removed remote {name}")
 
 
 @remote.command("list")
@@ -174,6 +181,86 @@ def remote_list(as_json: bool) -> None:
         ],
         ["", "NAME", "URL", "OPTIONS"],
     )
+
+
+@remote.command("show")
+@click.argument("name")
+@json_option
+def remote_show(name: str, as_json: bool) -> None:
+    """Show remote NAME: its URL and options (credentials masked), whether it can be
+    reached and holds a dsvc repository, and the dataset versions on it.
+
+    \b
+    Example:
+      dsvc remote show origin
+    """
+    from dsvc.remote import config
+
+    store = open_store(create=False)
+    row = next((r for r in config.list_remotes(store) if r["name"] == name), None)
+    if row is None:
+        raise NotFoundError(f"no remote named {name!r}; see `dsvc remote list`")
+    info: dict[str, Any] = {**row, "reachable": False, "repository": False, "error": None}
+    recs: list[dict[str, Any]] = []
+    try:
+        r = remote_for(store, name)
+        info["repository"] = bool(r.ensure_repo(store, create=False))
+        info["reachable"] = True
+        if info["repository"]:
+            recs = sorted(r.list_records(store), key=lambda x: x.get("created") or 0)
+    except DsvcError as e:  # unreachable, refused: say so, the rest still shows
+        info["error"] = e.cli_message()
+    info["datasets"] = [
+        {k: x.get(k) for k in ("id", "project", "name", "version", "status")} for x in recs
+    ]
+    if as_json:
+        emit_json(info)
+        return
+    result(f"* remote {name}" + ("  (default)" if row["default"] else ""))
+    result(f"  URL:        {row['url']}")
+    for k, v in sorted(row["options"].items()):
+        result(f"  option:     {k}={v}")
+    if info["error"]:
+        result(f"  reachable:  no ({info['error']})")
+    elif not info["repository"]:
+        result("  reachable:  yes, but it holds no dsvc repository (`dsvc push --init`)")
+    else:
+        result(f"  reachable:  yes; {plural(len(recs), 'dataset version')} there")
+        for x in recs:
+            result(f"    {short(x['id'])}  {dataset_label(x)}  ({x.get('status')})")
+
+
+@remote.command("set-url")
+@click.argument("name")
+@click.argument("url")
+def remote_set_url(name: str, url: str) -> None:
+    """Point remote NAME at URL (its options are kept).
+
+    \b
+    Example:
+      dsvc remote set-url origin s3://new-bucket/datasets
+    """
+    from dsvc.remote import config
+
+    url = _absolute(config.check_url(url))
+    config.set_url(open_store(), name, url)
+    say(f"Remote {name} -> {config.display_url(url)}")
+
+
+@remote.command("rename")
+@click.argument("old")
+@click.argument("new")
+def remote_rename(old: str, new: str) -> None:
+    """Rename remote OLD to NEW (a default remote stays the default).
+
+    \b
+    Example:
+      dsvc remote rename origin backup
+    """
+    from dsvc.remote import config
+
+    config.rename_remote(open_store(), old, new)
+    say(f"Renamed remote {old} to {new}")
 
 
 @remote.command("set-default")
@@ -243,7 +330,9 @@ def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: boo
     if not recs:
         say("nothing to push: no finalized dataset (close one with `dsvc close`)", err=True)
         if as_json:
-            emit_json({"remote": r.url, "datasets": 0, "packs": 0, "objects": 0, "bytes_sent": 0})
+            emit_json(
+                {"remote": r.url, "datasets": [], "packs": 0, "objects": 0, "bytes": 0}
+            )
         return
     t0 = time.monotonic()
     packs = objects = sent = 0
@@ -262,17 +351,18 @@ def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: boo
         emit_json(
             {
                 "remote": r.url,
-                "datasets": len(recs),
+                "datasets": [x["id"] for x in recs],
                 "packs": packs,
                 "objects": objects,
-                "bytes_sent": sent,
+                "bytes": sent,
                 "seconds": round(took, 3),
             }
         )
         return
     result(
-        f"Pushed {len(recs)} dataset{'s' if len(recs) != 1 else ''} to {_remote_name(r)}: "
-        f"{objects} new objects in {packs} packs, {human_size(sent)} sent in {human_duration(took)}"
+        f"Pushed {plural(len(recs), 'dataset')} to {_remote_name(r)}: "
+        f"{plural(objects, 'new object')} in {plural(packs, 'pack')}, {human_size(sent)} sent "
+        f"in {human_duration(took)}"
     )
 
 
@@ -322,11 +412,16 @@ def fetch(remote_spec: str | None, as_json: bool) -> None:
     remote_recs, new = _fetch_records(store, r)
     if as_json:
         emit_json(
-            {"remote": r.url, "remote_datasets": len(remote_recs), "new": [x["id"] for x in new]}
+            {
+                "remote": r.url,
+                "datasets": [x["id"] for x in remote_recs],
+                "new": [x["id"] for x in new],
+            }
         )
         return
     result(
-        f"Fetched {len(new)} new dataset record{'s' if len(new) != 1 else ''} from {_remote_name(r)} ({len(remote_recs)} on the remote)"
+        f"Fetched {plural(len(new), 'new dataset record')} from {_remote_name(r)} "
+        f"({len(remote_recs)} on the remote)"
     )
     for x in new:
         say(f"  {short(x['id'])} {dataset_label(x)}", err=True)
@@ -341,7 +436,7 @@ def fetch(remote_spec: str | None, as_json: bool) -> None:
     metavar="ID",
     help="Only this dataset's content (repeat for several; default: all).",
 )
-@click.option("--max-workers", type=int, help="Parallel downloads.")
+@click.option("--max-workers", type=WORKERS, help="Parallel downloads.")
 @json_option
 def pull(
     remote_spec: str | None, ids: tuple[str, ...], max_workers: int | None, as_json: bool
@@ -379,15 +474,15 @@ def pull(
                 "remote": r.url,
                 "new": [x["id"] for x in new],
                 "datasets": wanted,
-                "files_fetched": files,
+                "files": files,
                 "bytes": nbytes,
                 "seconds": round(took, 3),
             }
         )
         return
     result(
-        f"Pulled {len(wanted)} dataset{'s' if len(wanted) != 1 else ''} from {_remote_name(r)} "
-        f"({len(new)} new): {files} files, {human_size(nbytes)} in {human_duration(took)}"
+        f"Pulled {plural(len(wanted), 'dataset')} from {_remote_name(r)} ({len(new)} new): "
+        f"{plural(files, 'file')}, {human_size(nbytes)} in {human_duration(took)}"
     )
 
 
@@ -453,10 +548,7 @@ def clone(url: str, directory: str | None, remote_name: str, options: tuple[str,
         raise
     if not remote_recs:
         say("warning: you appear to have cloned an empty repository", err=True)
-    result(
-        f"Cloned {len(new)} dataset{'s' if len(new) != 1 else ''} from "
-        f"{config.display_url(url)} into {home}"
-    )
+    say(f"Cloned {plural(len(new), 'dataset')} from {config.display_url(url)} into {home}")
     if directory and home != str(default_home()):
         say(f"  use it with: export DSVC_HOME={home}", err=True)
 

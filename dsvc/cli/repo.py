@@ -17,11 +17,13 @@ from dsvc.cli.core import (
     is_quiet,
     json_option,
     open_store,
+    plural,
     result,
     say,
 )
 from dsvc.cli.remotes import fsck_remote, remote_for
 from dsvc.cli.render import printable
+from dsvc.codec import DEFAULT_LEVEL
 from dsvc.errors import IntegrityError, NotFoundError, StoreCorruptError, UsageError
 from dsvc.store import corrupt_message
 
@@ -69,7 +71,7 @@ def init(directory: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option(
     "--grace",
-    type=int,
+    type=click.IntRange(min=0),
     default=3600,
     show_default=True,
     metavar="SECONDS",
@@ -77,7 +79,7 @@ def init(directory: str | None) -> None:
 )
 @click.option(
     "--wait",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0,
     metavar="SECONDS",
     help="Locally: wait up to this long for `add`/`close` in other processes to finish.",
@@ -102,13 +104,48 @@ def gc(remote_spec: str | None, dry_run: bool, grace: int, wait: float, as_json:
     if as_json:
         emit_json({"dry_run": dry_run, **counts})
         return
-    where = f"remote {remote_spec}" if remote_spec else f"store {store.home}"
-    result(
-        f"gc {'(dry run) ' if dry_run else ''}on {where} in {human_duration(time.monotonic() - t0)}"
+    took = human_duration(time.monotonic() - t0)
+    if remote_spec:
+        result(_remote_gc_sentence(counts, remote_spec, dry_run, took))
+    else:
+        result(_local_gc_sentence(counts, str(store.home), dry_run, took))
+
+
+def _local_gc_sentence(c: dict[str, Any], where: str, dry_run: bool, took: str) -> str:
+    """``dsvc gc``'s report as a sentence: "Deleted 3 chunks and ..." ("Would delete")."""
+    extras = [
+        plural(c.get("statcache_purged", 0), "stat-cache entry", "stat-cache entries"),
+        plural(c.get("cached_copies_deleted", 0), "cached copy", "cached copies"),
+        plural(c.get("cache_files_deleted", 0), "content-cache file"),
+        plural(c.get("temp_deleted", 0), "temporary file"),
+    ]
+    verb = "Would delete" if dry_run else "Deleted"
+    freed = "would be freed" if dry_run else "freed"
+    text = (
+        f"{verb} {plural(c.get('chunks_deleted', 0), 'chunk')} and "
+        f"{plural(c.get('objects_deleted', 0), 'object')} "
+        f"({human_size(c.get('bytes_freed', 0))} {freed}), {', '.join(extras[:-1])} and "
+        f"{extras[-1]} in store {where} ({took})"
     )
-    for k, v in counts.items():
-        shown = human_size(v) if "bytes" in k and isinstance(v, int) else v
-        result(f"  {k}: {shown}")
+    return text + ("; nothing was deleted (dry run)" if dry_run else "")
+
+
+def _remote_gc_sentence(c: dict[str, Any], name: str, dry_run: bool, took: str) -> str:
+    """``dsvc gc --remote``'s report as a sentence."""
+    verb = "Would delete" if dry_run else "Deleted"
+    text = (
+        f"{verb} {plural(c.get('packs_deleted', 0), 'pack')} "
+        f"({human_size(c.get('bytes_deleted', 0))}) on remote {name}; "
+        f"{plural(c.get('packs_kept', 0), 'pack')} kept"
+    )
+    if c.get("packs_marked"):
+        text += (
+            f", {plural(c['packs_marked'], 'pack')} "
+            f"{'would be' if dry_run else ''} marked unused (a gc after --grace deletes them)"
+        ).replace("  ", " ")
+    if c.get("packs_too_young"):
+        text += f", {plural(c['packs_too_young'], 'pack')} younger than --grace left alone"
+    return text + f" ({took})" + ("; nothing was deleted (dry run)" if dry_run else "")
 
 
 @cli.command()
@@ -317,6 +354,22 @@ def cache_clear(as_json: bool) -> None:
 # -- config ----------------------------------------------------------------------------------
 
 _MANAGED = {"remotes": "dsvc remote add/remove", "default_remote": "dsvc remote set-default"}
+#: the settings `config set` changes, with what `config unset` puts back
+_SETTABLE = {"zstd_level": DEFAULT_LEVEL}
+#: fixed when the store is created (dedup depends on them)
+_FIXED = ("chunker", "format_version")
+
+
+def _refuse(key: str) -> None:
+    """A usage error for a key `config set`/`unset` may not touch."""
+    if key in _MANAGED:
+        raise UsageError(f"{key!r} is managed by `{_MANAGED[key]}`")
+    if key in _FIXED:
+        raise UsageError(f"{key!r} is fixed when the store is created; use a new store")
+    if key not in _SETTABLE:
+        raise UsageError(
+            f"unknown setting {key!r}; the settings are: {', '.join(sorted(_SETTABLE))}"
+        )
 
 
 @cli.group(no_args_is_help=True)
@@ -381,9 +434,8 @@ def config_set(key: str, value: str) -> None:
     Example:
       dsvc config set zstd_level 3
     """
+    _refuse(key)
     store = open_store()
-    if key in _MANAGED:
-        raise UsageError(f"{key!r} is managed by `{_MANAGED[key]}`")
     try:
         parsed: Any = json.loads(value)
     except ValueError:
@@ -392,6 +444,27 @@ def config_set(key: str, value: str) -> None:
         raise UsageError("zstd_level must be an integer from 0 (no compression) to 19")
     store.set_config(key, parsed)
     result(f"{key} = {json.dumps(parsed)}")
+
+
+@config.command("unset")
+@click.argument("key")
+def config_unset(key: str) -> None:
+    """Put KEY back to its default (or drop a setting this dsvc does not know).
+
+    \b
+    Example:
+      dsvc config unset zstd_level
+    """
+    store = open_store(create=False)
+    if key not in _SETTABLE and key not in _MANAGED and key not in _FIXED:
+        if store.get_config(key) is None:
+            raise NotFoundError(f"no setting {key!r}; see `dsvc config get` for all of them")
+        store.delete_config(key)  # left by an older dsvc that took any key
+        say(f"removed {key}")
+        return
+    _refuse(key)
+    store.set_config(key, _SETTABLE[key])
+    result(f"{key} = {json.dumps(_SETTABLE[key])}")
 
 
 # -- demo ------------------------------------------------------------------------------------

@@ -117,6 +117,35 @@ def remove_remote(store: Store, name: str) -> None:
         store.set_config("default_remote", next(iter(remotes), None))
 
 
+def set_url(store: Store, name: str, url: str) -> None:
+    """Point remote ``name`` at ``url`` (options kept, checked against the new URL)."""
+    remotes = _all(store)
+    if name not in remotes:
+        raise NotFoundError(f"no remote named {name!r}; see `dsvc remote list`")
+    check_url(url)
+    try:
+        opts_mod.check_options(url, remotes[name].get("options"))
+    except ConfigError as e:
+        raise ConfigError(f"remote {name!r}: {e}") from None
+    remotes[name] = {**remotes[name], "url": url}
+    store.set_config("remotes", remotes)
+
+
+def rename_remote(store: Store, old: str, new: str) -> None:
+    """Rename remote ``old`` to ``new`` (the default follows it)."""
+    remotes = _all(store)
+    if old not in remotes:
+        raise NotFoundError(f"no remote named {old!r}; see `dsvc remote list`")
+    if not _NAME_RE.match(new):
+        raise ConfigError(f"remote name {new!r} must be letters, digits, '.', '_' or '-'")
+    if new in remotes:
+        raise ConfigError(f"remote {new!r} already exists; remove it first or pick another name")
+    remotes[new] = remotes.pop(old)
+    store.set_config("remotes", remotes)
+    if store.get_config("default_remote") == old:
+        store.set_config("default_remote", new)
+
+
 def set_default_remote(store: Store, name: str) -> None:
     if name not in _all(store):
         raise NotFoundError(f"no remote named {name!r}; see `dsvc remote list`")
