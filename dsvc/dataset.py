@@ -1082,6 +1082,12 @@ class Dataset:
             self._store, self.id, lambda: self._refresh()["status"] == reg.DRAFT
         )
 
+    @property
+    def _task(self) -> reports.DatasetTask:
+        """ClearML scripts use ``dataset._task`` (the urbansounds examples upload an
+        artifact through it); a stand-in whose artifacts are kept as metadata."""
+        return reports.DatasetTask(self, lambda: list(self._refresh().get("metadata") or {}))
+
     def get_reports(self) -> list[dict[str, Any]]:
         """The events reported through :meth:`get_logger` (fetching the commit from the
         remote if a finalized version's is not local)."""

@@ -426,3 +426,27 @@ def upload_as_links(
 
     with ThreadPoolExecutor(max(1, min(len(files), max_workers or 4))) as pool:
         return list(pool.map(one, files))
+
+
+def backend_for(store: Store, url: str) -> tuple[Backend, str]:
+    """``(backend, key)`` for one object or file URL (``http(s)://``, ``s3://``,
+    ``gs://``, ``azure://``, ``file://`` or a path); object-store options as for links."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        return _http_backend(url)
+    if scheme in _OBJECT_SCHEMES:
+        backend, key, _ = _object_backend(store, url)
+        return backend, key
+    if scheme in ("", "file"):
+        path = unquote(urlsplit(url).path) if scheme == "file" else url
+        folder, _, name = os.path.abspath(os.path.expanduser(path)).rpartition(os.sep)
+        return Backend.from_url(folder or os.sep), name
+    raise UsageError(f"unsupported URL {url!r}: use s3://, gs://, azure://, http(s)://, file://")
+
+
+def download_url(store: Store, url: str, target: str) -> None:
+    """Download ``url`` to the file ``target`` (for ``dsvc.compat.StorageManager``;
+    nothing is checked against a link)."""
+    backend, key = backend_for(store, url)
+    with open(target, "wb") as out:
+        backend.download(key, out)

@@ -482,3 +482,74 @@ def _scalars_html(group: list[dict[str, Any]]) -> str:
         )
     out.append("</table>")
     return "".join(out)
+
+
+# -- dataset._task ------------------------------------------------------------------------
+
+#: metadata names under which ``dataset._task.upload_artifact`` keeps artifacts
+ARTIFACT_PREFIX = "artifact/"
+
+
+class Artifact:
+    """ClearML's ``Artifact`` for an object kept with a dataset version."""
+
+    def __init__(self, name: str, getter: Any) -> None:
+        self.name = name
+        self._get = getter
+
+    def get(self, force_download: bool = False, deserialization_function: Any = None) -> Any:
+        """The object, as it was given to ``upload_artifact`` (DataFrames and numpy
+        arrays come back as such)."""
+        return self._get()
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.name!r})"
+
+
+class DatasetTask:
+    """What ClearML scripts reach through ``dataset._task`` (ClearML's dataset task):
+    ``id`` (the dataset id, so ``Task.get_task(task_id=ds._task.id)`` finds it again,
+    see :mod:`dsvc.compat`), ``name``, ``get_logger()``, ``connect()``,
+    ``upload_artifact()`` and ``artifacts``. Artifacts are kept as the version's metadata
+    (``set_metadata`` under ``artifact/<name>``), so they travel with it.
+    """
+
+    def __init__(self, dataset: Any, metadata_names: Any) -> None:
+        self._ds = dataset
+        self._names = metadata_names
+
+    @property
+    def id(self) -> str:
+        return str(self._ds.id)
+
+    @property
+    def name(self) -> str:
+        return str(self._ds.name)
+
+    def get_project_name(self) -> str:
+        return str(self._ds.project)
+
+    def get_logger(self) -> Logger:
+        return self._ds.get_logger()  # type: ignore[no-any-return]
+
+    def connect(self, mutable: Any, name: str | None = None) -> Any:
+        """Returns ``mutable`` unchanged (there is no server to override it from)."""
+        return mutable
+
+    def upload_artifact(
+        self, name: str, artifact_object: Any, metadata: Any = None, **_: Any
+    ) -> bool:
+        """Keep ``artifact_object`` with the draft (any value ``set_metadata`` takes)."""
+        self._ds.set_metadata(artifact_object, metadata_name=ARTIFACT_PREFIX + str(name))
+        return True
+
+    @property
+    def artifacts(self) -> dict[str, Artifact]:
+        ds = self._ds
+        return {
+            n[len(ARTIFACT_PREFIX) :]: Artifact(
+                n[len(ARTIFACT_PREFIX) :], lambda n=n: ds.get_metadata(n)
+            )
+            for n in self._names()
+            if n.startswith(ARTIFACT_PREFIX)
+        }

@@ -776,3 +776,80 @@ def test_members_without_a_server_answer_harmlessly(tmp_path: Path) -> None:
     assert ds.get_offline_mode_folder() is None
     with pytest.raises(ValueError, match="offline session"):
         Dataset.import_offline_session(str(tmp_path / "session.zip"))
+
+
+# -- dsvc.compat: Task and StorageManager for ClearML's example scripts -----------------
+
+
+def test_storage_manager_downloads_once_and_extracts(tmp_path: Path) -> None:
+    # clearml/storage/manager.py get_local_copy: cached per URL (cache.py:109 names the
+    # file), archives extracted next to it (extract_archive=True is the default)
+    import zipfile
+
+    from dsvc.compat import StorageManager
+
+    www = tmp_path / "www"
+    www.mkdir()
+    with zipfile.ZipFile(www / "data.zip", "w") as z:
+        z.writestr("TRAIN/a.txt", b"a")
+        z.writestr("TEST/b.txt", b"b")
+    (www / "plain.csv").write_bytes(b"x,y\n1,2\n")
+    srv = _serve_http(www)
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        folder = Path(StorageManager.get_local_copy(f"{base}/data.zip", name="DATA"))
+        csv_copy = StorageManager.get_local_copy(f"{base}/plain.csv")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert read_tree(folder) == {"TRAIN/a.txt": b"a", "TEST/b.txt": b"b"}
+    assert Path(csv_copy).read_bytes() == b"x,y\n1,2\n"
+    # the server is gone: the cached copies answer
+    assert StorageManager.get_local_copy(f"{base}/data.zip", name="DATA") == str(folder)
+    assert StorageManager.get_local_copy(f"{base}/plain.csv") == csv_copy
+    assert StorageManager.get_local_copy(str(www / "plain.csv")) == str(www / "plain.csv")
+
+
+@pytest.mark.servers
+def test_storage_manager_upload_and_get_on_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: dict
+) -> None:
+    import uuid
+
+    from remote_helpers import machine
+
+    from dsvc.compat import StorageManager
+
+    uid = uuid.uuid4().hex[:8]
+    spec = {"url": f"s3://{s3_server['bucket']}/repo-{uid}", "options": s3_server["options"]}
+    machine(monkeypatch, tmp_path / "m1", spec)  # the bucket's options come from this remote
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"w" * 3000)
+    url = f"s3://{s3_server['bucket']}/up-{uid}/w.bin"
+    assert StorageManager.upload_file(str(src), url) == url
+    assert StorageManager.exists_file(url)
+    assert StorageManager.list(f"s3://{s3_server['bucket']}/up-{uid}/") == ["w.bin"]
+    assert Path(StorageManager.get_local_copy(url)).read_bytes() == b"w" * 3000
+
+
+def test_compat_task_keeps_parameters_and_artifacts(tmp_path: Path) -> None:
+    # urbansounds_get_data.py:21 task.connect(configuration), :84 dataset._task.upload_artifact;
+    # urbansounds_dataset_preprocessing.py:65 Task.get_task(task_id=ds._task.id).artifacts
+    pd = pytest.importorskip("pandas")
+    from dsvc.compat import Task
+
+    Task._current = None
+    task = Task.init(project_name="p", task_name="t")
+    conf = {"classes": ["a", "b"]}
+    assert task.connect(conf) is conf
+    task.connect({"rate": 3})
+    task.upload_artifact("table", artifact_object=pd.DataFrame({"x": [1, 2]}))
+    again = Task.get_task(task_id=task.id)
+    assert again.get_parameters() == {"General/classes": ["a", "b"], "General/rate": 3}
+    assert again.artifacts["table"].get()["x"].tolist() == [1, 2]
+    ds = Dataset.create(dataset_name="d", dataset_project="p")
+    ds._task.upload_artifact(name="metadata", artifact_object=pd.DataFrame({"f": ["a.wav"]}))
+    ds.finalize()
+    got = Task.get_task(task_id=Dataset.get(dataset_id=ds.id)._task.id)
+    assert got.artifacts["metadata"].get()["f"].tolist() == ["a.wav"]
+    task.close()

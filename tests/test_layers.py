@@ -23,6 +23,7 @@ MODULES = {
     "dsvc.__main__": "face",
     "dsvc.cli": "face",
     "dsvc.demo": "face",
+    "dsvc.compat": "face",
     "dsvc.fs": "face",
     "dsvc.torch": "face",
     "dsvc.dataset": "dataset",
