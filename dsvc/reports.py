@@ -530,7 +530,7 @@ class DatasetTask:
         return str(self._ds.project)
 
     def get_logger(self) -> Logger:
-        return self._ds.get_logger()  # type: ignore[no-any-return]
+        return self._ds.get_logger()
 
     def connect(self, mutable: Any, name: str | None = None) -> Any:
         """Returns ``mutable`` unchanged (there is no server to override it from)."""
