@@ -334,3 +334,41 @@ def test_short_ids_resolve_against_remote_records(tmp_path: Path) -> None:
     assert js(b, "show", did[:6])["id"] == did
     assert [r["id"] for r in js(b, "log", did[:6])] == [did]
     assert dsvc(b, "cat", did[:6], "f1.txt").stdout == "file 1\n"
+
+
+# -- push --dry-run ---------------------------------------------------------------------------
+
+
+def test_push_dry_run_says_what_would_be_sent_and_sends_nothing(tmp_path: Path) -> None:
+    home, remote = tmp_path / "h", tmp_path / "r"
+    v1 = _version(home, _data(tmp_path / "d", big=200_000), "--project", "p", "--name", "n")
+    dsvc(home, "remote", "add", "origin", str(remote), "--init")
+    before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
+    out = dsvc(home, "push", "--dry-run").stdout
+    assert out.startswith("Would push 1 dataset to origin:") and "nothing was sent" in out
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*")) == before
+    assert js(home, "remote", "show", "origin")["datasets"] == []
+    plan = js(home, "push", "--dry-run")
+    pushed = js(home, "push")
+    assert plan["datasets"] == pushed["datasets"] == [v1]
+    assert (plan["chunks"], plan["objects"]) == (pushed["chunks"], pushed["objects"])
+    assert "Would push nothing" in dsvc(home, "push", "--dry-run").stdout
+    # a draft cannot be pushed: a state error (exit 4), not a configuration one
+    draft = new_id(dsvc(home, "create", "--parents", v1).stdout)
+    dsvc(home, "push", "--id", draft, "--dry-run", rc=4)
+
+
+def test_pushing_a_draft_is_a_state_error_in_the_library(tmp_path: Path) -> None:
+    from dsvc.dataset import Dataset
+    from dsvc.lookup import remote_for
+    from dsvc.registry import open_store
+
+    home, remote = tmp_path / "h", tmp_path / "r"
+    dsvc(home, "create", "--project", "p", "--name", "n")
+    dsvc(home, "remote", "add", "origin", str(remote), "--init")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSVC_HOME", str(home))
+        draft = Dataset.get(dataset_project="p", dataset_name="n")
+        store = open_store()
+        with pytest.raises(StateError, match="is a draft"):
+            remote_for(store, "origin").push_dataset(store, draft.id, show_progress=False)

@@ -84,6 +84,33 @@ file instead: `_DSVC_COMPLETE=bash_source dsvc > ~/.dsvc-complete.bash`.
 """
 
 
+JSON_INTRO = """\
+## JSON output
+
+Listing and inspection commands take `--json` and print one JSON document on stdout.
+The vocabulary is shared: `id` is a 32-hex dataset id and `datasets` is always a list
+of ids; `from`/`to` name the two sides of a comparison (`diff`, `compare`, `status`);
+`size` is a file's size and `bytes`/`*_bytes` count bytes; times are ISO 8601 strings.
+A dataset version is described by the same fields (`id`, `project`, `name`, `version`,
+`status`, `tags`, `description`, `parents`, `squashed_from`, `created`, `finalized`,
+`commit`, `tree`, `remote`) wherever one appears. Each command's output follows the
+JSON Schema below (tests/test_cli_json.py validates every one against real output).
+
+"""
+
+
+def _json_schemas() -> str:
+    import json
+
+    from dsvc.cli.schemas import SCHEMAS
+
+    out = [JSON_INTRO]
+    for path, schema in SCHEMAS.items():
+        text = json.dumps(schema, indent=1, sort_keys=False)
+        out.append(f"### `dsvc {path} --json`\n\n```json\n{text}\n```\n\n")
+    return "".join(out)
+
+
 def _usage(cmd: click.Command, path: str) -> str:
     ctx = click.Context(cmd, info_name=path, help_option_names=["-h", "--help"])
     pieces = cmd.collect_usage_pieces(ctx)
@@ -146,6 +173,7 @@ def render() -> str:
     parts += [f"| {code} | {raised} | {meaning} |\n" for code, raised, meaning in EXIT_CODES]
     parts.append("\n")
     parts.append(COMPLETION)
+    parts.append(_json_schemas())
     parts.append("## Global options\n\n```text\ndsvc [GLOBAL OPTIONS] COMMAND [ARGS]...\n```\n\n")
     parts.append("| option | description |\n|---|---|\n")
     parts += [line + "\n" for line in _options(cli)]

@@ -12,6 +12,7 @@ from dsvc.cli.core import (
     WORKERS,
     cli,
     dataset_label,
+    dataset_record,
     emit_json,
     expand_id,
     human_duration,
@@ -296,8 +297,16 @@ def remote_set_default(name: str) -> None:
     is_flag=True,
     help="Start a new dsvc repository on the remote if it holds none yet.",
 )
+@click.option(
+    "-n",
+    "--dry-run",
+    is_flag=True,
+    help="Only say what would be sent (versions, objects, bytes); write nothing.",
+)
 @json_option
-def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: bool) -> None:
+def push(
+    remote_spec: str | None, ids: tuple[str, ...], init: bool, dry_run: bool, as_json: bool
+) -> None:
     """Push finalized datasets (content, commits, records) to a remote.
 
     Only what the remote lacks is sent; pushing again is a no-op. A remote that holds no
@@ -309,12 +318,13 @@ def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: boo
       dsvc push              # every finalized dataset to the default remote
       dsvc push origin --id 3f2a1b2c
       dsvc push --init       # the first push to a new, empty bucket or folder
+      dsvc push --dry-run    # what would be sent
     """
     from dsvc import registry as reg
 
     store = open_store()
     r = remote_for(store, remote_spec)
-    if not init:
+    if not init and not dry_run:
         _require_repo(store, r, "to start a new repository there, pass --init")
     if ids:
         recs = [reg.require(store, expand_id(store, i)) for i in ids]
@@ -331,15 +341,27 @@ def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: boo
         say("nothing to push: no finalized dataset (close one with `dsvc close`)", err=True)
         if as_json:
             emit_json(
-                {"remote": r.url, "datasets": [], "packs": 0, "objects": 0, "bytes": 0}
+                {
+                    "remote": r.url,
+                    "dry_run": dry_run,
+                    "datasets": [],
+                    "packs": None if dry_run else 0,
+                    "objects": 0,
+                    "chunks": 0,
+                    "bytes": 0,
+                }
             )
         return
+    if dry_run:
+        _push_dry_run(store, r, [x["id"] for x in recs], as_json)
+        return
     t0 = time.monotonic()
-    packs = objects = sent = 0
+    packs = objects = chunks = sent = 0
     for rec in recs:
         st = r.push_dataset(store, rec["id"], show_progress=not is_quiet())
         packs += st.packs
         objects += st.objects
+        chunks += st.chunks
         sent += st.bytes_sent
         say(
             f"  {short(rec['id'])} {dataset_label(rec)}: "
@@ -351,9 +373,11 @@ def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: boo
         emit_json(
             {
                 "remote": r.url,
+                "dry_run": False,
                 "datasets": [x["id"] for x in recs],
                 "packs": packs,
                 "objects": objects,
+                "chunks": chunks,
                 "bytes": sent,
                 "seconds": round(took, 3),
             }
@@ -361,9 +385,43 @@ def push(remote_spec: str | None, ids: tuple[str, ...], init: bool, as_json: boo
         return
     result(
         f"Pushed {plural(len(recs), 'dataset')} to {_remote_name(r)}: "
-        f"{plural(objects, 'new object')} in {plural(packs, 'pack')}, {human_size(sent)} sent "
+        f"{plural(chunks, 'new chunk')} and {plural(objects, 'object')} in "
+        f"{plural(packs, 'pack')}, {human_size(sent)} sent "
         f"in {human_duration(took)}"
     )
+
+
+def _push_dry_run(store: Any, r: Any, ids: list[str], as_json: bool) -> None:
+    """``push --dry-run``: what would be sent, from the remote's indexes; nothing written."""
+    exists = r.ensure_repo(store, create=False)
+    plan = r.plan_push(store, ids)
+    if as_json:
+        emit_json(
+            {
+                "remote": r.url,
+                "dry_run": True,
+                "datasets": plan.datasets,
+                "packs": None,
+                "objects": plan.objects,
+                "chunks": plan.chunks,
+                "bytes": plan.bytes,
+            }
+        )
+        return
+    where = _remote_name(r)
+    if not exists:
+        say(f"{r.url} holds no dsvc repository yet: `dsvc push --init` starts one", err=True)
+    if not plan.datasets and not plan.objects and not plan.chunks:
+        result(f"Would push nothing: {where} has everything (dry run)")
+        return
+    result(
+        f"Would push {plural(len(plan.datasets), 'dataset')} to {where}: "
+        f"{plural(plan.chunks, 'new chunk')} and {plural(plan.objects, 'object')}, about "
+        f"{human_size(plan.bytes)} (dry run; nothing was sent)"
+    )
+    for did in plan.datasets:
+        rec = dataset_record(store, did)
+        say(f"  {short(did)} {dataset_label(rec)}")
 
 
 def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsvc import codec
-from dsvc.errors import ConfigError, ConflictError, DsvcError, IntegrityError, NotFoundError
+from dsvc.errors import ConflictError, DsvcError, IntegrityError, NotFoundError, StateError
 from dsvc.ids import TAG_CHUNK, to_hex
 from dsvc.objects import CHUNK_REF_KINDS, KIND_FILE, KIND_TREE
 from dsvc.progress import Progress
@@ -45,6 +45,19 @@ class PushStats:
     chunks: int = 0
     bytes_sent: int = 0
     skipped_objects: int = 0
+
+
+@dataclass
+class PushPlan:
+    """What a push would send (:meth:`RemotePush.plan_push`, ``dsvc push --dry-run``)."""
+
+    #: versions whose record the remote lacks, parents first
+    datasets: list[str]
+    #: trees, blobs and commits, and chunks, the remote lacks
+    objects: int
+    chunks: int
+    #: their stored (compressed) bytes: about what goes into packs
+    bytes: int
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -351,23 +364,7 @@ class RemotePush(RemoteRefs):
         never skipped because the local cache says it was pushed before: after the remote
         was emptied or replaced, this sends everything again."""
         total = PushStats()
-        order: list[dict[str, Any]] = []
-        seen: set[str] = set()
-
-        def visit(did: str) -> None:
-            if did in seen:
-                return
-            seen.add(did)
-            rec = store.get_record(RECORD_PREFIX + did)
-            if rec is None:
-                return  # a parent known only remotely is already there
-            if rec.get("commit") is None:
-                raise ConfigError(f"dataset {did} is a draft; finalize it before pushing")
-            for p in rec.get("parents") or []:
-                visit(p)
-            order.append(rec)
-
-        visit(dataset_id)
+        order = _push_order(store, [dataset_id])
         self.ensure_repo(store, create=True, recheck=True)
         self.refresh_index(store)
         for rec in order:
@@ -378,3 +375,47 @@ class RemotePush(RemoteRefs):
             total.chunks += s.chunks
             total.bytes_sent += s.bytes_sent
         return total
+
+    def plan_push(self, store: Store, dataset_ids: Sequence[str]) -> PushPlan:
+        """What :meth:`push_dataset` of each of ``dataset_ids`` would send (their local
+        parents included), without writing anything: the versions the remote has no
+        record of, and the objects and chunks it lacks with their stored size."""
+        order = _push_order(store, dataset_ids)
+        if self.ensure_repo(store, create=False):
+            self.refresh_index(store)
+        objects, chunks = self._plan(store, [r["tree"] for r in order])
+        commits = [r["commit"] for r in order]
+        objects += [c for c in commits if not self.index.has(c, self._doomed, self._incomplete)]
+        size = 0
+        with store.reader() as r:
+            size += sum(r.chunk_size(c) or 0 for c in chunks)
+            size += sum(len(r.object_frame(o) or b"") for o in dict.fromkeys(objects))
+        return PushPlan(
+            datasets=[r["id"] for r in order if self.get_record(store, r["id"]) is None],
+            objects=len(dict.fromkeys(objects)),
+            chunks=len(chunks),
+            bytes=size,
+        )
+
+
+def _push_order(store: Store, dataset_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The local records of ``dataset_ids`` and their local ancestors, parents first."""
+    order: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def visit(did: str) -> None:
+        if did in seen:
+            return
+        seen.add(did)
+        rec = store.get_record(RECORD_PREFIX + did)
+        if rec is None:
+            return  # a parent known only remotely is already there
+        if rec.get("commit") is None:  # a state problem, not a configuration one
+            raise StateError(f"dataset {did} is a draft; finalize it before pushing")
+        for p in rec.get("parents") or []:
+            visit(p)
+        order.append(rec)
+
+    for did in dataset_ids:
+        visit(did)
+    return order
