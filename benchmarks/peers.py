@@ -242,7 +242,7 @@ def _dsvc_main(argv: list[str]) -> None:
     """The dsvc side of a step, in its own process (``DSVC_HOME`` set by the caller)."""
     from dsvc import registry as reg
     from dsvc.dataset import Dataset
-    from dsvc.remote import sync
+    from dsvc.remote.client import resolve
     from dsvc.remote.config import add_remote
 
     step, *args = argv
@@ -266,7 +266,7 @@ def _dsvc_main(argv: list[str]) -> None:
         store = reg.open_store()
         add_remote(store, "origin", args[0])
         latest = Dataset.get(dataset_project=PROJECT, dataset_name=NAME)
-        remote = sync.resolve(store, "origin", required=True)
+        remote = resolve(store, "origin", required=True)
         s = remote.push_dataset(store, latest.id, show_progress=False)
         print(json.dumps({"bytes_sent": s.bytes_sent, "packs": s.packs}))
     elif step == "restore":
