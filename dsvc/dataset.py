@@ -53,6 +53,7 @@ from dsvc.ingest import Ingestor, ScanItem, scan
 from dsvc.lookup import (
     find_record,
     known_records,
+    latest_named,
     not_found_error,
     remote_for,
     remote_record,
@@ -366,15 +367,19 @@ class Dataset:
         # the version's record was created there
         dataset_name = reg.check_label("name", str(dataset_name))
         dataset_project = reg.check_label("project", str(dataset_project))
-        # versions pushed from other machines count too, so numbering never repeats
-        siblings = reg.filter_records(
-            known_records(store), project=dataset_project, name=dataset_name
-        )
         # ClearML allows an explicit version twice (its lookup then picks the most
         # recently updated of the two); only a missing version is numbered for you
         dataset_version = str(dataset_version).strip() if dataset_version is not None else ""
         if not dataset_version:
-            dataset_version = reg.next_version(siblings)
+            # versions pushed from other machines count too, so numbering never repeats;
+            # the name index and the remote's ref give the latest without every record
+            top = latest_named(
+                store,
+                dataset_project,
+                dataset_name,
+                unreachable="numbering versions from the local store only",
+            )
+            dataset_version = reg.next_version([top] if top is not None else [])
         trees = Trees(store)
         with store.batch() as b:
             trees.batch = b

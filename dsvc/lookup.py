@@ -9,12 +9,19 @@ imported (metadata only) so the version can then be used offline.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from dsvc import registry as reg
 from dsvc.errors import LIST_DATASETS, DsvcError, NotFoundError, RemoteError
 from dsvc.store import Store
+
+if TYPE_CHECKING:
+    from packaging.version import Version
+
+    from dsvc.remote.client import Remote
 
 
 def warn(msg: str) -> None:
@@ -22,7 +29,9 @@ def warn(msg: str) -> None:
     print(f"dsvc: {msg}", file=sys.stderr)
 
 
-def remote_for(store: Store, spec: str | None, *, required: bool = False, retries: int = 3) -> Any:
+def remote_for(
+    store: Store, spec: str | None, *, required: bool = False, retries: int = 3
+) -> Remote | None:
     """The remote for ``spec`` (a remote name or URL; None: the default), or None.
 
     The transport layer is imported lazily so local work never loads it.
@@ -43,6 +52,16 @@ def known_records(store: Store) -> list[dict[str, Any]]:
     return list(recs.values())
 
 
+def remote_for_or_none(store: Store) -> Remote | None:
+    """The default remote, or None when there is none or it cannot be reached (said on
+    stderr)."""
+    try:
+        return remote_for(store, None)
+    except RemoteError as e:
+        warn(f"{e}; looking in the local store only")
+        return None
+
+
 def remote_records(store: Store) -> list[dict[str, Any]]:
     remote = remote_for(store, None)
     return remote.list_records(store) if remote is not None else []
@@ -53,6 +72,69 @@ def remote_record(store: Store, dataset_id: str) -> dict[str, Any] | None:
     if remote is None:
         return None
     return remote.get_record(store, dataset_id)
+
+
+def remote_named(
+    store: Store,
+    remote: Remote,
+    project: str,
+    name: str,
+    keep: Callable[[dict[str, Any]], bool],
+    skip: set[str],
+    version: str | None = None,
+) -> list[dict[str, Any]]:
+    """The remote's records of ``project``/``name`` that ``keep`` accepts and that can
+    be the latest (:func:`dsvc.registry.latest`): read through the name's ref, highest
+    version first, a group of equal versions at a time, stopping below the first group
+    that has a match. So a lookup costs the ref and the records at the top, not every
+    record of the remote (issue 11). ``skip``: ids known locally; ``version``: only
+    versions the ref lists as that string."""
+    if not remote.ensure_repo(store, create=False):
+        return []
+    ref = remote.read_ref(project, name)
+    groups: dict[Version | None, list[str]] = defaultdict(list)
+    for did, ver in ((ref or {}).get("versions") or {}).items():
+        if did not in skip and (version is None or ver == version):
+            groups[reg.parse_version(ver)].append(did)
+    found: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(8, thread_name_prefix="dsvc-lookup") as pool:
+        # None (no valid version) last: a valid version always wins (registry.latest)
+        for ver in sorted(groups, key=lambda v: (v is not None, v or 0), reverse=True):
+            if found:
+                break
+            for rec in pool.map(lambda d: remote.get_record(store, d), groups[ver]):
+                # a renamed version stays listed under its old name: check the record
+                ok = rec is not None and (rec["project"], rec["name"]) == (project, name)
+                if ok and keep(rec):
+                    found.append(rec)
+    return found
+
+
+def latest_named(
+    store: Store,
+    project: str,
+    name: str,
+    *,
+    keep: Callable[[dict[str, Any]], bool] = lambda r: True,
+    version: str | None = None,
+    remote: Remote | None | bool = True,
+    unreachable: str = "looking in the local store only",
+) -> dict[str, Any] | None:
+    """The latest version of ``project``/``name`` (the ClearML rule of
+    :func:`dsvc.registry.latest`) among those ``keep`` accepts, locally (through the
+    store's name index: summaries, not records) and on the default remote (through its
+    ref; ``remote=False``: local only). Returns a local record's summary
+    (:func:`dsvc.store.record_summary`), or a remote record, or None."""
+    local = [s for s in store.name_index(project, name) if keep(s)]
+    found = list(local)
+    try:
+        r = remote_for(store, None) if remote is True else remote or None
+        if r is not None:
+            skip = {s["id"] for s in store.name_index(project, name)}
+            found += remote_named(store, r, project, name, keep, skip, version)
+    except RemoteError as e:
+        warn(f"{e}; {unreachable}")
+    return reg.latest(found)
 
 
 def find_record(
@@ -74,6 +156,28 @@ def find_record(
     continues with local records only.
     """
     remote = None
+    if not dataset_id and project and name:  # by name: the name index and the ref
+
+        def keep(r: dict[str, Any]) -> bool:
+            return bool(
+                reg.filter_records(
+                    [r],
+                    tags=tags,
+                    version=version,
+                    only_completed=only_completed,
+                    only_published=only_published,
+                    include_archived=include_archived,
+                )
+            )
+
+        remote = remote_for_or_none(store)
+        top = latest_named(store, project, name, keep=keep, version=version, remote=remote or False)
+        if top is None:
+            return None
+        local = reg.get(store, top["id"])
+        if local is not None:
+            return local
+        return remote.import_record(store, top) if remote is not None else None
     if dataset_id:
         rec = reg.get(store, dataset_id)
         if rec is None:

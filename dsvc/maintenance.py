@@ -288,6 +288,8 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
     }
     if out["structure"]:
         return out  # reading values through LMDB could crash on the damaged pages
+    # the index of records by project and name (derived: --repair rebuilds it)
+    out["name_index"] = store.name_index_problems()
     parse = {TAG_BLOB: Blob.decode, TAG_TREE: decode_tree, TAG_COMMIT: Commit.decode}
     stats = store.stats()
     total = stats.get("chunks", 0) + stats.get("objects", 0)
@@ -440,6 +442,8 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
     rep.update(refetched=[], unrepaired=[])
     if rep["structure"]:
         return rep  # the LMDB file itself is damaged: nothing can be dropped through it
+    if rep["name_index"]:
+        store.rebuild_name_index()
     bad = {bytes.fromhex(h) for h in rep["bad_chunks"] + rep["bad_objects"]}
     damaged = rep["missing"]
     sources: dict[bytes, list[str]] = {}  # content id -> files it was added from

@@ -11,6 +11,7 @@ new value (see :func:`update`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -203,6 +204,13 @@ def parse_version(v: Any) -> Version | None:
     """
     if not isinstance(v, str) or not v.strip():
         return None
+    return _parse_version(v)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_version(v: str) -> Version | None:
+    # cached: a lookup among thousands of versions of one name parses each one once
+    # per process (Version objects are immutable)
     try:
         return Version(v.strip())
     except InvalidVersion:

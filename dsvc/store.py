@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import lmdb
 import msgpack
@@ -77,6 +78,17 @@ DB_NAMES = ("chunks", "objects", "records", "statcache", "config", "remote")
 BATCH_BYTES = 64 << 20
 #: key prefix of dataset records in the ``records`` database
 RECORD_PREFIX = "ds/"
+#: key prefix of the index of dataset records by project and name, in the ``records``
+#: database: ``nx/<project>/<name>/<id>`` (project and name percent-encoded) -> a summary
+#: of the record (:func:`record_summary`). Every record write updates it in the same
+#: transaction, so a lookup by name reads the summaries of that name's versions, never
+#: every record (issue 11).
+NAME_INDEX_PREFIX = "nx/"
+#: config key set once the index holds every record (a store made by an older dsvc gets
+#: it built on first use, :meth:`Store.name_index`)
+NAME_INDEX_READY = "name_index"
+#: the record fields a summary keeps: what lookups filter and order versions by
+SUMMARY_FIELDS = ("id", "project", "name", "version", "status", "tags", "archived", "created", "modified")
 LEASE_PREFIX = "lease/"
 #: config key marking that the stat cache is keyed by path hash (issue 9.18); stores
 #: without it have path-keyed entries, which are dropped once (the stat cache is a cache)
@@ -89,6 +101,39 @@ GC_LOCK = "gc.lock"
 def default_home() -> Path:
     """``$DSVC_HOME`` or ``~/.dsvc``."""
     return Path(os.environ.get("DSVC_HOME") or Path.home() / ".dsvc").expanduser().absolute()
+
+
+def name_index_prefix(project: str, name: str) -> bytes:
+    """The index keys of the versions of ``project``/``name`` start with this."""
+    return f"{NAME_INDEX_PREFIX}{quote(project, safe='')}/{quote(name, safe='')}/".encode()
+
+
+def record_summary(rec: Any) -> dict[str, Any] | None:
+    """What the name index keeps of a dataset record (None: not indexable)."""
+    if not isinstance(rec, dict) or not all(
+        isinstance(rec.get(f), str) for f in ("id", "project", "name")
+    ):
+        return None
+    return {f: rec.get(f) for f in SUMMARY_FIELDS}
+
+
+def _index_key(rec: dict[str, Any]) -> bytes:
+    return name_index_prefix(rec["project"], rec["name"]) + rec["id"].encode()
+
+
+def _index_ops(key: bytes, old_raw: bytes | None, new: Any) -> list[tuple[bytes, bytes | None]]:
+    """The name-index writes that go with replacing record ``key`` (``old_raw``, packed;
+    None: absent) by ``new`` (None: deleted): the old entry out, the new one in."""
+    if not key.startswith(RECORD_PREFIX.encode()):
+        return []
+    ops: list[tuple[bytes, bytes | None]] = []
+    old = record_summary(_unpack(old_raw)) if old_raw is not None else None
+    now = record_summary(new)
+    if old is not None and (now is None or _index_key(old) != _index_key(now)):
+        ops.append((_index_key(old), None))
+    if now is not None:
+        ops.append((_index_key(now), _pack(now)))
+    return ops
 
 
 def _pack(v: Any) -> bytes:
@@ -563,6 +608,8 @@ class Store:
                 txn.put(b"chunker", _pack(chosen.to_config()), db=cfg)
                 txn.put(b"zstd_level", _pack(codec.DEFAULT_LEVEL), db=cfg)
                 txn.put(STATCACHE_FORMAT_KEY, _pack(STATCACHE_FORMAT), db=cfg)
+                # a new store's name index is complete from its first record on
+                txn.put(NAME_INDEX_READY.encode(), _pack(1), db=cfg)
                 return chosen
             if txn.get(STATCACHE_FORMAT_KEY, db=cfg) is None:
                 txn.drop(self._dbs["statcache"], delete=False)  # path-keyed entries
@@ -754,8 +801,20 @@ class Store:
         return None if raw is None else _unpack(raw)
 
     def put_record(self, key: str, value: Any) -> None:
+        if key.startswith(RECORD_PREFIX):  # keeps the name index in step
+            self._replace_record(key, value)
+            return
         self._apply([("records", key.encode(), _pack(value))])
         self._durable_point()
+
+    def _replace_record(self, key: str, new: Any) -> None:
+        """Write (or, with None, delete) a record whatever it holds now, by CAS."""
+        while True:
+            try:
+                self.cas_record(key, self.get_record(key), new)
+                return
+            except ConflictError:
+                continue  # written meanwhile: replace that
 
     def cas_record(self, key: str, old: Any, new: Any) -> None:
         """Replace record ``key`` by ``new`` only if it still equals ``old``.
@@ -777,6 +836,11 @@ class Store:
                 txn.delete(k)
             else:
                 txn.put(k, _pack(new))
+            for ik, iv in _index_ops(k, cur, new):  # the name index, in the same transaction
+                if iv is None:
+                    txn.delete(ik)
+                else:
+                    txn.put(ik, iv)
             if faultpoints.ENABLED:
                 faultpoints.hit("lmdb.commit", "before", _fault_label([("records", k, None)]))
         if faultpoints.ENABLED:
@@ -784,8 +848,83 @@ class Store:
         self._durable_point()
 
     def delete_record(self, key: str) -> None:
+        if key.startswith(RECORD_PREFIX):  # keeps the name index in step
+            self._replace_record(key, None)
+            return
         self._apply([("records", key.encode(), None)])
         self._durable_point()
+
+    # -- the name index (NAME_INDEX_PREFIX) ------------------------------------
+
+    def name_index(self, project: str, name: str) -> list[dict[str, Any]]:
+        """Summaries (:func:`record_summary`) of the dataset records of ``project``/``name``,
+        read from the name index; the index is built first if this store predates it."""
+        if self.get_config(NAME_INDEX_READY) is None:
+            try:
+                self.rebuild_name_index()
+            except DsvcError:  # cannot write (a read-only store): scan instead
+                return [
+                    s
+                    for _, r in self.iter_records(RECORD_PREFIX)
+                    if (s := record_summary(r)) is not None
+                    and (s["project"], s["name"]) == (project, name)
+                ]
+        return [_unpack(v) for _, v in self.scan_prefix("records", name_index_prefix(project, name))]
+
+    def _expected_name_index(self, txn: Any) -> dict[bytes, bytes]:
+        out = {}
+        cur = txn.cursor(db=self._dbs["records"])
+        if cur.set_range(RECORD_PREFIX.encode()):
+            for k, v in cur:
+                if not k.startswith(RECORD_PREFIX.encode()):
+                    break
+                for ik, iv in _index_ops(k, None, _unpack(v)):
+                    if iv is not None:
+                        out[ik] = iv
+        return out
+
+    def _name_index_now(self, txn: Any) -> dict[bytes, bytes]:
+        out = {}
+        cur = txn.cursor(db=self._dbs["records"])
+        if cur.set_range(NAME_INDEX_PREFIX.encode()):
+            for k, v in cur:
+                if not k.startswith(NAME_INDEX_PREFIX.encode()):
+                    break
+                out[bytes(k)] = bytes(v)
+        return out
+
+    def rebuild_name_index(self) -> None:
+        """Rewrite the name index from the records, in one transaction (a store made by
+        an older dsvc, or one fsck found out of step)."""
+        with (
+            self.errors(),
+            self._write_lock,
+            self._begin(write=True, db=self._dbs["records"]) as txn,
+        ):
+            for k in self._name_index_now(txn):
+                txn.delete(k)
+            for k, v in self._expected_name_index(txn).items():
+                txn.put(k, v)
+            txn.put(NAME_INDEX_READY.encode(), _pack(1), db=self._dbs["config"])
+        self._durable_point()
+
+    def name_index_problems(self) -> list[str]:
+        """How the name index differs from the records (fsck); empty when in step, or
+        when the store has no index yet (it is built on first use)."""
+        if self.get_config(NAME_INDEX_READY) is None:
+            return []
+        with self.errors(), self._begin(db=self._dbs["records"]) as txn:
+            want, have = self._expected_name_index(txn), self._name_index_now(txn)
+        out = []
+        for k in sorted(want.keys() | have.keys()):
+            what = k.decode(errors="replace")
+            if k not in have:
+                out.append(f"name index lacks {what}")
+            elif k not in want:
+                out.append(f"name index has {what}, which no record matches")
+            elif want[k] != have[k]:
+                out.append(f"name index entry {what} differs from its record")
+        return out
 
     def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         return iter(

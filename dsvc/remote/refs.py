@@ -221,8 +221,8 @@ class RemoteRefs(RemoteFetch):
                 continue
         self._save_base(store, dataset_id, merged)
         out = store.get_record(lkey)
-        if out is not None and ("name" in change or "project" in change):
-            # list it under its new name too
+        if out is not None and ({"name", "project", "version"} & change.keys()):
+            # list it under its new name (or version) too: lookups by name read the ref
             self.update_ref(out["project"], out["name"], dataset_id, out.get("version"))
         return out
 
