@@ -37,7 +37,7 @@ from typing import Any
 
 import msgpack
 
-from dsvc import codec
+from dsvc import codec, walk
 from dsvc import registry as reg
 from dsvc.checkout import CacheLayout, remove_tree, temp_in_use, verify_cache
 from dsvc.errors import DsvcError, IntegrityError
@@ -49,6 +49,7 @@ from dsvc.objects import (
     KIND_TREE,
     Blob,
     Commit,
+    Entry,
     decode_tree,
 )
 from dsvc.progress import Progress
@@ -104,25 +105,19 @@ def reachable(store: Store, txn: StoreReader | None = None) -> set[bytes]:
 
 
 def _mark_tree(rd: _Reader, tree: bytes, out: set[bytes]) -> None:
-    stack = [tree]
-    while stack:
-        tid = stack.pop()
-        if tid in out:
-            continue
-        out.add(tid)
+    """Add everything below ``tree`` to ``out`` (:func:`dsvc.walk.reach`); trees and blobs
+    that are not local (a clone fetches them on demand) end the walk there."""
+
+    def entries(tid: bytes) -> dict[str, Entry] | None:
         data = rd.payload(tid, TAG_TREE)
-        if data is None:
-            continue  # not local (a clone fetches trees on demand)
-        for e in decode_tree(data, tid).values():
-            if e.kind == KIND_TREE:
-                stack.append(e.id)
-            elif e.kind in CHUNK_REF_KINDS:  # a file's chunk, or an external link's
-                out.add(e.id)
-            elif e.id not in out:
-                out.add(e.id)
-                blob = rd.payload(e.id, TAG_BLOB)
-                if blob is not None:
-                    out.update(c for c, _ in Blob.decode(blob, e.id).chunks)
+        return None if data is None else decode_tree(data, tid)
+
+    def chunks(bid: bytes) -> list[bytes] | None:
+        data = rd.payload(bid, TAG_BLOB)
+        return None if data is None else [c for c, _ in Blob.decode(data, bid).chunks]
+
+    for _step in walk.reach([tree], entries, chunks, out):
+        pass  # the walk adds what it yields to ``out``
 
 
 def _statcache_target(raw: bytes) -> tuple[int, bytes, str | None] | None:

@@ -45,6 +45,7 @@ MODULES = {
     "dsvc.chunker": "model",
     "dsvc.codec": "model",
     "dsvc.objects": "model",
+    "dsvc.walk": "model",
     "dsvc.record": "model",
     "dsvc.errors": "model",
     "dsvc.faultpoints": "model",

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsvc import walk
 from dsvc.errors import ConflictError
-from dsvc.objects import CHUNK_REF_KINDS, KIND_TREE
 from dsvc.record import (
     is_hex32,
 )
@@ -31,21 +31,11 @@ class GcStats:
 
 
 def _reach(store: Store, tree: bytes, out: set[bytes]) -> None:
-    """Add every object and chunk id below ``tree`` to ``out`` (iterative: any depth)."""
-    stack = [tree]
-    while stack:
-        tid = stack.pop()
-        if tid in out:
-            continue
-        out.add(tid)
-        for e in store.get_tree(tid).values():
-            if e.kind == KIND_TREE:
-                stack.append(e.id)
-            elif e.kind in CHUNK_REF_KINDS:
-                out.add(e.id)
-            elif e.id not in out:
-                out.add(e.id)
-                out.update(c for c, _ in store.get_blob(e.id).chunks)
+    """Add every object and chunk id below ``tree`` to ``out`` (:func:`dsvc.walk.reach`)."""
+    for _step in walk.reach(
+        [tree], store.get_tree, lambda b: [c for c, _ in store.get_blob(b).chunks], out
+    ):
+        pass  # the walk adds what it yields to ``out``
 
 
 class RemoteGc(RemoteRefs):

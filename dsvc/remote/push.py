@@ -11,10 +11,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from dsvc import codec
+from dsvc import codec, walk
 from dsvc.errors import ConflictError, DsvcError, IntegrityError, NotFoundError, StateError
 from dsvc.ids import TAG_CHUNK, to_hex
-from dsvc.objects import CHUNK_REF_KINDS, KIND_FILE, KIND_TREE
+from dsvc.objects import KIND_FILE, KIND_TREE
 from dsvc.progress import Progress
 from dsvc.record import (
     MAX_RECORD_BYTES,
@@ -138,39 +138,20 @@ class RemotePush(RemoteRefs):
         """Objects (children first) and chunks the remote lacks below ``roots``."""
         objects: list[bytes] = []
         chunks: dict[bytes, None] = {}
-        seen: set[bytes] = set()
-
-        def new(tid: bytes) -> bool:
-            if tid in seen or self.index.has(tid, doomed, suspect):
-                return False  # closure invariant: the whole subtree is there
-            seen.add(tid)
-            return True
-
-        def visit(root: bytes) -> None:
-            # iterative post-order (a tree goes after its children), so any depth works
-            stack = [(root, iter(store.get_tree(root).values()))] if new(root) else []
-            while stack:
-                tid, todo = stack[-1]
-                for e in todo:
-                    if e.kind == KIND_TREE:
-                        if new(e.id):
-                            stack.append((e.id, iter(store.get_tree(e.id).values())))
-                            break
-                    elif e.kind in CHUNK_REF_KINDS:  # a file's chunk or a link's
-                        chunks[e.id] = None
-                    elif e.id not in seen and not self.index.has(e.id, doomed, suspect):
-                        seen.add(e.id)
-                        for cid, _ in store.get_blob(e.id).chunks:
-                            chunks[cid] = None
-                        objects.append(e.id)
-                else:
-                    stack.pop()
-                    objects.append(tid)
-
         doomed = self._doomed  # packs gc marked: their content does not count
         suspect = self._incomplete  # copies fsck found above damage: descend into them
-        for r in roots:
-            visit(r)
+        for kind, oid in walk.reach(
+            roots,
+            store.get_tree,
+            lambda b: [c for c, _ in store.get_blob(b).chunks],
+            set(),
+            # closure invariant: what the remote holds, it holds with its whole subtree
+            skip=lambda o: self.index.has(o, doomed, suspect),
+        ):
+            if kind == walk.CHUNK:
+                chunks[oid] = None
+            else:
+                objects.append(oid)  # post-order: children first
         return objects, self.index.missing(chunks, doomed)
 
     def _upload_pack(self, builder: PackBuilder, stats: PushStats, bar: Progress | None) -> None:
