@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from dsvc import registry as reg
 from dsvc.errors import LIST_DATASETS, DsvcError, NotFoundError, RemoteError
@@ -29,6 +29,14 @@ def warn(msg: str) -> None:
     print(f"dsvc: {msg}", file=sys.stderr)
 
 
+@overload
+def remote_for(
+    store: Store, spec: str | None, *, required: Literal[True], retries: int = 3
+) -> Remote: ...
+@overload
+def remote_for(
+    store: Store, spec: str | None, *, required: bool = False, retries: int = 3
+) -> Remote | None: ...
 def remote_for(
     store: Store, spec: str | None, *, required: bool = False, retries: int = 3
 ) -> Remote | None:
@@ -104,8 +112,9 @@ def remote_named(
                 break
             for rec in pool.map(lambda d: remote.get_record(store, d), groups[ver]):
                 # a renamed version stays listed under its old name: check the record
-                ok = rec is not None and (rec["project"], rec["name"]) == (project, name)
-                if ok and keep(rec):
+                if rec is None or (rec["project"], rec["name"]) != (project, name):
+                    continue
+                if keep(rec):
                     found.append(rec)
     return found
 

@@ -202,7 +202,8 @@ def show(id_arg: str | None, dataset_id: str | None, as_json: bool) -> None:
     for row in config.list_remotes(store):
         try:
             held: bool | None = (
-                remote_for(store, row["name"]).get_record(store, rec["id"]) is not None
+                remote_for(store, row["name"], required=True).get_record(store, rec["id"])
+                is not None
             )
         except DsvcError:
             held = None  # unreachable
