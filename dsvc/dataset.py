@@ -27,6 +27,7 @@ from dsvc import external, reports
 from dsvc import registry as reg
 from dsvc.checkout import (
     CacheLayout,
+    FetchFn,
     materialize,
     materialize_shared,
     refuse_store_overlap,
@@ -60,7 +61,6 @@ from dsvc.lookup import (
     warn,
 )
 from dsvc.objects import (
-    CHUNK_REF_KINDS,
     EMPTY_TREE_ID,
     KIND_CHUNKFILE,
     KIND_EXTERNAL,
@@ -1409,7 +1409,7 @@ class Dataset:
         self, entries: list[tuple[RelPath, Entry]], max_workers: int | None
     ) -> None:
         """Fetch from the remote whatever content of ``entries`` is not local."""
-        missing = _missing_files(self._store, [e for _, e in entries])
+        missing = self._store.missing_content(e for _, e in entries)
         if not missing:
             return
         rec = self._rec
@@ -1446,13 +1446,13 @@ class Dataset:
             f"{e} (file {where[0] if where else '?'} of dataset {self._rec['id']})", bad
         )
 
-    def _direct_fetch(self, entries: list[tuple[RelPath, Entry]]) -> Any:
+    def _direct_fetch(self, entries: list[tuple[RelPath, Entry]]) -> FetchFn | None:
         """For a writable copy: a fetcher that reads content missing locally from the
         remote straight into the files (half the writes of fetching into the store
         first; nothing is kept in the store). None when everything is local, there is
         no remote, or a file is too large to hold in memory (then the store path runs).
         """
-        missing = _missing_files(self._store, [e for _, e in entries])
+        missing = self._store.missing_content(e for _, e in entries)
         if not missing or any(e.size > DIRECT_FETCH_MAX for e in missing):
             return None
         rec = self._rec
@@ -1816,21 +1816,3 @@ def _finalized_last_parent(store: Store) -> Callable[[dict[str, Any]], dict[str,
         return p if p is not None and p.get("status") in reg.COMPLETED_STATES else None
 
     return last
-
-
-def _missing_files(store: Store, entries: list[Entry]) -> list[Entry]:
-    """The entries whose content is not complete in the local store (few transactions)."""
-    unique = list({e.id: e for e in entries}.values())
-    single = [e for e in unique if e.kind in CHUNK_REF_KINDS]  # a link: its chunk
-    blobs = [e for e in unique if e.kind not in CHUNK_REF_KINDS]
-    absent = set(store.missing("chunks", [e.id for e in single]))
-    absent |= set(store.missing("objects", [e.id for e in blobs]))
-    need: dict[bytes, list[bytes]] = {}
-    for e in blobs:
-        if e.id not in absent:
-            need[e.id] = [c for c, _ in store.get_blob(e.id).chunks]
-    if need:
-        lacking = set(store.missing("chunks", list({c for cs in need.values() for c in cs})))
-        if lacking:
-            absent |= {b for b, cs in need.items() if lacking.intersection(cs)}
-    return [e for e in entries if e.id in absent]

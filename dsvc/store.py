@@ -57,6 +57,7 @@ from dsvc.errors import (
 )
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, object_id, to_hex
 from dsvc.objects import (
+    CHUNK_REF_KINDS,
     KIND_CHUNKFILE,
     KIND_FILE,
     Blob,
@@ -768,6 +769,27 @@ class Store:
         """The ``(chunk id, length)`` list of a file entry."""
         with self.reader() as r:
             return r.file_chunks(entry)
+
+    def missing_content(self, entries: Iterable[Entry]) -> list[Entry]:
+        """The file entries whose content is not complete in this store: a chunk entry's
+        chunk is absent, or a file's blob, or one of the blob's chunks (the one missing-
+        content check, issue 12; a few snapshots, not one per entry)."""
+        entries = list(entries)
+        unique = list({e.id: e for e in entries}.values())
+        single = [e for e in unique if e.kind in CHUNK_REF_KINDS]  # a link: its chunk
+        blobs = [e for e in unique if e.kind not in CHUNK_REF_KINDS]
+        absent = set(self.missing("chunks", [e.id for e in single]))
+        absent |= set(self.missing("objects", [e.id for e in blobs]))
+        need: dict[bytes, list[bytes]] = {}
+        with self.reader() as r:
+            for e in blobs:
+                if e.id not in absent:
+                    need[e.id] = [c for c, _ in r.blob(e.id).chunks]
+        if need:
+            lacking = set(self.missing("chunks", list({c for cs in need.values() for c in cs})))
+            if lacking:
+                absent |= {b for b, cs in need.items() if lacking.intersection(cs)}
+        return [e for e in entries if e.id in absent]
 
     def read_file(self, entry: Entry) -> Iterator[bytes]:
         """Yield a file's content chunk by chunk, each verified against its id."""

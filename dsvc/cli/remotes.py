@@ -440,18 +440,16 @@ def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[
 
 
 def _missing_entries(store: Any, tree: bytes) -> list[Any]:
-    from dsvc.objects import CHUNK_REF_KINDS
+    """The files of ``tree`` whose content is not local (``Store.missing_content``, in
+    batches: memory stays bounded by the batch, not the version)."""
+    from itertools import islice
+
     from dsvc.treeops import Trees, walk
 
-    out = []
-    for _, e in walk(Trees(store), tree):
-        if e.kind in CHUNK_REF_KINDS:
-            if not store.has_chunk(e.id):
-                out.append(e)
-        elif not store.has_object(e.id) or store.missing(
-            "chunks", [c for c, _ in store.get_blob(e.id).chunks]
-        ):
-            out.append(e)
+    out: list[Any] = []
+    files = (e for _, e in walk(Trees(store), tree))
+    while batch := list(islice(files, 10_000)):
+        out += store.missing_content(batch)
     return out
 
 
