@@ -23,7 +23,8 @@ from urllib.parse import quote
 
 from packaging.version import InvalidVersion, Version
 
-from dsvc.errors import ConflictError, InvalidPathError, NotFoundError
+from dsvc.errors import InvalidPathError, NotFoundError
+from dsvc.retry import cas_retry
 from dsvc.store import RECORD_PREFIX, Store, default_home
 
 DRAFT = "draft"
@@ -121,23 +122,22 @@ def update(
     store: Store,
     dataset_id: str,
     change: Callable[[dict[str, Any]], dict[str, Any]],
-    tries: int = 50,
 ) -> dict[str, Any]:
-    """Apply ``change`` to the current record with compare-and-swap, retrying on races.
+    """Apply ``change`` to the current record with compare-and-swap, retrying on races
+    (:func:`dsvc.retry.cas_retry`).
 
     ``change`` gets a copy of the current record and returns the new one; it may raise
     to abort (nothing is written). Returns the record as stored.
     """
-    for _ in range(tries):
+
+    def attempt() -> dict[str, Any]:
         cur = require(store, dataset_id)
         new = change(dict(cur))
         new["modified"] = time.time_ns()
-        try:
-            store.cas_record(key(dataset_id), cur, new)
-            return new
-        except ConflictError:
-            continue
-    raise ConflictError(f"dataset {dataset_id}: too many concurrent updates, try again")
+        store.cas_record(key(dataset_id), cur, new)
+        return new
+
+    return cas_retry(attempt, f"dataset {dataset_id}: too many concurrent updates, try again")
 
 
 def remove(store: Store, dataset_id: str) -> None:

@@ -66,6 +66,7 @@ from dsvc.objects import (
     decode_tree,
     encode_tree,
 )
+from dsvc.retry import cas_retry
 
 #: the newest store format this dsvc reads and writes (docs/format.md §6)
 FORMAT_VERSION = 2
@@ -831,12 +832,10 @@ class Store:
 
     def _replace_record(self, key: str, new: Any) -> None:
         """Write (or, with None, delete) a record whatever it holds now, by CAS."""
-        while True:
-            try:
-                self.cas_record(key, self.get_record(key), new)
-                return
-            except ConflictError:
-                continue  # written meanwhile: replace that
+        cas_retry(
+            lambda: self.cas_record(key, self.get_record(key), new),
+            f"record {key!r}: too many concurrent updates, try again",
+        )
 
     def cas_record(self, key: str, old: Any, new: Any) -> None:
         """Replace record ``key`` by ``new`` only if it still equals ``old``.

@@ -46,6 +46,7 @@ MODULES = {
     "dsvc.codec": "model",
     "dsvc.objects": "model",
     "dsvc.walk": "model",
+    "dsvc.retry": "model",
     "dsvc.record": "model",
     "dsvc.errors": "model",
     "dsvc.faultpoints": "model",

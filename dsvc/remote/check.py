@@ -3,14 +3,12 @@ complete, and record both in ``fsck/damaged`` (docs/remote-protocol.md §10)."""
 
 from __future__ import annotations
 
-import random
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dsvc import codec
-from dsvc.errors import ConflictError, IntegrityError, NotFoundError
+from dsvc.errors import IntegrityError, NotFoundError
 from dsvc.ids import TAG_BLOB, TAG_COMMIT, TAG_TREE, to_hex
 from dsvc.objects import Blob, Commit, decode_tree
 from dsvc.progress import Progress
@@ -26,6 +24,7 @@ from dsvc.remote.packs import (
 )
 from dsvc.remote.refs import RemoteRefs
 from dsvc.remote.repo import DAMAGE, DEFAULT_WORKERS, _encode
+from dsvc.retry import cas_retry
 from dsvc.store import Store
 
 
@@ -174,7 +173,8 @@ class RemoteCheck(RemoteRefs):
         or nothing): damaged copies are added to those listed (a copy stays damaged), the
         incomplete ones replace those listed (fsck just computed them from the whole
         remote). False when nothing changed."""
-        for attempt in range(100):
+
+        def attempt() -> bool:
             doc, ver, _ = self._read_damage()
             new: dict[str, dict[str, list[str]]] = {
                 n: {"damaged": list(e["damaged"]), "incomplete": []} for n, e in doc.items()
@@ -187,9 +187,9 @@ class RemoteCheck(RemoteRefs):
             new = {n: e for n, e in new.items() if e["damaged"] or e["incomplete"]}
             if new == doc:
                 return False
-            try:
-                self.backend.compare_and_swap(DAMAGE, _encode({"v": 1, "packs": new}), ver)
-                return True
-            except ConflictError:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
-        raise ConflictError(f"remote {self.url}: {DAMAGE} is too contended; run fsck again")
+            self.backend.compare_and_swap(DAMAGE, _encode({"v": 1, "packs": new}), ver)
+            return True
+
+        return cas_retry(
+            attempt, f"remote {self.url}: {DAMAGE} is too contended; run fsck again"
+        )

@@ -3,7 +3,6 @@ a grace period (docs/remote-protocol.md §7)."""
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from dsvc.remote.packs import (
 )
 from dsvc.remote.refs import RemoteRefs
 from dsvc.remote.repo import GC_MARKS, _encode
+from dsvc.retry import cas_retry
 from dsvc.store import Store
 
 
@@ -71,7 +71,11 @@ class RemoteGc(RemoteRefs):
                 self.fetch_metadata(store, rec["tree"], commits)
                 reachable.add(rec["commit"])
                 _reach(store, rec["tree"], reachable)
-        for attempt in range(20):
+
+        def mark() -> tuple[GcStats, int, dict[str, tuple[Any, Any, list]]]:
+            """Mark and plan the sweep, then commit marks and the sweep list by CAS
+            (before deleting anything); a lost race (a pusher rescued a pack, or another
+            gc ran) starts over."""
             now = time.time()
             stats = GcStats()
             marked_now = 0
@@ -116,33 +120,32 @@ class RemoteGc(RemoteRefs):
                 stats.bytes_deleted += info.size
                 stats.deleted.append(name)
             if dry_run:
-                break
+                return stats, marked_now, {}
             for name in sweep:
                 marks.pop(name, None)
                 doc["deleting"].setdefault(name, now)
-            try:  # commit marks and the sweep list before deleting anything
-                if doc["marked"] or doc["deleting"] or ver is not None:
-                    ver = self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
-            except ConflictError:
-                time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))
-                continue  # a pusher rescued a pack (or another gc ran): start over
-            swept = set()
-            for name, (info, idx, _) in sweep.items():
-                if not self._claim(name):
-                    stats.packs_deleted -= 1  # taken off the list since: keep it
-                    stats.bytes_deleted -= info.size
-                    stats.deleted.remove(name)
-                    continue
-                if idx is not None:
-                    self.backend.delete(idx.key)  # index first: readers stop trusting it
-                self.backend.delete(info.key)
-                swept.add(name)
+            if doc["marked"] or doc["deleting"] or ver is not None:
+                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+            return stats, marked_now, sweep
+
+        stats, marked_now, sweep = cas_retry(
+            mark, f"remote {self.url}: gc/marks is too contended; run gc again"
+        )
+        swept = set()
+        for name, (info, idx, _) in sweep.items():
+            if not self._claim(name):
+                stats.packs_deleted -= 1  # taken off the list since: keep it
+                stats.bytes_deleted -= info.size
+                stats.deleted.remove(name)
+                continue
+            if idx is not None:
+                self.backend.delete(idx.key)  # index first: readers stop trusting it
+            self.backend.delete(info.key)
+            swept.add(name)
+        if swept:
             self.index.forget_packs({bytes.fromhex(n) for n in swept})
             self._clear_deleting(swept)
             self._prune_damage(swept)
-            break
-        else:
-            raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
         return {
             "packs_deleted": stats.packs_deleted,
             "bytes_deleted": stats.bytes_deleted,
@@ -156,27 +159,27 @@ class RemoteGc(RemoteRefs):
         """Right before deleting a pack: check by compare-and-swap that it is still on the
         ``deleting`` list (stamping it anew), so a change made to the list since the sweep
         planned (another gc found it reachable) wins over this sweep."""
-        for attempt in range(100):
+
+        def attempt() -> bool:
             doc, ver = self._read_marks()
             if name not in doc["deleting"]:
                 return False
             doc["deleting"][name] = time.time()
-            try:
-                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
-                return True
-            except ConflictError:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
-        raise ConflictError(f"remote {self.url}: gc/marks is too contended; run gc again")
+            self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+            return True
+
+        return cas_retry(attempt, f"remote {self.url}: gc/marks is too contended; run gc again")
 
     def _clear_deleting(self, names: set[str]) -> None:
-        for _ in range(100):
+
+        def attempt() -> None:
             doc, ver = self._read_marks()
-            if not names & doc["deleting"].keys():
-                return
-            for n in names:
-                doc["deleting"].pop(n, None)
-            try:
+            if names & doc["deleting"].keys():
+                for n in names:
+                    doc["deleting"].pop(n, None)
                 self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
-                return
-            except ConflictError:
-                time.sleep(random.uniform(0, 0.05))
+
+        try:
+            cas_retry(attempt, "")
+        except ConflictError:
+            pass  # swept packs left on the list: the next gc finds them gone and drops them

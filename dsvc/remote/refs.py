@@ -4,7 +4,6 @@ compare-and-swap; invariant 3 of docs/remote-protocol.md)."""
 
 from __future__ import annotations
 
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +21,7 @@ from dsvc.record import (
 )
 from dsvc.remote.fetch import RemoteFetch
 from dsvc.remote.repo import DEFAULT_WORKERS, _decode, _encode, _warn_once
+from dsvc.retry import cas_retry
 from dsvc.store import RECORD_PREFIX, Store
 
 #: mutable metadata of a version lives in ``meta/<id>`` (docs/remote-protocol.md §11);
@@ -89,7 +89,8 @@ class RemoteRefs(RemoteFetch):
     def update_ref(self, project: str, name: str, dataset_id: str, version: str | None) -> None:
         """Add a version to the ref of ``project/name`` (compare-and-swap, retried)."""
         key = _ref_key(project, name)
-        for attempt in range(100):
+
+        def attempt() -> None:
             cur = self.backend.get_versioned(key, limit=MAX_REF_BYTES)
             doc = {"project": project, "name": name, "versions": {}}
             if cur is not None:
@@ -97,12 +98,9 @@ class RemoteRefs(RemoteFetch):
             if doc["versions"].get(dataset_id) == version and cur is not None:
                 return
             doc["versions"][dataset_id] = version
-            try:
-                self.backend.compare_and_swap(key, _encode(doc), None if cur is None else cur[1])
-                return
-            except ConflictError:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
-        raise ConflictError(f"remote {self.url}: ref {key} is too contended; try again")
+            self.backend.compare_and_swap(key, _encode(doc), None if cur is None else cur[1])
+
+        cas_retry(attempt, f"remote {self.url}: ref {key} is too contended; try again")
 
     def read_ref(self, project: str, name: str) -> dict[str, Any] | None:
         cur = self.backend.get_versioned(_ref_key(project, name), limit=MAX_REF_BYTES)
@@ -170,18 +168,17 @@ class RemoteRefs(RemoteFetch):
         """Merge ``change`` into ``meta/<id>`` (per field, the later time wins) by
         compare-and-swap; returns the merged document."""
         key = f"meta/{dataset_id}"
-        for attempt in range(100):
+
+        def attempt() -> dict[str, tuple[Any, int]]:
             cur, ver = self._read_meta(store, dataset_id)
             merged = _merge_meta(cur, change)
             if merged == cur and ver is not None:
                 return merged
             doc = {"v": 1, "fields": {f: [v, t] for f, (v, t) in merged.items()}}
-            try:
-                self.backend.compare_and_swap(key, _encode(doc), ver)
-                return merged
-            except ConflictError:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
-        raise ConflictError(f"remote {self.url}: {key} is too contended; try again")
+            self.backend.compare_and_swap(key, _encode(doc), ver)
+            return merged
+
+        return cas_retry(attempt, f"remote {self.url}: {key} is too contended; try again")
 
     def sync_meta(self, store: Store, dataset_id: str) -> dict[str, Any] | None:
         """Exchange the mutable metadata (name, project, version, tags, description,
@@ -207,18 +204,18 @@ class RemoteRefs(RemoteFetch):
         }
         merged = self._write_meta(store, dataset_id, change)
         new = {f: v for f, (v, _t) in merged.items() if f != "deleted"}
-        while True:  # adopt the merged values locally (compare-and-swap)
+
+        def adopt() -> bool:  # the merged values, locally (compare-and-swap)
             cur = store.get_record(lkey)
             if cur is None:
-                return None
+                return False
             want = {**cur, **new}
-            if want == cur:
-                break
-            try:
+            if want != cur:
                 store.cas_record(lkey, cur, want)
-                break
-            except ConflictError:
-                continue
+            return True
+
+        if not cas_retry(adopt, f"dataset {dataset_id}: too many concurrent updates, try again"):
+            return None
         self._save_base(store, dataset_id, merged)
         out = store.get_record(lkey)
         if out is not None and ({"name", "project", "version"} & change.keys()):

@@ -33,10 +33,8 @@ Transport knows records only as opaque maps with ``id``, ``tree``, ``commit``,
 from __future__ import annotations
 
 import json
-import random
 import sys
 import threading
-import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +54,7 @@ from dsvc.remote.packs import (
     decode_index,
     pack_name,
 )
+from dsvc.retry import cas_retry
 from dsvc.store import Store
 
 FORMAT = 1
@@ -307,17 +306,18 @@ class RemoteRepo:
 
     def _prune_damage(self, gone: set[str]) -> None:
         """Forget the damage entries of packs that no longer exist (gc swept them)."""
-        for attempt in range(100):
+
+        def attempt() -> None:
             doc, ver, _ = self._read_damage()
-            if not gone & doc.keys():
-                return
-            for name in gone:
-                doc.pop(name, None)
-            try:
+            if gone & doc.keys():
+                for name in gone:
+                    doc.pop(name, None)
                 self.backend.compare_and_swap(DAMAGE, _encode({"v": 1, "packs": doc}), ver)
-                return
-            except ConflictError:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+
+        try:
+            cas_retry(attempt, "")
+        except ConflictError:
+            pass  # entries of packs that are gone are harmless: the next gc prunes them
 
     def _read_marks(self) -> tuple[dict[str, dict[str, float]], Any]:
         got = self.backend.get_versioned(GC_MARKS, limit=MAX_MARKS_BYTES)
@@ -330,15 +330,15 @@ class RemoteRepo:
         (compare-and-swap). False when a sweep has it on its ``deleting`` list: then the
         pack must not be uploaded under that name (the sweep deletes it, now or when a
         crashed sweep is finished), and the caller uploads a copy under another name."""
-        while True:
+
+        def attempt() -> bool:  # a lost race: gc moved it (or took it off), look again
             doc, ver = self._read_marks()
             if name in doc["deleting"]:
                 return False
             if name not in doc["marked"]:
                 return True
             doc["marked"].pop(name)
-            try:
-                self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
-                return True
-            except ConflictError:
-                continue  # gc moved it (or took it off): look again
+            self.backend.compare_and_swap(GC_MARKS, _encode(doc), ver)
+            return True
+
+        return cas_retry(attempt, f"remote {self.url}: {GC_MARKS} is too contended; push again")
