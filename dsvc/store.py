@@ -3,7 +3,9 @@
 Named databases (keys and values are documented in docs/format.md):
 
 ============  ==========================================================================
-``chunks``    chunk id -> frame (codec byte + payload) of a piece of file content
+``chunkloc``  chunk id -> (pack, offset, length) of its frame in a pack file under
+              ``store.lmdb/packs/`` (:mod:`dsvc.packfile`)
+``chunks``    chunk id -> frame, chunks written before format 2 (read, never written)
 ``objects``   object id -> type tag + frame, for blobs, trees and commits
 ``records``   record key (utf-8) -> msgpack map (dataset records, drafts, remote state)
 ``statcache`` xxh3-128 of the absolute path -> msgpack [size, mtime_ns, ino, kind, id, mode,
@@ -17,7 +19,8 @@ Invariants (what crash safety rests on):
 * Every write goes through an LMDB write transaction, so a process killed at any
   moment leaves the old or the new state, never a torn one.
 * A write batch puts content before anything that refers to it: chunks, then blobs and
-  trees, then commits, then records. A batch that commits early (size limit)
+  trees, then commits, then records. Chunk bytes are appended to a pack file and made
+  durable (``fdatasync``) before the transaction that indexes them commits. A batch that commits early (size limit)
   therefore never publishes a reference to missing content.
 * Objects are immutable and content-addressed; writing one twice is a no-op.
 * One writer at a time (LMDB's lock, across processes); readers never block.
@@ -42,7 +45,7 @@ import lmdb
 import msgpack
 import xxhash
 
-from dsvc import codec, faultpoints, storecheck
+from dsvc import codec, faultpoints, packfile, storecheck
 from dsvc.chunker import DEFAULT_PARAMS, Chunker, ChunkerParams
 from dsvc.errors import (
     ConfigError,
@@ -69,13 +72,17 @@ from dsvc.objects import (
 from dsvc.retry import cas_retry
 
 #: the newest store format this dsvc reads and writes (docs/format.md §6)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: the format a new store starts at; its first external link raises it to 2
 #: (:meth:`Store.require_format`), so stores without links stay readable by older dsvc
 INITIAL_FORMAT_VERSION = 1
+#: chunk bytes in pack files, located through ``chunkloc`` (issue 11): the transaction
+#: that indexes a store's first packed chunk raises it to 3. Chunks an older format
+#: wrote into ``chunks`` are read where they are, never rewritten.
+PACK_FORMAT = 3
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
-DB_NAMES = ("chunks", "objects", "records", "statcache", "config", "remote")
+DB_NAMES = ("chunks", "chunkloc", "objects", "records", "statcache", "config", "remote")
 #: a write batch commits once it holds this many bytes (bounded memory, bounded redo)
 BATCH_BYTES = 64 << 20
 #: key prefix of dataset records in the ``records`` database
@@ -306,6 +313,7 @@ class WriteBatch:
         self.store = store
         self.limit = limit
         self._ops: list[tuple[str, bytes, bytes | None]] = []
+        self._frames: list[tuple[bytes, bytes | memoryview]] = []  # for the pack file
         self._bytes = 0
         self._pending: set[bytes] = set()  # ids queued but not yet committed
         self.new_chunk_bytes = 0  # stored (framed) bytes of chunks added by this batch
@@ -332,7 +340,10 @@ class WriteBatch:
         self._pending.add(cid)
         self.new_chunks += 1
         self.new_chunk_bytes += len(frame)
-        self._add("chunks", cid, frame)
+        self._frames.append((cid, frame))
+        self._bytes += len(cid) + len(frame)
+        if self._bytes >= self.limit:
+            self.flush()
 
     def put_chunk(self, data: bytes | memoryview, level: int | None = None) -> bytes:
         cid = object_id(TAG_CHUNK, data)
@@ -381,17 +392,20 @@ class WriteBatch:
         self._add("remote", key, None)
 
     def delete_chunk(self, cid: bytes) -> None:
-        """Queue the removal of a chunk (gc, fsck --repair)."""
+        """Queue the removal of a chunk (gc, fsck --repair); its bytes stay in their
+        pack file until gc compacts it."""
+        self._add("chunkloc", cid, None)
         self._add("chunks", cid, None)
 
     def delete_object(self, oid: bytes) -> None:
         self._add("objects", oid, None)
 
     def flush(self) -> None:
-        if not self._ops:
+        if not self._ops and not self._frames:
             return
-        ops, self._ops, self._bytes = self._ops, [], 0
-        self.store._apply(ops)
+        ops, frames = self._ops, self._frames
+        self._ops, self._frames, self._bytes = [], [], 0
+        self.store._apply(ops, frames)
         self._pending.clear()
 
 
@@ -410,27 +424,38 @@ class StoreReader:
         self.store = store
         self._txn = txn
         self._dbs = store._dbs
-        self._chunk_cur: lmdb.Cursor | None = None
+        self._loc_cur: lmdb.Cursor | None = None
+        self._old_cur: lmdb.Cursor | None = None
 
     # -- chunks ------------------------------------------------------------------
+    # Chunks live in pack files, located through ``chunkloc``; a store of format 1 also
+    # has chunks in ``chunks`` (frames in LMDB), read as they are.
 
     def has_chunk(self, cid: bytes) -> bool:
-        cur = self._chunk_cur
+        cur = self._loc_cur
         if cur is None:
-            cur = self._chunk_cur = self._txn.cursor(db=self._dbs["chunks"])
-        return cur.set_key(cid)
+            cur = self._loc_cur = self._txn.cursor(db=self._dbs["chunkloc"])
+            self._old_cur = self._txn.cursor(db=self._dbs["chunks"])
+        return cur.set_key(cid) or self._old_cur.set_key(cid)  # type: ignore[union-attr]
 
     def missing_chunks(self, ids: Iterable[bytes]) -> list[bytes]:
         """The ids of ``ids`` not stored, in order."""
         return [i for i in ids if not self.has_chunk(i)]
 
     def chunk_frame(self, cid: bytes) -> bytes | memoryview | None:
-        """A chunk's stored frame (codec byte + payload), unverified, or None."""
+        """A chunk's stored frame (codec byte + payload), unverified, or None.
+        IntegrityError when its pack file does not hold it where the index says."""
+        loc = self._txn.get(cid, db=self._dbs["chunkloc"])
+        if loc is not None:
+            return self.store.packs.read(cid, loc)
         return self._txn.get(cid, db=self._dbs["chunks"])
 
     def chunk_size(self, cid: bytes) -> int | None:
-        """Stored bytes of a chunk's frame, or None when absent."""
-        frame = self.chunk_frame(cid)
+        """Stored bytes of a chunk's frame, or None when absent (no pack read)."""
+        loc = self._txn.get(cid, db=self._dbs["chunkloc"])
+        if loc is not None:
+            return packfile.decode_loc(loc)[2]
+        frame = self._txn.get(cid, db=self._dbs["chunks"])
         return None if frame is None else len(frame)
 
     def chunk(self, cid: bytes) -> bytes | memoryview:
@@ -442,13 +467,33 @@ class StoreReader:
             )
         return codec.decode_frame_view(frame, TAG_CHUNK, cid)
 
-    def chunks(self) -> Iterator[tuple[bytes, bytes | memoryview]]:
-        """Every ``(chunk id, frame)``, in id order (fsck)."""
+    def chunks(self) -> Iterator[tuple[bytes, bytes | memoryview | None]]:
+        """Every ``(chunk id, frame)`` (fsck): packed chunks in pack and offset order
+        (sequential reads), then those of format 1. The frame is None when the pack
+        does not hold it where the index says (a damaged chunk)."""
+        for cid, _loc, loc in sorted(
+            self.chunk_locations(), key=lambda t: (t[1][0], t[1][1])
+        ):
+            try:
+                yield cid, self.store.packs.read(cid, loc)
+            except IntegrityError:
+                yield cid, None
         for k, v in self._txn.cursor(db=self._dbs["chunks"]):
             yield bytes(k), v
 
+    def chunk_locations(self) -> Iterator[tuple[bytes, tuple[int, int, int], bytes]]:
+        """Every packed chunk: ``(id, (pack, offset, length), raw index value)``."""
+        for k, v in self._txn.cursor(db=self._dbs["chunkloc"]):
+            try:
+                loc = packfile.decode_loc(v)
+            except ValueError:
+                loc = (-1, 0, 0)  # a malformed entry: reads of it raise IntegrityError
+            yield bytes(k), loc, bytes(v)
+
     def chunk_sizes(self) -> Iterator[tuple[bytes, int]]:
-        """Every ``(chunk id, stored bytes)``, in id order, without reading payloads."""
+        """Every ``(chunk id, stored bytes)``, without reading payloads."""
+        for k, loc, _ in self.chunk_locations():
+            yield k, loc[2]
         for k, v in self._txn.cursor(db=self._dbs["chunks"]):
             yield bytes(k), len(v)
 
@@ -593,6 +638,8 @@ class Store:
             self.env.close()
             raise
         self._write_lock = threading.Lock()
+        self.packs = packfile.Packs(self.path / packfile.PACK_DIR, durable=self.durable)
+        self._packed = False  # format_version known to be >= PACK_FORMAT
         self.chunker_params = self._init_config(chunker_params)
         self.chunker = Chunker(self.chunker_params)
         stored_level = self.get_config("zstd_level")
@@ -681,15 +728,33 @@ class Store:
         yield b
         b.flush()
 
-    def _apply(self, ops: list[tuple[str, bytes, bytes | None]]) -> None:
+    def _apply(
+        self,
+        ops: list[tuple[str, bytes, bytes | None]],
+        frames: list[tuple[bytes, bytes | memoryview]] | None = None,
+    ) -> None:
         dbs = self._dbs
+        if frames:
+            # the bytes are durable in their pack before the transaction that indexes
+            # them (and anything referring to them) commits
+            try:
+                locs = self.packs.append(frames)
+            except OSError as e:
+                raise disk_error(self.home, e.filename or self.packs.folder, e) from None
+            if faultpoints.ENABLED:
+                faultpoints.hit("pack.append", "after", f"{len(locs)} chunks")
+            ops = [("chunkloc", cid, loc) for cid, loc in locs] + ops
+            if not self._packed:  # the first packed chunk raises the format, atomically
+                if self.get_config("format_version", INITIAL_FORMAT_VERSION) < PACK_FORMAT:
+                    ops.append(("config", b"format_version", _pack(PACK_FORMAT)))
+                self._packed = True
         while True:
             try:
                 with self.errors(), self._write_lock, self._begin(write=True) as txn:
                     for db, key, value in ops:
                         if value is None:
                             txn.delete(key, db=dbs[db])
-                        elif db in ("chunks", "objects"):
+                        elif db in ("chunkloc", "chunks", "objects"):
                             txn.put(key, value, db=dbs[db], overwrite=False)
                         else:
                             txn.put(key, value, db=dbs[db])
@@ -803,6 +868,7 @@ class Store:
         """With DSVC_FSYNC=0, flush everything committed so far: a record or ref that
         is written is durable, with all the content it refers to."""
         if not self.durable:
+            self.packs.sync()
             self.env.sync(True)
 
     def scan_prefix(self, db: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
@@ -1069,7 +1135,9 @@ class Store:
         with self.errors(), self._begin() as txn:
             for n, h in self._dbs.items():
                 out[n] = txn.stat(h)["entries"]
+        out["chunks"] += out.pop("chunkloc")  # packed and format-1 chunks alike
         out["file_bytes"] = (self.path / "data.mdb").stat().st_size
+        out["pack_bytes"] = sum(self.packs.packs().values())
         return out
 
     def used_bytes(self) -> int:
@@ -1082,7 +1150,7 @@ class Store:
             for h in [*self._dbs.values(), None]:
                 st = txn.stat(h) if h is not None else txn.stat()
                 pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-        return pages * psize
+        return pages * psize + sum(self.packs.packs().values())
 
     def structure_problems(self, shallow: bool = False) -> list[str]:
         """Damage to the LMDB file's page structure (see :mod:`dsvc.storecheck`); empty
@@ -1100,6 +1168,7 @@ class Store:
         return []  # pragma: no cover - twenty commits raced twenty meta reads
 
     def close(self) -> None:
+        self.packs.close()
         self.env.close()
 
     def __enter__(self) -> Store:

@@ -71,3 +71,34 @@ __all__ = [
     "read_tree",
     "write_file",
 ]
+
+
+def chunk_place(store: Store, cid: bytes) -> tuple[Path, int, int]:
+    """``(pack file, offset of the frame, frame length)`` of a packed chunk."""
+    from dsvc.packfile import decode_loc
+
+    with store.env.begin() as txn:
+        loc = txn.get(cid, db=store._dbs["chunkloc"])
+    assert loc is not None, "chunk is not packed"
+    pack, off, length = decode_loc(loc)
+    return store.packs.path(pack), off, length
+
+
+def flip_chunk(store: Store, cid: bytes, where: int | None = None) -> None:
+    """Flip one byte of a stored chunk frame in its pack file (a bad disk sector);
+    ``where``: index in the frame (default: the middle; negative counts from the end)."""
+    path, off, length = chunk_place(store, cid)
+    i = length // 2 if where is None else where % length
+    with open(path, "r+b") as f:
+        f.seek(off + i)
+        b = f.read(1)
+        f.seek(off + i)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def drop_chunk(store: Store, cid: bytes) -> bool:
+    """Remove a chunk from the store's index (as gc does); whether it was there."""
+    there = store.has_chunk(cid)
+    with store.batch() as b:
+        b.delete_chunk(cid)
+    return there

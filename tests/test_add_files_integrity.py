@@ -16,6 +16,7 @@ from test_cli import dsvc, js, new_id
 from dsvc.dataset import Dataset
 from dsvc.ids import chunk_id
 from dsvc.registry import open_store
+from tests.helpers_core import drop_chunk
 
 OLD = 1_600_000_000  # an mtime outside the stat cache's racily-clean window
 
@@ -44,8 +45,7 @@ def test_re_add_after_content_left_the_store_makes_a_readable_version(tmp_path: 
     v1.add_files(src)
     v1.finalize()
     store = open_store()
-    with store.env.begin(write=True) as txn:  # a.txt is one chunk
-        assert txn.delete(chunk_id(files["a.txt"]), db=store._dbs["chunks"])
+    assert drop_chunk(store, chunk_id(files["a.txt"]))  # a.txt is one chunk
     v2 = Dataset.create(dataset_name="d", dataset_project="p")
     v2.add_files(src)
     assert v2.finalize()

@@ -18,7 +18,7 @@ from dsvc.ingest import ingest_path
 from dsvc.objects import EMPTY_TREE_ID, KIND_CHUNKFILE, KIND_FILE, KIND_TREE, MODE_FILE, Entry
 from dsvc.store import Store
 from dsvc.treeops import Trees, apply_edits, walk
-from tests.helpers_core import make_tree, open_store, read_tree
+from tests.helpers_core import chunk_place, flip_chunk, make_tree, open_store, read_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -234,11 +234,9 @@ def test_materialize_shared_two_processes_race(tmp_path, store):
 
 
 def _corrupt_chunk(store: Store, cid: bytes) -> None:
-    """Flip one payload byte of a stored chunk frame directly in LMDB."""
-    with store.env.begin(write=True) as txn:
-        frame = bytearray(txn.get(cid, db=store._dbs["chunks"]))
-        frame[len(frame) // 2 + 1] ^= 0x40
-        txn.put(cid, bytes(frame), db=store._dbs["chunks"])
+    """Flip one payload byte of a stored chunk frame in its pack file."""
+    _, _, length = chunk_place(store, cid)
+    flip_chunk(store, cid, length // 2 + 1)
 
 
 @pytest.mark.parametrize("which", ["deep/er/still/x.bin", "dup1", "a.txt"])

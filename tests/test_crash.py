@@ -98,13 +98,14 @@ def check_store(home) -> dict[str, int]:
     store = Store(home)
     counts = {"chunks": 0, "objects": 0, "statcache": 0}
     try:
-        with store.env.begin() as txn:
+        with store.reader() as txn:
             chunks = set()
-            for key, frame in txn.cursor(db=store._dbs["chunks"]):
+            for key, frame in txn.chunks():  # packed: every index entry's bytes are there
+                assert frame is not None, f"chunk {key.hex()} indexed but not in its pack"
                 decode_frame(frame, TAG_CHUNK, key)
                 chunks.add(key)
             objects: dict[bytes, bytes] = {}
-            for key, raw in txn.cursor(db=store._dbs["objects"]):
+            for key, raw in txn.objects():
                 tag = raw[:1]
                 data = decode_frame(raw[1:], tag, key)
                 if tag == TAG_TREE:
@@ -118,7 +119,7 @@ def check_store(home) -> dict[str, int]:
                 else:
                     raise AssertionError(f"unknown object tag {tag!r}")
                 objects[key] = tag
-            for _key, raw in txn.cursor(db=store._dbs["statcache"]):
+            for _key, raw in txn.statcache_items():
                 e = StatEntry.decode(raw)
                 assert e is not None, "a stat-cache value of an unknown layout"
                 size, kind, oid, path = e.size, e.kind, e.id, e.path

@@ -60,14 +60,17 @@ def _settled(root: Path) -> Path:
 
 
 def _flip(home: Path, payload: bytes) -> None:
-    """Flip one byte of ``payload`` (stored raw: incompressible) inside data.mdb."""
+    """Flip one byte of ``payload`` (stored raw: incompressible) in the pack file that
+    holds it."""
     registry.close_all()  # no map of the file stays open in this process
-    db = home / "store.lmdb" / "data.mdb"
-    raw = bytearray(db.read_bytes())
-    at = raw.find(payload[1000:1064])
-    assert at > 0
-    raw[at + 10] ^= 0xFF
-    db.write_bytes(bytes(raw))
+    for db in sorted((home / "store.lmdb" / "packs").glob("*.pack")):
+        raw = bytearray(db.read_bytes())
+        at = raw.find(payload[1000:1064])
+        if at > 0:
+            raw[at + 10] ^= 0xFF
+            db.write_bytes(bytes(raw))
+            return
+    raise AssertionError("payload not found in any pack")
 
 
 def _files() -> dict[str, bytes]:

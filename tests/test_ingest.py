@@ -29,6 +29,7 @@ from dsvc.ingest import (
 from dsvc.objects import KIND_CHUNKFILE, KIND_FILE, MODE_EXEC, MODE_FILE
 from tests.helpers_core import (
     OLD_MTIME_NS,
+    drop_chunk,
     file_bytes,
     make_tree,
     open_store,
@@ -363,7 +364,7 @@ import json, os, sys, threading
 from dsvc.errors import InvalidPathError
 from dsvc.ingest import Ingestor, ScanItem, ingest_path, scan
 from dsvc.store import StatEntry, Store
-from tests.helpers_core import SMALL, OLD_MTIME_NS, file_bytes
+from tests.helpers_core import SMALL, OLD_MTIME_NS, drop_chunk, file_bytes
 
 work = sys.argv[1]
 mode = sys.argv[2]
@@ -550,6 +551,9 @@ def test_stat_cache_never_points_at_missing_content_after_a_failure():
 
 
 def _drop(store, db: str, keys) -> None:
+    if db == "chunks":
+        assert all(drop_chunk(store, k) for k in keys)
+        return
     with store.env.begin(write=True) as txn:
         for k in keys:
             assert txn.delete(k, db=store._dbs[db])

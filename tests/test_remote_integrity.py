@@ -24,10 +24,15 @@ from dsvc.dataset import Dataset
 from dsvc.errors import IntegrityError
 from dsvc.ids import to_hex
 from dsvc.store import Store
+from tests.helpers_core import flip_chunk
 
 
 def flip_local(store: Store, db: str, oid: bytes, where: int | None = None) -> None:
-    """Flip one byte of a stored value in the local LMDB (what a bad disk sector does)."""
+    """Flip one byte of a stored value (what a bad disk sector does): a chunk's in its
+    pack file, an object's in the local LMDB."""
+    if db == "chunks":
+        flip_chunk(store, oid, where)
+        return
     with store.env.begin(write=True) as txn:
         value = bytearray(txn.get(oid, db=store._dbs[db]))
         i = len(value) // 2 if where is None else where

@@ -112,7 +112,10 @@ def test_truncated_data_file_fails_cleanly(
 
 def test_truncated_data_file_is_an_error_in_python(home: Path) -> None:
     f = data_file(home)
-    os.truncate(f, f.stat().st_size - PAGE)
+    # cut off the last page any database uses (pages past it may be free ones, which
+    # LMDB rewrites before it reads them: losing those is no damage)
+    last = max(max(pages) for pages in walk(f).pages_of.values())
+    os.truncate(f, last * PAGE)
     with pytest.raises(StoreCorruptError, match="truncated"):
         Store(home)
 
@@ -124,7 +127,7 @@ def test_overwritten_meta_page_fails_cleanly(home: Path, meta: int) -> None:
         assert_clean_refusal(dsvc(home, *cmd), home, "meta page")
 
 
-@pytest.mark.parametrize("db", ["main", "free", "records", "chunks", "objects", "statcache"])
+@pytest.mark.parametrize("db", ["main", "free", "records", "chunkloc", "objects", "statcache"])
 @pytest.mark.parametrize("keep_header", [False, True], ids=["whole-page", "body-only"])
 def test_overwritten_page_fails_cleanly(
     home: Path, tmp_path: Path, db: str, keep_header: bool

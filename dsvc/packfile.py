@@ -1,0 +1,285 @@
+"""Append-only pack files: where the local store keeps chunk bytes (issue 11).
+
+LMDB copies every value of over ~2 KiB into whole 4 KiB overflow pages and rewrites
+(copy-on-write) the branch, leaf and freelist pages each commit touches; with a fsync
+per commit those rewrites reach the disk, so a store of 256 KiB chunks wrote 1.5-3x
+its bytes, and a store of 1-4 KiB files used whole pages per value (docs/performance.md,
+"Local store write amplification"). Chunk frames are therefore appended to pack files
+in ``store.lmdb/packs/`` and LMDB keeps only their location (``chunkloc``: chunk id ->
+pack, offset, length), next to the objects, records, stat cache and config.
+
+Layout (docs/format.md §5): a pack is ``MAGIC`` then entries ``id (16) | length (u32
+big-endian) | frame (length bytes)``; an index value is ``pack id (u64) | offset of the
+frame (u64) | length (u32)``, big-endian. Pack ``p`` is the file
+``packs/<p as 16 lowercase hex>.pack``.
+
+Crash safety: a writer appends a batch's frames with one ``pwrite``, ``fdatasync``s the
+pack (and, for a new pack, its folder), and only then commits the LMDB transaction that
+indexes them. A kill or a system crash at any point leaves either no index entry, or
+one whose bytes are durable; a torn tail is unreferenced garbage that gc reclaims. One
+process appends to a pack at a time (an exclusive ``flock`` on it while open).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from dsvc.errors import IntegrityError
+from dsvc.ids import to_hex
+
+MAGIC = b"DSVCPK1\n"
+#: entry header: chunk id, frame length
+HEADER = struct.Struct(">16sI")
+#: index value (``chunkloc`` database): pack id, frame offset, frame length
+LOC = struct.Struct(">QQI")
+#: a pack stops taking appends at this size (compaction rewrites one pack at a time)
+PACK_MAX = 256 << 20
+#: gc rewrites a pack whose live bytes are below this fraction of its size
+REPACK_LIVE = 0.5
+PACK_DIR = "packs"
+
+
+def pack_name(pack: int) -> str:
+    return f"{pack:016x}.pack"
+
+
+def parse_name(name: str) -> int | None:
+    """The pack id of a file name, or None for anything else (temporary files...)."""
+    if len(name) != 21 or not name.endswith(".pack"):
+        return None
+    try:
+        return int(name[:16], 16)
+    except ValueError:
+        return None
+
+
+def encode_loc(pack: int, offset: int, length: int) -> bytes:
+    return LOC.pack(pack, offset, length)
+
+
+def decode_loc(raw: bytes | memoryview) -> tuple[int, int, int]:
+    """``(pack, offset, length)`` of an index value; ValueError when malformed."""
+    if len(raw) != LOC.size:
+        raise ValueError(f"chunk location of {len(raw)} bytes, expected {LOC.size}")
+    return LOC.unpack(raw)
+
+
+def entry_bytes(length: int) -> int:
+    """Bytes one entry of a ``length``-byte frame takes in a pack."""
+    return HEADER.size + length
+
+
+class Packs:
+    """The pack files of one store, for one process: reads from any pack, appends to
+    the one pack this process holds the lock of."""
+
+    def __init__(self, folder: Path, durable: bool = True) -> None:
+        self.folder = folder
+        self.durable = durable
+        self._lock = threading.Lock()  # appends, and the read-descriptor table
+        self._fds: dict[int, int] = {}
+        self._wfd: int | None = None
+        self._wpack = 0
+        self._wsize = 0
+        self._dirty = False  # appended without fdatasync (DSVC_FSYNC=0)
+
+    def path(self, pack: int) -> Path:
+        return self.folder / pack_name(pack)
+
+    # -- reading -----------------------------------------------------------------
+
+    def _fd(self, pack: int) -> int:
+        fd = self._fds.get(pack)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(pack)
+                if fd is None:
+                    fd = os.open(self.path(pack), os.O_RDONLY | os.O_CLOEXEC)
+                    self._fds[pack] = fd
+        return fd
+
+    def read(self, cid: bytes, loc: bytes | memoryview) -> bytes:
+        """The frame stored for ``cid`` at ``loc``, its header checked (the frame itself
+        is verified against ``cid`` by whoever decodes it). IntegrityError when the pack
+        is missing, short, or holds another id there."""
+        try:
+            pack, off, length = decode_loc(loc)
+        except ValueError as e:
+            raise IntegrityError(f"chunk {to_hex(cid)}: bad location: {e}", cid) from None
+        try:
+            data = os.pread(self._fd(pack), HEADER.size + length, off - HEADER.size)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"chunk {to_hex(cid)}: its pack file {self.path(pack)} is missing", cid
+            ) from None
+        if len(data) != HEADER.size + length or data[:16] != cid:
+            raise IntegrityError(
+                f"chunk {to_hex(cid)}: pack file {self.path(pack)} does not hold it at "
+                f"offset {off} (short or overwritten)",
+                cid,
+            )
+        return data[HEADER.size :]
+
+    def forget(self, pack: int) -> None:
+        """Close the read descriptor of a pack that is being deleted."""
+        with self._lock:
+            fd = self._fds.pop(pack, None)
+        if fd is not None:
+            os.close(fd)
+
+    def packs(self) -> dict[int, int]:
+        """``{pack id: file size}`` of every pack file."""
+        out = {}
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return out
+        for n in names:
+            p = parse_name(n)
+            if p is not None:
+                try:
+                    out[p] = os.stat(self.folder / n).st_size
+                except FileNotFoundError:
+                    continue
+        return out
+
+    # -- appending ---------------------------------------------------------------
+
+    def _open_writer(self) -> None:
+        """Take a pack to append to: an existing one below PACK_MAX whose lock is free
+        (its tail past the last indexed entry, if torn, stays unreferenced), else a
+        new one."""
+        self.folder.mkdir(exist_ok=True)
+        for pack, size in sorted(self.packs().items(), key=lambda kv: kv[1]):
+            if size >= PACK_MAX:
+                continue
+            try:
+                fd = os.open(self.path(pack), os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._wfd, self._wpack, self._wsize = fd, pack, os.fstat(fd).st_size
+            return
+        while True:
+            pack = int.from_bytes(os.urandom(8), "big")
+            try:
+                fd = os.open(
+                    self.path(pack), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+                )
+                break
+            except FileExistsError:  # pragma: no cover - a 64-bit collision
+                continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, MAGIC, 0)
+        os.fdatasync(fd)
+        _fsync_dir(self.folder)  # the new name must survive a crash before any index does
+        self._wfd, self._wpack, self._wsize = fd, pack, len(MAGIC)
+
+    def append(
+        self, frames: Iterable[tuple[bytes, bytes | memoryview]]
+    ) -> list[tuple[bytes, bytes]]:
+        """Append ``(chunk id, frame)`` pairs; returns ``(chunk id, index value)`` for
+        each, once the bytes are durable (``fdatasync``; deferred to :meth:`sync` when
+        the store is not durable)."""
+        items = list(frames)
+        if not items:
+            return []
+        with self._lock:
+            if self._wfd is None or self._wsize >= PACK_MAX:
+                self.close_writer()
+                self._open_writer()
+            assert self._wfd is not None
+            parts: list[bytes | memoryview] = []
+            out = []
+            off = self._wsize
+            for cid, frame in items:
+                parts.append(HEADER.pack(cid, len(frame)))
+                parts.append(frame)
+                out.append((cid, encode_loc(self._wpack, off + HEADER.size, len(frame))))
+                off += HEADER.size + len(frame)
+            _pwritev_all(self._wfd, parts, self._wsize)
+            self._wsize = off
+            if self.durable:
+                os.fdatasync(self._wfd)
+            else:
+                self._dirty = True
+            return out
+
+    def sync(self) -> None:
+        """Make every append so far durable (the DSVC_FSYNC=0 flush points)."""
+        with self._lock:
+            if self._dirty and self._wfd is not None:
+                os.fdatasync(self._wfd)
+            self._dirty = False
+
+    def writer_pack(self) -> int | None:
+        """The pack this process appends to, if any (compaction leaves it alone)."""
+        return self._wpack if self._wfd is not None else None
+
+    def close_writer(self) -> None:
+        if self._wfd is not None:
+            if self._dirty:
+                os.fdatasync(self._wfd)
+                self._dirty = False
+            # closing drops this process's flock; never LOCK_UN explicitly: a forked
+            # child closing its inherited copy would release the parent's lock
+            os.close(self._wfd)
+            self._wfd = None
+
+    def locked_by_other(self, pack: int) -> bool:
+        """Whether another process holds the append lock of ``pack`` now."""
+        if pack == self.writer_pack():
+            return False
+        try:
+            fd = os.open(self.path(pack), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # releases the probe lock, if taken
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_writer()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def _pwritev_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:
+    """Write ``parts`` contiguously at ``offset`` (``pwritev`` in runs, short writes
+    resumed)."""
+    i = 0
+    while i < len(parts):
+        run = parts[i : i + 512]  # IOV_MAX is 1024 on Linux
+        want = sum(len(p) for p in run)
+        n = os.pwritev(fd, run, offset)
+        if n < want:  # short write: finish this run byte by byte
+            rest = memoryview(b"".join(bytes(p) for p in run))[n:]
+            while rest:
+                k = os.pwrite(fd, rest, offset + n)
+                n += k
+                rest = rest[k:]
+        offset += want
+        i += len(run)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
