@@ -87,6 +87,8 @@ class Packs:
         self._wpack = 0
         self._wsize = 0
         self._dirty = False  # appended without fdatasync (DSVC_FSYNC=0)
+        #: packs never to append to (those a compaction is emptying)
+        self.avoid: set[int] = set()
 
     def path(self, pack: int) -> Path:
         return self.folder / pack_name(pack)
@@ -150,13 +152,13 @@ class Packs:
 
     # -- appending ---------------------------------------------------------------
 
-    def _open_writer(self) -> None:
-        """Take a pack to append to: an existing one below PACK_MAX whose lock is free
-        (its tail past the last indexed entry, if torn, stays unreferenced), else a
-        new one."""
+    def _open_writer(self, reuse: bool = True) -> None:
+        """Take a pack to append to: with ``reuse``, an existing one below PACK_MAX
+        whose lock is free (its tail past the last indexed entry, if torn, stays
+        unreferenced), else a new one."""
         self.folder.mkdir(exist_ok=True)
-        for pack, size in sorted(self.packs().items(), key=lambda kv: kv[1]):
-            if size >= PACK_MAX:
+        for pack, size in sorted(self.packs().items(), key=lambda kv: kv[1]) if reuse else ():
+            if size >= PACK_MAX or pack in self.avoid:
                 continue
             try:
                 fd = os.open(self.path(pack), os.O_WRONLY | os.O_CLOEXEC)
@@ -164,7 +166,11 @@ class Packs:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                # gc deletes a pack while holding its lock: a name that no longer leads
+                # to the inode locked here was deleted in between
+                if os.stat(self.path(pack)).st_ino != os.fstat(fd).st_ino:
+                    raise FileNotFoundError
+            except (BlockingIOError, FileNotFoundError):
                 os.close(fd)
                 continue
             self._wfd, self._wpack, self._wsize = fd, pack, os.fstat(fd).st_size
@@ -213,6 +219,32 @@ class Packs:
             else:
                 self._dirty = True
             return out
+
+    def start_new_pack(self) -> None:
+        """Append to a new pack from now on (compaction, so moved chunks never land in
+        a pack that is itself being emptied)."""
+        with self._lock:
+            self.close_writer()
+            self._open_writer(reuse=False)
+
+    def delete(self, pack: int) -> bool:
+        """Delete a pack no index entry points into, holding its append lock so no
+        writer takes it meanwhile; False when another process holds the lock."""
+        self.forget(pack)
+        try:
+            fd = os.open(self.path(pack), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            os.unlink(self.path(pack))
+            _fsync_dir(self.folder)
+            return True
+        finally:
+            os.close(fd)
 
     def sync(self) -> None:
         """Make every append so far durable (the DSVC_FSYNC=0 flush points)."""

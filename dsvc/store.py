@@ -1152,6 +1152,96 @@ class Store:
                 pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return pages * psize + sum(self.packs.packs().values())
 
+    def _readers_active(self) -> bool:
+        """Whether any process (this one included) has a read snapshot open now: one
+        taken before a compaction committed may still read the pack it emptied."""
+        rows = self.env.readers().splitlines()[1:]
+        return any(r.split()[-1] != "-" for r in rows if r.split())
+
+    def compact_packs(
+        self, live_fraction: float = packfile.REPACK_LIVE, *, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Reclaim pack-file space after a sweep (call under :meth:`exclusive`).
+
+        A pack no index entry points into is deleted; one whose live entries fill less
+        than ``live_fraction`` of it has them copied to a new pack (verified first,
+        made durable, then re-pointed in one transaction per batch), and is deleted
+        once empty. Crash-safe at every step: until the transaction commits, the old
+        locations stand; after it, the old pack is garbage a later gc deletes. A pack
+        another process appends to is left alone, and so is an emptied pack while some
+        read snapshot that predates the move is still open (the next gc deletes it).
+        """
+        out = {"packs_deleted": 0, "packs_rewritten": 0, "pack_bytes_freed": 0}
+        self.packs.close_writer()  # our own pack may be compacted too
+        sizes = self.packs.packs()
+        live = dict.fromkeys(sizes, 0)
+        with self.reader() as r:
+            for _cid, (pack, _off, length), _ in r.chunk_locations():
+                if pack in live:
+                    live[pack] += packfile.entry_bytes(length)
+        hdr = len(packfile.MAGIC)
+        doomed = [
+            p
+            for p, size in sizes.items()
+            if live[p] == 0 or live[p] + hdr < size * live_fraction
+        ]
+        doomed = [p for p in doomed if not self.packs.locked_by_other(p)]
+        if dry_run:
+            out["pack_bytes_freed"] = sum(sizes[p] - live[p] for p in doomed)
+            return out
+        moving = set(p for p in doomed if live[p])
+        if moving:
+            self.packs.avoid = set(doomed)
+            try:
+                self.packs.start_new_pack()
+                self._move_live(moving)
+                self.packs.close_writer()
+            finally:
+                self.packs.avoid = set()
+            out["packs_rewritten"] = len(moving)
+        busy = self._readers_active()
+        for p in doomed:
+            if p in moving and busy:
+                continue  # an older snapshot may still read it: the next gc deletes it
+            if self.packs.delete(p):
+                out["packs_deleted"] += 1
+                out["pack_bytes_freed"] += sizes[p] - (live[p] if p not in moving else 0)
+        return out
+
+    def _move_live(self, packs: set[int]) -> None:
+        """Copy every chunk located in ``packs`` to the current pack, batch by batch."""
+        with self.reader() as r:
+            todo = [(cid, loc) for cid, (p, _o, _l), loc in r.chunk_locations() if p in packs]
+        todo.sort(key=lambda t: packfile.decode_loc(t[1])[:2])  # sequential reads
+        i = 0
+        while i < len(todo):
+            frames: list[tuple[bytes, bytes | memoryview]] = []
+            old: dict[bytes, bytes] = {}
+            size = 0
+            while i < len(todo) and size < BATCH_BYTES:
+                cid, loc = todo[i]
+                i += 1
+                frame = self.packs.read(cid, loc)
+                codec.decode_frame(frame, TAG_CHUNK, cid)  # never copy a damaged chunk
+                frames.append((cid, frame))
+                old[cid] = loc
+                size += len(frame)
+            try:
+                locs = self.packs.append(frames)
+            except OSError as e:
+                raise disk_error(self.home, e.filename or self.packs.folder, e) from None
+            if faultpoints.ENABLED:
+                faultpoints.hit("pack.append", "after", "compact")
+            with self.errors(), self._write_lock, self._begin(write=True) as txn:
+                h = self._dbs["chunkloc"]
+                for cid, loc in locs:
+                    if txn.get(cid, db=h) == old[cid]:  # not dropped meanwhile
+                        txn.put(cid, loc, db=h)
+                if faultpoints.ENABLED:
+                    faultpoints.hit("lmdb.commit", "before", "chunkloc[compact]")
+            if faultpoints.ENABLED:
+                faultpoints.hit("lmdb.commit", "after", "chunkloc[compact]")
+
     def structure_problems(self, shallow: bool = False) -> list[str]:
         """Damage to the LMDB file's page structure (see :mod:`dsvc.storecheck`); empty
         when every reachable page is sound. Walks a snapshot held open meanwhile, so

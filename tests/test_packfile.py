@@ -1,0 +1,246 @@
+"""Chunk bytes in pack files (issue 11): the index encoding, torn tails, gc compaction
+(and a kill -9 at each of its steps), fsck of damaged packs, and stores of format 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsvc import codec, packfile, registry
+from dsvc.dataset import Dataset
+from dsvc.ids import TAG_CHUNK, chunk_id
+from dsvc.maintenance import fsck, local_gc
+from dsvc.store import PACK_FORMAT, Store
+from tests.helpers_core import chunk_place, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@given(
+    pack=st.integers(0, 2**64 - 1),
+    off=st.integers(0, 2**64 - 1),
+    length=st.integers(0, 2**32 - 1),
+)
+def test_location_encoding_round_trips(pack: int, off: int, length: int) -> None:
+    raw = packfile.encode_loc(pack, off, length)
+    assert len(raw) == packfile.LOC.size == 20
+    assert packfile.decode_loc(raw) == (pack, off, length)
+    with pytest.raises(ValueError):
+        packfile.decode_loc(raw[:-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(frames=st.lists(st.binary(min_size=0, max_size=3000), min_size=1, max_size=30))
+def test_appended_frames_read_back_at_their_locations(tmp_path_factory, frames) -> None:
+    folder = tmp_path_factory.mktemp("packs")
+    packs = packfile.Packs(folder)
+    items = [(os.urandom(16), f) for f in frames]
+    locs = []
+    for i in range(0, len(items), 7):  # several appends, one pack
+        locs += packs.append(items[i : i + 7])
+    assert [c for c, _ in locs] == [c for c, _ in items]
+    for (cid, frame), (_, loc) in zip(items, locs):
+        assert packs.read(cid, loc) == frame
+        pack, off, length = packfile.decode_loc(loc)
+        assert length == len(frame)
+        raw = packs.path(pack).read_bytes()
+        # the entry header names the chunk and its length, right before the frame
+        assert packfile.HEADER.unpack(raw[off - packfile.HEADER.size : off]) == (cid, length)
+    assert packs.path(packfile.decode_loc(locs[0][1])[0]).read_bytes()[:8] == packfile.MAGIC
+    packs.close()
+
+
+def test_a_torn_tail_is_garbage_and_appends_go_on(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "home")
+    with store.batch() as b:
+        a = b.put_chunk(os.urandom(5000), level=0)
+    path, _, _ = chunk_place(store, a)
+    store.close()
+    with open(path, "ab") as f:  # what a write cut short by a crash leaves
+        f.write(b"\x01" * 16 + b"\x00\x01\x00\x00" + b"half a frame")
+    store = open_store(tmp_path / "home")
+    with store.batch() as b:
+        c = b.put_chunk(b"after the crash" * 100, level=0)
+    assert store.get_chunk(c) == b"after the crash" * 100
+    assert len(store.get_chunk(a)) == 5000
+    rep = fsck(store, progress=False)
+    assert rep["bad_chunks"] == [] and rep["chunks"] == 2
+    store.close()
+
+
+def test_a_missing_or_damaged_pack_is_reported_not_a_crash(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "home")
+    with store.batch() as b:
+        a = b.put_chunk(os.urandom(5000), level=0)
+    path, off, _ = chunk_place(store, a)
+    with open(path, "r+b") as f:  # another id in the entry's header
+        f.seek(off - packfile.HEADER.size)
+        f.write(b"\xee")
+    with pytest.raises(Exception, match="does not hold it"):
+        store.get_chunk(a)
+    assert fsck(store, progress=False)["bad_chunks"] == [a.hex()]
+    store.close()
+    path.unlink()
+    store = open_store(tmp_path / "home")
+    with pytest.raises(Exception, match="is missing"):
+        store.get_chunk(a)
+    assert fsck(store, progress=False)["bad_chunks"] == [a.hex()]
+    store.close()
+
+
+def test_first_packed_chunk_raises_the_format_and_format_1_chunks_are_read(
+    tmp_path: Path,
+) -> None:
+    """A store written by the previous layout (frames in LMDB's ``chunks``) opens and
+    reads; new chunks go to packs; gc sweeps both kinds."""
+    store = open_store(tmp_path / "home")
+    old = os.urandom(6000)
+    cid = chunk_id(old)
+    with store.env.begin(write=True) as txn:  # what format 1 wrote
+        txn.put(cid, codec.encode_frame(old, 0), db=store._dbs["chunks"])
+    assert store.get_config("format_version") == 1
+    store.close()
+    store = open_store(tmp_path / "home")
+    assert store.get_chunk(cid) == old and store.has_chunk(cid)
+    assert store.stats()["chunks"] == 1 and store.stats()["pack_bytes"] == 0
+    with store.batch() as b:
+        new = b.put_chunk(b"new" * 3000, level=0)
+        b.put_chunk(old)  # already stored (format 1): not written again
+    assert store.get_config("format_version") == PACK_FORMAT
+    assert store.stats()["chunks"] == 2
+    with store.reader() as r:
+        assert dict(r.chunk_sizes()).keys() == {cid, new}
+        assert {c for c, f in r.chunks() if f is not None} == {cid, new}
+    rep = local_gc(store)  # no record reaches either
+    assert rep["chunks_deleted"] == 2 and not store.has_chunk(cid) and not store.has_chunk(new)
+    assert store.stats()["pack_bytes"] == 0  # the emptied pack is gone
+    store.close()
+
+
+def _versions(tmp_path: Path) -> tuple[Dataset, Dataset, dict[str, bytes]]:
+    keep = {f"k{i}.bin": os.urandom(300_000) for i in range(3)}
+    drop = {f"x{i}.bin": os.urandom(300_000) for i in range(6)}
+    src = tmp_path / "src"
+    for name, data in {**keep, **drop}.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    v1 = Dataset.create(dataset_name="n", dataset_project="p")
+    v1.add_files(str(src))
+    v1.finalize()
+    for name in drop:
+        (src / name).unlink()
+    v2 = Dataset.create(dataset_name="m", dataset_project="p")
+    v2.add_files(str(src))
+    v2.finalize()
+    return v1, v2, keep
+
+
+def test_gc_reclaims_pack_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSVC_HOME", str(tmp_path / "home"))
+    v1, v2, keep = _versions(tmp_path)
+    store = registry.open_store()
+    before = store.stats()["pack_bytes"]
+    assert before > 9 * 300_000
+    Dataset.delete(v1.id)
+    rep = local_gc(store)
+    assert rep["chunks_deleted"] > 0 and rep["packs_rewritten"] == 1
+    after = store.stats()["pack_bytes"]
+    assert after < 3 * 300_000 + 64 * 1024  # what v2 holds, plus headers
+    assert rep["pack_bytes_freed"] >= before - after
+    got = Dataset.get(dataset_id=v2.id).get_local_copy()
+    assert {p.name: p.read_bytes() for p in Path(got).iterdir()} == keep
+    assert fsck(store, progress=False)["bad_chunks"] == []
+
+
+def test_compaction_waits_for_older_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that began before a compaction still reads through it; the emptied
+    pack is deleted only by a gc that runs once no such snapshot is open."""
+    monkeypatch.setenv("DSVC_HOME", str(tmp_path / "home"))
+    v1, v2, keep = _versions(tmp_path)
+    store = registry.open_store()
+    Dataset.delete(v1.id)
+    cid = chunk_id(keep["k0.bin"][:1])  # any id: only the snapshot matters
+    with store.reader() as r:
+        kept = [c for c, _ in r.chunk_sizes()]
+        rep = local_gc(store)
+        assert rep["packs_rewritten"] == 1 and rep["packs_deleted"] == 0
+        for c in kept:  # the old snapshot still finds every chunk it lists
+            if r.has_chunk(c):
+                codec.decode_frame(r.chunk_frame(c), TAG_CHUNK, c)
+    assert not store.has_chunk(cid)
+    rep = local_gc(store)
+    assert rep["packs_deleted"] == 1
+    assert len(store.packs.packs()) == 1
+
+
+COMPACT = """
+import json, sys
+from dsvc import registry
+from dsvc.maintenance import local_gc
+print(json.dumps(local_gc(registry.open_store())))
+"""
+
+
+def test_kill_during_compaction_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL at each fault point of a compacting gc (after the moved bytes are
+    durable, before and after the index commit): every kept version reads back, fsck
+    is clean, and a gc run afterwards finishes the job."""
+    monkeypatch.setenv("DSVC_HOME", str(tmp_path / "home"))
+    v1, v2, keep = _versions(tmp_path)
+    Dataset.delete(v1.id)
+    registry.close_all()
+    pristine = tmp_path / "pristine"
+    subprocess.run(["cp", "-a", str(tmp_path / "home"), str(pristine)], check=True)
+    log = tmp_path / "points.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DSVC_HOME": str(tmp_path / "home")}
+    subprocess.run(
+        [sys.executable, "-c", COMPACT],
+        env={**env, "DSVC_FAULT_POINTS": "count", "DSVC_FAULT_LOG": str(log)},
+        check=True,
+        capture_output=True,
+    )
+    points = [ln.split("\t") for ln in log.read_text().splitlines()]
+    chosen = [int(p[0]) for p in points if "compact" in p[3]]
+    assert len(chosen) >= 3
+    for n in chosen:
+        home = tmp_path / f"home{n}"
+        subprocess.run(["cp", "-a", str(pristine), str(home)], check=True)
+        r = subprocess.run(
+            [sys.executable, "-c", COMPACT],
+            env={**env, "DSVC_HOME": str(home), "DSVC_FAULT_POINTS": f"kill:{n}"},
+            capture_output=True,
+        )
+        assert r.returncode == -9, (n, r.stderr)
+        monkeypatch.setenv("DSVC_HOME", str(home))
+        registry.close_all()
+        store = registry.open_store()
+        rep = fsck(store, progress=False)
+        assert rep["bad_chunks"] == [] and rep["missing"] == [], (n, rep)
+        got = Dataset.get(dataset_id=v2.id).get_local_copy()
+        assert {p.name: p.read_bytes() for p in Path(got).iterdir()} == keep
+        again = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", COMPACT],
+                env={**env, "DSVC_HOME": str(home)},
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        registry.close_all()
+        store = Store(home)
+        assert store.stats()["pack_bytes"] < 3 * 300_000 + 64 * 1024, (n, again)
+        store.close()
