@@ -131,15 +131,19 @@ def child(mode: str, work: str, total: int) -> dict[str, object]:
     return out
 
 
-def restic_size(src: str, work: str) -> int | None:
-    """Bytes of a restic repository holding ``src`` (None when restic is missing)."""
+def restic_size(src: str, work: str) -> tuple[int, float] | None:
+    """Bytes of a restic repository holding ``src`` and the seconds its ``backup``
+    took (None when restic is missing)."""
     if shutil.which("restic") is None:
         return None
     repo = os.path.join(work, "restic")
     env = {**os.environ, "RESTIC_PASSWORD": "x", "RESTIC_REPOSITORY": repo}
     subprocess.run(["restic", "init", "-q"], env=env, check=True, capture_output=True)
+    os.sync()
+    t0 = time.perf_counter()
     subprocess.run(["restic", "backup", "-q", src], env=env, check=True, capture_output=True)
-    return sum(p.stat().st_size for p in Path(repo).rglob("*") if p.is_file())
+    took = time.perf_counter() - t0
+    return sum(p.stat().st_size for p in Path(repo).rglob("*") if p.is_file()), took
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "PYTHONPATH": str(ROOT)},
             )
             row = json.loads(got.stdout.strip().splitlines()[-1])
-            if mode == "small":
-                row["restic_bytes"] = restic_size(os.path.join(work, "src"), work)
-                if row["restic_bytes"]:
-                    row["vs_restic"] = round(row["stored"] / row["restic_bytes"], 2)
+            peer = restic_size(os.path.join(work, "src"), work) if mode in ("dsvc", "small") else None
+            if peer is not None:  # side by side: restic backs up the same files
+                row["restic_bytes"], took = peer
+                row["restic_seconds"] = round(took, 2)
+                row["rate_vs_restic"] = round(took / row["seconds"], 2)
+                row["size_vs_restic"] = round(row["stored"] / row["restic_bytes"], 2)
             print(json.dumps(row), flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -190,7 +190,7 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                         stats["bytes_freed"] += n
                 stats[counter] = len(doomed[db])
         if dry_run:
-            stats.update(store.compact_packs(dry_run=True))
+            stats.update(store.compact_packs(dry_run=True, dropping=set(doomed["chunks"])))
             with store.reader() as txn:
                 stats["statcache_purged"] = sum(
                     1

@@ -136,7 +136,7 @@ class Packs:
 
     def packs(self) -> dict[int, int]:
         """``{pack id: file size}`` of every pack file."""
-        out = {}
+        out: dict[int, int] = {}
         try:
             names = os.listdir(self.folder)
         except FileNotFoundError:

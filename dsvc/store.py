@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -1159,7 +1159,11 @@ class Store:
         return any(r.split()[-1] != "-" for r in rows if r.split())
 
     def compact_packs(
-        self, live_fraction: float = packfile.REPACK_LIVE, *, dry_run: bool = False
+        self,
+        live_fraction: float = packfile.REPACK_LIVE,
+        *,
+        dry_run: bool = False,
+        dropping: Set[bytes] = frozenset(),
     ) -> dict[str, int]:
         """Reclaim pack-file space after a sweep (call under :meth:`exclusive`).
 
@@ -1170,14 +1174,15 @@ class Store:
         locations stand; after it, the old pack is garbage a later gc deletes. A pack
         another process appends to is left alone, and so is an emptied pack while some
         read snapshot that predates the move is still open (the next gc deletes it).
+        ``dry_run`` only estimates, counting the chunks in ``dropping`` as swept.
         """
         out = {"packs_deleted": 0, "packs_rewritten": 0, "pack_bytes_freed": 0}
         self.packs.close_writer()  # our own pack may be compacted too
         sizes = self.packs.packs()
         live = dict.fromkeys(sizes, 0)
         with self.reader() as r:
-            for _cid, (pack, _off, length), _ in r.chunk_locations():
-                if pack in live:
+            for cid, (pack, _off, length), _ in r.chunk_locations():
+                if pack in live and cid not in dropping:
                     live[pack] += packfile.entry_bytes(length)
         hdr = len(packfile.MAGIC)
         doomed = [
@@ -1205,7 +1210,7 @@ class Store:
                 continue  # an older snapshot may still read it: the next gc deletes it
             if self.packs.delete(p):
                 out["packs_deleted"] += 1
-                out["pack_bytes_freed"] += sizes[p] - (live[p] if p not in moving else 0)
+                out["pack_bytes_freed"] += sizes[p] - live[p]  # net: live bytes were copied
         return out
 
     def _move_live(self, packs: set[int]) -> None:

@@ -41,6 +41,7 @@ MODULES = {
     "dsvc.remote": "transport",
     "dsvc.store": "store",
     "dsvc.storecheck": "store",
+    "dsvc.packfile": "store",
     "dsvc.ids": "model",
     "dsvc.chunker": "model",
     "dsvc.codec": "model",

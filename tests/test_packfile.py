@@ -151,8 +151,11 @@ def test_gc_reclaims_pack_space(
     before = store.stats()["pack_bytes"]
     assert before > 9 * 300_000
     Dataset.delete(v1.id)
+    dry = local_gc(store, dry_run=True)
+    assert store.stats()["pack_bytes"] == before
     rep = local_gc(store)
     assert rep["chunks_deleted"] > 0 and rep["packs_rewritten"] == 1
+    assert dry["pack_bytes_freed"] == rep["pack_bytes_freed"]
     after = store.stats()["pack_bytes"]
     assert after < 3 * 300_000 + 64 * 1024  # what v2 holds, plus headers
     assert rep["pack_bytes_freed"] >= before - after
