@@ -89,13 +89,14 @@ def test_write_batch_typed_methods(store: Store) -> None:
 def test_checkout_fetches_outside_any_read_snapshot(store: Store, tmp_path: Path) -> None:
     """``checkout._fill`` asks the fetcher for missing chunks with no read transaction
     open: a slow network read must not pin LMDB's old pages (issue 12)."""
-    files = {f"d/f{i}.bin": os.urandom(3000 + i) for i in range(6)}
+    files = {f"d/f{i}.bin": os.urandom(900 + i) for i in range(6)}  # one chunk each
     make_tree(tmp_path / "src", files)
     entries, _ = ingest_path(store, tmp_path / "src")
     with store.batch() as b:
         root = apply_edits(Trees(store, b), EMPTY_TREE_ID, entries)
     listing = list(walk(Trees(store), root))
     gone = chunk_id(files["d/f2.bin"])
+    assert store.has_chunk(gone)  # below the chunker's minimum: the file is one chunk
     with store.batch() as b:
         b.delete_chunk(gone)
     seen: list[int] = []
