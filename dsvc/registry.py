@@ -43,11 +43,16 @@ _stores_lock = threading.Lock()
 #: copy first (LMDB then releases only the child's mapping and file descriptors: reader
 #: slots are cleared by pid, the parent's are untouched).
 _inherited: list[Store] = []
+#: what was attached to inherited stores (open remotes): their obstore clients belong to
+#: the parent (a child opens its own), but they stay referenced so the child never tears
+#: the parent's down
+_inherited_attached: list[Any] = []
 
 
 def _after_fork_in_child() -> None:
     global _stores_lock
     for s in _stores.values():
+        _inherited_attached.extend(s.detach_all(after_fork=True))
         try:
             s.close()
         except Exception:  # the child must start even if an inherited env is odd
@@ -91,10 +96,7 @@ def close_all() -> None:
 
 
 def _close(s: Store) -> None:
-    from dsvc.remote import client  # transport is below this layer; imported only here
-
-    client.forget(s)
-    s.close()
+    s.close()  # its open remotes go with it (Store.attached)
 
 
 def key(dataset_id: str) -> str:

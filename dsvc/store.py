@@ -35,10 +35,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Set
+from collections.abc import Callable, Hashable, Iterable, Iterator, Set
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import lmdb
@@ -105,6 +105,8 @@ STATCACHE_FORMAT_KEY = b"statcache_format"
 STATCACHE_FORMAT = 2
 #: file in ``store.lmdb/`` whose flock keeps local gc and content writers apart
 GC_LOCK = "gc.lock"
+
+T = TypeVar("T")
 
 
 def default_home() -> Path:
@@ -640,6 +642,8 @@ class Store:
         self._write_lock = threading.Lock()
         self.packs = packfile.Packs(self.path / packfile.PACK_DIR, durable=self.durable)
         self._packed = False  # format_version known to be >= PACK_FORMAT
+        self._attached: dict[Hashable, Any] = {}
+        self._attached_lock = threading.Lock()
         self.chunker_params = self._init_config(chunker_params)
         self.chunker = Chunker(self.chunker_params)
         stored_level = self.get_config("zstd_level")
@@ -1262,7 +1266,30 @@ class Store:
                     return [f"{data}: {e}"]
         return []  # pragma: no cover - twenty commits raced twenty meta reads
 
+    # -- objects attached to this store ------------------------------------------
+
+    def attached(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The object attached to this store under ``key``, made by ``make`` the first
+        time: the one process-wide cache of things bound to a store (the open remotes of
+        ``dsvc.remote.client.resolve``), so closing or forgetting the store drops them
+        with it and no second cache has to be kept in step (issue 12)."""
+        with self._attached_lock:
+            if key not in self._attached:
+                self._attached[key] = make()
+            return self._attached[key]  # type: ignore[no-any-return]
+
+    def detach_all(self, *, after_fork: bool = False) -> list[Any]:
+        """Forget (and return) every attached object. ``after_fork``: in a forked child,
+        where a parent's thread may have held the lock at the fork."""
+        if after_fork:
+            self._attached_lock = threading.Lock()
+        with self._attached_lock:
+            out = list(self._attached.values())
+            self._attached.clear()
+        return out
+
     def close(self) -> None:
+        self.detach_all()
         self.packs.close()
         self.env.close()
 

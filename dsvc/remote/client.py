@@ -1,5 +1,5 @@
-"""A remote seen from one local store (:class:`Remote`), and the process-wide cache of
-open remotes (:func:`resolve`, :func:`forget`).
+"""A remote seen from one local store (:class:`Remote`), and :func:`resolve`, which
+opens it once per store (the remotes are attached to their store: ``Store.attached``).
 
 The protocol is split by job, each module building on the one before: ``repo``
 (connection, ``dsvc.json``, index cache, gc marks) <- ``fetch`` (ranged, verified reads)
@@ -9,8 +9,6 @@ The protocol is split by job, each module building on the one before: ``repo``
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Literal, overload
 
 from dsvc.errors import ConfigError
@@ -23,23 +21,6 @@ from dsvc.store import Store
 
 class Remote(RemotePush, RemoteGc, RemoteCheck):
     """One remote seen from one local store: push, fetch, records and refs, gc, fsck."""
-
-
-_open: dict[tuple[str, str, int], Remote] = {}
-_open_lock = threading.Lock()
-#: remotes inherited through fork: their obstore clients belong to the parent (a child
-#: opens its own), but they stay referenced so the child never tears the parent's down
-_inherited: list[Remote] = []
-
-
-def _after_fork_in_child() -> None:
-    global _open_lock
-    _inherited.extend(_open.values())
-    _open.clear()
-    _open_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @overload
@@ -63,16 +44,7 @@ def resolve(
             raise ConfigError("no remote configured; add one with `dsvc remote add NAME URL`")
         return None
     name, url, options = found
-    k = (str(store.home), url, retries)
-    with _open_lock:
-        r = _open.get(k)
-        if r is None:
-            r = _open[k] = Remote(store, name, url, options, retries=retries)
-        return r
-
-
-def forget(store: Store) -> None:
-    """Drop the cached remotes of ``store`` (before the store is closed)."""
-    with _open_lock:
-        for k in [k for k in _open if k[0] == str(store.home)]:
-            del _open[k]
+    # one cache: the remotes are attached to their store, and go when it is closed
+    return store.attached(
+        ("remote", url, retries), lambda: Remote(store, name, url, options, retries=retries)
+    )
