@@ -260,8 +260,20 @@ class Bench:
     def step(self, row: str, home: Path, *args: Any) -> dict[str, Any]:
         r = run([sys.executable, __file__, "step", *map(str, args)], self.env(home))
         self.results[row] = r
+        self.save()
         print(f"  {row}: {r['wall_s']:.2f} s, {r['maxrss'] / MB:.0f} MB", file=sys.stderr)
         return r
+
+    def save(self) -> None:
+        """Write what is measured so far to ``--json`` (a long run that is stopped keeps
+        its finished rows)."""
+        if self.a.json:
+            with open(self.a.json, "w") as f:
+                json.dump(
+                    {"args": vars(self.a), "results": self.results, "skipped": self.skipped},
+                    f,
+                    indent=1,
+                )
 
     def want(self, row: str) -> bool:
         return not self.a.only or any(row.startswith(o) for o in self.a.only)
@@ -293,8 +305,9 @@ class Bench:
             if stamp.exists():
                 stamp.unlink()
             if not self.a.keep_data:
+                # slow: a million files and two local copies (minutes on a busy disk)
                 shutil.rmtree(data, ignore_errors=True)
-            shutil.rmtree(home, ignore_errors=True)
+                shutil.rmtree(home, ignore_errors=True)
 
     def _scale(self, home: Path, data: Path, n: int) -> None:
         ids = [self.step("add", home, "add", data, NAME)["id"]]
@@ -365,6 +378,7 @@ class Bench:
                 )
             finally:
                 shutil.rmtree(repo, ignore_errors=True)
+        self.save()
         if not self.a.keep_data:
             shutil.rmtree(data, ignore_errors=True)
 
@@ -577,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a test of the harness")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dsvc-bench-scale"))
-    ap.add_argument("--keep-data", action="store_true")
+    ap.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep the generated data and the million-file store (delete them yourself)",
+    )
     ap.add_argument("--only", type=lambda s: s.split(","), default=None)
     ap.add_argument("--restic", help="path of the restic executable (default: on PATH)")
     a = ap.parse_args(argv)
