@@ -33,7 +33,9 @@ local_copy_child    ``get_local_copy()`` of a child (1% changed) whose      O(ch
                     parent is materialized
 squash              ``Dataset.squash`` of the 3 versions                    <= 1 s
 add_unchanged       ``add_files`` of the unchanged folder into a child      <= 3 s
-versions_*          10,000 versions: ``create`` / ``get`` / version bump   <= 0.3 s each
+versions_*          10,000 versions (benchmarks/bench_versions.py):         <= 0.3 s each
+                    ``create`` / ``get`` / version bump; on S3 (moto) a     <= 10 s,
+                    fresh store's first ``get`` and the next ones           <= 1 s
 ingest_2.5GB        2.5 GB incompressible: physical writes / bytes stored;  <= 1.2x,
                     rate vs restic side by side                             >= 2x restic
 small_100k          100,000 files of 1-4 KiB: store size vs restic repo     <= 1.2x restic
@@ -87,10 +89,12 @@ ROWS: list[tuple[str, str, str]] = [
     ("local_copy_child", "`get_local_copy()` of that child, parent materialized", "O(change)"),
     ("squash", "`Dataset.squash` of the 3 versions", "<= 1 s"),
     ("add_unchanged", "child, `add_files` of the unchanged folder, `finalize`", "<= 3 s"),
-    ("versions_populate", "create + finalize the versions (setup)", "-"),
+    ("versions_populate", "write the versions (setup; one process for every versions row)", "-"),
     ("versions_create", "`Dataset.create` with the versions in the store", "<= 0.3 s"),
     ("versions_get", "`Dataset.get(project, name)` with the versions in the store", "<= 0.3 s"),
-    ("versions_bump", "next version (`create` child, version bumped)", "<= 0.3 s"),
+    ("versions_bump", "next version (`create`, version bumped)", "<= 0.3 s"),
+    ("versions_s3_first_get", "S3 (moto): a fresh store's first `Dataset.get`", "<= 10 s"),
+    ("versions_s3_next_get", "S3 (moto): the next `Dataset.get` (slowest of 3)", "<= 1 s"),
     ("ingest_dsvc", "incompressible ingest: dsvc `add_files` + `finalize`", "writes <= 1.2x"),
     ("ingest_restic", "incompressible ingest: `restic backup` (same data)", "dsvc >= 2x rate"),
     ("small_dsvc", "small files 1-4 KiB: dsvc store size", "<= 1.2x restic"),
@@ -158,9 +162,10 @@ def run(cmd: list[str], env: dict[str, str], nice: int = 0) -> dict[str, Any]:
         raise RuntimeError(
             f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stderr[-4000:]}"
         )
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    child = json.loads(lines[-1]) if lines else {}
-    got.update(child)
+    # a step prints its facts as one JSON line, last (other programs print what they like)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{") and ln.endswith("}")]
+    if lines:
+        got.update(json.loads(lines[-1]))
     # physical writes: the child's own count (at its end) when it reported one
     if "write_bytes" not in got:
         got["write_bytes"] = got["oublock_bytes"]
@@ -328,14 +333,13 @@ class Bench:
 
     def versions(self) -> None:
         n = self.a.versions
+        if (HERE / "bench_versions.py").exists():
+            self.versions_bench(n)
+            return
+        # without benchmarks/bench_versions.py: populate through the API (slow: O(n^2)
+        # where every create reads every record)
         home = self.fresh("home-versions")
         try:
-            bv = _bench_versions()
-            if bv is not None and hasattr(bv, "measure"):
-                # the scale-versions helper's benchmark, when it provides one
-                for row, r in bv.measure(n=n, home=home).items():
-                    self.results[row] = r
-                return
             r = self.step("versions_populate", home, "populate", n)
             r["versions"] = n
             self.step("versions_get", home, "vget")
@@ -344,6 +348,39 @@ class Bench:
             self.step("versions_create", home, "vcreate")
         finally:
             shutil.rmtree(home, ignore_errors=True)
+
+    def versions_bench(self, n: int) -> None:
+        """benchmarks/bench_versions.py in one child process: ``n`` versions written
+        through the registry, then create / get / bump timed in the process (the call,
+        not the interpreter's start); the S3 rows on moto unless ``--quick``."""
+        out = self.work / "versions.json"
+        cmd = [sys.executable, str(HERE / "bench_versions.py"), "--versions", str(n)]
+        cmd += ["--json", str(out), "--workdir", str(self.work)]
+        if self.a.quick:
+            cmd.append("--no-s3")
+        r = run(cmd, self.env(self.work / "home-versions-unused"))
+        got = json.loads(out.read_text())
+        out.unlink()
+        loc = got["local"]
+        common = {k: r[k] for k in ("wall_s", "maxrss", "write_bytes")}
+        self.results["versions_populate"] = {
+            **common,
+            "call_s": loc["setup_s"],
+            "versions": n,
+            "how": "records written through the registry",
+        }
+        self.results["versions_create"] = {**common, "call_s": loc["create_explicit_version_s"]}
+        self.results["versions_get"] = {**common, "call_s": loc["get_s"]}
+        self.results["versions_bump"] = {**common, "call_s": loc["create_bump_s"]}
+        if "s3" in got:
+            s3 = got["s3"]
+            self.results["versions_s3_first_get"] = {**common, "call_s": s3["first_get_s"]}
+            self.results["versions_s3_next_get"] = {**common, "call_s": max(s3["next_get_s"])}
+        else:
+            for row in ("versions_s3_first_get", "versions_s3_next_get"):
+                self.skipped[row] = "--quick: local store only"
+        self.save()
+        print(f"  versions: {r['wall_s']:.1f} s", file=sys.stderr)
 
     def ingest(self) -> None:
         size = self.a.ingest_bytes
@@ -445,14 +482,6 @@ class Bench:
             self.small()
 
 
-def _bench_versions() -> Any:
-    try:
-        import bench_versions  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return bench_versions
-
-
 def datagen_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in datagen.list_files(folder))
 
@@ -483,6 +512,8 @@ def verdict(row: str, r: dict[str, Any]) -> str:
         "versions_create": 0.3,
         "versions_get": 0.3,
         "versions_bump": 0.3,
+        "versions_s3_first_get": 10.0,
+        "versions_s3_next_get": 1.0,
     }
     ok = rss_ok
     if row in limits:
