@@ -17,6 +17,8 @@ See docs/format.md for the byte-level description.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -158,6 +160,38 @@ def tree_id(entries: Mapping[str, Entry]) -> bytes:
     return object_id(TAG_TREE, encode_tree(entries))
 
 
+_DOTS = frozenset(("", ".", ".."))
+_KINDS = frozenset((KIND_TREE, KIND_FILE, KIND_CHUNKFILE))
+_new_entry = functools.partial(tuple.__new__, Entry)
+
+
+def _decode_plain(raw: list[Any]) -> dict[str, Entry] | None:
+    """The common tree, checked column by column in C-level loops (a 1,000-file folder
+    decodes several times faster than entry by entry, and a changed folder of a large
+    dataset is decoded on every diff): every entry a 5-element array, plain ASCII names
+    in strictly ascending order, fields of the right types. None when anything else is
+    there: the entry-by-entry checks then find it and name it."""
+    if not raw or set(map(type, raw)) != {list} or set(map(len, raw)) != {5}:
+        return None
+    names, kinds, ids, sizes, modes = zip(*raw)
+    if set(map(type, names)) != {str} or _DOTS.intersection(names):
+        return None
+    joined = "".join(names)
+    if not joined.isascii() or "/" in joined or "\\" in joined or "\x00" in joined:
+        return None
+    if not all(map(operator.lt, names, names[1:])):  # ASCII: str order is byte order
+        return None
+    if not _KINDS.issuperset(kinds) or set(map(type, kinds)) != {int}:
+        return None
+    if set(map(type, ids)) != {bytes} or set(map(len, ids)) != {ID_SIZE}:
+        return None
+    if set(map(type, sizes)) != {int} or set(map(type, modes)) != {int}:
+        return None
+    if min(sizes) < 0 or min(modes) < 0:
+        return None
+    return dict(zip(names, map(_new_entry, zip(kinds, ids, sizes, modes))))
+
+
 def decode_tree(data: bytes, oid: bytes | None = None) -> dict[str, Entry]:
     """Decode and validate a tree; names that could escape a folder raise IntegrityError."""
     raw = _unpackb(data, "tree", oid)
@@ -166,6 +200,9 @@ def decode_tree(data: bytes, oid: bytes | None = None) -> dict[str, Entry]:
         raise IntegrityError(f"tree {label}: malformed", oid)
     out: dict[str, Entry] = {}
     prev: bytes | None = None
+    fast = _decode_plain(raw)
+    if fast is not None:
+        return fast
     for item in raw:
         try:
             name, kind, eid, size, mode = item
