@@ -44,15 +44,15 @@ from dsvc.errors import (
     ObjectNotFoundError,
     StateError,
 )
-from dsvc.ids import TAG_BLOB, TAG_CHUNK, object_id
+from dsvc.ingest import content_id
 from dsvc.objects import (
     KIND_CHUNKFILE,
     MODE_EXEC,
     MODE_FILE,
-    Blob,
     Entry,
     validate_name,
 )
+from dsvc.parallel import default_workers, group_by_bytes
 from dsvc.store import Store, StoreReader
 
 RelPath = tuple[str, ...]
@@ -504,11 +504,9 @@ def file_matches(store: Store, path: str, entry: Entry) -> bool:
     """Whether the bytes of ``path`` hash to ``entry``'s id (chunked as the store does)."""
     try:
         with open(path, "rb") as f:
-            chunks = [(object_id(TAG_CHUNK, c), len(c)) for c in store.chunker.cut_stream(f)]
+            return content_id(store.chunker, f) == entry.id
     except OSError:
         return False
-    fid = chunks[0][0] if len(chunks) == 1 else object_id(TAG_BLOB, Blob(tuple(chunks)).encode())
-    return fid == entry.id
 
 
 def check_copy(store: Store, root: str, man: Manifest) -> tuple[list[int], bool]:
@@ -938,17 +936,9 @@ def _fill(
         prog(nbytes)
         return linked, len(idx)
 
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    cur_bytes = 0
-    for i, (_, e) in enumerate(files):
-        cur.append(i)
-        cur_bytes += e.size
-        if cur_bytes >= _GROUP_BYTES or len(cur) >= _GROUP_FILES:
-            groups.append(cur)
-            cur, cur_bytes = [], 0
-    if cur:
-        groups.append(cur)
+    groups = list(
+        group_by_bytes(range(len(files)), lambda i: files[i][1].size, _GROUP_BYTES, _GROUP_FILES)
+    )
     workers = min(max_workers or default_workers(), len(groups))
     if workers <= 1:
         for g in groups:
@@ -960,8 +950,3 @@ def _fill(
         for linked, n in pool.map(run, groups):
             stats.linked += linked
             stats.written += n - linked
-
-
-def default_workers() -> int:
-    """Threads for materializing: creating files and copying bytes release the GIL."""
-    return min(32, (os.cpu_count() or 1) + 2)

@@ -41,6 +41,7 @@ from dsvc.errors import (
     ConflictError,
     DsvcError,
     IntegrityError,
+    InvalidPathError,
     NotFoundError,
     PendingUploadError,
     Remedy,
@@ -49,8 +50,8 @@ from dsvc.errors import (
     UsageError,
     child_remedy,
 )
-from dsvc.ids import TAG_BLOB, object_id, to_hex
-from dsvc.ingest import Ingestor, ScanItem, scan
+from dsvc.ids import to_hex
+from dsvc.ingest import TreeResult, content_id, ingest_tree
 from dsvc.lookup import (
     find_record,
     known_records,
@@ -65,9 +66,9 @@ from dsvc.objects import (
     KIND_CHUNKFILE,
     KIND_EXTERNAL,
     KIND_TREE,
-    Blob,
     Commit,
     Entry,
+    split_path,
 )
 from dsvc.progress import Progress
 from dsvc.remote.config import lookup as remote_lookup
@@ -75,8 +76,6 @@ from dsvc.selection import (
     clean_dataset_path,
     collision_message,
     match_dataset_path,
-    note_sources,
-    rebase,
     split_parts,
 )
 from dsvc.store import Store
@@ -84,6 +83,7 @@ from dsvc.stream import Reader, clean_path, open_mode
 from dsvc.treeops import (
     Change,
     DiffStats,
+    LeanTrees,
     RelPath,
     Trees,
     apply_edits,
@@ -207,7 +207,8 @@ class Dataset:
         self._rec = record
         # dataset path -> source file, for what add_files added through this object
         # (a later add of another file to the same path is reported: issue 9.10)
-        self._sources: dict[RelPath, str] = {}
+        # (dataset folder, source folder, tree id) of each add_files of this object
+        self._sources: list[tuple[RelPath, str, bytes]] = []
 
     # -- identity ------------------------------------------------------------------
 
@@ -380,7 +381,7 @@ class Dataset:
                 unreachable="numbering versions from the local store only",
             )
             dataset_version = reg.next_version([top] if top is not None else [])
-        trees = Trees(store)
+        trees = LeanTrees(store)  # keeps no tree in memory: parents may be large
         with store.batch() as b:
             trees.batch = b
             base = merge(trees, [p["tree"] for p in parents])
@@ -637,30 +638,35 @@ class Dataset:
         if not os.path.exists(src):
             raise NotFoundError(f"cannot add {src!r} to dataset {self.id}: no such file or folder")
         prefix = clean_dataset_path(dataset_path)
-        sr = scan(
-            src,
-            wildcard=list(wildcard) if isinstance(wildcard, list | tuple) else wildcard,
-            recursive=recursive,
-            store=self._store,
-        )
-        items = sr.items
+        # the added files keep their paths relative to the folder (or local_base_folder)
+        srcdir = src if os.path.isdir(src) else os.path.dirname(src)
+        dest = prefix
         if local_base_folder:
-            items = rebase(items, src, local_base_folder)
-        # the lease keeps `gc` away from chunks no record references until _apply ran
+            base = os.path.abspath(os.path.expanduser(local_base_folder))
+            rel = os.path.relpath(srcdir, base)
+            if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel):
+                raise InvalidPathError(
+                    f"{src!r} is not inside local_base_folder {base!r}; pick a base folder "
+                    "that contains the files"
+                )
+            if rel != ".":
+                dest = (*prefix, *split_path(rel.replace(os.sep, "/")))
+        # the lease keeps `gc` away from content no record references until the graft
         with self._store.lease(f"add_files {self.id}"):
-            entries, skipped = self._ingest(
-                items, verbose, max_workers, f"add {os.path.basename(src)}"
+            res = self._ingest_tree(
+                src,
+                list(wildcard) if isinstance(wildcard, list | tuple) else wildcard,
+                recursive,
+                verbose,
+                max_workers,
+                f"add {os.path.basename(src)}",
             )
-            for p, why in [*sr.skipped, *skipped]:
+            for p, why in res.stats.skipped:
                 warn(f"skipped {p}: {why}")
-            edits = {(*prefix, *rel): e for rel, e in entries.items()}
-            added = {(*prefix, *i.rel): i.abs_path for i in items if i.rel in entries}
-            clashes = note_sources(self._sources, added)
-            if clashes:
-                warn(collision_message(clashes))
-            count = _added_count(self._trees(), self._refresh(), edits)
-            self._apply(edits)
-            return count
+            if res.entry is None:
+                return 0
+            self._warn_collisions(dest, srcdir, res.entry.id)
+            return self._graft(dest, res.entry, res.files)
 
     def add_external_files(
         self,
@@ -717,19 +723,63 @@ class Dataset:
             self._apply(edits)
             return count
 
-    def _ingest(
-        self, items: list[ScanItem], verbose: bool, max_workers: int | None, desc: str
-    ) -> tuple[dict[RelPath, Entry], list[tuple[str, str]]]:
-        total = sum(i.size for i in items)
-        with Progress(desc, total, enabled=True) as bar:
-            ing = Ingestor(self._store, max_workers=max_workers, progress=bar.update)
-            entries, stats = ing.ingest(items)
-        if verbose:
-            print(
-                f"{self.id}: {stats.files} files, {stats.cached_files} unchanged, "
-                f"{stats.new_chunks} new chunks ({stats.new_bytes_stored} bytes stored)"
+    def _ingest_tree(
+        self,
+        src: str,
+        wildcard: str | list[str] | None,
+        recursive: bool,
+        verbose: bool,
+        max_workers: int | None,
+        desc: str,
+    ) -> TreeResult:
+        with Progress(desc, None, enabled=True) as bar:
+            res = ingest_tree(
+                self._store,
+                src,
+                wildcard=wildcard,
+                recursive=recursive,
+                max_workers=max_workers,
+                progress=bar.update,
             )
-        return entries, stats.skipped
+        if verbose:
+            st = res.stats
+            print(
+                f"{self.id}: {st.files} files, {st.cached_files} unchanged, "
+                f"{st.new_chunks} new chunks ({st.new_bytes_stored} bytes stored)"
+            )
+        return res
+
+    def _warn_collisions(self, dest: RelPath, srcdir: str, tid: bytes) -> None:
+        """Warn about files this add replaces that an earlier add of this object filled
+        from another file (adding ``cats`` then ``dogs`` that both hold ``a.jpg``)."""
+        total, shown = _collisions(self._trees_lean(), self._sources, dest, srcdir, tid)
+        self._sources.append((dest, srcdir, tid))
+        if total:
+            warn(collision_message(shown, total=total))
+
+    def _trees_lean(self) -> LeanTrees:
+        return LeanTrees(self._store)
+
+    def _graft(self, dest: RelPath, new: Entry, files: int) -> int:
+        """Put the ``files`` files of the tree ``new`` at ``dest`` of the staged tree (a
+        file of ``new`` replaces what is at its path; folders merge); returns the count
+        ClearML's ``add_files`` reports (:func:`_graft_tree`). Work is proportional to
+        where ``new`` differs from the staged tree: equal subtrees are never opened."""
+        count = 0
+
+        def change(r: dict[str, Any]) -> dict[str, Any]:
+            nonlocal count
+            trees = LeanTrees(self._store)
+            with self._store.batch() as b:
+                trees.batch = b
+                root = r["tree"]
+                entry, count, removes = _graft_tree(trees, r, dest, new, files)
+                tree = entry.id if not dest else apply_edits(trees, root, {dest: entry})
+            return {**r, "tree": tree, "removed_any": bool(r.get("removed_any", True) or removes)}
+
+        with self._store.lease(f"edit {self.id}", announce=False):  # new trees, then record
+            self._update(change)
+        return count
 
     def _apply(self, edits: dict[RelPath, Entry | None]) -> int:
         """Apply edits to the staged tree (CAS on the record); returns how many changed.
@@ -805,43 +855,58 @@ class Dataset:
             raise NotFoundError(f"cannot sync dataset {self.id} from {src!r}: not a folder")
         prefix = clean_dataset_path(dataset_path)
         with self._store.lease(f"sync_folder {self.id}"):
-            sr = scan(src, store=self._store)
-            entries, skipped = self._ingest(
-                sr.items, verbose, None, f"sync {os.path.basename(src)}"
-            )
-            for p, why in [*sr.skipped, *skipped]:
+            res = self._ingest_tree(src, None, True, verbose, None, f"sync {os.path.basename(src)}")
+            for p, why in res.stats.skipped:
                 warn(f"skipped {p}: {why}")
-            # build the folder's tree and diff it with the staged one: equal subtrees
-            # (the unchanged folders) are skipped by id, never opened
-            trees = self._trees()
-            with self._store.batch() as b:
-                trees.batch = b
-                folder = apply_edits(trees, EMPTY_TREE_ID, entries) if entries else EMPTY_TREE_ID
-            trees.batch = None
-            cur_root = self._refresh()["tree"]
-            sub = lookup(trees, cur_root, prefix)
-            removed: list[RelPath] = []
-            added: list[RelPath] = []
-            modified: list[RelPath] = []
-            edits: dict[RelPath, Entry | None] = {}
+            # the folder's tree is diffed with the staged one: equal subtrees (the
+            # unchanged folders) are skipped by id, never opened
+            trees = LeanTrees(self._store)
+            folder = res.entry.id if res.entry is not None else EMPTY_TREE_ID
+            sub = lookup(trees, self._refresh()["tree"], prefix)
+            counts = {"added": 0, "removed": 0, "modified": 0}
             if sub is not None and sub.kind != KIND_TREE:
-                removed = [()]  # a file where the folder should be: it goes
-                edits[prefix] = None
-                added = list(entries)
+                counts["removed"] = 1  # a file where the folder should be: it goes
+                counts["added"] = res.files
             else:
                 old_sub = sub.id if sub is not None else EMPTY_TREE_ID
                 for c in diff(trees, old_sub, folder):
-                    {"added": added, "removed": removed, "modified": modified}[c.status].append(
-                        c.path
-                    )
-            edits.update({(*prefix, *p): None for p in removed if p})
-            edits.update({(*prefix, *p): entries[p] for p in (*added, *modified)})
+                    counts[c.status] += 1
+            removed, added, modified = counts["removed"], counts["added"], counts["modified"]
             if verbose:
-                print(
-                    f"{self.id}: {len(removed)} removed, {len(added)} added, {len(modified)} modified"
-                )
-            self._apply(edits)
-            return len(removed), len(added), len(modified)
+                print(f"{self.id}: {removed} removed, {added} added, {modified} modified")
+            if removed or added or modified:
+                self._set_subtree(prefix, sub, res.entry, removed > 0)
+            return removed, added, modified
+
+    def _set_subtree(
+        self, prefix: RelPath, expect: Entry | None, new: Entry | None, removes: bool
+    ) -> None:
+        """Make the staged content under ``prefix`` the tree ``new`` (None: nothing).
+        When another writer changed that part since it was read as ``expect``, only
+        the differences from ``expect`` are applied, so its files stay."""
+
+        def change(r: dict[str, Any]) -> dict[str, Any]:
+            trees = LeanTrees(self._store)
+            with self._store.batch() as b:
+                trees.batch = b
+                root = r["tree"]
+                now = lookup(trees, root, prefix)
+                if now == expect or (expect is not None and expect.kind != KIND_TREE):
+                    if not prefix:
+                        tree = new.id if new is not None else trees.ensure_empty()
+                    else:
+                        tree = apply_edits(trees, root, {prefix: new})
+                else:
+                    old = expect.id if expect is not None else EMPTY_TREE_ID
+                    edits = {
+                        (*prefix, *c.path): c.new
+                        for c in diff(trees, old, new.id if new is not None else EMPTY_TREE_ID)
+                    }
+                    tree = apply_edits(trees, root, edits)
+            return {**r, "tree": tree, "removed_any": bool(r.get("removed_any", True) or removes)}
+
+        with self._store.lease(f"edit {self.id}", announce=False):  # new trees, then record
+            self._update(change)
 
     # -- listing -------------------------------------------------------------------
 
@@ -1619,12 +1684,7 @@ class Dataset:
             if skip_hash:
                 continue
             with open(full, "rb") as f:
-                chunks = [(object_id(b"C", c), len(c)) for c in chunker.cut_stream(f)]
-            fid = (
-                chunks[0][0]
-                if len(chunks) == 1
-                else object_id(TAG_BLOB, Blob(tuple(chunks)).encode())
-            )
+                fid = content_id(chunker, f)
             if fid != e.id:
                 bad.append(path)
         if verbose:
@@ -1789,22 +1849,179 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _added_count(trees: Trees, rec: dict[str, Any], edits: dict[RelPath, Entry | None]) -> int:
-    """How many of ``edits`` ClearML's ``add_files`` reports as added: paths that hold no
-    file yet, and files with unchanged content that this draft itself added (they differ
-    from the base) and has not uploaded since."""
-    n = 0
-    uploaded = rec.get("uploaded_tree")
-    for path, new in edits.items():
-        cur = lookup(trees, rec["tree"], path)
-        new_path = cur is None or cur.kind == KIND_TREE
-        readded = (
-            cur == new
-            and lookup(trees, rec["base_tree"], path) != new
-            and (uploaded is None or lookup(trees, uploaded, path) != new)
-        )
-        n += new_path or readded
-    return n
+_NO_UPLOAD = Entry(0, b"", 0, 0)  # the draft was never uploaded (no uploaded tree)
+
+
+def _eq(a: Entry | None, b: Entry | None) -> bool:
+    """Equal entries; folders by id alone (a root's entry from ``lookup`` has no size)."""
+    if a is None or b is None or a.kind != KIND_TREE or b.kind != KIND_TREE:
+        return a == b
+    return a.id == b.id
+
+
+def _sub(trees: Trees, e: Entry | None) -> dict[str, Entry]:
+    return trees.get(e.id) if e is not None and e.kind == KIND_TREE else {}
+
+
+def _add_effects(
+    trees: Trees, t: Entry, c: Entry | None, b: Entry | None, u: Entry | None
+) -> tuple[int, bool]:
+    """``(added, removes)`` of putting ``t`` (a file or folder entry) where the staged
+    tree holds ``c``, the base ``b`` and the last upload ``u`` (``_NO_UPLOAD``: none).
+
+    ``added`` is what ClearML's ``add_files`` reports: files at paths that hold no file
+    yet, plus files with unchanged content that this draft itself added (they differ
+    from the base) and has not uploaded since. ``removes``: some existing file goes
+    away (a file replaces a folder, or a folder a file). A folder is opened only where
+    something in it can count: one equal in the staged tree and in the base (or the
+    upload) is skipped.
+    """
+    added = 0
+    removes = False
+    stack: list[tuple[Entry, Entry | None, Entry | None, Entry | None]] = [(t, c, b, u)]
+    while stack:
+        t, c, b, u = stack.pop()
+        if t.kind != KIND_TREE:
+            if c is None or c.kind == KIND_TREE:
+                added += 1
+                removes = removes or c is not None
+            elif c == t and b != t and u != t:
+                added += 1
+            continue
+        if c is not None and c.kind != KIND_TREE:
+            removes = True
+        if _eq(c, t) and (_eq(b, t) or _eq(u, t)):
+            continue  # every file in it is staged and in the base (or uploaded)
+        tc = _sub(trees, c)
+        tb = tc if _eq(b, c) else _sub(trees, b)
+        tu = None if u is _NO_UPLOAD else tc if _eq(u, c) else _sub(trees, u)
+        for name, te in trees.get(t.id).items():
+            stack.append(
+                (te, tc.get(name), tb.get(name), tu.get(name) if tu is not None else _NO_UPLOAD)
+            )
+    return added, removes
+
+
+class _GraftFrame:
+    """A folder of ``_graft_tree`` where the new and the staged tree differ."""
+
+    __slots__ = ("b", "new", "out", "todo", "u", "waiting")
+
+    def __init__(self, trees: Trees, t: Entry, c: Entry, b: Entry | None, u: Entry | None):
+        tt = trees.get(t.id)
+        tc = trees.get(c.id)
+        self.new = (t, tt)
+        self.out = dict(tc)  # the staged folder, overridden name by name
+        self.b = tc if _eq(b, c) else _sub(trees, b)
+        self.u = None if u is _NO_UPLOAD else tc if _eq(u, c) else _sub(trees, u)
+        self.todo = iter(tt.items())
+        self.waiting: str | None = None
+
+
+def _graft_tree(
+    trees: Trees, rec: dict[str, Any], dest: RelPath, new: Entry, files: int
+) -> tuple[Entry, int, bool]:
+    """Merge the tree ``new`` (``files`` files) into ``rec``'s staged tree at ``dest``
+    (later wins path by path, as :func:`dsvc.treeops.merge`): the merged entry for
+    ``dest``, with ``add_files``' count and whether a file goes away
+    (:func:`_add_effects`), in one walk that opens a folder only where the two trees
+    differ. A merged folder equal to the new one is not written again."""
+    cur = lookup(trees, rec["tree"], dest)
+    base = lookup(trees, rec["base_tree"], dest) if rec.get("base_tree") else None
+    up_root = rec.get("uploaded_tree")
+    up = lookup(trees, up_root, dest) if up_root else _NO_UPLOAD
+    if cur is None or cur.id == EMPTY_TREE_ID:  # nothing there: every file is new
+        return new, files, False
+    if not (cur.kind == KIND_TREE and new.kind == KIND_TREE and cur.id != new.id):
+        added, removes = _add_effects(trees, new, cur, base, up)
+        return new, added, removes
+    added = 0
+    removes = False
+    stack = [_GraftFrame(trees, new, cur, base, up)]
+    done = new
+    while stack:
+        fr = stack[-1]
+        if fr.waiting is not None:  # the child folder just merged
+            fr.out[fr.waiting] = done
+            fr.waiting = None
+        for name, te in fr.todo:
+            ce = fr.out.get(name)
+            be = fr.b.get(name)
+            ue = fr.u.get(name) if fr.u is not None else _NO_UPLOAD
+            if te.kind == KIND_TREE and ce is not None and ce.kind == KIND_TREE and ce.id != te.id:
+                fr.waiting = name
+                stack.append(_GraftFrame(trees, te, ce, be, ue))
+                break
+            n, r = _add_effects(trees, te, ce, be, ue)
+            added += n
+            removes = removes or r
+            fr.out[name] = te
+        else:
+            stack.pop()
+            t, tt = fr.new
+            done = t if fr.out == tt else trees.put(fr.out)
+    return done, added, removes
+
+
+def _collisions(
+    trees: Trees,
+    earlier: list[tuple[RelPath, str, bytes]],
+    dest: RelPath,
+    srcdir: str,
+    tid: bytes,
+    shown: int = 10,
+) -> tuple[int, list[tuple[RelPath, str, str]]]:
+    """How many files of the tree ``tid`` (added at ``dest`` from ``srcdir``) replace a
+    file that the latest of the ``earlier`` adds holding that path took from another
+    file, and the first ``shown`` of them as ``(dataset path, earlier file, new file)``.
+
+    Only the paths two adds have in common are visited, so re-adding a folder costs
+    nothing here (its mapping is the same: no file can differ).
+    """
+    total = 0
+    out: list[tuple[RelPath, str, str]] = []
+    for i in range(len(earlier) - 1, -1, -1):
+        d0, s0, t0 = earlier[i]
+        n = min(len(d0), len(dest))
+        if d0[:n] != dest[:n]:
+            continue  # disjoint folders
+        # one tree is placed below the other: align them at the deeper folder
+        if len(d0) <= len(dest):
+            same = os.path.join(s0, *dest[len(d0) :]) == srcdir
+            a, b, at = lookup(trees, t0, dest[len(d0) :]), Entry(KIND_TREE, tid, 0, 0), dest
+        else:
+            same = os.path.join(srcdir, *d0[len(dest) :]) == s0
+            a, b, at = Entry(KIND_TREE, t0, 0, 0), lookup(trees, tid, d0[len(dest) :]), d0
+        if same or a is None or b is None or a.kind != KIND_TREE or b.kind != KIND_TREE:
+            continue
+        for p in _common_files(trees, a.id, b.id, at):
+            # a later add that also holds p decided where it came from
+            if any(
+                p[: len(d)] == d and lookup(trees, t, p[len(d) :]) is not None
+                for d, _, t in earlier[i + 1 :]
+            ):
+                continue
+            total += 1
+            if len(out) < shown:
+                out.append(
+                    (p, os.path.join(s0, *p[len(d0) :]), os.path.join(srcdir, *p[len(dest) :]))
+                )
+    return total, out
+
+
+def _common_files(trees: Trees, a: bytes, b: bytes, prefix: RelPath) -> Iterator[RelPath]:
+    """Paths that are files in both trees (a file in one and a folder in the other
+    is not a common file)."""
+    stack = [(prefix, a, b)]
+    while stack:
+        p, x, y = stack.pop()
+        tx, ty = trees.get(x), trees.get(y)
+        for name in sorted(tx.keys() & ty.keys()):
+            ex, ey = tx[name], ty[name]
+            if ex.kind == KIND_TREE and ey.kind == KIND_TREE:
+                stack.append(((*p, name), ex.id, ey.id))
+            elif ex.kind != KIND_TREE and ey.kind != KIND_TREE:
+                yield (*p, name)
 
 
 def _finalized_last_parent(store: Store) -> Callable[[dict[str, Any]], dict[str, Any] | None]:

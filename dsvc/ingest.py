@@ -33,27 +33,34 @@ import stat as statmod
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import msgpack
 import pathspec
+import xxhash
 
 from dsvc import codec
+from dsvc.chunker import Chunker
 from dsvc.errors import DsvcError, InvalidPathError, NotFoundError, WildcardError
-from dsvc.ids import TAG_BLOB, chunk_id, object_id
+from dsvc.ids import TAG_BLOB, TAG_TREE, chunk_id, object_id
 from dsvc.objects import (
     KIND_CHUNKFILE,
     KIND_FILE,
+    KIND_TREE,
+    MODE_DIR,
     MODE_EXEC,
     MODE_FILE,
     Blob,
     Entry,
+    encode_tree,
     validate_name,
 )
+from dsvc.parallel import default_workers, group_by_bytes
 from dsvc.store import StatEntry, Store, StoreReader, statcache_key
 
 RelPath = tuple[str, ...]
@@ -69,8 +76,28 @@ LARGE_FILE = 32 << 20
 INFLIGHT_BYTES = 64 << 20
 
 
-def default_workers() -> int:
-    return min(32, (os.cpu_count() or 1) + 2)
+def file_id(chunks: Sequence[tuple[bytes, int]]) -> tuple[int, bytes, bytes | None]:
+    """``(kind, id, blob bytes or None)`` of a file made of ``chunks`` ((id, length) in
+    order): the one rule (docs/format.md section 4.2) by which a file's tree entry is
+    derived from its chunks. One chunk: the chunk itself (kind 3, no blob); more: a blob
+    listing them (kind 2), whose bytes the caller stores."""
+    if len(chunks) == 1:
+        return KIND_CHUNKFILE, chunks[0][0], None
+    data = Blob(tuple(chunks)).encode()
+    return KIND_FILE, object_id(TAG_BLOB, data), data
+
+
+def content_id(
+    chunker: Chunker, f: BinaryIO, progress: Callable[[int], None] | None = None
+) -> bytes:
+    """The id the content of ``f`` gets when added (cut and hashed as ingest does;
+    nothing is stored). ``progress`` is called with each chunk's length."""
+    chunks = []
+    for c in chunker.cut_stream(f):
+        chunks.append((chunk_id(c), len(c)))
+        if progress is not None:
+            progress(len(c))
+    return file_id(chunks)[1]
 
 
 class ScanItem(NamedTuple):
@@ -207,6 +234,14 @@ def _store_dirs(store: Store | None) -> frozenset[str]:
     return frozenset({home, os.path.realpath(store.path), os.path.join(home, "cache")})
 
 
+def _refuse_store_db(root: str, store: Store | None) -> None:
+    if store is not None:
+        db = os.path.realpath(store.path)
+        real = os.path.realpath(root)
+        if real == db or real.startswith(db + os.sep):
+            raise InvalidPathError(f"cannot add {root!r}: it is the dsvc store's database")
+
+
 def scan(
     path: str | os.PathLike[str],
     *,
@@ -229,11 +264,7 @@ def scan(
     except FileNotFoundError:
         raise NotFoundError(f"cannot add {root!r}: no such file or folder") from None
     store_dirs = _store_dirs(store)
-    if store is not None:
-        db = os.path.realpath(store.path)
-        real = os.path.realpath(root)
-        if real == db or real.startswith(db + os.sep):
-            raise InvalidPathError(f"cannot add {root!r}: it is the dsvc store's database")
+    _refuse_store_db(root, store)
     patterns = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
     check_wildcards(patterns)
     if statmod.S_ISREG(st.st_mode):
@@ -243,71 +274,102 @@ def scan(
         return out
     if not statmod.S_ISDIR(st.st_mode):
         raise InvalidPathError(f"cannot add {root!r}: not a regular file or folder")
-    real_root = os.path.realpath(root)
+    ctx = _ScanCtx(root, os.path.realpath(root), store_dirs, patterns, recursive, out.skipped)
     stack: list[tuple[str, RelPath, _Ignores]] = [(root, (), ())]
     while stack:
-        d, rel, ignores = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                listing = list(it)
-        except PermissionError as e:
-            raise InvalidPathError(f"cannot read folder {d!r}: {e.strerror}") from e
-        except FileNotFoundError:
-            out.skipped.append((d, "folder vanished during the scan"))
-            continue
-        for de in listing:
-            if de.name == IGNORE_FILE and de.is_file():
-                ignores = (*ignores, (len(rel), _load_ignore(de.path)))
-                break
-        for de in listing:
-            # names are validated only for files that are kept (below): a name the
-            # wildcard leaves out must not stop the add
-            r = (*rel, de.name)
-            try:
-                is_dir = de.is_dir(follow_symlinks=False)
-                if ignores and _ignored(ignores, r, is_dir):
-                    continue
-                if de.is_symlink():
-                    # a link to a file is followed wherever it points (ClearML adds the
-                    # target's content: a folder of links into a raw data store is
-                    # common); a link to a folder is never entered, so no cycle
-                    try:
-                        lst = os.stat(de.path)
-                    except FileNotFoundError:
-                        out.skipped.append((de.path, "dangling symlink"))
-                        continue
-                    except OSError as e:  # a loop, or a target we may not stat
-                        out.skipped.append((de.path, f"broken symlink ({e.strerror})"))
-                        continue
-                    if not statmod.S_ISREG(lst.st_mode):
-                        out.skipped.append((de.path, "symlink to a folder is not entered"))
-                        continue
-                elif is_dir:
-                    if store_dirs and real_root + de.path[len(root) :] in store_dirs:
-                        out.skipped.append((de.path, _STORE_SKIPPED))
-                    elif recursive or patterns:
-                        stack.append((de.path, r, ignores))
-                    continue
-                else:
-                    lst = de.stat(follow_symlinks=False)
-                    if not statmod.S_ISREG(lst.st_mode):
-                        out.skipped.append((de.path, "not a regular file"))
-                        continue
-            except FileNotFoundError:
-                out.skipped.append((de.path, "vanished during the scan"))
-                continue
-            if patterns and not matches_wildcard(r, patterns, recursive):
-                continue
-            if not all(n.isascii() and "\\" not in n for n in r):
-                r = _validated(r, root)
-            out.items.append(_item(de.path, r, lst))
+        files, subdirs = _list_folder(ctx, *stack.pop())
+        out.items += files
+        stack += subdirs
     if not recursive and not patterns:
         out.items = [i for i in out.items if len(i.rel) == 1]
     out.items.sort(key=_rel_key)
     return out
 
 
+@dataclass
+class _ScanCtx:
+    """What every folder of one scan is listed with."""
+
+    root: str
+    real_root: str
+    store_dirs: frozenset[str]
+    patterns: list[str]
+    recursive: bool
+    skipped: list[tuple[str, str]]
+
+
+def _list_folder(
+    ctx: _ScanCtx, d: str, rel: RelPath, ignores: _Ignores
+) -> tuple[list[ScanItem], list[tuple[str, RelPath, _Ignores]]]:
+    """One folder of a scan: its selected files (with their ``stat``) and the subfolders
+    to enter, as ``(path, relative path, ignore rules)``; what is left out with a reason
+    goes to ``ctx.skipped``."""
+    files: list[ScanItem] = []
+    subdirs: list[tuple[str, RelPath, _Ignores]] = []
+    skipped = ctx.skipped
+    patterns = ctx.patterns
+    try:
+        with os.scandir(d) as it:
+            listing = list(it)
+    except PermissionError as e:
+        raise InvalidPathError(f"cannot read folder {d!r}: {e.strerror}") from e
+    except FileNotFoundError:
+        skipped.append((d, "folder vanished during the scan"))
+        return files, subdirs
+    for de in listing:
+        if de.name == IGNORE_FILE and de.is_file():
+            ignores = (*ignores, (len(rel), _load_ignore(de.path)))
+            break
+    # the folder's own path needs a check only when some part is not plain ASCII
+    rel_plain = all(n.isascii() and "\\" not in n for n in rel)
+    for de in listing:
+        # names are validated only for files that are kept (below): a name the
+        # wildcard leaves out must not stop the add
+        r = (*rel, de.name)
+        try:
+            is_dir = de.is_dir(follow_symlinks=False)
+            if ignores and _ignored(ignores, r, is_dir):
+                continue
+            if de.is_symlink():
+                # a link to a file is followed wherever it points (ClearML adds the
+                # target's content: a folder of links into a raw data store is
+                # common); a link to a folder is never entered, so no cycle
+                try:
+                    lst = os.stat(de.path)
+                except FileNotFoundError:
+                    skipped.append((de.path, "dangling symlink"))
+                    continue
+                except OSError as e:  # a loop, or a target we may not stat
+                    skipped.append((de.path, f"broken symlink ({e.strerror})"))
+                    continue
+                if not statmod.S_ISREG(lst.st_mode):
+                    skipped.append((de.path, "symlink to a folder is not entered"))
+                    continue
+            elif is_dir:
+                if ctx.store_dirs and ctx.real_root + de.path[len(ctx.root) :] in ctx.store_dirs:
+                    skipped.append((de.path, _STORE_SKIPPED))
+                elif ctx.recursive or patterns:
+                    subdirs.append((de.path, r, ignores))
+                continue
+            else:
+                lst = de.stat(follow_symlinks=False)
+                if not statmod.S_ISREG(lst.st_mode):
+                    skipped.append((de.path, "not a regular file"))
+                    continue
+        except FileNotFoundError:
+            skipped.append((de.path, "vanished during the scan"))
+            continue
+        if patterns and not matches_wildcard(r, patterns, ctx.recursive):
+            continue
+        name = de.name
+        if not (rel_plain and name.isascii() and "\\" not in name):
+            r = _validated(r, ctx.root)
+        files.append(_item(de.path, r, lst))
+    return files, subdirs
+
+
 _rel_key = operator.attrgetter("rel")
+_item_size = operator.attrgetter("size")
 
 
 def _item(path: str, rel: RelPath, st: os.stat_result) -> ScanItem:
@@ -433,6 +495,10 @@ class _Writer(threading.Thread):
                                 self.new_bytes += len(value)
                         elif kind == "s":
                             put_stat(key, value)
+                        elif kind == "t":
+                            b.put_object(TAG_TREE, value)
+                        elif kind == "d":
+                            b.put_dirsum(key, value)
                         else:
                             b.put_object(TAG_BLOB, value)
                         if b.pending_bytes < before:  # the batch committed
@@ -577,6 +643,25 @@ def _read_all(item: ScanItem) -> bytes:
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
+class _Session:
+    """The single writer thread and the two pools of one ingest run."""
+
+    def __init__(self, store: Store, workers: int) -> None:
+        self.writer = _Writer(store)
+        self.writer.start()
+        self.chunk_pool = ThreadPoolExecutor(workers, thread_name_prefix="dsvc-chunk")
+        self.file_pool = ThreadPoolExecutor(workers, thread_name_prefix="dsvc-file")
+
+    def close(self, failed: BaseException | None) -> None:
+        self.file_pool.shutdown(wait=True, cancel_futures=failed is not None)
+        self.chunk_pool.shutdown(wait=True, cancel_futures=failed is not None)
+        try:
+            self.writer.finish()
+        except BaseException:
+            if failed is None:
+                raise
+
+
 class Ingestor:
     """Turns scanned files into tree entries, storing whatever content is new."""
 
@@ -619,15 +704,12 @@ class Ingestor:
         self, item: ScanItem, chunks: list[tuple[bytes, int]], sink: list[tuple]
     ) -> tuple[Entry, int]:
         """The entry for a file of ``chunks``; queues its blob and stat-cache entry."""
-        if len(chunks) == 1:
-            entry = Entry(KIND_CHUNKFILE, chunks[0][0], chunks[0][1], item.mode)
-            size = 0
-        else:
-            blob = Blob(tuple(chunks))
-            data = blob.encode()
+        kind, fid, data = file_id(chunks)
+        size = 0
+        if data is not None:
             sink.append(("b", None, data))
-            entry = Entry(KIND_FILE, object_id(TAG_BLOB, data), blob.size, item.mode)
             size = len(data)
+        entry = Entry(kind, fid, sum(n for _, n in chunks), item.mode)
         self._stat_entry(item, entry, sink)
         return entry, size
 
@@ -764,36 +846,55 @@ class Ingestor:
         todo = self._from_stat_cache(items, result, stats)
         if not todo:
             return result, stats
+        with self.session() as ses:
+            done, skipped = self.read_files(ses, todo)
+        result.update(done)
+        stats.skipped += skipped
+        stats.read_bytes = sum(i.size for i in todo)
+        stats.new_chunks = ses.writer.new_chunks
+        stats.new_bytes_stored = ses.writer.new_bytes
+        return result, stats
+
+    @contextmanager
+    def session(self) -> Iterator[_Session]:
+        """The writer thread and the pools, shared by every :meth:`read_files` call of
+        the block; leaving it commits what was queued (also on error: what was queued
+        is valid content)."""
         self._queued = set()
-        writer = _Writer(self.store)
-        writer.start()
-        chunk_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dsvc-chunk")
-        file_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dsvc-file")
+        ses = _Session(self.store, self.workers)
         failed: BaseException | None = None
-        tasks: list[Future] = []
         try:
-            for g in _groups(todo):
-                tasks.append(file_pool.submit(self._run_group, g, writer, chunk_pool))
-            for t in tasks:
-                done, skipped = t.result()
-                result.update(done)
-                stats.skipped.extend(skipped)
+            yield ses
         except BaseException as e:
             failed = e
             raise
         finally:
-            file_pool.shutdown(wait=True, cancel_futures=failed is not None)
-            chunk_pool.shutdown(wait=True, cancel_futures=failed is not None)
             try:
-                writer.finish()
-            except BaseException:
-                if failed is None:
-                    raise
-            self._queued = set()
-        stats.read_bytes = sum(i.size for i in todo)
-        stats.new_chunks = writer.new_chunks
-        stats.new_bytes_stored = writer.new_bytes
-        return result, stats
+                ses.close(failed)
+            finally:
+                self._queued = set()
+
+    def read_files(
+        self, ses: _Session, todo: list[ScanItem]
+    ) -> tuple[dict[RelPath, Entry], list[tuple[str, str]]]:
+        """Read, cut, hash and queue for storing every file of ``todo``; returns their
+        entries and the files skipped (vanished or changed while read)."""
+        result: dict[RelPath, Entry] = {}
+        skipped: list[tuple[str, str]] = []
+        tasks = [
+            ses.file_pool.submit(self._run_group, g, ses.writer, ses.chunk_pool)
+            for g in _groups(todo)
+        ]
+        try:
+            for t in tasks:
+                done, sk = t.result()
+                result.update(done)
+                skipped += sk
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        return result, skipped
 
     def _run_group(
         self, group: list[ScanItem], writer: _Writer, pool: ThreadPoolExecutor
@@ -891,20 +992,14 @@ def _racy(item: ScanItem) -> bool:
 
 def _groups(items: Iterable[ScanItem]) -> list[list[ScanItem]]:
     """Small files grouped into tasks of a few MiB; larger files get a task each."""
+    small: list[ScanItem] = []
     groups: list[list[ScanItem]] = []
-    cur: list[ScanItem] = []
-    cur_bytes = 0
     for it in items:
         if it.size > SMALL_FILE:
             groups.append([it])
-            continue
-        cur.append(it)
-        cur_bytes += it.size
-        if cur_bytes >= SMALL_GROUP_BYTES or len(cur) >= SMALL_GROUP_FILES:
-            groups.append(cur)
-            cur, cur_bytes = [], 0
-    if cur:
-        groups.append(cur)
+        else:
+            small.append(it)
+    groups += group_by_bytes(small, _item_size, SMALL_GROUP_BYTES, SMALL_GROUP_FILES)
     # big files first: the tail of the run is then made of short tasks
     groups.sort(key=lambda g: -sum(i.size for i in g))
     return groups
@@ -927,3 +1022,262 @@ def ingest_path(
         )
     stats.skipped[:0] = sr.skipped
     return entries, stats
+
+
+# -- folder by folder: bounded memory, O(change) re-adds ----------------------------------
+
+#: files whose content a walk checks between two unmappings of the store's pages
+TRIM_EVERY_FILES = 100_000
+#: layout version of a folder summary (the ``dirsum`` database, docs/format.md section 5)
+DIRSUM_VERSION = 1
+
+
+class DirSummary(NamedTuple):
+    """What the last ingest of one folder found and made (the ``dirsum`` value).
+
+    ``digest`` is the xxh3-128 of the folder's listing: per selected file its path,
+    size, mtime_ns, inode, mode, ctime_ns and device, and per subfolder its name and
+    tree id; None when some file was racily clean or skipped (never a whole-folder hit).
+    ``rows`` (msgpack) holds, per file whose stat can be trusted, ``[name, size,
+    mtime_ns, ctime_ns, ino, dev, kind, id]``: a changed folder reuses the entries of its
+    unchanged files from there, as git's index does.
+    """
+
+    digest: bytes | None
+    tree: bytes
+    size: int
+    files: int
+    path: bytes
+    rows: bytes
+    chunks: bytes  # ids of the single-chunk files' chunks, concatenated
+    blobs: bytes  # ids of the other files' blobs, concatenated
+
+    def encode(self) -> bytes:
+        return _packb([DIRSUM_VERSION, *self])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DirSummary | None:
+        """The summary, or None for a value of another layout."""
+        try:
+            v = msgpack.unpackb(raw, raw=False)
+        except ValueError:
+            return None
+        if not isinstance(v, list) or len(v) != len(cls._fields) + 1 or v[0] != DIRSUM_VERSION:
+            return None
+        return cls(*v[1:])
+
+
+def dirsum_key(path: bytes) -> bytes:
+    """The ``dirsum`` key of a folder's absolute path (file-system bytes)."""
+    return statcache_key(path)
+
+
+@dataclass
+class TreeResult:
+    """What :func:`ingest_tree` made: the entry of the added folder's tree (None when
+    nothing was selected), the number of files in it and the run's statistics."""
+
+    entry: Entry | None
+    files: int
+    stats: IngestStats
+
+
+class _Folder:
+    """A folder being walked: its listing, and the entries of the subfolders done."""
+
+    __slots__ = ("files", "kids", "path", "subdirs")
+
+    def __init__(
+        self, path: str, files: list[ScanItem], subdirs: list[tuple[str, RelPath, _Ignores]]
+    ) -> None:
+        self.path = path
+        self.files = files
+        self.subdirs = iter(subdirs)
+        self.kids: dict[str, tuple[Entry, int]] = {}
+
+
+def ingest_tree(
+    store: Store,
+    path: str | os.PathLike[str],
+    *,
+    wildcard: str | list[str] | None = None,
+    recursive: bool = True,
+    max_workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> TreeResult:
+    """Scan and ingest ``path`` folder by folder, building its tree bottom-up.
+
+    Selection is :func:`scan`'s (wildcards, ``.dsvcignore``, symlinks, the store's own
+    folder). Memory is bounded by the largest folder, never by the number of files: a
+    folder's listing is held only until its tree is written. A folder whose listing
+    (names and stats of its files, ids of its subtrees) equals its summary from the last
+    ingest is not looked at further: its tree id is reused (one lookup). In a changed
+    folder each file whose stat is unchanged reuses its entry from the summary (or, with
+    no summary, from the stat cache); only the others are read. A path that is a file
+    gives a tree holding just that file.
+
+    Trees and summaries go through the ingest writer after the content they name, so
+    a killed run leaves nothing that refers to missing content. The caller holds the
+    store's lease (gc drops the summaries whose trees it sweeps, before it sweeps).
+    """
+    root = os.path.abspath(os.fspath(path))
+    ing = Ingestor(store, max_workers=max_workers, progress=progress)
+    stats = IngestStats()
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        raise NotFoundError(f"cannot add {root!r}: no such file or folder") from None
+    if not statmod.S_ISDIR(st.st_mode):
+        sr = scan(root, wildcard=wildcard, recursive=recursive, store=store)
+        entries, stats = ing.ingest(sr.items)
+        stats.skipped[:0] = sr.skipped
+        if not entries:
+            return TreeResult(None, 0, stats)
+        with store.batch() as b:  # after ingest committed the content
+            tid = b.put_tree({rel[-1]: e for rel, e in entries.items()})
+        size = sum(e.size for e in entries.values())
+        return TreeResult(Entry(KIND_TREE, tid, size, MODE_DIR), len(entries), stats)
+    # the checks and the selection rules of scan, applied folder by folder
+    _refuse_store_db(root, store)
+    patterns = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
+    check_wildcards(patterns)
+    ctx = _ScanCtx(root, os.path.realpath(root), _store_dirs(store), patterns, recursive, [])
+    with ing.session() as ses:
+        build = _TreeBuilder(store, ing, ses, stats)
+        stack = [_Folder(root, *_list_folder(ctx, root, (), ()))]
+        top: tuple[Entry | None, int] = (None, 0)
+        while stack:
+            fr = stack[-1]
+            nxt = next(fr.subdirs, None)
+            if nxt is not None:
+                stack.append(_Folder(nxt[0], *_list_folder(ctx, *nxt)))
+                continue
+            stack.pop()
+            done = build.close(fr)
+            if not stack:
+                top = done
+            elif done[0] is not None:
+                stack[-1].kids[os.path.basename(fr.path)] = done  # type: ignore[assignment]
+    stats.new_chunks = ses.writer.new_chunks
+    stats.new_bytes_stored = ses.writer.new_bytes
+    stats.skipped[:0] = ctx.skipped
+    return TreeResult(top[0], top[1], stats)
+
+
+class _TreeBuilder:
+    """Turns one walked folder into its tree entry (see :func:`ingest_tree`)."""
+
+    def __init__(self, store: Store, ing: Ingestor, ses: _Session, stats: IngestStats) -> None:
+        self.store = store
+        self.ing = ing
+        self.ses = ses
+        self.stats = stats
+        # checking that content is present maps the store's pages into this process:
+        # unmapped again every so often, so they never pile up as RSS (see _MapTrimmer)
+        self._trimmer = _MapTrimmer(store)
+        self._touched = 0
+
+    def close(self, fr: _Folder) -> tuple[Entry | None, int]:
+        stats = self.stats
+        files = fr.files
+        # the listing as scanned: per file its path, size, mtime_ns, ino, mode, ctime_ns
+        # and dev (a ScanItem packs as an array), in path order, and each subfolder's tree
+        files.sort()
+        kids = sorted((n, e.id) for n, (e, _) in fr.kids.items())
+        digest = xxhash.xxh3_128_digest(_packb([files, kids]))
+        pathb = os.fsencode(fr.path)
+        key = dirsum_key(pathb)
+        old = self._summary(key, pathb)
+        nbytes = sum(it.size for it in files)
+        below = sum(n for _, n in fr.kids.values())
+        stats.files += len(files)
+        stats.bytes += nbytes
+        if old is not None and old.digest == digest:
+            stats.cached_files += len(files)
+            self.ing.progress(nbytes)
+            return Entry(KIND_TREE, old.tree, old.size, MODE_DIR), len(files) + below
+        entries: dict[str, Entry] = {}
+        todo = self._known(old, files, entries)
+        stats.cached_files += len(files) - len(todo)
+        self.ing.progress(nbytes - sum(it.size for it in todo))
+        if todo:
+            done, skipped = self.ing.read_files(self.ses, todo)
+            stats.skipped += skipped
+            stats.read_bytes += sum(it.size for it in todo)
+            for rel, e in done.items():
+                entries[rel[-1]] = e
+        rows = [
+            [n, it.size, it.mtime_ns, it.ctime_ns, it.ino, it.dev, e.kind, e.id]
+            for it in files
+            if (e := entries.get(n := it.rel[-1])) is not None and not _racy(it)
+        ]
+        nfiles = len(entries) + below
+        for n, (e, _) in fr.kids.items():
+            entries[n] = e
+        if not entries:
+            return None, 0
+        data = encode_tree(entries)
+        tid = object_id(TAG_TREE, data)
+        size = sum(e.size for e in entries.values())
+        trusted = len(rows) == len(files)  # nothing racy, nothing skipped
+        single = b"".join(r[7] for r in rows if r[6] == KIND_CHUNKFILE)
+        blobs = b"".join(r[7] for r in rows if r[6] != KIND_CHUNKFILE)
+        value = DirSummary(
+            digest if trusted else None, tid, size, nfiles, pathb, _packb(rows), single, blobs
+        ).encode()
+        # queued after the content of every file in it (the writer keeps queue order)
+        self.ses.writer.put([("t", tid, data), ("d", key, value)], len(data) + len(value))
+        return Entry(KIND_TREE, tid, size, MODE_DIR), nfiles
+
+    def _summary(self, key: bytes, pathb: bytes) -> DirSummary | None:
+        """The folder's summary, if its tree and the content of every file it lists are
+        still stored, checked in one read snapshot (the stat cache's rule: content that
+        ``gc`` or ``fsck --repair`` dropped makes the files be read again). gc also drops
+        the summaries of the trees it sweeps, before it sweeps."""
+        with self.store.reader() as r:
+            raw = r.dirsum(key)
+            old = DirSummary.decode(raw) if raw is not None else None
+            if old is None or old.path != pathb or not r.has_object(old.tree):
+                return None
+            ids = old.chunks
+            if not all(map(r.has_chunk, [ids[i : i + 16] for i in range(0, len(ids), 16)])):
+                return None
+            ids = old.blobs
+            for i in range(0, len(ids), 16):
+                if not _content_present(KIND_FILE, ids[i : i + 16], r):
+                    return None
+        self._touched += old.files
+        if self._touched >= TRIM_EVERY_FILES:
+            self._touched = 0
+            self._trimmer.trim()
+        return old
+
+    def _known(
+        self, old: DirSummary | None, files: list[ScanItem], entries: dict[str, Entry]
+    ) -> list[ScanItem]:
+        """Fill ``entries`` with the files whose stat is unchanged; return the others."""
+        todo: list[ScanItem] = []
+        if old is None:
+            if not self.ing.use_stat_cache:
+                return list(files)
+            for it, e in zip(files, stat_cache_entries(self.store, files)):
+                if e is None:
+                    todo.append(it)
+                else:
+                    entries[it.rel[-1]] = e
+            return todo
+        prev = {r[0]: r for r in msgpack.unpackb(old.rows, raw=False)}
+        for it in files:
+            r = prev.get(it.rel[-1])
+            if (
+                r is not None
+                and r[1] == it.size
+                and r[2] == it.mtime_ns
+                and r[3] == it.ctime_ns
+                and r[4] == it.ino
+                and r[5] == it.dev
+            ):
+                entries[it.rel[-1]] = Entry(r[6], r[7], it.size, it.mode)
+            else:
+                todo.append(it)
+        return todo

@@ -42,6 +42,7 @@ from dsvc import registry as reg
 from dsvc.checkout import CacheLayout, remove_tree, temp_in_use, verify_cache
 from dsvc.errors import DsvcError, IntegrityError
 from dsvc.ids import TAG_BLOB, TAG_CHUNK, TAG_COMMIT, TAG_TREE, to_hex
+from dsvc.ingest import DirSummary
 from dsvc.lookup import remote_for
 from dsvc.objects import (
     CHUNK_REF_KINDS,
@@ -154,6 +155,24 @@ def _purge_statcache(
     return len(keys)
 
 
+def _purge_dirsum(store: Store, doomed: Any, dry_run: bool = False) -> int:
+    """Delete every folder summary whose tree satisfies ``doomed(tree id)`` (and any
+    value of another layout); returns how many. Runs before the sweep, so a gc killed
+    midway never leaves a summary naming a tree whose content is half gone."""
+    keys: list[bytes] = []
+    with store.reader() as r:
+        for k, v in r.dirsum_items():
+            summary = DirSummary.decode(v)
+            if summary is None or doomed(summary.tree):
+                keys.append(k)
+    if not dry_run:
+        for i in range(0, len(keys), _SWEEP_BATCH):
+            with store.batch() as b:
+                for k in keys[i : i + _SWEEP_BATCH]:
+                    b.delete_dirsum(k)
+    return len(keys)
+
+
 # -- gc ----------------------------------------------------------------------------------
 
 
@@ -166,6 +185,7 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
         "objects_deleted": 0,
         "bytes_freed": 0,
         "statcache_purged": 0,
+        "summaries_purged": 0,
         "cached_copies_deleted": 0,
         "cache_files_deleted": 0,
         "temp_deleted": 0,
@@ -189,6 +209,8 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                         doomed[db].append(k)
                         stats["bytes_freed"] += n
                 stats[counter] = len(doomed[db])
+        # folder summaries of swept trees go first: a re-add must not reuse those trees
+        stats["summaries_purged"] = _purge_dirsum(store, lambda t: t not in keep, dry_run)
         if dry_run:
             stats.update(store.compact_packs(dry_run=True, dropping=set(doomed["chunks"])))
             with store.reader() as txn:
@@ -461,6 +483,9 @@ def fsck_repair(store: Store, progress: bool = True, *, wait: float = 0.0) -> di
                     blob = Blob.decode(codec.decode_frame(raw[1:], TAG_BLOB, oid), oid)
                     if any(c in bad for c, _ in blob.chunks):
                         hit.add(oid)
+            # a folder summary vouches for the content below its tree: drop them all
+            # (the next add rebuilds them), before any value goes
+            _purge_dirsum(store, lambda _t: True)
             with store.batch() as b:
                 for i in bad:
                     b.delete_chunk(i)

@@ -7,10 +7,8 @@ The matching rules are ClearML's and are written out with examples in docs/match
 from __future__ import annotations
 
 import fnmatch
-import os
 
 from dsvc.errors import InvalidPathError, UsageError
-from dsvc.ingest import ScanItem
 from dsvc.objects import Entry, split_path
 
 RelPath = tuple[str, ...]
@@ -42,45 +40,17 @@ def match_dataset_path(path: str, pattern: str, recursive: bool) -> bool:
     return len(a) == len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
 
 
-def rebase(items: list[ScanItem], src: str, base: str) -> list[ScanItem]:
-    """Re-express scanned paths relative to ``local_base_folder``."""
-    root = os.path.abspath(os.path.expanduser(base))
-    out = []
-    for it in items:
-        rel = os.path.relpath(it.abs_path, root)
-        if rel.startswith(".." + os.sep) or rel == ".." or os.path.isabs(rel):
-            raise InvalidPathError(
-                f"{it.abs_path!r} is not inside local_base_folder {root!r}; pick a base folder "
-                "that contains the files"
-            )
-        out.append(it._replace(rel=split_path(rel.replace(os.sep, "/"))))
-    return out
-
-
-def note_sources(
-    sources: dict[RelPath, str], added: dict[RelPath, str]
-) -> list[tuple[RelPath, str, str]]:
-    """Record in ``sources`` which file each dataset path of ``added`` came from.
-
-    Returns the paths that an earlier add (``sources``) filled from another file, as
-    ``(dataset path, earlier file, new file)``: adding ``cats`` then ``dogs`` that both
-    hold ``a.jpg`` replaces the first ``a.jpg``, which is worth a warning. Re-adding the
-    same file (an edit) is not a collision.
-    """
-    clashes = [
-        (p, old, src) for p, src in added.items() if (old := sources.get(p)) not in (None, src)
-    ]
-    sources.update(added)
-    return clashes
-
-
-def collision_message(clashes: list[tuple[RelPath, str, str]], shown: int = 10) -> str:
-    """One warning naming the colliding files (the first ``shown`` of them)."""
+def collision_message(
+    clashes: list[tuple[RelPath, str, str]], shown: int = 10, total: int | None = None
+) -> str:
+    """One warning naming the colliding files (the first ``shown`` of them); ``total``:
+    how many there are, when ``clashes`` lists only the first ones."""
+    total = len(clashes) if total is None else total
     lines = [f"  {'/'.join(p)}: {old} replaced by {new}" for p, old, new in clashes[:shown]]
-    if len(clashes) > shown:
-        lines.append(f"  ... and {len(clashes) - shown} more")
+    if total > shown:
+        lines.append(f"  ... and {total - shown} more")
     return (
-        f"{len(clashes)} file(s) replaced files of the same dataset path added earlier "
+        f"{total} file(s) replaced files of the same dataset path added earlier "
         "from elsewhere (add them under different dataset paths, e.g. --dataset-folder, "
         "to keep both):\n" + "\n".join(lines)
     )

@@ -12,6 +12,8 @@ Named databases (keys and values are documented in docs/format.md):
               ctime_ns, dev, path] (see :class:`StatEntry`)
 ``config``    key (utf-8) -> msgpack value (format version, chunker parameters...)
 ``remote``    per-remote caches (pack indexes) kept by the transport layer
+``dirsum``    xxh3-128 of a folder's absolute path -> its summary from the last ingest
+              (owned by the work layer: ``dsvc.ingest.DirSummary``)
 ============  ==========================================================================
 
 Invariants (what crash safety rests on):
@@ -82,7 +84,7 @@ INITIAL_FORMAT_VERSION = 1
 PACK_FORMAT = 3
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
-DB_NAMES = ("chunks", "chunkloc", "objects", "records", "statcache", "config", "remote")
+DB_NAMES = ("chunks", "chunkloc", "objects", "records", "statcache", "config", "remote", "dirsum")
 #: a write batch commits once it holds this many bytes (bounded memory, bounded redo)
 BATCH_BYTES = 64 << 20
 #: key prefix of dataset records in the ``records`` database
@@ -386,6 +388,13 @@ class WriteBatch:
     def delete_statcache(self, key: bytes) -> None:
         self._add("statcache", key, None)
 
+    def put_dirsum(self, key: bytes, value: bytes) -> None:
+        """Queue a folder summary (layout owned by ``dsvc.ingest.DirSummary``)."""
+        self._add("dirsum", key, value)
+
+    def delete_dirsum(self, key: bytes) -> None:
+        self._add("dirsum", key, None)
+
     def put_remote(self, key: bytes, value: bytes) -> None:
         """Queue a value of the transport layer's cache (pack indexes, cached records)."""
         self._add("remote", key, value)
@@ -555,6 +564,16 @@ class StoreReader:
     def statcache_items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every raw ``(key, value)`` of the stat cache (gc, fsck --repair)."""
         for k, v in self._txn.cursor(db=self._dbs["statcache"]):
+            yield bytes(k), bytes(v)
+
+    def dirsum(self, key: bytes) -> bytes | None:
+        """A folder summary, raw (``dsvc.ingest.DirSummary`` decodes it), or None."""
+        v = self._txn.get(key, db=self._dbs["dirsum"])
+        return None if v is None else bytes(v)
+
+    def dirsum_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every raw ``(key, value)`` of the folder summaries (gc, fsck --repair)."""
+        for k, v in self._txn.cursor(db=self._dbs["dirsum"]):
             yield bytes(k), bytes(v)
 
     def remote(self, key: bytes) -> bytes | None:

@@ -546,3 +546,22 @@ def owners(
         rid: str = r["id"]
         out.update(dict.fromkeys(remaining, rid))
     return out
+
+
+class LeanTrees(Trees):
+    """Trees that keep nothing in memory, for operations over millions of files, where
+    :class:`Trees`' cache (every tree read or written) would hold the whole dataset.
+    A tree written through it is not readable until its batch commits; edit and merge
+    never read back what they wrote."""
+
+    def get(self, tid: bytes) -> dict[str, Entry]:
+        return {} if tid == EMPTY_TREE_ID else self.store.get_tree(tid)
+
+    def put(self, entries: Mapping[str, Entry]) -> Entry:
+        data = encode_tree(entries)
+        if self.batch is not None:
+            tid = self.batch.put_object(TAG_TREE, data)
+        else:
+            with self.store.batch() as b:
+                tid = b.put_object(TAG_TREE, data)
+        return Entry(KIND_TREE, tid, sum(e.size for e in entries.values()), MODE_DIR)

@@ -52,6 +52,7 @@ MODULES = {
     "dsvc.errors": "model",
     "dsvc.faultpoints": "model",
     "dsvc.progress": "model",
+    "dsvc.parallel": "model",
 }
 
 

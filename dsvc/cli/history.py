@@ -129,9 +129,7 @@ def version_files(store: Any, tree: bytes) -> dict[str, tuple[bytes, int]]:
 def folder_files(store: Any, folder: str) -> dict[str, tuple[bytes, int]]:
     """``path -> (content id, size)`` of a folder, hashed the way ``add`` would store it
     (stat cache first, so unchanged files already added are not read). Stores nothing."""
-    from dsvc.ids import TAG_BLOB, TAG_CHUNK, object_id
-    from dsvc.ingest import scan, stat_cache_entries
-    from dsvc.objects import Blob
+    from dsvc.ingest import content_id, scan, stat_cache_entries
     from dsvc.progress import Progress
 
     sr = scan(folder, store=store)
@@ -148,15 +146,7 @@ def folder_files(store: Any, folder: str) -> dict[str, tuple[bytes, int]]:
     with Progress(f"hash {os.path.basename(folder.rstrip(os.sep))}", total) as bar:
         for item in todo:
             with open(item.abs_path, "rb") as f:
-                chunks = []
-                for c in store.chunker.cut_stream(f):
-                    chunks.append((object_id(TAG_CHUNK, c), len(c)))
-                    bar.update(len(c))
-            fid = (
-                chunks[0][0]
-                if len(chunks) == 1
-                else object_id(TAG_BLOB, Blob(tuple(chunks)).encode())
-            )
+                fid = content_id(store.chunker, f, bar.update)
             out["/".join(item.rel)] = (fid, item.size)
     return out
 

@@ -1,0 +1,292 @@
+"""Folder summaries (issue 11): add/sync work folder by folder, and an unchanged folder
+costs one scandir + stats + one lookup.
+
+Each summary (``dirsum`` database) is trusted only under the stat cache's rules: the
+same stat (size, mtime, ctime, inode, device) for every file, nothing racily clean, and
+the tree and every file's content still in the store. gc drops the summaries of what it
+sweeps; a killed sync leaves no summary naming missing content.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers_core import OLD_MTIME_NS, make_tree, read_tree, write_file
+
+from dsvc.dataset import Dataset
+from dsvc.ids import chunk_id
+from dsvc.ingest import DirSummary, ingest_tree
+from dsvc.maintenance import local_gc
+from dsvc.objects import KIND_CHUNKFILE, KIND_TREE
+from dsvc.registry import open_store
+from dsvc.store import Store
+from dsvc.treeops import Trees, walk
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("DSVC_HOME", str(h))
+    return h
+
+
+def _files(n_dirs: int = 3, per_dir: int = 20) -> dict[str, bytes]:
+    rng = random.Random(5)
+    return {
+        f"d{d}/f{i:03d}.txt": rng.randbytes(rng.randrange(160, 800))
+        for d in range(n_dirs)
+        for i in range(per_dir)
+    }
+
+
+def _ingest(store: Store, src: Path):
+    with store.lease("test"):
+        return ingest_tree(store, src)
+
+
+def _tree_files(store: Store, tid: bytes) -> dict[str, bytes]:
+    return {"/".join(p): b"".join(store.read_file(e)) for p, e in walk(Trees(store), tid)}
+
+
+def _summaries(store: Store) -> list[DirSummary]:
+    with store.reader() as r:
+        return [DirSummary.decode(v) for _, v in r.dirsum_items()]
+
+
+def _drop_statcache(store: Store) -> None:
+    with store.env.begin(write=True) as txn:
+        txn.drop(store._dbs["statcache"], delete=False)
+
+
+def test_unchanged_folders_are_answered_by_their_summary(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    first = _ingest(store, src)
+    assert first.files == len(files) and first.stats.read_bytes == sum(map(len, files.values()))
+    assert _tree_files(store, first.entry.id) == files
+    assert len(_summaries(store)) == 4  # the three folders and the top
+    # without the per-file stat cache, only the summaries can answer
+    _drop_statcache(store)
+    again = _ingest(store, src)
+    assert again.entry == first.entry
+    assert again.stats.cached_files == len(files) and again.stats.read_bytes == 0
+
+
+def test_a_same_size_same_mtime_rewrite_in_an_unchanged_folder_is_seen(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    first = _ingest(store, src)
+    target = src / "d1" / "f007.txt"
+    before = os.stat(target)
+    new = bytes(b ^ 0xFF for b in files["d1/f007.txt"])  # same size
+    # the next ctime tick, then the mtime set back: only ctime (and content) differ
+    while True:
+        target.write_bytes(new)
+        os.utime(target, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+        st = os.stat(target)
+        if st.st_ctime_ns != before.st_ctime_ns:
+            break
+        time.sleep(0.01)
+    assert (st.st_size, st.st_mtime_ns, st.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    again = _ingest(store, src)
+    assert again.entry != first.entry
+    assert again.stats.read_bytes == len(new)  # that file only; its folder's others reused
+    assert _tree_files(store, again.entry.id) == {**files, "d1/f007.txt": new}
+
+
+def test_a_replaced_file_with_the_same_size_and_times_is_seen_by_its_inode(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    _ingest(store, src)
+    new = bytes(b ^ 0x55 for b in files["d0/f001.txt"])
+    spare = tmp_path / "spare"
+    write_file(spare, new)
+    os.replace(spare, src / "d0" / "f001.txt")  # a new inode, same size and mtime
+    again = _ingest(store, src)
+    assert _tree_files(store, again.entry.id) == {**files, "d0/f001.txt": new}
+
+
+def test_renamed_and_deleted_folders_sync_correctly(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    v1 = Dataset.create(dataset_name="d", dataset_project="p")
+    assert v1.sync_folder(src) == (0, len(files), 0)
+    v1.finalize()
+    os.rename(src / "d0", src / "moved")
+    for p in (src / "d2").iterdir():
+        p.unlink()
+    (src / "d2").rmdir()
+    # a new folder under the old name, with files of the same names, sizes and mtimes
+    make_tree(src / "d0", {k[3:]: bytes(len(v)) for k, v in files.items() if k.startswith("d0/")})
+    v2 = Dataset.create(dataset_name="d", dataset_project="p", parent_datasets=[v1.id])
+    removed, added, modified = v2.sync_folder(src)
+    assert (removed, added, modified) == (20, 20, 20)
+    v2.finalize()
+    assert read_tree(Path(Dataset.get(dataset_id=v2.id).get_local_copy())) == read_tree(src)
+
+
+def test_content_gone_from_the_store_makes_the_folder_be_read_again(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    first = _ingest(store, src)
+    with store.env.begin(write=True) as txn:  # as a damaged value dropped by hand
+        assert txn.delete(chunk_id(files["d2/f019.txt"]), db=store._dbs["chunks"])
+    again = _ingest(store, src)
+    assert again.entry == first.entry
+    assert again.stats.read_bytes >= len(files["d2/f019.txt"])
+    assert _tree_files(store, again.entry.id) == files
+
+
+def test_a_racily_clean_file_keeps_its_folder_from_a_whole_folder_hit(tmp_path: Path) -> None:
+    files = _files(1, 5)
+    src = tmp_path / "src"
+    make_tree(src, files)
+    (src / "d0" / "fresh.txt").write_bytes(b"just written")  # mtime = now
+    store = open_store()
+    _ingest(store, src)
+    (summary,) = [s for s in _summaries(store) if s.path.endswith(b"/d0")]
+    assert summary.digest is None  # never a whole-folder hit while racy
+    again = _ingest(store, src)
+    assert again.stats.read_bytes == len(b"just written")  # the others come from the rows
+    assert again.stats.cached_files == 5
+
+
+def test_gc_drops_the_summaries_of_swept_trees_and_a_re_add_reads_again(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    v1 = Dataset.create(dataset_name="d", dataset_project="p")
+    v1.add_files(src)
+    v1.finalize()
+    Dataset.delete(dataset_id=v1.id)
+    counts = local_gc(open_store())
+    assert counts["summaries_purged"] == 4 and counts["chunks_deleted"] >= len(files)
+    assert _summaries(open_store()) == []
+    v2 = Dataset.create(dataset_name="d", dataset_project="p")
+    assert v2.add_files(src) == len(files)
+    v2.finalize()
+    assert read_tree(Path(Dataset.get(dataset_id=v2.id).get_local_copy())) == files
+
+
+def test_gc_keeps_the_summaries_of_live_trees(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    v1 = Dataset.create(dataset_name="d", dataset_project="p")
+    v1.add_files(src)
+    v1.finalize()
+    assert local_gc(open_store())["summaries_purged"] == 0
+    store = open_store()
+    _drop_statcache(store)
+    assert _ingest(store, src).stats.read_bytes == 0
+
+
+def test_add_files_counts_like_clearml_on_a_summary_hit(tmp_path: Path) -> None:
+    files = _files()
+    src = tmp_path / "src"
+    make_tree(src, files)
+    d = Dataset.create(dataset_name="d", dataset_project="p")
+    assert d.add_files(src) == len(files)
+    # re-added before any upload: ClearML counts this draft's own files again
+    assert d.add_files(src) == len(files)
+    d.finalize()
+    child = Dataset.create(dataset_name="d", dataset_project="p", parent_datasets=[d.id])
+    assert child.add_files(src) == 0  # all in the parent
+    write_file(src / "d0" / "new.txt", b"new")
+    assert child.add_files(src) == 1
+    assert child.list_added_files() == ["d0/new.txt"]
+
+
+CHILD = """
+import sys
+from dsvc.dataset import Dataset
+src, parent = sys.argv[1], sys.argv[2]
+ds = Dataset.create(dataset_name="d", dataset_project="p", parent_datasets=[parent])
+print(ds.sync_folder(src), flush=True)
+ds.finalize()
+print("done", ds.id, flush=True)
+"""
+
+
+def _check_summaries(store: Store) -> None:
+    """Every summary names a stored tree whose files' content is all stored."""
+    for s in _summaries(store):
+        assert s is not None
+        tree = store.get_tree(s.tree)
+        for e in tree.values():
+            if e.kind == KIND_CHUNKFILE:
+                assert store.has_chunk(e.id)
+            elif e.kind != KIND_TREE:
+                assert all(store.has_chunk(c) for c, _ in store.get_blob(e.id).chunks)
+
+
+@pytest.mark.slow
+def test_sigkill_during_sync_loses_nothing_committed(tmp_path: Path, home: Path) -> None:
+    rng = random.Random(3)
+    files = {
+        f"s{d:02d}/f{i:03d}.bin": rng.randbytes(rng.randrange(100, 30_000))
+        for d in range(30)
+        for i in range(60)
+    }
+    files.update({f"big/b{i}.bin": rng.randbytes(6 << 20) for i in range(4)})
+    src = tmp_path / "src"
+    make_tree(src, files)
+    v1 = Dataset.create(dataset_name="d", dataset_project="p")
+    v1.sync_folder(src)
+    v1.finalize()
+    # change a file in every folder, then kill syncs of the child at random moments
+    changed = dict(files)
+    for k in list(files)[::50]:
+        changed[k] = rng.randbytes(len(files[k]) + 1)
+        write_file(src / k, changed[k])
+    env = {**os.environ, "PYTHONPATH": REPO}
+    killed = 0
+    for delay in (0.3, 0.6, 0.9, 1.3, 1.8, 2.5):
+        p = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(src), v1.id],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            p.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            killed += 1
+        p.communicate(timeout=60)
+        _check_summaries(open_store())
+        # the version committed before stays whole
+        got = Path(Dataset.get(dataset_id=v1.id).get_local_copy())
+        assert read_tree(got) == files
+    assert killed >= 2
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(src), v1.id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    v2 = out.split()[-1]
+    assert read_tree(Path(Dataset.get(dataset_id=v2).get_local_copy())) == changed
