@@ -61,7 +61,7 @@ from dsvc.objects import (
     validate_name,
 )
 from dsvc.parallel import default_workers, group_by_bytes
-from dsvc.store import StatEntry, Store, StoreReader, statcache_key
+from dsvc.store import Store, StoreReader, statcache_key
 
 RelPath = tuple[str, ...]
 ProgressFn = Callable[[int], None]
@@ -385,21 +385,22 @@ def _item(path: str, rel: RelPath, st: os.stat_result) -> ScanItem:
     )
 
 
-def same_stat(e: StatEntry, item: ScanItem) -> bool:
-    """The stat-cache hit test: ``item``'s stat equals the one recorded with ``e``.
+#: what the stat-cache hit test compares, from a ScanItem: (size, mtime_ns, ctime_ns,
+#: ino, dev)
+_stat_of = operator.itemgetter(2, 3, 6, 4, 7)
+
+
+def same_stat(recorded: Sequence[int], item: ScanItem) -> bool:
+    """The stat-cache hit test: ``recorded`` -- ``(size, mtime_ns, ctime_ns, ino,
+    dev)`` as stored with a file's entry (stat cache, folder summary row) or as ``fstat``
+    gives it after reading -- equals ``item``'s stat from the scan.
 
     As git does, ctime, inode and device are compared besides size and mtime: a file
     replaced by one of the same size and mtime (``cp -p``, ``shutil.copy2``, ``os.utime``
     restoring the mtime) gets a new ctime (and often a new inode), which no user-space
     call can set back.
     """
-    return (
-        e.size == item.size
-        and e.mtime_ns == item.mtime_ns
-        and e.ctime_ns == item.ctime_ns
-        and e.ino == item.ino
-        and e.dev == item.dev
-    )
+    return tuple(recorded) == _stat_of(item)
 
 
 def stat_cache_entries(store: Store, items: list[ScanItem]) -> list[Entry | None]:
@@ -417,7 +418,7 @@ def stat_cache_entries(store: Store, items: list[ScanItem]) -> list[Entry | None
     with store.reader() as r:
         for item in items:
             e = r.statcache(os.fsencode(item.abs_path))
-            if e is None or not same_stat(e, item):
+            if e is None or not same_stat((e.size, e.mtime_ns, e.ctime_ns, e.ino, e.dev), item):
                 out.append(None)
                 continue
             ok = present.get(e.id)
@@ -608,13 +609,7 @@ def _unchanged_since_scan(fd: int, item: ScanItem) -> None:
     cache pairs it with the content just read, so a same-size rewrite in between must
     not be cached (it would be served for the new content)."""
     st = os.fstat(fd)
-    if (
-        st.st_size != item.size
-        or st.st_mtime_ns != item.mtime_ns
-        or st.st_ctime_ns != item.ctime_ns
-        or st.st_ino != item.ino
-        or st.st_dev != item.dev
-    ):
+    if not same_stat((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev), item):
         raise _Changed(item)
 
 
@@ -1269,14 +1264,7 @@ class _TreeBuilder:
         prev = {r[0]: r for r in msgpack.unpackb(old.rows, raw=False)}
         for it in files:
             r = prev.get(it.rel[-1])
-            if (
-                r is not None
-                and r[1] == it.size
-                and r[2] == it.mtime_ns
-                and r[3] == it.ctime_ns
-                and r[4] == it.ino
-                and r[5] == it.dev
-            ):
+            if r is not None and same_stat(r[1:6], it):
                 entries[it.rel[-1]] = Entry(r[6], r[7], it.size, it.mode)
             else:
                 todo.append(it)
