@@ -104,6 +104,10 @@ LEASE_PREFIX = "lease/"
 #: config key marking that the stat cache is keyed by path hash (issue 9.18); stores
 #: without it have path-keyed entries, which are dropped once (the stat cache is a cache)
 STATCACHE_FORMAT_KEY = b"statcache_format"
+#: config key counting the write batches that deleted chunks or objects: content only
+#: leaves the store through one, so a cache that recorded the count when it saw its
+#: content present may trust it while the count is the same (docs/format.md section 6)
+CONTENT_EPOCH_KEY = b"content_epoch"
 STATCACHE_FORMAT = 2
 #: file in ``store.lmdb/`` whose flock keeps local gc and content writers apart
 GC_LOCK = "gc.lock"
@@ -566,6 +570,11 @@ class StoreReader:
         for k, v in self._txn.cursor(db=self._dbs["statcache"]):
             yield bytes(k), bytes(v)
 
+    def content_epoch(self) -> int:
+        """How many write batches have deleted chunks or objects (``CONTENT_EPOCH_KEY``)."""
+        v = self._txn.get(CONTENT_EPOCH_KEY, db=self._dbs["config"])
+        return 0 if v is None else int(_unpack(v))
+
     def dirsum(self, key: bytes) -> bytes | None:
         """A folder summary, raw (``dsvc.ingest.DirSummary`` decodes it), or None."""
         v = self._txn.get(key, db=self._dbs["dirsum"])
@@ -774,13 +783,19 @@ class Store:
         while True:
             try:
                 with self.errors(), self._write_lock, self._begin(write=True) as txn:
+                    dropped = False
                     for db, key, value in ops:
                         if value is None:
                             txn.delete(key, db=dbs[db])
+                            dropped = dropped or db in ("chunkloc", "chunks", "objects")
                         elif db in ("chunkloc", "chunks", "objects"):
                             txn.put(key, value, db=dbs[db], overwrite=False)
                         else:
                             txn.put(key, value, db=dbs[db])
+                    if dropped:  # in the same transaction as the deletes
+                        epoch = txn.get(CONTENT_EPOCH_KEY, db=dbs["config"])
+                        n = _unpack(epoch) + 1 if epoch is not None else 1
+                        txn.put(CONTENT_EPOCH_KEY, _pack(n), db=dbs["config"])
                     if faultpoints.ENABLED:
                         faultpoints.hit("lmdb.commit", "before", _fault_label(ops))
                 if faultpoints.ENABLED:
