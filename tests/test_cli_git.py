@@ -372,3 +372,70 @@ def test_pushing_a_draft_is_a_state_error_in_the_library(tmp_path: Path) -> None
         store = open_store()
         with pytest.raises(StateError, match="is a draft"):
             remote_for(store, "origin").push_dataset(store, draft.id, show_progress=False)
+
+
+# -- shell completion ---------------------------------------------------------------------------
+
+
+def _complete(home: Path, words: str, **env: str) -> list[str]:
+    """What click's bash completion offers for ``words`` (the last one being typed)."""
+    cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    p = dsvc(
+        home,
+        env={"_DSVC_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(cword), **env},
+    )
+    return [line.split(",", 1)[1] for line in p.stdout.splitlines()]
+
+
+def test_completion_of_ids_projects_names_and_remotes(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    did = _version(home, _data(tmp_path / "d"), "--project", "vision", "--name", "cats")
+    _version(home, _data(tmp_path / "e"), "--project", "audio", "--name", "birds")
+    dsvc(home, "remote", "add", "origin", str(tmp_path / "r"))
+    assert _complete(home, f"dsvc show {did[:5]}") == [did]
+    assert _complete(home, f"dsvc get --id {did[:5]}") == [did]
+    assert _complete(home, "dsvc get --project ") == ["audio", "vision"]
+    assert _complete(home, "dsvc log --project vision --name ") == ["cats"]
+    assert _complete(home, "dsvc remote show o") == ["origin"]
+    assert _complete(home, "dsvc push ") == ["origin"]
+    assert _complete(home, "dsvc --home " + str(home) + " show " + did[:5], DSVC_HOME="") == [did]
+
+
+def test_install_completion_adds_the_line_once(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    out = dsvc(None, "--install-completion", env=env).stdout
+    assert ".bashrc" in out
+    again = dsvc(None, "--install-completion", env=env).stdout
+    assert "already" in again
+    rc = (tmp_path / ".bashrc").read_text()
+    assert rc.count('eval "$(_DSVC_COMPLETE=bash_source dsvc)"') == 1
+    one_error_line(dsvc(None, "--install-completion", env={**env, "SHELL": "/bin/tcsh"}, rc=2))
+
+
+# -- ls / cat of a remote-only version ----------------------------------------------------------
+
+
+def test_ls_and_cat_of_a_remote_only_version_fetch_only_what_they_read(tmp_path: Path) -> None:
+    import os
+
+    from dsvc.registry import open_store
+
+    a, b, remote = tmp_path / "a", tmp_path / "b", tmp_path / "r"
+    data = write(tmp_path / "d", {"small.txt": "small\n", "sub/x.txt": "x\n"})
+    (data / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks
+    did = _version(a, data, "--project", "p", "--name", "n")
+    dsvc(a, "remote", "add", "origin", str(remote), "--init")
+    dsvc(a, "push")
+    dsvc(b, "remote", "add", "origin", str(remote))
+
+    def chunks() -> int:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DSVC_HOME", str(b))
+            return int(open_store().stats()["chunks"])
+
+    assert dsvc(b, "ls", "-R", did[:8]).stdout.split() == [
+        "big.bin", "small.txt", "sub/", "sub/x.txt"
+    ]  # fmt: skip
+    assert chunks() == 0  # listing reads folders only
+    assert dsvc(b, "cat", did[:8], "small.txt").stdout == "small\n"
+    assert chunks() == 1  # the one chunk of small.txt, not big.bin's

@@ -4,6 +4,7 @@ stderr while ``dsvc add`` hashes a ~100 MiB file, and ``--quiet`` hides it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -63,3 +64,60 @@ def test_quiet_hides_the_bar(tmp_path: Path, big_file: Path) -> None:
     rc, out = _run(home, "--quiet", "add", "--files", str(big_file))
     assert rc == 0, out
     assert "%|" not in out and out.strip() == "1 file added"
+
+
+# -- ls / cat of a version that is only on the remote (issues 14 and 15) ------------------------
+
+
+@pytest.fixture(scope="module")
+def remote_only(tmp_path_factory: pytest.TempPathFactory, big_file: Path) -> tuple[Path, str]:
+    """``(home, id)``: a store whose default remote holds a version (the ~100 MiB file
+    and 2,000 small files in 200 folders) that the store itself has never seen."""
+    root = tmp_path_factory.mktemp("remote-only")
+    src, remote, home = root / "src", root / "remote", root / "home"
+    for i in range(2000):
+        p = src / f"d{i % 200:03}" / f"f{i:04}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"{i}\n")
+    os.link(big_file, src / "big.bin")
+    assert _run(root / "a", "create", "--project", "p", "--name", "n")[0] == 0
+    assert _run(root / "a", "-q", "add", str(src))[0] == 0
+    rc, out = _run(root / "a", "-q", "close")
+    assert rc == 0, out
+    did = out.strip().split("id=")[-1]
+    assert _run(root / "a", "remote", "add", "origin", str(remote), "--init")[0] == 0
+    assert _run(root / "a", "-q", "push")[0] == 0
+    assert _run(home, "remote", "add", "origin", str(remote))[0] == 0
+    return home, did
+
+
+def _bar_of(home: Path, shell_cmd: str) -> str:
+    """Run ``shell_cmd`` (stdout to /dev/null) with stderr on a terminal; its stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSVC_")}
+    env.update(DSVC_HOME=str(home), COLUMNS="100", TERM="xterm", DSVC_PROGRESS_DELAY="0")
+    child = pexpect.spawn(
+        "/bin/bash", ["-c", shell_cmd], env=env, dimensions=(24, 100), timeout=120, encoding="utf-8"
+    )
+    out = child.read()
+    child.close()
+    assert child.exitstatus == 0, out
+    return out
+
+
+def test_cat_of_a_remote_only_version_draws_a_progress_bar(remote_only: tuple[Path, str]) -> None:
+    home, did = remote_only
+    dsvc = " ".join(DSVC)
+    out = _bar_of(home, f"{dsvc} cat {did} big.bin | wc -c")
+    # tqdm's bar on stderr ("cat big.bin:  37%|███  | 37.0M/100M"), the bytes on stdout
+    assert re.search(r"cat big\.bin:\s+\d+%\|", out), out
+    assert str(BIG) in out  # `wc -c`: every byte arrived
+
+
+def test_ls_of_a_remote_only_version_draws_a_progress_bar(remote_only: tuple[Path, str]) -> None:
+    home, did = remote_only
+    dsvc = " ".join(DSVC)
+    out = _bar_of(home, f"{dsvc} ls -R {did} | wc -l")
+    assert re.search(rf"ls {did}: .*entries", out), out
+    assert "2201" in out  # 200 folders, 2,000 files and big.bin
+    quiet = _bar_of(home, f"{dsvc} -q ls -R {did} | wc -l")
+    assert "entries" not in quiet

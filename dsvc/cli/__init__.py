@@ -13,7 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from dsvc.cli import data, history, overview, query, remotes, repo, stream  # noqa: F401  (register the commands)
+from dsvc.cli.complete import attach
 from dsvc.cli.core import EXIT_CODES, cli, run
+
+attach(cli)  # complete dataset ids, projects, names and remotes, not only commands
 
 __all__ = ["EXIT_CODES", "cli", "main", "run"]
 

@@ -176,6 +176,15 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     "-q", "--quiet", is_flag=True, help="No progress bars or chatter; print only results."
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--install-completion",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, param, value: _install_completion(ctx, param, value),
+    help="Add shell completion (of commands, options, dataset ids, projects, names and "
+    "remotes) to your shell's start-up file ($SHELL: bash, zsh or fish), then exit.",
+)
 def cli(home: str | None, quiet: bool, debug: bool) -> None:
     """dsvc: Git-style, content-addressed dataset versions with ClearML Data's verbs.
 
@@ -203,6 +212,12 @@ def cli(home: str | None, quiet: bool, debug: bool) -> None:
         _state["quiet"] = True
     if debug:
         _state["debug"] = True
+
+
+def _install_completion(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    from dsvc.cli.complete import install_callback
+
+    install_callback(ctx, param, value)
 
 
 def is_quiet() -> bool:

@@ -57,7 +57,10 @@ INTRO = """\
 COMPLETION = """\
 ## Shell completion
 
-Completion comes from click. Add one line to your shell's startup file:
+Commands, options and their values complete: dataset ids (described by project, name
+and version), projects, names and remote names, read from the store. Either run
+`dsvc --install-completion` once (it adds the line for `$SHELL`, bash, zsh or fish, to
+its start-up file), or add one line yourself:
 
 ```bash
 # bash (~/.bashrc)

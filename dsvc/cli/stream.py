@@ -33,10 +33,14 @@ def _open_version(target: str) -> tuple[Any, Any, tuple[str, ...]]:
     return reader, reader.version_by_id(expand_id(reader.store, target)), ()
 
 
-def _resolve(target: str, path: str) -> tuple[Any, Any, tuple[str, ...], Any]:
+def _resolve(target: str, path: str) -> tuple[Any, Any, tuple[str, ...], Any, bool]:
+    """``(reader, version, path, entry, remote only)``; remote only: the version's root
+    folder was not in the local store (listing it reads the remote)."""
     from dsvc.stream import clean_path
 
     reader, version, prefix = _open_version(target)
+    # before the lookup reads the first folders: is this version's listing only remote?
+    remote_only = not reader.store.has_object(version.tree)
     rel = (*prefix, *clean_path(path))
     entry = reader.lookup(version.tree, rel)
     if entry is None:
@@ -44,7 +48,7 @@ def _resolve(target: str, path: str) -> tuple[Any, Any, tuple[str, ...], Any]:
             f"dataset {version.id} has no file or folder {'/'.join(rel)!r}; list it with "
             f"`dsvc ls {version.id}`"
         )
-    return reader, version, rel, entry
+    return reader, version, rel, entry, remote_only
 
 
 @cli.command("ls")
@@ -67,11 +71,21 @@ def ls_cmd(dataset: str, path: str, long_: bool, recursive: bool, as_json: bool)
     from dsvc.ids import to_hex
     from dsvc.objects import KIND_TREE
 
-    reader, version, rel, entry = _resolve(dataset, path)
+    reader, version, rel, entry, remote_only = _resolve(dataset, path)
     if entry.kind != KIND_TREE:
         rows = [(rel, entry)]
     elif recursive:
-        rows = sorted(reader.walk(entry.id, rel), key=lambda r: "/".join(r[0]).encode())
+        from dsvc.progress import Progress
+
+        # folders read from the remote: a bar (after a second) on a big remote-only version
+        found = []
+        with Progress(
+            f"ls {dataset}", None, enabled=remote_only and not is_quiet(), unit=" entries"
+        ) as bar:
+            for row in reader.walk(entry.id, rel):
+                found.append(row)
+                bar.update(1)
+        rows = sorted(found, key=lambda r: "/".join(r[0]).encode())
     else:
         tree = reader.tree(entry.id)
         rows = [((*rel, n), tree[n]) for n in sorted(tree, key=lambda n: n.encode())]
@@ -116,7 +130,7 @@ def cat_cmd(dataset: str, path: str) -> None:
     from dsvc.objects import KIND_TREE
     from dsvc.progress import Progress
 
-    reader, version, rel, entry = _resolve(dataset, path)
+    reader, version, rel, entry, remote_only = _resolve(dataset, path)
     if entry.kind == KIND_TREE:
         raise UsageError(
             f"{'/'.join(rel) or '/'} is a folder of dataset {version.id}; "
