@@ -439,3 +439,23 @@ def test_ls_and_cat_of_a_remote_only_version_fetch_only_what_they_read(tmp_path:
     assert chunks() == 0  # listing reads folders only
     assert dsvc(b, "cat", did[:8], "small.txt").stdout == "small\n"
     assert chunks() == 1  # the one chunk of small.txt, not big.bin's
+
+
+# -- README and guide -----------------------------------------------------------------------------
+
+
+def test_readme_says_how_to_get_dsvc_on_path_and_clone_carries_the_endpoint() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "source .venv/bin/activate" in readme and "pipx install ." in readme
+    lines = [ln for ln in readme.splitlines() if ln.startswith("dsvc ")]
+    adds = [ln for ln in lines if ln.startswith("dsvc remote add") and "s3://" in ln]
+    clones = [ln for ln in lines if ln.startswith("dsvc clone s3://")]
+    assert adds and clones
+    for ln in adds + clones:
+        assert "--option endpoint=" in ln, ln
+
+
+def test_guide_walks_through_status_show_and_push_dry_run() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "guide.md").read_text()
+    for cmd in ("$ dsvc status", "$ dsvc close && dsvc show", "$ dsvc push --dry-run"):
+        assert cmd in guide, cmd

@@ -70,11 +70,11 @@ def test_quiet_hides_the_bar(tmp_path: Path, big_file: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def remote_only(tmp_path_factory: pytest.TempPathFactory, big_file: Path) -> tuple[Path, str]:
-    """``(home, id)``: a store whose default remote holds a version (the ~100 MiB file
-    and 2,000 small files in 200 folders) that the store itself has never seen."""
+def pushed(tmp_path_factory: pytest.TempPathFactory, big_file: Path) -> tuple[Path, str]:
+    """``(remote, id)``: a folder remote holding a version (the ~100 MiB file and 2,000
+    small files in 200 folders)."""
     root = tmp_path_factory.mktemp("remote-only")
-    src, remote, home = root / "src", root / "remote", root / "home"
+    src, remote = root / "src", root / "remote"
     for i in range(2000):
         p = src / f"d{i % 200:03}" / f"f{i:04}.txt"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +87,15 @@ def remote_only(tmp_path_factory: pytest.TempPathFactory, big_file: Path) -> tup
     did = out.strip().split("id=")[-1]
     assert _run(root / "a", "remote", "add", "origin", str(remote), "--init")[0] == 0
     assert _run(root / "a", "-q", "push")[0] == 0
-    assert _run(home, "remote", "add", "origin", str(remote))[0] == 0
-    return home, did
+    return remote, did
+
+
+@pytest.fixture
+def remote_only(pushed: tuple[Path, str], tmp_path: Path) -> tuple[Path, str]:
+    """``(home, id)``: a new store whose default remote holds a version it never saw."""
+    remote, did = pushed
+    assert _run(tmp_path / "home", "remote", "add", "origin", str(remote))[0] == 0
+    return tmp_path / "home", did
 
 
 def _bar_of(home: Path, shell_cmd: str) -> str:
@@ -119,5 +126,9 @@ def test_ls_of_a_remote_only_version_draws_a_progress_bar(remote_only: tuple[Pat
     out = _bar_of(home, f"{dsvc} ls -R {did} | wc -l")
     assert re.search(rf"ls {did}: .*entries", out), out
     assert "2201" in out  # 200 folders, 2,000 files and big.bin
-    quiet = _bar_of(home, f"{dsvc} -q ls -R {did} | wc -l")
-    assert "entries" not in quiet
+
+
+def test_quiet_hides_the_ls_bar(remote_only: tuple[Path, str]) -> None:
+    home, did = remote_only
+    quiet = _bar_of(home, f"{' '.join(DSVC)} -q ls -R {did} | wc -l")
+    assert "entries" not in quiet and "2201" in quiet
