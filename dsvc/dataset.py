@@ -1213,6 +1213,16 @@ class Dataset:
         rec = self._refresh()
         if rec["status"] != reg.DRAFT:
             raise StateError(f"dataset {rec['id']} is finalized; nothing to upload")
+        if preview:  # before links replace the files: previews read stored content
+            reports.set_preview(
+                self._store,
+                rec["id"],
+                (
+                    (c.path_str, c.new)
+                    for c in diff(self._trees(), rec["base_tree"], rec["tree"])
+                    if c.new is not None and c.new.kind != KIND_EXTERNAL
+                ),
+            )
         if upload_as_external_links:
             self._upload_as_links(output_url, max_workers)
             rec = self._refresh()

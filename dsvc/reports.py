@@ -81,6 +81,69 @@ def append(store: Store, dataset_id: str, event: dict[str, Any]) -> None:
     raise ConflictError(f"dataset {dataset_id}: reports kept changing; report again")
 
 
+PREVIEW_TABLES = 10  # ClearML: dataset.preview.tabular.table_count
+PREVIEW_ROWS = 10  # ClearML: dataset.preview.tabular.row_count
+PREVIEW_IMAGES = 10
+PREVIEW_IMAGE_MAX = 512 << 10
+_TABULAR = {".csv": ",", ".tsv": "\t"}
+_IMAGES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+
+
+def set_preview(store: Store, dataset_id: str, files: Iterable[tuple[str, Any]]) -> int:
+    """Replace the draft's preview reports (``upload(preview=True)``, ClearML's
+    ``_report_dataset_preview``): the first rows of up to :data:`PREVIEW_TABLES` CSV/TSV
+    files and up to :data:`PREVIEW_IMAGES` small images among ``files`` (``(path,
+    entry)`` of stored files). Returns how many previews were made."""
+    events: list[dict[str, Any]] = []
+    tables = images = 0
+    for path, entry in files:
+        if tables >= PREVIEW_TABLES and images >= PREVIEW_IMAGES:
+            break
+        ext = os.path.splitext(path)[1].lower()
+        if ext in _TABULAR and tables < PREVIEW_TABLES:
+            head = _head_lines(store, entry, PREVIEW_ROWS + 1)
+            rows = list(csv.reader(head, delimiter=_TABULAR[ext]))
+            if rows:
+                tables += 1
+                events.append(
+                    {"kind": "table", "title": "Tables", "series": path, "columns": rows[0],
+                     "index": None, "rows": rows[1:]}
+                )  # fmt: skip
+        elif ext in _IMAGES and images < PREVIEW_IMAGES and entry.size <= PREVIEW_IMAGE_MAX:
+            images += 1
+            data = b"".join(store.read_file(entry))
+            events.append(
+                {"kind": "image", "title": "Images", "series": path, "name": os.path.basename(path),
+                 "mime": _IMAGES[ext], "data": data}
+            )  # fmt: skip
+    now = time.time_ns()
+    events = [{**e, "iteration": None, "time": now, "preview": True} for e in events]
+    for _ in range(100):
+        old = store.get_record(_key(dataset_id))
+        cur: dict[str, Any] = old if isinstance(old, dict) else {"events": [], "bytes": 0}
+        kept = [e for e in cur["events"] if not e.get("preview")]
+        new_events = kept + events
+        size = sum(len(msgpack.packb(e, use_bin_type=True)) for e in new_events)
+        if size > MAX_REPORT_BYTES:
+            return 0  # a preview never crowds out what the user reported
+        try:
+            store.cas_record(_key(dataset_id), old, {"events": new_events, "bytes": size})
+            return len(events)
+        except ConflictError:
+            continue
+    return 0
+
+
+def _head_lines(store: Store, entry: Any, n: int) -> list[str]:
+    """The first ``n`` lines of a stored text file (reads only the chunks needed)."""
+    buf = b""
+    for piece in store.read_file(entry):
+        buf += piece
+        if buf.count(b"\n") >= n:
+            break
+    return buf.decode("utf-8", "replace").splitlines()[:n]
+
+
 def commit_meta(store: Store, dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with the draft's reports (what finalize writes into the commit)."""
     events = draft_events(store, dataset_id)

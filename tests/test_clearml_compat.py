@@ -853,3 +853,54 @@ def test_compat_task_keeps_parameters_and_artifacts(tmp_path: Path) -> None:
     got = Task.get_task(task_id=Dataset.get(dataset_id=ds.id)._task.id)
     assert got.artifacts["metadata"].get()["f"].tolist() == ["a.wav"]
     task.close()
+
+
+def test_show_reports_writes_one_html_page_from_a_pushed_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the reports come with the version on another machine (clone), and `dsvc show
+    # --reports ID` writes them as a self-contained page
+    from remote_helpers import machine
+
+    spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
+    machine(monkeypatch, tmp_path / "m1", spec)
+    ds = Dataset.create(dataset_name="rep", dataset_project="p")
+    ds.add_files(write_tree(tmp_path / "src", {"a.csv": b"x\n1\n"}))
+    log = ds.get_logger()
+    log.report_table("Rows", "a.csv", table_plot=[["x", "y"], [1, "<b>"]])
+    log.report_scalar("loss", "train", 0.25, 1)
+    ds.finalize(auto_upload=True)
+    m2 = tmp_path / "m2"
+    _cli(m2, "remote", "add", "origin", spec["url"])
+    _cli(m2, "fetch")
+    page = tmp_path / "out" / "page.html"
+    page.parent.mkdir()
+    out = _cli(m2, "show", "--reports", ds.id, "-o", str(page))
+    assert "2 reports" in out and str(page) in out
+    html = page.read_text()
+    assert "<td>&lt;b&gt;</td>" in html and "loss" in html and "<polyline" in html
+    bare = _cli(m2, "show", ds.id)  # without --reports: the usual summary
+    assert f"dataset {ds.id}" in bare and "written to" not in bare
+
+
+def test_upload_preview_reports_tables_and_images(tmp_path: Path) -> None:
+    # dataset.py:742-743 upload(preview=True) calls _report_dataset_preview (:3524), which
+    # reports the first rows of tabular files and small images
+    from dsvc.reports import png_bytes
+
+    png = png_bytes(b"\xff\x00\x00", 1, 1, 3)
+    rows = "".join(f"{i},{i * i}\n" for i in range(30))
+    files = {"t/a.csv": ("n,sq\n" + rows).encode(), "img.png": png, "other.bin": b"\0" * 9}
+    ds = Dataset.create(dataset_name="pv", dataset_project="p")
+    ds.add_files(write_tree(tmp_path / "s", files))
+    ds.upload(preview=False)
+    assert ds.get_reports() == []
+    ds.get_logger().report_text("mine", print_console=False)
+    ds.upload()
+    ds.upload()  # a second upload replaces the preview, keeps what the user reported
+    ev = ds.get_reports()
+    assert [(e["kind"], e["series"]) for e in ev] == [
+        ("text", "INFO"), ("image", "img.png"), ("table", "t/a.csv"),
+    ]  # fmt: skip
+    assert ev[2]["columns"] == ["n", "sq"] and len(ev[2]["rows"]) == 10
+    assert ev[2]["rows"][9] == ["9", "81"] and ev[1]["data"] == png

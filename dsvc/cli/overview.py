@@ -40,6 +40,7 @@ from dsvc.cli.history import (
     version_files,
 )
 from dsvc.cli.render import printable
+from dsvc.cli.reports import reports_options, write_reports
 from dsvc.errors import DsvcError, NotFoundError
 
 
@@ -170,7 +171,14 @@ def status(folder: str | None, dataset_id: str | None, only_stat: bool, as_json:
 @click.argument("id_arg", metavar="[ID]", required=False)
 @click.option("--id", "dataset_id", metavar="ID", help="The version (default: the last used).")
 @json_option
-def show(id_arg: str | None, dataset_id: str | None, as_json: bool) -> None:
+@reports_options
+def show(
+    id_arg: str | None,
+    dataset_id: str | None,
+    as_json: bool,
+    reports: bool = False,
+    reports_output: str | None = None,
+) -> None:
     """Everything about one version: files, logical and stored size, new bytes against
     its parents, dedup ratio, parents and children, remotes holding it, metadata,
     description and tags.
@@ -182,6 +190,7 @@ def show(id_arg: str | None, dataset_id: str | None, as_json: bool) -> None:
     Example:
       dsvc show 3f2a1b2c
       dsvc show demo/images@1.0.0 --json
+      dsvc show --reports 3f2a1b2c -o reports.html
     """
     from dsvc import registry as reg
     from dsvc.lookup import remote_for
@@ -192,6 +201,13 @@ def show(id_arg: str | None, dataset_id: str | None, as_json: bool) -> None:
     did = dataset_id_or_last(store, one_id(id_arg, dataset_id, "show"), "show", "ID")
     with keep_last_used(store):
         rec = resolve_version(store, did)
+    if reports:
+        page, count = write_reports(store, rec, reports_output)
+        if as_json:
+            emit_json({"id": rec["id"], "reports": count, "page": str(page)})
+        else:
+            result(f"{plural(count, 'report')} of {rec['id']} written to {page}")
+        return
     try:
         usage: Any = version_usage(store, rec)
         changes = diff_versions(store, rec["base_tree"], rec["tree"])
