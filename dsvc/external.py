@@ -156,12 +156,18 @@ def _list_http(url: str) -> list[tuple[str, Link]]:
     return [(name, _object_link(url, info))]
 
 
+def _etag(raw: str | None) -> str | None:
+    """An ETag without its quotes: stores quote it in some answers and not in others
+    (GCS lists it bare and heads it quoted), and it must compare equal either way."""
+    return raw.strip('"') if raw else None
+
+
 def _object_link(url: str, info: Any) -> Link:
     mtime = info.last_modified
     return Link(
         url,
         info.size,
-        etag=info.version.etag,
+        etag=_etag(info.version.etag),
         version=info.version.version,
         mtime_ns=int(mtime.timestamp() * 1e9)
         if mtime is not None and not info.version.etag
@@ -345,7 +351,8 @@ def _download(store: Store, link: Link, target: str, path: str, label: str) -> N
         _check(link, _object_link(link.url, info), path, label)
         with open(target, "wb") as out:
             try:
-                got = backend.download(key, out, if_match=link.etag)
+                # conditional on the ETag just checked, in the store's own spelling
+                got = backend.download(key, out, if_match=info.version.etag)
             except ConflictError:
                 raise _changed(path, label, link, "its ETag changed during the download") from None
         size = os.path.getsize(target)

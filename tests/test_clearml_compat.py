@@ -531,25 +531,28 @@ def test_external_http_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.servers
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
 def test_external_s3_files_travel_with_push_and_are_checked_by_etag(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: dict
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, kind: str
 ) -> None:
-    # S3 sources are listed with their size and ETag; the link travels with push/fetch
-    # (the content stays in its bucket) and a copy on another machine downloads and
-    # checks it. Options (endpoint, keys) come from a remote configured on the bucket.
+    # S3 (and GCS) sources are listed with their size and ETag; the link travels with
+    # push/fetch (the content stays in its bucket) and a copy on another machine
+    # downloads and checks it. Options (endpoint, keys) come from a remote on the bucket.
     import uuid
 
     from remote_helpers import backend, machine
 
+    srv = request.getfixturevalue(f"{kind}_server")
+    scheme = {"s3": "s3", "gcs": "gs"}[kind]
     uid = uuid.uuid4().hex[:8]
-    spec = {"url": f"s3://{s3_server['bucket']}/repo-{uid}", "options": s3_server["options"]}
-    raw = backend({"url": f"s3://{s3_server['bucket']}/raw-{uid}", "options": s3_server["options"]})
+    spec = {"url": f"{scheme}://{srv['bucket']}/repo-{uid}", "options": srv["options"]}
+    raw = backend({"url": f"{scheme}://{srv['bucket']}/raw-{uid}", "options": srv["options"]})
     raw.put("img/1.jpg", b"one" * 100)
     raw.put("img/deep/2.jpg", b"two" * 50)
     raw.put("img/notes.txt", b"n")
     machine(monkeypatch, tmp_path / "m1", spec)
     ds = Dataset.create(dataset_name="s3ext", dataset_project="p")
-    src = f"s3://{s3_server['bucket']}/raw-{uid}/img"
+    src = f"{scheme}://{srv['bucket']}/raw-{uid}/img"
     assert ds.add_external_files(src, wildcard="*.jpg", dataset_path="imgs") == 2
     assert ds.add_external_files(f"{src}/notes.txt") == 1
     ds.upload()
