@@ -24,14 +24,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import os
 import shutil
 import stat
+import threading
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,8 @@ from dsvc.errors import (
 from dsvc.ingest import content_id
 from dsvc.objects import (
     KIND_CHUNKFILE,
+    KIND_EXTERNAL,
+    KIND_TREE,
     MODE_EXEC,
     MODE_FILE,
     Entry,
@@ -59,6 +64,8 @@ RelPath = tuple[str, ...]
 ProgressFn = Callable[[int], None]
 #: chunk ids -> their verified payloads (content the store does not hold)
 FetchFn = Callable[[list[bytes]], Mapping[bytes, Any]]
+#: files -> the same files, external links replaced by the entries of their content
+ResolveFn = Callable[[list[tuple[RelPath, Entry]]], list[tuple[RelPath, Entry]]]
 
 _GROUP_BYTES = 8 << 20
 _GROUP_FILES = 256
@@ -392,10 +399,12 @@ def _place(
 
 class Manifest:
     """What a cached copy held when it was complete: per file its path, tree entry
-    (kind, id, size, mode) and ``lstat`` (inode, mtime_ns, ctime_ns).
+    (kind, id, size, mode) and ``lstat`` (inode, mtime_ns, ctime_ns, link count).
 
     Stored column by column (paths joined by NUL, which no name holds; numbers as
-    machine arrays), so 100,000 files load in a few milliseconds.
+    machine arrays), so 100,000 files load in a few milliseconds. A manifest file is a
+    stream of such parts, one per folder for copies built folder by folder (so a check
+    holds one folder in memory, whatever the size of the copy).
     """
 
     def __init__(self, paths: list[str], entries: list[Entry]) -> None:
@@ -408,6 +417,8 @@ class Manifest:
         self.inos = array("Q", bytes(8 * n))
         self.mtimes = array("q", bytes(8 * n))
         self.ctimes = array("q", bytes(8 * n))
+        # 0: unknown (a version 1 manifest), so a ctime change is always hashed
+        self.nlinks = array("I", bytes(4 * n))
 
     def entry(self, i: int) -> Entry:
         return Entry(self.kinds[i], self.ids[16 * i : 16 * i + 16], self.sizes[i], self.modes[i])
@@ -416,24 +427,35 @@ class Manifest:
         self.inos[i] = st.st_ino if st else 0
         self.mtimes[i] = st.st_mtime_ns if st else 0
         self.ctimes[i] = st.st_ctime_ns if st else 0
+        self.nlinks[i] = min(st.st_nlink, 0xFFFFFFFF) if st else 0
+
+    def _doc(self) -> dict[str, Any]:
+        cols = {k: getattr(self, k).tobytes() for k in _COLUMNS}
+        return {"paths": "\0".join(self.paths), "ids": self.ids, **cols}
 
     def dump(self) -> bytes:
-        cols = {k: getattr(self, k).tobytes() for k in _COLUMNS}
-        return msgpack.packb(
-            {"v": 1, "paths": "\0".join(self.paths), "ids": self.ids, **cols}, use_bin_type=True
-        )
+        """A whole manifest file holding just this part."""
+        return _MANIFEST_HEADER + self.dump_part()
+
+    def dump_part(self) -> bytes:
+        return msgpack.packb(self._doc(), use_bin_type=True)
 
     @classmethod
     def load(cls, data: bytes) -> Manifest:
-        doc = msgpack.unpackb(data, raw=False)
-        if doc.get("v") != 1:
-            raise ValueError("unknown manifest version")
+        """A manifest file as one part (all its parts joined)."""
+        return cls.join(list(_parts(msgpack.Unpacker(io.BytesIO(data), raw=False))))
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> Manifest:
         m = cls.__new__(cls)
         m.paths = doc["paths"].split("\0") if doc["paths"] else []
         m.ids = doc["ids"]
         for k, code in _COLUMNS.items():
             col = array(code)
-            col.frombytes(doc[k])
+            if k == "nlinks" and k not in doc:  # version 1
+                col.frombytes(bytes(col.itemsize * len(m.paths)))
+            else:
+                col.frombytes(doc[k])
             if len(col) != len(m.paths):
                 raise ValueError(f"manifest column {k} has {len(col)} values")
             setattr(m, k, col)
@@ -441,8 +463,51 @@ class Manifest:
             raise ValueError("manifest ids do not match its paths")
         return m
 
+    @classmethod
+    def join(cls, parts: list[Manifest]) -> Manifest:
+        m = cls([], [])
+        for p in parts:
+            m.paths += p.paths
+            m.ids += p.ids
+            for k in _COLUMNS:
+                getattr(m, k).extend(getattr(p, k))
+        return m
 
-_COLUMNS = {"kinds": "B", "sizes": "Q", "modes": "I", "inos": "Q", "mtimes": "q", "ctimes": "q"}
+
+_COLUMNS = {
+    "kinds": "B",
+    "sizes": "Q",
+    "modes": "I",
+    "inos": "Q",
+    "mtimes": "q",
+    "ctimes": "q",
+    "nlinks": "I",
+}
+#: a manifest file (version 2): this header, then one msgpack map per part
+_MANIFEST_HEADER = msgpack.packb({"v": 2})
+
+
+def _parts(unpacker: msgpack.Unpacker) -> Iterator[Manifest]:
+    """The parts of a manifest stream (version 1: a single map with ``v`` = 1)."""
+    head = next(unpacker)
+    if head.get("v") == 1:
+        yield Manifest.from_doc(head)
+        return
+    if head != {"v": 2}:
+        raise ValueError("unknown manifest version")
+    for doc in unpacker:
+        yield Manifest.from_doc(doc)
+
+
+_MANIFEST_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    StopIteration,
+    msgpack.UnpackException,
+)
 
 
 def manifest_path(cache: ContentCache, name: str) -> str:
@@ -451,22 +516,49 @@ def manifest_path(cache: ContentCache, name: str) -> str:
 
 
 def read_manifest(path: str) -> Manifest | None:
-    """The manifest at ``path``; None when it is missing or unreadable (then the copy is
-    verified by content once and the manifest written again)."""
+    """The manifest at ``path`` as one part; None when it is missing or unreadable (then
+    the copy is verified by content once and the manifest written again)."""
     try:
         with open(path, "rb") as f:
             return Manifest.load(f.read())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException):
+    except _MANIFEST_ERRORS:
         return None
 
 
-def write_manifest(path: str, man: Manifest) -> None:
-    """Write a manifest atomically (temp file + rename)."""
+def manifest_ok(path: str) -> bool:
+    """Whether the manifest at ``path`` reads to its end (parts are then streamed)."""
+    try:
+        with open(path, "rb") as f:
+            for _ in _parts(msgpack.Unpacker(f, raw=False, max_buffer_size=1 << 30)):
+                pass
+        return True
+    except _MANIFEST_ERRORS:
+        return False
+
+
+def iter_manifest(path: str) -> Iterator[Manifest]:
+    """The parts of the manifest at ``path``, one at a time (check :func:`manifest_ok`
+    first: an error here comes from a manifest changed since)."""
+    with open(path, "rb") as f:
+        yield from _parts(msgpack.Unpacker(f, raw=False, max_buffer_size=1 << 30))
+
+
+def write_manifest(path: str, man: Manifest | Iterable[Manifest]) -> None:
+    """Write a manifest (one part, or parts streamed) atomically (temp file + rename)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(man.dump())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_MANIFEST_HEADER)
+            for part in [man] if isinstance(man, Manifest) else man:
+                f.write(part.dump_part())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _stat_copy(
@@ -517,12 +609,16 @@ def check_copy(store: Store, root: str, man: Manifest) -> tuple[list[int], bool]
     elsewhere changes the ctime of every link of a content, which is no damage (the
     manifest takes the new ctime), but so does a write whose mtime was set back.
     Returns the indexes of bad files and whether the manifest changed.
+
+    A ctime change that comes with a changed link count is taken as a link made or
+    removed and not hashed (a write whose mtime was put back *and* whose link count
+    changed meanwhile is the case this misses).
     """
     prefix = root.rstrip(os.sep) + os.sep
     bad: list[int] = []
     changed = False
     lstat = os.lstat
-    inos, sizes, mtimes, ctimes = man.inos, man.sizes, man.mtimes, man.ctimes
+    inos, sizes, mtimes, ctimes, nlinks = man.inos, man.sizes, man.mtimes, man.ctimes, man.nlinks
     for i, rel in enumerate(man.paths):
         try:
             st = lstat(prefix + rel)
@@ -532,8 +628,15 @@ def check_copy(store: Store, root: str, man: Manifest) -> tuple[list[int], bool]
         if st.st_ino != inos[i] or st.st_size != sizes[i] or st.st_mtime_ns != mtimes[i]:
             bad.append(i)
         elif st.st_ctime_ns != ctimes[i]:
-            if stat.S_ISREG(st.st_mode) and file_matches(store, prefix + rel, man.entry(i)):
+            # a link made or removed elsewhere (another version's copy sharing this
+            # content) changes the link count with the ctime: no need to read the file
+            # (which, after a child version's copy, would be every file of this one)
+            relinked = nlinks[i] != 0 and st.st_nlink != nlinks[i] and stat.S_ISREG(st.st_mode)
+            if relinked or (
+                stat.S_ISREG(st.st_mode) and file_matches(store, prefix + rel, man.entry(i))
+            ):
                 ctimes[i] = st.st_ctime_ns
+                nlinks[i] = min(st.st_nlink, 0xFFFFFFFF)
                 changed = True
             else:
                 bad.append(i)
@@ -582,26 +685,45 @@ def serve_copy(
     entries: Callable[[], Sequence[tuple[RelPath, Entry]]],
     ensure_content: Callable[[list[Entry]], None] | None = None,
 ) -> int:
-    """Check the cached copy ``cache/datasets/<name>`` before it is handed out, and repair
-    what differs. ``entries`` lists the copy's files; it is called only when the
+    """Check the cached copy ``name`` (:class:`CacheLayout`) before it is handed out, and
+    repair what differs. ``entries`` lists the copy's files; it is called only when the
     manifest is missing (then every file is hashed once). ``ensure_content`` makes the
-    content of the files to repair local first. Returns the number of files repaired.
+    content of the files to repair local first. The manifest is checked part by part
+    (folder by folder), so memory holds one part. Returns the number of files repaired.
     """
     root = str(CacheLayout(cache.root.parent.parent).copy_path(name))
     mpath = manifest_path(cache, name)
-    man = read_manifest(mpath)
-    if man is None:
+    if not manifest_ok(mpath):
         man, bad = _stat_copy(store, cache, root, list(entries()), hash_check=True)
-        changed = True
-    else:
-        bad, changed = check_copy(store, root, man)
-    if bad:
-        if ensure_content is not None:
-            ensure_content([man.entry(i) for i in bad])
-        repair_copy(store, cache, root, man, bad)
-    if bad or changed:
+        if bad:
+            if ensure_content is not None:
+                ensure_content([man.entry(i) for i in bad])
+            repair_copy(store, cache, root, man, bad)
         write_manifest(mpath, man)
-    return len(bad)
+        return len(bad)
+    repaired = 0
+    changed_any = False
+
+    def checked() -> Iterator[Manifest]:
+        nonlocal repaired, changed_any
+        for man in iter_manifest(mpath):
+            bad, changed = check_copy(store, root, man)
+            if bad:
+                if ensure_content is not None:
+                    ensure_content([man.entry(i) for i in bad])
+                repair_copy(store, cache, root, man, bad)
+                repaired += len(bad)
+            changed_any = changed_any or changed or bool(bad)
+            yield man
+
+    # the checked parts stream into a new manifest, kept only if something changed
+    tmp = f"{mpath}.tmp-{uuid.uuid4().hex}"
+    write_manifest(tmp, checked())
+    if changed_any:
+        os.replace(tmp, mpath)
+    else:
+        os.unlink(tmp)
+    return repaired
 
 
 def verify_cache(store: Store, *, repair: bool = False) -> dict[str, Any]:
@@ -784,6 +906,242 @@ def materialize_shared(
     # verified by content when next served
     write_manifest(manifest_path(content_cache, os.path.basename(target)), man)
     return stats, True
+
+
+def build_copy(
+    store: Store,
+    root: bytes,
+    target: str | os.PathLike[str],
+    *,
+    content_cache: ContentCache,
+    ensure_content: Callable[[list[Entry]], None] | None = None,
+    resolve: ResolveFn | None = None,
+    max_workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[CheckoutStats, bool]:
+    """Build the shared read-only copy of tree ``root`` at ``target`` (a
+    :class:`CacheLayout` copy path) unless one is there, folder by folder.
+
+    What :func:`materialize_shared` does for a list of files, with memory bounded by
+    the largest folder instead of the dataset: folders are read from the store as they
+    are built (a few at a time, in parallel), each file is linked from the content
+    cache when its content is there already (a child version's copy links what its
+    parent's copy wrote, and writes only its new content), and the manifest is written
+    part by part as folders finish. ``ensure_content`` makes the content of files that
+    must be written local first, and ``resolve`` replaces external links by the entries
+    of their downloaded content (each called with one folder's files at a time, never
+    concurrently). Returns ``(stats, built_by_this_call)``.
+    """
+    target = os.path.abspath(os.fspath(target))
+    if os.path.isdir(target):
+        return CheckoutStats(), False
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = CacheLayout.temp_beside(target)
+    os.mkdir(tmp)
+    lock = _claim(tmp)
+    mpath = manifest_path(content_cache, os.path.basename(target))
+    mtmp = f"{mpath}.tmp-{uuid.uuid4().hex}"
+    stats = CheckoutStats()
+    try:
+        parts = _fill_folders(
+            store, root, tmp, content_cache, ensure_content, resolve, max_workers, progress, stats
+        )
+        write_manifest(mtmp, parts)
+        try:
+            os.rename(tmp, target)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.isdir(target):
+                remove_tree(tmp)
+                os.unlink(mtmp)
+                return stats, False
+            raise
+    except BaseException:
+        remove_tree(tmp)
+        try:
+            os.unlink(mtmp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        _release(lock)
+    # after the rename: a crash in between leaves a copy without manifest, which is
+    # verified by content when next served
+    os.replace(mtmp, mpath)
+    return stats, True
+
+
+def _fill_folders(
+    store: Store,
+    root: bytes,
+    top: str,
+    cache: ContentCache,
+    ensure_content: Callable[[list[Entry]], None] | None,
+    resolve: ResolveFn | None,
+    max_workers: int | None,
+    progress: ProgressFn | None,
+    stats: CheckoutStats,
+) -> Iterator[Manifest]:
+    """Fill ``top`` with tree ``root``, yielding each folder's manifest part when done.
+
+    At most ``2 * workers`` folders are in flight; the queue of folders still to do
+    holds ids only. Names come from ``Store.get_tree``, which validates them (no
+    ``/``, ``.``, ``..`` or NUL), so ``folder + "/" + name`` stays below ``top``.
+    """
+    prog = progress or (lambda n: None)
+    content_lock = threading.Lock()
+
+    def folder(rel: str, tid: bytes) -> tuple[Manifest, list[tuple[str, bytes]], int]:
+        tree = store.get_tree(tid)
+        d = f"{top}/{rel}" if rel else top
+        if rel:
+            os.mkdir(d)
+        subs = [(f"{rel}/{n}" if rel else n, e.id) for n, e in tree.items() if e.kind == KIND_TREE]
+        files = [(n, e) for n, e in tree.items() if e.kind != KIND_TREE]
+        if resolve is not None and any(e.kind == KIND_EXTERNAL for _, e in files):
+            with content_lock:
+                at = tuple(rel.split("/")) if rel else ()  # full paths: errors name the file
+                files = [(p[-1], e) for p, e in resolve([((*at, n), e) for n, e in files])]
+        man = Manifest([f"{rel}/{n}" if rel else n for n, _ in files], [e for _, e in files])
+        dests = [f"{d}/{n}" for n, _ in files]
+        missing = [i for i, (_, e) in enumerate(files) if not _link_cached(cache, e, dests[i])]
+        written: dict[int, os.stat_result] = {}
+        absent = _write_missing(store, cache, files, dests, missing, written)
+        if absent:  # content not in the local store: fetched first, then written
+            if ensure_content is not None:
+                with content_lock:
+                    ensure_content([files[i][1] for i in absent])
+            still = _write_missing(store, cache, files, dests, absent, written)
+            if still:  # raises, naming the content
+                _write_missing(store, cache, files, dests, still[:1], written, strict=True)
+        # the manifest: each file's stat once its links exist (a written file's from its
+        # descriptor); a file whose cache file was changed in place (sentinel gone) is
+        # rewritten from the store right away
+        bad = []
+        for i, (_, e) in enumerate(files):
+            st = written.get(i)
+            if st is None:
+                try:
+                    st = os.lstat(dests[i])
+                except FileNotFoundError:
+                    st = None
+            man.set_stat(i, st)
+            if st is None or not cache.valid(st, e):
+                bad.append(i)
+        if bad:
+            repair_copy(store, cache, top, man, bad)
+        prog(sum(e.size for _, e in files))
+        return man, subs, len(missing)
+
+    workers = max(1, max_workers or default_workers())
+    todo: deque[tuple[str, bytes]] = deque([("", root)])
+    with ThreadPoolExecutor(workers, thread_name_prefix="dsvc-copy") as pool:
+        running: deque[Future[tuple[Manifest, list[tuple[str, bytes]], int]]] = deque()
+        while todo or running:
+            while todo and len(running) < 2 * workers:
+                running.append(pool.submit(folder, *todo.popleft()))
+            man, subs, written = running.popleft().result()
+            todo.extend(subs)
+            stats.files += len(man.paths)
+            stats.bytes += sum(man.sizes)
+            stats.written += written
+            stats.linked += len(man.paths) - written
+            yield man
+
+
+def _write_missing(
+    store: Store,
+    cache: ContentCache,
+    files: list[tuple[str, Entry]],
+    dests: list[str],
+    todo: list[int],
+    written: dict[int, os.stat_result],
+    *,
+    strict: bool = False,
+) -> list[int]:
+    """Write the files ``todo`` (their content is not in the content cache) from the
+    store, in one read snapshot; the stat of each goes to ``written``. Returns those
+    whose content the store lacks (nothing is left at their path), or with ``strict``
+    raises for the first of them. Content absent is found while writing, so the
+    common case (everything local) costs no separate existence check."""
+    absent: list[int] = []
+    if not todo:
+        return absent
+    with store.reader(buffers=True) as txn:
+        for i in todo:
+            entry = files[i][1]
+            try:
+                if cache.reflink:  # each copy its own inode: the cache file, then a clone
+                    _place(store, cache, entry, dests[i], txn)
+                else:
+                    written[i] = _write_shared(store, cache, txn, entry, dests[i])
+            except ObjectNotFoundError:
+                if strict:
+                    raise
+                absent.append(i)
+    return absent
+
+
+def _write_shared(
+    store: Store, cache: ContentCache, txn: StoreReader, entry: Entry, dest: str
+) -> os.stat_result:
+    """Write ``entry``'s content to the new read-only file ``dest`` and publish it as the
+    content-cache file too (a hard link); returns its stat.
+
+    Profiled on a 200,000-file copy, file creation and linking were most of the time:
+    this writes each new content once, where the cache-first path wrote a temporary
+    file in the cache, linked it twice and removed it (four names, two modes set).
+    """
+    chunks = txn.file_chunks(entry)
+    fd = os.open(dest, _O_CREATE, 0o555 if entry.mode == MODE_EXEC else 0o444)
+    try:
+        for cid, _ in chunks:
+            _write_all(fd, txn.chunk(cid))  # verified; ObjectNotFoundError if absent
+        mtime = (time.time_ns() // _NS) * _NS + _sentinel_ns(entry.id)
+        os.utime(fd, ns=(mtime, mtime))
+        src = cache.path_for(entry)
+        for attempt in range(2):
+            try:
+                os.link(dest, src)
+            except FileExistsError:
+                pass  # the same content, cached by another copy meanwhile
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                os.makedirs(os.path.dirname(src), exist_ok=True)
+                continue
+            except OSError as e:
+                if e.errno not in _NO_LINK:
+                    raise
+            break
+        return os.fstat(fd)  # after the link: its ctime is the one a check will see
+    except BaseException as e:
+        os.close(fd)
+        fd = -1
+        os.unlink(dest)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = dest  # os.write names no file: say which one a full disk refused
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _link_cached(cache: ContentCache, entry: Entry, dest: str) -> bool:
+    """Share the content-cache file of ``entry`` at ``dest`` (a reflink, else a hard
+    link); False when the cache lacks it or the filesystem cannot link (then
+    :func:`_place` writes or copies it)."""
+    src = cache.path_for(entry)
+    try:
+        if cache.clone(src, dest, entry):
+            return True
+        os.link(src, dest)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno in _NO_LINK:
+            return False
+        raise
 
 
 def refuse_store_overlap(store: Store, target: str) -> None:

@@ -28,6 +28,7 @@ from dsvc import registry as reg
 from dsvc.checkout import (
     CacheLayout,
     FetchFn,
+    build_copy,
     materialize,
     materialize_shared,
     refuse_store_overlap,
@@ -1577,6 +1578,22 @@ class Dataset:
                     lambda es: self._ensure_content([((), e) for e in es], max_workers),
                 )
                 return str(target)
+            if not files and part is None and num_parts is None:
+                # the whole version: folder by folder, memory bounded by a folder
+                with Progress(f"copy {rec['name']}", self._total_size(rec), enabled=True) as bar:
+                    build_copy(
+                        self._store,
+                        rec["tree"],
+                        target,
+                        content_cache=cache,
+                        ensure_content=lambda es: self._ensure_content(
+                            [((), e) for e in es], max_workers
+                        ),
+                        resolve=lambda es: self._resolve_links(es, max_workers),
+                        max_workers=max_workers,
+                        progress=bar.update,
+                    )
+                return str(target)
             entries = self._resolve_links(self._selected(part, num_parts, files), max_workers)
             self._ensure_content(entries, max_workers)
             with Progress(
@@ -1597,6 +1614,10 @@ class Dataset:
             if raise_on_error:
                 raise
             return ""
+
+    def _total_size(self, rec: dict[str, Any]) -> int:
+        """The bytes of a version's files (a folder entry carries its total size)."""
+        return sum(e.size for e in self._trees().get(rec["tree"]).values())
 
     def open(self, path: str, mode: str = "rb") -> IO[Any]:
         """Open one file of this version for reading, without a local copy.

@@ -246,3 +246,57 @@ def test_cache_layout_is_the_one_place_copies_live(tmp_path: Path, home: Path) -
         assert not p.exists() and not layout.manifest_path(p.name).exists()
     assert read_tree(keep) == {"x": b"x"} and layout.manifest_path(keep.name).is_file()
     assert building.is_dir()  # young: its builder may be about to lock it
+
+
+def test_a_child_copy_links_its_parents_content_and_writes_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: a whole-version copy is built folder by folder from the trees (never
+    from a flat listing of the version), links every content the content cache holds
+    (the parent's copy put it there) and writes only new content; the parent's copy is
+    then served without reading its files again (a changed link count explains the
+    changed ctime), and the manifest has one part per folder."""
+    files = {f"d{i}/f{j}": f"{i}-{j}".encode() for i in range(3) for j in range(4)}
+    a = version(tmp_path, {**files, "top": b"t"}, "a")
+    b = Dataset.create(dataset_name="a", dataset_project="proj", parent_datasets=[a])
+    b.add_files(write_tree(tmp_path / "chg", {"d1/f2": b"changed", "d2/new": b"new"}))
+    b.finalize()
+
+    def no_flat_listing(*_a: object, **_k: object) -> None:
+        raise AssertionError("a whole copy must not list every file")
+
+    monkeypatch.setattr(Dataset, "_selected", no_flat_listing)
+    writes: list[str] = []
+    real_write = checkout._write_shared
+
+    def counted(store, cache, txn, entry, dest):  # noqa: ANN001, ANN202
+        writes.append(os.path.relpath(dest, os.path.dirname(dest) + "/.."))
+        return real_write(store, cache, txn, entry, dest)
+
+    monkeypatch.setattr(checkout, "_write_shared", counted)
+    monkeypatch.setenv("DSVC_REFLINK", "0")  # hard links (the filesystem may reflink)
+    pa = Path(a.get_local_copy())
+    assert len(writes) == len(files) + 1
+    writes.clear()
+    pb = Path(b.get_local_copy())
+    assert sorted(writes) == ["d1/f2", "d2/new"]  # only the new content was written
+    assert read_tree(pb) == {**files, "top": b"t", "d1/f2": b"changed", "d2/new": b"new"}
+    for f in files:
+        if f != "d1/f2":  # shared with the parent's copy: one inode, read-only
+            assert os.stat(pa / f).st_ino == os.stat(pb / f).st_ino
+    hashed: list[str] = []
+    real_matches = checkout.file_matches
+    monkeypatch.setattr(
+        checkout,
+        "file_matches",
+        lambda store, path, e: hashed.append(path) or real_matches(store, path, e),
+    )
+    assert read_tree(a.get_local_copy()) == {**files, "top": b"t"}
+    assert hashed == []  # the links the child's copy made are no damage, and cost no read
+    mpath = checkout.CacheLayout(open_store().home).manifest_path(a.id)
+    parts = list(checkout.iter_manifest(str(mpath)))
+    assert sorted(p.paths[0].split("/")[0] for p in parts) == ["d0", "d1", "d2", "top"]
+    # damage is still found and repaired, folder by folder
+    write_in_place(pb / "d0" / "f1", b"EVIL")
+    assert read_tree(b.get_local_copy())["d0/f1"] == b"0-1"
+    assert read_tree(a.get_local_copy())["d0/f1"] == b"0-1"
