@@ -72,6 +72,7 @@ from dsvc.objects import (
     split_path,
 )
 from dsvc.progress import Progress
+from dsvc.record import Record
 from dsvc.remote.config import lookup as remote_lookup
 from dsvc.selection import (
     clean_dataset_path,
@@ -387,29 +388,22 @@ class Dataset:
             trees.batch = b
             base = merge(trees, [p["tree"] for p in parents])
         now = _now()
-        rec = {
-            "id": uuid.uuid4().hex,
-            "name": str(dataset_name),
-            "project": str(dataset_project),
-            "version": str(dataset_version),
-            "tags": list(dataset_tags or []),
-            "description": description or "",
-            "status": reg.DRAFT,
-            "parents": [p["id"] for p in parents],
-            "parent_commits": [p["commit"] for p in parents],
-            "base_tree": base,
-            "tree": base,
-            "uploaded_tree": None,
-            "commit": None,
-            "created": now,
-            "modified": now,
-            "finalized": None,
-            "output_uri": output_uri,
-            "remote": None,
-            "metadata": {},
-            "archived": False,
-            "removed_any": False,
-        }
+        rec = Record(
+            id=uuid.uuid4().hex,
+            name=str(dataset_name),
+            project=str(dataset_project),
+            version=str(dataset_version),
+            tags=list(dataset_tags or []),
+            description=description or "",
+            status=reg.DRAFT,
+            parents=[p.id for p in parents],
+            parent_commits=[p.commit for p in parents if p.commit is not None],
+            base_tree=base,
+            tree=base,
+            created=now,
+            modified=now,
+            output_uri=output_uri,
+        )
         reg.insert(store, rec)
         return cls(store, rec)
 
@@ -1829,11 +1823,9 @@ def _not_uploaded_message(rec: dict[str, Any], remote: Any) -> str:
     )
 
 
-def _published(rec: dict[str, Any], cid: bytes) -> dict[str, Any]:
+def _published(rec: Record, cid: bytes) -> Record:
     """The record as the remote publishes it: final, with its commit."""
-    out = {**rec, "status": reg.FINAL, "commit": cid}
-    out.pop("finalizing", None)
-    return out
+    return rec.replace(status=reg.FINAL, commit=cid, finalizing=None)
 
 
 def last_used(store: Store) -> str | None:

@@ -34,6 +34,7 @@ from dsvc import registry as reg
 from dsvc.errors import UsageError
 from dsvc.ids import to_hex
 from dsvc.objects import KIND_TREE, Entry
+from dsvc.record import Record
 from dsvc.stream import DEFAULT_CACHE_BYTES, DsvcFile, Reader, Version, clean_path
 
 __all__ = ["DsvcFileSystem", "format_url", "parse_url"]
@@ -148,23 +149,23 @@ class DsvcFileSystem(AbstractFileSystem):
 
     # -- listing (trees only) ---------------------------------------------------------
 
-    def _records(self) -> list[dict[str, Any]]:
-        recs = {r["id"]: r for r in reg.all_records(self.reader.store)}
+    def _records(self) -> list[Record]:
+        recs = {r.id: r for r in reg.all_records(self.reader.store)}
         remote = self.reader.remote
         if remote is not None:
             for r in remote.list_records(self.reader.store):
-                recs.setdefault(r["id"], r)
-        return [r for r in recs.values() if r.get("status") in reg.COMPLETED_STATES]
+                recs.setdefault(r.id, r)
+        return [r for r in recs.values() if r.status in reg.COMPLETED_STATES]
 
     def _ls_top(self, sel: dict[str, str | None]) -> list[dict[str, Any]]:
         recs = self._records()
         if "project" not in sel:
-            names = {quote(r["project"], safe="") for r in recs}
+            names = {quote(r.project, safe="") for r in recs}
         else:
             names = {
-                f"{quote(r['project'], safe='')}/{quote(r['name'], safe='')}"
+                f"{quote(r.project, safe='')}/{quote(r.name, safe='')}"
                 for r in recs
-                if r["project"] == sel["project"]
+                if r.project == sel["project"]
             }
             if not names:
                 raise FileNotFoundError(

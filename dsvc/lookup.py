@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from dsvc import registry as reg
 from dsvc.errors import LIST_DATASETS, DsvcError, NotFoundError, RemoteError
+from dsvc.record import Record
 from dsvc.store import Store
 
 if TYPE_CHECKING:
@@ -49,12 +50,12 @@ def remote_for(
     return client.resolve(store, spec, required=required, retries=retries)
 
 
-def known_records(store: Store) -> list[dict[str, Any]]:
+def known_records(store: Store) -> list[Record]:
     """Local records plus the default remote's (local only if it cannot be reached)."""
-    recs = {r["id"]: r for r in reg.all_records(store)}
+    recs = {r.id: r for r in reg.all_records(store)}
     try:
         for r in remote_records(store):
-            recs.setdefault(r["id"], r)
+            recs.setdefault(r.id, r)
     except RemoteError as e:
         warn(f"{e}; numbering versions from the local store only")
     return list(recs.values())
@@ -70,12 +71,12 @@ def remote_for_or_none(store: Store) -> Remote | None:
         return None
 
 
-def remote_records(store: Store) -> list[dict[str, Any]]:
+def remote_records(store: Store) -> list[Record]:
     remote = remote_for(store, None)
     return remote.list_records(store) if remote is not None else []
 
 
-def remote_record(store: Store, dataset_id: str) -> dict[str, Any] | None:
+def remote_record(store: Store, dataset_id: str) -> Record | None:
     remote = remote_for(store, None)
     if remote is None:
         return None
@@ -156,7 +157,7 @@ def find_record(
     only_completed: bool,
     only_published: bool,
     include_archived: bool,
-) -> dict[str, Any] | None:
+) -> Record | None:
     """Find a record locally and on the default remote.
 
     By id: the local record, else the remote's (imported locally). By name, project or
@@ -198,8 +199,8 @@ def find_record(
         try:
             remote = remote_for(store, None)
             if remote is not None:
-                local_ids = {r["id"] for r in candidates}
-                candidates += [r for r in remote.list_records(store) if r["id"] not in local_ids]
+                local_ids = {r.id for r in candidates}
+                candidates += [r for r in remote.list_records(store) if r.id not in local_ids]
         except RemoteError as e:
             warn(f"{e}; looking in the local store only")
     if dataset_id:
@@ -219,7 +220,7 @@ def find_record(
     # ClearML's Dataset.get picks the highest version even for a project-only or
     # tags-only lookup (Dataset._get_dataset_id), whatever its SDK page says
     best = reg.latest(found)
-    if best is not None and reg.get(store, best["id"]) is None and remote is not None:
+    if best is not None and reg.get(store, best.id) is None and remote is not None:
         best = remote.import_record(store, best)
     return best
 

@@ -54,8 +54,11 @@ from dsvc.objects import (
     decode_tree,
 )
 from dsvc.progress import Progress
+from dsvc.record import Record
 from dsvc.registry import all_records
 from dsvc.store import LEASE_PREFIX, Store, StoreReader
+from dsvc.treeops import Trees, lookup
+from dsvc.treeops import walk as walk_tree
 
 _SWEEP_BATCH = 10_000
 #: temporary files and folders younger than this are never reclaimed (a builder takes
@@ -91,12 +94,11 @@ def reachable(store: Store, txn: StoreReader | None = None) -> set[bytes]:
             return reachable(store, t)
     rd = _Reader(store, txn)
     out: set[bytes] = set()
-    for _, rec in store.iter_records(reg.PREFIX):
-        for field in ("tree", "base_tree", "uploaded_tree"):
-            t = rec.get(field)
-            if t:
-                _mark_tree(rd, t, out)
-        c = rec.get("commit")
+    for rec in reg.all_records(store):
+        for root in (rec.tree, rec.base_tree, rec.uploaded_tree):
+            if root:
+                _mark_tree(rd, root, out)
+        c = rec.commit
         if c:
             out.add(c)
             data = rd.payload(c, TAG_COMMIT)
@@ -236,7 +238,7 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                 store.delete_record(k.decode())
     # the caches below live outside LMDB and outside the lock: copies are rebuilt from
     # the store, and nothing here is a reference a version depends on
-    ids = {r["id"] for r in all_records(store)}
+    ids = {r.id for r in all_records(store)}
     layout = CacheLayout(store.home)
     copies = layout.copies
     now = time.time()
@@ -344,12 +346,12 @@ def fsck(store: Store, progress: bool = True) -> dict[str, Any]:
     return out
 
 
-def _may_fetch(rec: dict[str, Any], any_remote: bool) -> bool:
+def _may_fetch(rec: Record, any_remote: bool) -> bool:
     """Whether ``rec``'s chunks may legitimately be absent: it names a remote, or the
     store has one (a clone fetches content on demand, and a draft built on such a
     version holds its parents' files without their bytes). Only a store with no remote
     at all must hold every chunk of every dataset."""
-    return any_remote or bool(rec.get("remote") or rec.get("output_uri"))
+    return any_remote or bool(rec.remote or rec.output_uri)
 
 
 def damaged_datasets(
@@ -424,20 +426,20 @@ def damaged_datasets(
                 memo[(tid, fetchable)] = (files, folders)
             return memo[(root, fetchable)]
 
-        for _, rec in store.iter_records(reg.PREFIX):
+        for rec in reg.all_records(store):
             fetchable = lenient and _may_fetch(rec, any_remote)
-            files, folders = damage(rec["tree"], fetchable) if rec.get("tree") else ([], [])
+            files, folders = damage(rec.tree, fetchable)
             folders = [d or "." for d in folders]
-            commit = rec.get("commit")
-            commit_bad = bool(commit) and not ok(commit, TAG_COMMIT)
+            commit = rec.commit
+            commit_bad = commit is not None and not ok(commit, TAG_COMMIT)
             if files or folders or commit_bad:
                 out.append(
                     {
-                        "id": rec["id"],
-                        "project": rec.get("project"),
-                        "name": rec.get("name"),
-                        "version": rec.get("version"),
-                        "status": rec.get("status"),
+                        "id": rec.id,
+                        "project": rec.project,
+                        "name": rec.name,
+                        "version": rec.version,
+                        "status": rec.status,
                         "files": sorted(files),
                         "folders": sorted(folders),
                         "commit": commit_bad,
@@ -529,13 +531,11 @@ def _sources(
     rec = reg.get(store, d["id"])
     if rec is None or not sources:
         return {}
-    from dsvc.treeops import Trees, lookup
-
     trees = Trees(store)
     out = {}
     for f in left["files"]:
         try:
-            e = lookup(trees, rec["tree"], tuple(f.split("/")))
+            e = lookup(trees, rec.tree, tuple(f.split("/")))
         except DsvcError:
             continue
         if e is not None and e.id in sources:
@@ -543,21 +543,19 @@ def _sources(
     return out
 
 
-def _refetch(store: Store, rec: dict[str, Any], damage: dict[str, Any]) -> bool:
+def _refetch(store: Store, rec: Record, damage: dict[str, Any]) -> bool:
     """Fetch the damaged content of ``rec`` from its remote; False when there is no
     remote or it cannot give everything back."""
     try:
-        remote = remote_for(store, rec.get("remote") or rec.get("output_uri"))
+        remote = remote_for(store, rec.remote or rec.output_uri)
     except DsvcError:
         return False
     if remote is None:
         return False
-    from dsvc.treeops import Trees, walk
-
     try:
-        remote.fetch_metadata(store, rec["tree"], [rec["commit"]] if rec.get("commit") else [])
+        remote.fetch_metadata(store, rec.tree, [rec.commit] if rec.commit else [])
         wanted = set(damage["files"])
-        entries = [e for p, e in walk(Trees(store), rec["tree"]) if "/".join(p) in wanted]
+        entries = [e for p, e in walk_tree(Trees(store), rec.tree) if "/".join(p) in wanted]
         if entries:
             remote.fetch_files(store, entries, show_progress=False)
     except DsvcError:

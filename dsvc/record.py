@@ -19,8 +19,10 @@ added to :data:`FIELDS` here (and to the table in docs/format.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -123,6 +125,14 @@ def _metadata(v: Any, what: str) -> dict[str, Any]:
     return v
 
 
+def _finalizing(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or set(v) != {"commit", "meta"}:
+        raise _Bad(f"{what} must be a map with commit and meta")
+    _oid(v["commit"], f"{what}.commit")
+    _metadata(v["meta"], f"{what}.meta")
+    return v
+
+
 def _status(v: Any, what: str) -> str:
     if v not in STATUSES or not isinstance(v, str):
         raise _Bad(f"{what} must be one of {', '.join(STATUSES)}, got {v!r:.40}")
@@ -154,12 +164,25 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "archived": (_bool, False),
     "removed_any": (_bool, False),
     "squashed_from": (lambda v, w: [_did(p, f"{w} item") for p in _list(v, w)], list),
+    "finalizing": (_finalizing, None),
 }
+
+# Which layer owns which field (docs/format.md §8, "owner"):
+#: never published to a remote: what this store did with the version
+LOCAL_FIELDS = ("uploaded_tree", "remote", "finalizing")
+#: the mutable metadata of a finalized version, exchanged through a remote's
+#: ``meta/<id>`` (remote/sync.py); every other field is fixed once the version is final
+META_FIELDS = ("name", "project", "version", "tags", "description", "status")
+#: written only when set (absent and nil mean the same): a draft being finalized
+_OMIT_NONE = ("finalizing",)
 
 
 @dataclass(frozen=True)
-class Record:
-    """One dataset version's record, validated (see docs/format.md §8)."""
+class Record(Mapping[str, Any]):
+    """One dataset version's record, validated (see docs/format.md §8).
+
+    TRANSITIONAL (issue 12): a read-only mapping too, while modules move from
+    ``rec["x"]`` to ``rec.x``; the mapping side goes once none is left."""
 
     id: str
     name: str
@@ -183,6 +206,8 @@ class Record:
     archived: bool = False
     removed_any: bool = False
     squashed_from: list[str] = field(default_factory=list)
+    #: a draft being finalized: ``{"commit": id, "meta": commit meta}`` (dataset.py)
+    finalizing: dict[str, Any] | None = None
     #: fields this version of dsvc does not know, kept as they are
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -247,8 +272,28 @@ class Record:
         for f in fields(self):
             if f.name != "extra":
                 v = getattr(self, f.name)
+                if v is None and f.name in _OMIT_NONE:
+                    continue
                 out[f.name] = list(v) if isinstance(v, list) else v
         return out
+
+    def __getitem__(self, name: str) -> Any:
+        d = self.to_dict()
+        return d[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def replace(self, **changes: Any) -> Record:
+        """A copy with ``changes`` applied (records are values: change by copying)."""
+        return dataclasses.replace(self, **changes)
+
+    def published(self) -> dict[str, Any]:
+        """The map a remote stores under ``datasets/<id>``: without :data:`LOCAL_FIELDS`."""
+        return {k: v for k, v in self.to_dict().items() if k not in LOCAL_FIELDS}
 
     def to_msgpack(self) -> bytes:
         return msgpack.packb(self.to_dict(), use_bin_type=True)

@@ -17,13 +17,14 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from packaging.version import InvalidVersion, Version
 
 from dsvc.errors import InvalidPathError, NotFoundError
+from dsvc.record import Record
 from dsvc.retry import cas_retry
 from dsvc.store import RECORD_PREFIX, Store, default_home
 
@@ -103,11 +104,20 @@ def key(dataset_id: str) -> str:
     return PREFIX + dataset_id
 
 
-def get(store: Store, dataset_id: str) -> dict[str, Any] | None:
-    return store.get_record(key(dataset_id))
+def _record(raw: Any, k: str) -> Record:
+    # every record is checked as it is read, local ones too: the store is written only
+    # through Record (insert/update below, and the transport's import), so this fails
+    # only on damage, and then names the key
+    return Record.from_dict(raw, k)
 
 
-def require(store: Store, dataset_id: str) -> dict[str, Any]:
+def get(store: Store, dataset_id: str) -> Record | None:
+    k = key(dataset_id)
+    raw = store.get_record(k)
+    return None if raw is None else _record(raw, k)
+
+
+def require(store: Store, dataset_id: str) -> Record:
     rec = get(store, dataset_id)
     if rec is None:
         raise NotFoundError(
@@ -116,27 +126,32 @@ def require(store: Store, dataset_id: str) -> dict[str, Any]:
     return rec
 
 
-def insert(store: Store, rec: dict[str, Any]) -> None:
-    store.cas_record(key(rec["id"]), None, rec)
+def insert(store: Store, rec: Record) -> None:
+    store.cas_record(key(rec.id), None, rec.to_dict())
 
 
 def update(
     store: Store,
     dataset_id: str,
-    change: Callable[[dict[str, Any]], dict[str, Any]],
-) -> dict[str, Any]:
+    change: Callable[[Record], Record | Mapping[str, Any]],
+) -> Record:
     """Apply ``change`` to the current record with compare-and-swap, retrying on races
     (:func:`dsvc.retry.cas_retry`).
 
-    ``change`` gets a copy of the current record and returns the new one; it may raise
-    to abort (nothing is written). Returns the record as stored.
+    ``change`` gets the current record and returns the new one (``rec.replace(...)``);
+    it may raise to abort (nothing is written). Returns the record as stored.
     """
+    k = key(dataset_id)
 
-    def attempt() -> dict[str, Any]:
-        cur = require(store, dataset_id)
-        new = change(dict(cur))
-        new["modified"] = time.time_ns()
-        store.cas_record(key(dataset_id), cur, new)
+    def attempt() -> Record:
+        raw = store.get_record(k)
+        if raw is None:
+            require(store, dataset_id)  # raises NotFoundError
+        new = change(_record(raw, k))
+        if not isinstance(new, Record):  # TRANSITIONAL (issue 12): a changed map
+            new = Record.from_dict(dict(new), k)
+        new = new.replace(modified=time.time_ns())
+        store.cas_record(k, raw, new.to_dict())  # against the bytes as read
         return new
 
     return cas_retry(attempt, f"dataset {dataset_id}: too many concurrent updates, try again")
@@ -146,8 +161,8 @@ def remove(store: Store, dataset_id: str) -> None:
     store.delete_record(key(dataset_id))
 
 
-def all_records(store: Store) -> list[dict[str, Any]]:
-    return [v for _, v in store.iter_records(PREFIX)]
+def all_records(store: Store) -> list[Record]:
+    return [_record(v, k) for k, v in store.iter_records(PREFIX)]
 
 
 # -- project and name rules ------------------------------------------------------------
@@ -250,15 +265,15 @@ def bump(v: str) -> str:
     return out
 
 
-def _updated(r: dict[str, Any]) -> int:
+def _updated(r: Record) -> int:
     return int(r.get("modified") or r.get("created") or 0)
 
 
-def latest(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+def latest(records: Iterable[Record]) -> Record | None:
     """The record ClearML's lookup picks (``Dataset._get_dataset_id``): the highest
     valid version; among equal versions, and when no version is valid, the most
     recently updated one."""
-    best: dict[str, Any] | None = None
+    best: Record | None = None
     best_v: Version | None = None
     for r in sorted(records, key=_updated, reverse=True):
         v = parse_version(r.get("version"))
@@ -267,7 +282,7 @@ def latest(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-def next_version(records: Iterable[dict[str, Any]]) -> str:
+def next_version(records: Iterable[Record]) -> str:
     """The version a new member of a project/name gets: the latest one bumped
     (``1.0.0`` when there is none, or when the latest has no valid version)."""
     top = latest(records)
@@ -289,7 +304,7 @@ def name_matches(name: str, partial: str) -> bool:
 
 
 def filter_records(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     *,
     project: str | None = None,
     name: str | None = None,
@@ -301,7 +316,7 @@ def filter_records(
     only_published: bool = False,
     include_archived: bool = True,
     recursive_project: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[Record]:
     tagset = set(tags or ())
     idset = set(ids) if ids is not None else None
     out = []

@@ -38,6 +38,7 @@ from dsvc.errors import InvalidPathError, NotFoundError, RemoteError, UsageError
 from dsvc.ids import to_hex
 from dsvc.lookup import warn
 from dsvc.objects import EMPTY_TREE_ID, KIND_CHUNKFILE, KIND_EXTERNAL, KIND_TREE, Entry
+from dsvc.record import Record
 from dsvc.store import Store
 from dsvc.treeops import lookup_with
 
@@ -102,12 +103,12 @@ class Version:
 
     id: str
     tree: bytes
-    record: dict[str, Any] = field(repr=False)
+    record: Record = field(repr=False)
 
     @property
     def label(self) -> str:
         r = self.record
-        return f"{r.get('project')}/{r.get('name')}@{r.get('version')} ({self.id})"
+        return f"{r.project}/{r.name}@{r.version} ({self.id})"
 
 
 class Reader:
@@ -196,7 +197,7 @@ class Reader:
                 f"no dataset with id {dataset_id} in the local store or on the remote; list "
                 "them with `dsvc search`"
             )
-        return Version(rec["id"], rec["tree"], rec)
+        return Version(rec.id, rec.tree, rec)
 
     def version_by_name(self, project: str, name: str, version: str | None = None) -> Version:
         """A finalized version of ``project/name``: ``version``, else the highest one.
@@ -206,7 +207,7 @@ class Reader:
         """
         store = self.store
         cands = {
-            r["id"]: r
+            r.id: r
             for r in reg.filter_records(
                 reg.all_records(store), project=project, name=name, only_completed=True
             )
@@ -237,7 +238,7 @@ class Reader:
                 f"no finalized dataset {what} in the local store or on the remote; list them "
                 "with `dsvc search`"
             )
-        return Version(best["id"], best["tree"], best)
+        return Version(best.id, best.tree, best)
 
     # -- metadata ------------------------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from dsvc import codec
+from dsvc import codec, record
 from dsvc.chunker import DEFAULT_PARAMS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,3 +78,40 @@ def test_format_doc_states_the_codec_constants_of_the_code() -> None:
     assert f"(default {codec.DEFAULT_LEVEL})" in text
     assert f"`0x{codec.RAW:02x}` | raw" in text
     assert f"`0x{codec.ZSTD:02x}` | zstd" in text
+
+
+def _record_table() -> dict[str, dict[str, str]]:
+    """docs/format.md §8's field table: field -> {since, type, required, owner, meaning}."""
+    text = (REPO / "docs" / "format.md").read_text(encoding="utf-8")
+    head = f"## 8. Dataset records (record version {record.RECORD_VERSION})"
+    assert head in text, f"docs/format.md must have: {head}"
+    section = text.split(head, 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    out = {}
+    for ln in rows:
+        cells = [c.strip() for c in ln.strip().strip("|").split(" | ")]
+        name, since, typ, required, owner, meaning = cells
+        out[name.strip("`")] = {
+            "since": since,
+            "type": typ,
+            "required": required,
+            "owner": owner,
+            "meaning": meaning,
+        }
+    return out
+
+
+def test_format_doc_lists_every_record_field_of_the_code() -> None:
+    table = _record_table()
+    assert sorted(table) == sorted(record.FIELDS)  # the same fields
+    for name, (_check, default) in record.FIELDS.items():
+        row = table[name]
+        assert (row["required"] == "yes") == (default is record.REQUIRED), name
+        assert 1 <= int(row["since"]) <= record.RECORD_VERSION, name
+    assert {n for n, r in table.items() if r["owner"] == "local"} == set(record.LOCAL_FIELDS)
+    assert {n for n, r in table.items() if r["owner"].endswith("meta")} == set(
+        record.META_FIELDS
+    )
+    # and the dataclass has exactly these fields (plus `extra`, the unknown ones)
+    names = [f.name for f in dataclasses.fields(record.Record)]
+    assert sorted(names) == sorted([*record.FIELDS, "extra"])

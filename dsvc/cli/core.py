@@ -28,13 +28,18 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dsvc import __version__
 from dsvc.cli.render import printable, short  # noqa: F401  (short: re-exported)
 from dsvc.errors import DsvcError, NotFoundError, UsageError
+
+if TYPE_CHECKING:  # imported where used: `dsvc --help` does not load the library
+    from dsvc.dataset import Dataset
+    from dsvc.record import Record
+    from dsvc.store import Store
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -412,7 +417,7 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 # -- the store and dataset lookup ----------------------------------------------------
 
 
-def open_store(*, create: bool = True) -> Any:
+def open_store(*, create: bool = True) -> Store:
     """The store of ``--home``/``$DSVC_HOME``; a read-only command passes ``create=False``
     so that a mistyped home is reported instead of silently becoming a new, empty store."""
     from dsvc import registry
@@ -429,14 +434,14 @@ def open_store(*, create: bool = True) -> Any:
     return registry.open_store()
 
 
-def remember(store: Any, dataset_id: str) -> None:
+def remember(store: Store, dataset_id: str) -> None:
     """Make ``dataset_id`` the default for the next command (clearml-data's state)."""
     from dsvc import registry
 
     store.put_record(registry.LAST_USED, dataset_id)
 
 
-def expand_id(store: Any, text: str) -> str:
+def expand_id(store: Store, text: str) -> str:
     """A full dataset id from a full id or a unique prefix (>= 4 hex chars) of a local
     one, else of one on the default remote."""
     from dsvc import registry
@@ -445,7 +450,7 @@ def expand_id(store: Any, text: str) -> str:
     if registry.get(store, t) is not None or len(t) >= 32:
         return t
     if len(t) >= 4:
-        hits = [r["id"] for r in registry.all_records(store) if r["id"].startswith(t)]
+        hits = [r.id for r in registry.all_records(store) if r.id.startswith(t)]
         if not hits:  # a version only the default remote has (as git's fetched refs)
             hits = [i for i in remote_ids(store) if i.startswith(t)]
         if len(hits) == 1:
@@ -458,19 +463,19 @@ def expand_id(store: Any, text: str) -> str:
     return t
 
 
-def remote_ids(store: Any) -> list[str]:
+def remote_ids(store: Store) -> list[str]:
     """Ids of the default remote's versions ([] without a reachable default remote)."""
     from dsvc.lookup import remote_for
 
     try:
         r = remote_for(store, None)
-        return [] if r is None else [x["id"] for x in r.list_records(store)]
+        return [] if r is None else [x.id for x in r.list_records(store)]
     except DsvcError:
         return []
 
 
 def dataset_id_or_last(
-    store: Any, given: str | None, what: str = "this command", how: str = "--id ID"
+    store: Store, given: str | None, what: str = "this command", how: str = "--id ID"
 ) -> str:
     """``--id`` (expanded), else the last used dataset; a usage error when neither.
 
@@ -497,13 +502,13 @@ def one_id(positional: str | None, option: str | None, what: str) -> str | None:
 
 
 def get_dataset(
-    store: Any,
+    store: Store,
     dataset_id: str | None,
     project: str | None = None,
     name: str | None = None,
     version: str | None = None,
     what: str = "this command",
-) -> Any:
+) -> Dataset:
     """The Dataset for ``--id``, or ``--project/--name[/--version]``, or the last used."""
     from dsvc.dataset import Dataset
 
@@ -540,11 +545,11 @@ WORKERS = click.IntRange(min=1)
 COUNT = click.IntRange(min=0)
 
 
-def dataset_label(rec: dict[str, Any]) -> str:
-    return printable(f"{rec['project']}/{rec['name']} v{rec.get('version')}")
+def dataset_label(rec: Record) -> str:
+    return printable(f"{rec.project}/{rec.name} v{rec.version}")
 
 
-def record_json(rec: dict[str, Any]) -> dict[str, Any]:
+def record_json(rec: Record) -> dict[str, Any]:
     """The public fields of a dataset record (ids as hex, times as ISO 8601)."""
     from dsvc.ids import to_hex
 
@@ -552,24 +557,24 @@ def record_json(rec: dict[str, Any]) -> dict[str, Any]:
         return to_hex(v) if isinstance(v, bytes) else v
 
     return {
-        "id": rec["id"],
-        "project": rec["project"],
-        "name": rec["name"],
-        "version": rec.get("version"),
-        "status": rec["status"],
-        "tags": list(rec.get("tags") or []),
-        "description": rec.get("description") or "",
-        "parents": list(rec.get("parents") or []),
-        "squashed_from": list(rec.get("squashed_from") or []),
-        "created": iso_time(rec.get("created")),
-        "finalized": iso_time(rec.get("finalized")),
-        "commit": hx(rec.get("commit")),
-        "tree": hx(rec.get("tree")),
-        "remote": rec.get("remote"),
+        "id": rec.id,
+        "project": rec.project,
+        "name": rec.name,
+        "version": rec.version,
+        "status": rec.status,
+        "tags": list(rec.tags),
+        "description": rec.description,
+        "parents": list(rec.parents),
+        "squashed_from": list(rec.squashed_from),
+        "created": iso_time(rec.created),
+        "finalized": iso_time(rec.finalized),
+        "commit": hx(rec.commit),
+        "tree": hx(rec.tree),
+        "remote": rec.remote,
     }
 
 
-def tree_size(store: Any, tree: bytes | None) -> int | None:
+def tree_size(store: Store, tree: bytes | None) -> int | None:
     """Total bytes of a version (root tree entries carry their subtree sizes)."""
     if tree is None:
         return None
@@ -596,7 +601,7 @@ def id_option(help_text: str = "Dataset id or unique prefix (default: the last u
     return click.option("--id", "dataset_id", metavar="ID", help=help_text)
 
 
-def dataset_record(store: Any, dataset_id: str) -> dict[str, Any]:
+def dataset_record(store: Store, dataset_id: str) -> Record:
     """The local record of ``dataset_id`` (NotFoundError naming it otherwise)."""
     from dsvc import registry
 

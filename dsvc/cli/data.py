@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -29,6 +29,9 @@ from dsvc.cli.core import (
     say,
 )
 from dsvc.errors import NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from dsvc.dataset import Dataset
 
 # -- create ----------------------------------------------------------------------------
 
@@ -326,7 +329,7 @@ def sync(
 
 
 def _close(
-    ds: Any, storage: str | None, chunk_size: int | None, max_workers: int | None, verbose: bool
+    ds: Dataset, storage: str | None, chunk_size: int | None, max_workers: int | None, verbose: bool
 ) -> None:
     if ds.is_dirty() or storage:
         ds.upload(
@@ -472,7 +475,7 @@ def squash(name: str, ids: tuple[str, ...], storage: str | None, verbose: bool) 
         result(f"Squashed dataset created id={ds.id}")
         say(f"  {dataset_label(rec)} from {plural(len(ids), 'version')}")
         if verbose:
-            for sid in rec.get("squashed_from") or []:
+            for sid in rec.squashed_from:
                 say(f"  squashed {dataset_label(dataset_record(store, sid))} ({sid})")
 
 
@@ -531,7 +534,7 @@ def delete(
     if not dataset_id and not (project and name):
         raise UsageError("delete needs --id, or --project and --name")
     did = expand_id(store, dataset_id) if dataset_id else None
-    before = {r["id"] for r in reg.all_records(store)}
+    before = {r.id for r in reg.all_records(store)}
     Dataset.delete(
         dataset_id=did,
         dataset_project=project,
@@ -541,7 +544,7 @@ def delete(
         force=force,
         remote=(remote_spec or True) if remote_spec is not None else None,
     )
-    gone = before - {r["id"] for r in reg.all_records(store)}
+    gone = before - {r.id for r in reg.all_records(store)}
     if last_used(store) in gone:
         store.delete_record(reg.LAST_USED)
     result(f"Deleted {plural(len(gone), 'dataset version')}")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -39,11 +39,16 @@ from dsvc.cli.core import (
 from dsvc.cli.render import printable, render_dot, render_mermaid, render_svg, render_text
 from dsvc.errors import ConfigError, DsvcError, NotFoundError, UsageError
 
+if TYPE_CHECKING:
+    from dsvc.record import Record
+    from dsvc.remote.client import Remote
+    from dsvc.store import Store
+
 # -- looking versions up without moving "last used" ----------------------------------------
 
 
 @contextmanager
-def keep_last_used(store: Any) -> Iterator[None]:
+def keep_last_used(store: Store) -> Iterator[None]:
     from dsvc import registry as reg
     from dsvc.dataset import last_used
 
@@ -58,7 +63,7 @@ def keep_last_used(store: Any) -> Iterator[None]:
                 store.delete_record(reg.LAST_USED)
 
 
-def resolve_version(store: Any, text: str) -> dict[str, Any]:
+def resolve_version(store: Store, text: str) -> Record:
     """The record of ``ID``, a unique id prefix, or ``PROJECT/NAME[@VERSION]``.
 
     Looks locally, then on the default remote (importing the record's metadata).
@@ -79,7 +84,7 @@ def resolve_version(store: Any, text: str) -> dict[str, Any]:
         return reg.require(store, ds.id)
 
 
-def _default_remote(store: Any) -> Any:
+def _default_remote(store: Store) -> Remote | None:
     from dsvc.remote import client
 
     try:
@@ -89,7 +94,7 @@ def _default_remote(store: Any) -> Any:
         return None
 
 
-def _record(store: Any, dataset_id: str, remote: Any) -> dict[str, Any] | None:
+def _record(store: Store, dataset_id: str, remote: Remote | None) -> Record | None:
     from dsvc import registry as reg
 
     rec = reg.get(store, dataset_id)
@@ -104,7 +109,7 @@ def _record(store: Any, dataset_id: str, remote: Any) -> dict[str, Any] | None:
 # -- diff ----------------------------------------------------------------------------------
 
 
-def diff_versions(store: Any, a: bytes, b: bytes) -> dict[str, list[dict[str, Any]]]:
+def diff_versions(store: Store, a: bytes, b: bytes) -> dict[str, list[dict[str, Any]]]:
     """Changes from tree ``a`` to tree ``b`` as ``{added, removed, modified}`` lists."""
     from dsvc.treeops import Trees, diff
 
@@ -120,13 +125,13 @@ def diff_versions(store: Any, a: bytes, b: bytes) -> dict[str, list[dict[str, An
     return out
 
 
-def version_files(store: Any, tree: bytes) -> dict[str, tuple[bytes, int]]:
+def version_files(store: Store, tree: bytes) -> dict[str, tuple[bytes, int]]:
     from dsvc.treeops import Trees, walk
 
     return {"/".join(p): (e.id, e.size) for p, e in walk(Trees(store), tree)}
 
 
-def folder_files(store: Any, folder: str) -> dict[str, tuple[bytes, int]]:
+def folder_files(store: Store, folder: str) -> dict[str, tuple[bytes, int]]:
     """``path -> (content id, size)`` of a folder, hashed the way ``add`` would store it
     (stat cache first, so unchanged files already added are not read). Stores nothing."""
     from dsvc.ingest import content_id, scan, stat_cache_entries
@@ -316,30 +321,30 @@ def log(
         if project or name:
             raise UsageError("log needs both --project and --name (or --id)")
         rec = resolve_version(store, dataset_id or dataset_id_or_last(store, None, "log", "ID"))
-        project, name = rec["project"], rec["name"]
+        project, name = rec.project, rec.name
     recs = {
-        r["id"]: r for r in reg.filter_records(reg.all_records(store), project=project, name=name)
+        r.id: r for r in reg.filter_records(reg.all_records(store), project=project, name=name)
     }
     remote = _default_remote(store)
     remote_only: set[str] = set()
     if remote is not None:
         try:
             for r in reg.filter_records(remote.list_records(store), project=project, name=name):
-                if r["id"] not in recs:
-                    recs[r["id"]] = r
-                    remote_only.add(r["id"])
+                if r.id not in recs:
+                    recs[r.id] = r
+                    remote_only.add(r.id)
         except DsvcError as e:
             say(f"dsvc: warning: remote versions not listed: {e}", err=True)
     if not recs:
         raise NotFoundError(f"no dataset {project}/{name}; see `dsvc search`")
-    ordered = sorted(recs.values(), key=lambda r: r["created"], reverse=True)[:max_count]
+    ordered = sorted(recs.values(), key=lambda r: r.created, reverse=True)[:max_count]
     if as_json:
         emit_json(
             [
                 {
                     **record_json(r),
-                    "size": tree_size(store, r.get("tree")),
-                    "local": r["id"] not in remote_only,
+                    "size": tree_size(store, r.tree),
+                    "local": r.id not in remote_only,
                 }
                 for r in ordered
             ]
@@ -349,13 +354,13 @@ def log(
         table(
             [
                 (
-                    short(r["id"]),
-                    r.get("version"),
-                    r["status"] + (" (remote)" if r["id"] in remote_only else ""),
-                    human_time(r["created"]),
-                    human_size(tree_size(store, r.get("tree"))),
-                    (r.get("description") or "").splitlines()[0][:50]
-                    if r.get("description")
+                    short(r.id),
+                    r.version,
+                    r.status + (" (remote)" if r.id in remote_only else ""),
+                    human_time(r.created),
+                    human_size(tree_size(store, r.tree)),
+                    (r.description or "").splitlines()[0][:50]
+                    if r.description
                     else "",
                 )
                 for r in ordered
@@ -366,23 +371,23 @@ def log(
         return
     color = sys.stdout.isatty()
     for i, r in enumerate(ordered):
-        head = f"dataset {r['id']}  {dataset_label(r)}  ({r['status']})"
-        if r["id"] in remote_only:
+        head = f"dataset {r.id}  {dataset_label(r)}  ({r.status})"
+        if r.id in remote_only:
             head += "  [remote]"
         click.echo(click.style(head, fg="yellow") if color else head)
-        click.echo(f"Created: {human_time(r['created'])}")
-        size = tree_size(store, r.get("tree"))
+        click.echo(f"Created: {human_time(r.created)}")
+        size = tree_size(store, r.tree)
         if size is not None:
             click.echo(f"Size:    {human_size(size)}")
-        if r.get("parents"):
-            click.echo(f"Parents: {' '.join(r['parents'])}")
-        if r.get("squashed_from"):
-            click.echo(f"Squash:  {' '.join(r['squashed_from'])}")
-        if r.get("tags"):
-            click.echo(f"Tags:    {printable(', '.join(r['tags']))}")
-        if r.get("description"):
+        if r.parents:
+            click.echo(f"Parents: {' '.join(r.parents)}")
+        if r.squashed_from:
+            click.echo(f"Squash:  {' '.join(r.squashed_from)}")
+        if r.tags:
+            click.echo(f"Tags:    {printable(', '.join(r.tags))}")
+        if r.description:
             click.echo("")
-            for line in r["description"].splitlines():
+            for line in r.description.splitlines():
                 click.echo(f"    {printable(line)}")
         if i < len(ordered) - 1:
             click.echo("")
@@ -392,13 +397,13 @@ def log(
 
 
 def lineage(
-    store: Any, root_id: str
-) -> tuple[dict[str, dict[str, Any] | None], list[tuple[str, str, str]]]:
+    store: Store, root_id: str
+) -> tuple[dict[str, Record | None], list[tuple[str, str, str]]]:
     """Nodes (id -> record or None when unknown) and edges (parent, child, kind) of the
     versions ``root_id`` descends from, through parents and squash sources."""
     remote = None
     remote_tried = False
-    nodes: dict[str, dict[str, Any] | None] = {}
+    nodes: dict[str, Record | None] = {}
     edges: list[tuple[str, str, str]] = []
     todo = [root_id]
     while todo:
@@ -415,10 +420,10 @@ def lineage(
         nodes[did] = rec
         if rec is None:
             continue
-        for p in rec.get("parents") or []:
+        for p in rec.parents:
             edges.append((p, did, "parent"))
             todo.append(p)
-        for s in rec.get("squashed_from") or []:
+        for s in rec.squashed_from:
             edges.append((s, did, "squash"))
             todo.append(s)
     return nodes, edges
@@ -474,13 +479,13 @@ def graph(
         raise UsageError("graph needs both --project and --name (or --id)")
     else:
         rec = resolve_version(store, dataset_id or dataset_id_or_last(store, None, "graph"))
-    nodes, edges = lineage(store, rec["id"])
+    nodes, edges = lineage(store, rec.id)
     if as_json and fmt != "text":
         raise UsageError(f"--json prints the graph as JSON; it does not go with --format {fmt}")
     if as_json:
         emit_json(
             {
-                "root": rec["id"],
+                "root": rec.id,
                 "nodes": [
                     {"id": k, **({} if v is None else record_json(v))} for k, v in nodes.items()
                 ],
@@ -490,7 +495,7 @@ def graph(
         return
     if fmt in ("text", "dot", "mermaid"):
         text = {
-            "text": lambda: render_text(rec["id"], nodes, edges) + "\n",
+            "text": lambda: render_text(rec.id, nodes, edges) + "\n",
             "dot": lambda: render_dot(nodes, edges),
             "mermaid": lambda: render_mermaid(nodes, edges),
         }[fmt]()
@@ -501,7 +506,7 @@ def graph(
         else:
             click.echo(text, nl=False)
         return
-    out = os.path.abspath(output or f"dsvc-graph-{short(rec['id'])}.{fmt}")
+    out = os.path.abspath(output or f"dsvc-graph-{short(rec.id)}.{fmt}")
     dot_bin = shutil.which("dot")
     if dot_bin:
         proc = subprocess.run(

@@ -100,7 +100,7 @@ def list_cmd(
         emit_json(rows)
         return
     rec = dataset_record(store, ds.id)
-    say(f"{dataset_label(rec)} ({rec['id']}, {rec['status']})")
+    say(f"{dataset_label(rec)} ({rec.id}, {rec.status})")
     headers = ["STATUS", "SIZE", "HASH", "PATH"] if modified else ["SIZE", "HASH", "PATH"]
     table(
         [
@@ -244,9 +244,11 @@ def get(
     ds = get_dataset(store, dataset_id, project, name, version, "get")
     t0 = time.monotonic()
     if copy_to:
-        path = ds.get_mutable_local_copy(
+        copied = ds.get_mutable_local_copy(
             copy_to, overwrite=overwrite, part=part, num_parts=num_parts, max_workers=max_workers
         )
+        assert copied is not None  # None only with raise_on_error=False
+        path = copied
     else:
         path = ds.get_local_copy(part=part, num_parts=num_parts, max_workers=max_workers)
         if link_to:

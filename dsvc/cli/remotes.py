@@ -30,10 +30,13 @@ from dsvc.cli.core import (
 from dsvc.errors import ConfigError, DsvcError, NotFoundError, StateError
 
 if TYPE_CHECKING:
+    from dsvc.objects import Entry
+    from dsvc.record import Record
     from dsvc.remote.client import Remote
+    from dsvc.store import Store
 
 
-def remote_for(store: Any, spec: str | None) -> Any:
+def remote_for(store: Store, spec: str | None) -> Remote:
     """The remote ``spec`` names (None: the default); a config error when there is none."""
     from dsvc.remote import client
 
@@ -129,7 +132,7 @@ def _absolute(url: str) -> str:
     return url
 
 
-def _require_repo(store: Any, r: Any, init_hint: str) -> None:
+def _require_repo(store: Store, r: Remote, init_hint: str) -> None:
     """Refuse a remote that holds no dsvc repository (a typo, or a remote never started)."""
     if not r.ensure_repo(store, create=False):
         raise NotFoundError(
@@ -329,14 +332,14 @@ def push(
     if ids:
         recs = [reg.require(store, expand_id(store, i)) for i in ids]
         for rec in recs:
-            if rec["status"] not in reg.COMPLETED_STATES:
+            if rec.status not in reg.COMPLETED_STATES:
                 raise StateError(
-                    f"dataset {rec['id']} is a draft; close it (`dsvc close --id {rec['id']}`) "
+                    f"dataset {rec.id} is a draft; close it (`dsvc close --id {rec.id}`) "
                     "before pushing"
                 )
     else:
-        recs = [x for x in reg.all_records(store) if x["status"] in reg.COMPLETED_STATES]
-        recs.sort(key=lambda x: x["created"])
+        recs = [x for x in reg.all_records(store) if x.status in reg.COMPLETED_STATES]
+        recs.sort(key=lambda x: x.created)
     if not recs:
         say("nothing to push: no finalized dataset (close one with `dsvc close`)", err=True)
         if as_json:
@@ -358,13 +361,13 @@ def push(
     t0 = time.monotonic()
     packs = objects = chunks = sent = 0
     for rec in recs:
-        st = r.push_dataset(store, rec["id"], show_progress=not is_quiet())
+        st = r.push_dataset(store, rec.id, show_progress=not is_quiet())
         packs += st.packs
         objects += st.objects
         chunks += st.chunks
         sent += st.bytes_sent
         say(
-            f"  {short(rec['id'])} {dataset_label(rec)}: "
+            f"  {short(rec.id)} {dataset_label(rec)}: "
             f"{plural(st.objects, 'object')}, {human_size(st.bytes_sent)}",
             err=True,
         )
@@ -391,7 +394,7 @@ def push(
     )
 
 
-def _push_dry_run(store: Any, r: Any, ids: list[str], as_json: bool) -> None:
+def _push_dry_run(store: Store, r: Remote, ids: list[str], as_json: bool) -> None:
     """``push --dry-run``: what would be sent, from the remote's indexes; nothing written."""
     exists = r.ensure_repo(store, create=False)
     plan = r.plan_push(store, ids)
@@ -424,7 +427,7 @@ def _push_dry_run(store: Any, r: Any, ids: list[str], as_json: bool) -> None:
         say(f"  {short(did)} {dataset_label(rec)}")
 
 
-def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _fetch_records(store: Store, r: Remote) -> tuple[list[Record], list[Record]]:
     """Import the remote's records missing locally; returns (all remote, newly imported)."""
     from dsvc import registry as reg
 
@@ -432,14 +435,14 @@ def _fetch_records(store: Any, r: Any) -> tuple[list[dict[str, Any]], list[dict[
     remote_recs = r.list_records(store)
     new = []
     for rec in remote_recs:
-        if reg.get(store, rec["id"]) is None:
+        if reg.get(store, rec.id) is None:
             new.append(r.import_record(store, rec))
-        elif rec.get("commit") is not None:
-            r.sync_meta(store, rec["id"])  # tags, description, status... (per field)
+        elif rec.commit is not None:
+            r.sync_meta(store, rec.id)  # tags, description, status... (per field)
     return remote_recs, new
 
 
-def _missing_entries(store: Any, tree: bytes) -> list[Any]:
+def _missing_entries(store: Store, tree: bytes) -> list[Entry]:
     """The files of ``tree`` whose content is not local (``Store.missing_content``, in
     batches: memory stays bounded by the batch, not the version)."""
     from itertools import islice
@@ -470,8 +473,8 @@ def fetch(remote_spec: str | None, as_json: bool) -> None:
         emit_json(
             {
                 "remote": r.url,
-                "datasets": [x["id"] for x in remote_recs],
-                "new": [x["id"] for x in new],
+                "datasets": [x.id for x in remote_recs],
+                "new": [x.id for x in new],
             }
         )
         return
@@ -509,7 +512,7 @@ def pull(
     r = remote_for(store, remote_spec)
     t0 = time.monotonic()
     remote_recs, new = _fetch_records(store, r)
-    wanted = [expand_id(store, i) for i in ids] if ids else [x["id"] for x in remote_recs]
+    wanted = [expand_id(store, i) for i in ids] if ids else [x.id for x in remote_recs]
     files = nbytes = 0
     for did in wanted:
         rec = reg.get(store, did)
@@ -518,7 +521,7 @@ def pull(
             if rec is None:
                 raise NotFoundError(f"dataset {did} is not on remote {_remote_name(r)}")
             rec = r.import_record(store, rec)
-        missing = _missing_entries(store, rec["tree"])
+        missing = _missing_entries(store, rec.tree)
         if missing:
             r.fetch_files(store, missing, max_workers=max_workers, show_progress=not is_quiet())
             files += len(missing)
@@ -528,7 +531,7 @@ def pull(
         emit_json(
             {
                 "remote": r.url,
-                "new": [x["id"] for x in new],
+                "new": [x.id for x in new],
                 "datasets": wanted,
                 "files": files,
                 "bytes": nbytes,

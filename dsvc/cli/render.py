@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
+
+if TYPE_CHECKING:
+    from dsvc.record import Record
 
 # C0 controls (ESC starts CSI/OSC sequences, BEL ends OSC), DEL, C1 controls (0x9b is a
 # one-byte CSI, 0x9d a one-byte OSC) and the bidirectional overrides that make text read
@@ -38,16 +42,16 @@ def short(dataset_id: str | None) -> str:
     return (dataset_id or "-")[:8]
 
 
-def _label(did: str, rec: dict[str, Any] | None) -> tuple[str, str]:
+def _label(did: str, rec: Record | None) -> tuple[str, str]:
     if rec is None:
         return f"{short(did)} (not found)", ""
     return (
-        printable(f"{rec['project']}/{rec['name']} v{rec.get('version')}"),
-        f"{printable(rec['status'])} · {short(did)}",
+        printable(f"{rec.project}/{rec.name} v{rec.version}"),
+        f"{printable(rec.status)} · {short(did)}",
     )
 
 
-def render_text(root: str, nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+def render_text(root: str, nodes: Mapping[str, Record | None], edges: list[tuple[str, str, str]]) -> str:
     """The DAG as an indented tree from the version down to its ancestors."""
     enc = (getattr(sys.stdout, "encoding", None) or "ascii").lower()
     fancy = "utf" in enc
@@ -84,7 +88,7 @@ def render_text(root: str, nodes: dict[str, Any], edges: list[tuple[str, str, st
     return "\n".join(lines)
 
 
-def render_dot(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+def render_dot(nodes: Mapping[str, Record | None], edges: list[tuple[str, str, str]]) -> str:
     out = [
         "digraph dsvc {",
         '  rankdir=TB; node [shape=box, style="rounded,filled", fillcolor="#eef3fb", '
@@ -101,7 +105,7 @@ def render_dot(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_mermaid(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+def render_mermaid(nodes: Mapping[str, Record | None], edges: list[tuple[str, str, str]]) -> str:
     out = ["graph TD"]
     for did, rec in nodes.items():
         title, sub = _label(did, rec)
@@ -113,7 +117,7 @@ def render_mermaid(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> 
     return "\n".join(out) + "\n"
 
 
-def render_svg(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
+def render_svg(nodes: Mapping[str, Record | None], edges: list[tuple[str, str, str]]) -> str:
     """A layered drawing (oldest on top) for when Graphviz is not installed."""
     ups: dict[str, list[str]] = {}
     for p, c, _ in edges:
@@ -143,7 +147,7 @@ def render_svg(nodes: dict[str, Any], edges: list[tuple[str, str, str]]) -> str:
     for n in nodes:
         d(n)
     rows: dict[int, list[str]] = {}
-    for n in sorted(nodes, key=lambda n: ((nodes[n] or {}).get("created") or 0, n)):
+    for n in sorted(nodes, key=lambda n: (r.created if (r := nodes[n]) else 0, n)):
         rows.setdefault(depth[n], []).append(n)
     bw, bh, gx, gy, m = 230, 46, 30, 50, 20
     width = max(len(r) for r in rows.values()) * (bw + gx) - gx + 2 * m

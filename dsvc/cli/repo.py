@@ -25,7 +25,7 @@ from dsvc.cli.remotes import fsck_remote, remote_for
 from dsvc.cli.render import printable
 from dsvc.codec import DEFAULT_LEVEL
 from dsvc.errors import IntegrityError, NotFoundError, StoreCorruptError, UsageError
-from dsvc.store import corrupt_message
+from dsvc.store import Store, corrupt_message
 
 # -- init ----------------------------------------------------------------------------------
 
@@ -383,7 +383,7 @@ def config() -> None:
     """
 
 
-def _all_config(store: Any) -> dict[str, Any]:
+def _all_config(store: Store) -> dict[str, Any]:
     with store.reader() as r:
         out = dict(r.config_items())
     if "remotes" in out:

@@ -157,8 +157,8 @@ class RemoteCheck(RemoteRefs):
         out["absent"] = sorted(to_hex(o) for o in absent)
         out["incomplete"] = len(incomplete)
         for rec in self.list_records(store):
-            if rec.get("commit") in above or rec.get("commit") in absent or rec["tree"] in above:
-                out["datasets"].append(rec["id"])
+            if rec.commit in above or rec.commit in absent or rec.tree in above:
+                out["datasets"].append(rec.id)
         out["ok"] = not (absent or out["bad_indexes"])
         if mark:
             self.ensure_repo(store, create=True)

@@ -67,10 +67,10 @@ class RemoteGc(RemoteRefs):
         # gc from sweeping it before _reach has read it
         with store.lease(f"gc {self.url}", announce=False):
             for rec in self.list_records(store, strict=True):
-                commits = [rec["commit"]] if rec.get("commit") else []
-                self.fetch_metadata(store, rec["tree"], commits)
-                reachable.add(rec["commit"])
-                _reach(store, rec["tree"], reachable)
+                commits = [rec.commit] if rec.commit else []
+                self.fetch_metadata(store, rec.tree, commits)
+                reachable.update(commits)
+                _reach(store, rec.tree, reachable)
 
         def mark() -> tuple[GcStats, int, dict[str, tuple[Any, Any, list]]]:
             """Mark and plan the sweep, then commit marks and the sweep list by CAS

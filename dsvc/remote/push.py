@@ -27,15 +27,14 @@ from dsvc.remote.packs import (
     decode_index,
     pack_name,
 )
-from dsvc.remote.refs import RemoteRefs
+from dsvc.remote.refs import RemoteRefs, local_record
 from dsvc.remote.repo import DEFAULT_WORKERS, _encode
-from dsvc.store import RECORD_PREFIX, Store
+from dsvc.store import Store
 
 DEFAULT_PACK_MB = 64
 #: bound on pack bytes a push holds in memory at once
 PUSH_MEMORY = 256 << 20
 #: records we drop before publishing (local bookkeeping only)
-_LOCAL_FIELDS = ("uploaded_tree", "remote")
 
 
 @dataclass
@@ -60,9 +59,9 @@ class PushPlan:
     bytes: int
 
 
-def _label(record: dict[str, Any]) -> str:
+def _label(record: Record) -> str:
     """How errors name a dataset version."""
-    return f"dataset {record.get('project')}/{record.get('name')} ({record.get('id')})"
+    return f"dataset {record.project}/{record.name} ({record.id})"
 
 
 class _Damaged(Exception):
@@ -312,28 +311,28 @@ class RemotePush(RemoteRefs):
         """Make a finalized version visible: content and commit (whatever the remote lacks
         of them), record (create-only), then its ref. Idempotent: nothing is skipped on
         the word of the local cache alone (the record's presence is asked of the remote)."""
-        commit = record["commit"]
+        commit = record.commit
         stats = self.push_tree(
             store,
-            record["tree"],
+            record.tree,
             show_progress=show_progress,
             extra_objects=[commit],
             label=_label(record),
             refresh=refresh,
         )
-        rec = {k: v for k, v in record.items() if k not in _LOCAL_FIELDS}
-        key = f"datasets/{rec['id']}"
+        rec = record.published()
+        key = f"datasets/{record.id}"
         Record.from_dict(rec, key, finalized=True)  # never publish what readers refuse
         if not self.backend.create(key, _encode(rec)):
             got = self.backend.get(key, limit=MAX_RECORD_BYTES)
-            existing = Record.from_msgpack(got, key, expect_id=rec["id"])
+            existing = Record.from_msgpack(got, key, expect_id=record.id)
             if existing.commit != commit:
                 raise ConflictError(
-                    f"remote {self.url} already has dataset {rec['id']} with another commit"
+                    f"remote {self.url} already has dataset {record.id} with another commit"
                 )
         with store.batch() as b:  # re-read on the next get_record
-            b.delete_remote(self._record_cache_key(rec["id"]))
-        self.update_ref(rec["project"], rec["name"], rec["id"], rec.get("version"))
+            b.delete_remote(self._record_cache_key(record.id))
+        self.update_ref(record.project, record.name, record.id, record.version)
         return stats
 
     def push_dataset(
@@ -350,7 +349,7 @@ class RemotePush(RemoteRefs):
         self.refresh_index(store)
         for rec in order:
             s = self.publish(store, rec, show_progress=show_progress, refresh=False)
-            self.sync_meta(store, rec["id"])  # tags, description, status... changed since
+            self.sync_meta(store, rec.id)  # tags, description, status... changed since
             total.packs += s.packs
             total.objects += s.objects
             total.chunks += s.chunks
@@ -379,21 +378,21 @@ class RemotePush(RemoteRefs):
         )
 
 
-def _push_order(store: Store, dataset_ids: Sequence[str]) -> list[dict[str, Any]]:
+def _push_order(store: Store, dataset_ids: Sequence[str]) -> list[Record]:
     """The local records of ``dataset_ids`` and their local ancestors, parents first."""
-    order: list[dict[str, Any]] = []
+    order: list[Record] = []
     seen: set[str] = set()
 
     def visit(did: str) -> None:
         if did in seen:
             return
         seen.add(did)
-        rec = store.get_record(RECORD_PREFIX + did)
+        rec = local_record(store, did)
         if rec is None:
             return  # a parent known only remotely is already there
-        if rec.get("commit") is None:  # a state problem, not a configuration one
+        if rec.commit is None:  # a state problem, not a configuration one
             raise StateError(f"dataset {did} is a draft; finalize it before pushing")
-        for p in rec.get("parents") or []:
+        for p in rec.parents:
             visit(p)
         order.append(rec)
 

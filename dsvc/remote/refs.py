@@ -19,6 +19,7 @@ from dsvc.record import (
     is_dataset_id,
     parse_ref,
 )
+from dsvc.record import META_FIELDS as RECORD_META_FIELDS
 from dsvc.remote.fetch import RemoteFetch
 from dsvc.remote.repo import DEFAULT_WORKERS, _decode, _encode, _warn_once
 from dsvc.retry import cas_retry
@@ -26,7 +27,7 @@ from dsvc.store import RECORD_PREFIX, Store
 
 #: mutable metadata of a version lives in ``meta/<id>`` (docs/remote-protocol.md §11);
 #: each field is merged on its own, the later timestamp wins
-META_FIELDS = ("name", "project", "version", "tags", "description", "status", "deleted")
+META_FIELDS = (*RECORD_META_FIELDS, "deleted")
 MAX_META_BYTES = 16 << 20
 
 
@@ -79,8 +80,17 @@ def _merge_meta(
     return out
 
 
-def _apply_meta(rec: dict[str, Any], meta: dict[str, tuple[Any, int]]) -> dict[str, Any]:
-    return {**rec, **{f: v for f, (v, _t) in meta.items() if f != "deleted"}}
+def local_record(store: Store, dataset_id: str) -> Record | None:
+    """This store's record of ``dataset_id`` (the registry's, read below that layer)."""
+    key = RECORD_PREFIX + dataset_id
+    raw = store.get_record(key)
+    return None if raw is None else Record.from_dict(raw, key)
+
+
+def _apply_meta(rec: Record, meta: dict[str, tuple[Any, int]], key: str) -> Record:
+    """``rec`` with the remote's metadata values, checked as record fields."""
+    changes = {f: v for f, (v, _t) in meta.items() if f != "deleted"}
+    return Record.from_dict({**rec.to_dict(), **changes}, key) if changes else rec
 
 
 class RemoteRefs(RemoteFetch):
@@ -109,9 +119,7 @@ class RemoteRefs(RemoteFetch):
     def _record_cache_key(self, dataset_id: str) -> bytes:
         return self.index.prefix + b"r/" + dataset_id.encode()
 
-    def get_record(
-        self, store: Store, dataset_id: str, meta_etag: Any = None
-    ) -> dict[str, Any] | None:
+    def get_record(self, store: Store, dataset_id: str, meta_etag: Any = None) -> Record | None:
         """The remote's record of ``dataset_id`` (records are immutable: cached), checked
         field by field (:class:`~dsvc.record.Record`): IntegrityError names a bad one."""
         if not is_dataset_id(dataset_id):
@@ -127,15 +135,14 @@ class RemoteRefs(RemoteFetch):
             if got is None:
                 return None
             raw = got[0]
-        rec = Record.from_msgpack(raw, key, expect_id=dataset_id, finalized=True).to_dict()
+        rec = Record.from_msgpack(raw, key, expect_id=dataset_id, finalized=True)
         if not cached:  # only checked records are cached
             with store.batch() as b:
                 b.put_remote(self._record_cache_key(dataset_id), raw)
-        rec["remote"] = self.url
         meta = self._read_meta(store, dataset_id, meta_etag)[0]
         if meta.get("deleted", (False, 0))[0]:
             return None  # deleted from this remote (Remote.delete_dataset)
-        return _apply_meta(rec, meta)
+        return _apply_meta(rec.replace(remote=self.url), meta, f"meta/{dataset_id}")
 
     def _read_meta(
         self, store: Store, dataset_id: str, etag: Any = None
@@ -180,7 +187,7 @@ class RemoteRefs(RemoteFetch):
 
         return cas_retry(attempt, f"remote {self.url}: {key} is too contended; try again")
 
-    def sync_meta(self, store: Store, dataset_id: str) -> dict[str, Any] | None:
+    def sync_meta(self, store: Store, dataset_id: str) -> Record | None:
         """Exchange the mutable metadata (name, project, version, tags, description,
         status) of a finalized version with the remote: fields changed locally since
         the last exchange are written (stamped with the local record's ``modified``
@@ -190,11 +197,11 @@ class RemoteRefs(RemoteFetch):
         lkey = RECORD_PREFIX + dataset_id
         local = store.get_record(lkey)
         if local is None or local.get("commit") is None:
-            return local
+            return None if local is None else Record.from_dict(local, lkey)
         remote_rec = self.get_record(store, dataset_id)
         base = self._meta_base(store, dataset_id)
         if base is None and remote_rec is not None:
-            base = {f: (remote_rec.get(f), 0) for f in META_FIELDS if f != "deleted"}
+            base = {f: (getattr(remote_rec, f), 0) for f in META_FIELDS if f != "deleted"}
         base = base or {}
         stamp = int(local.get("modified") or time.time_ns())
         change = {
@@ -217,10 +224,10 @@ class RemoteRefs(RemoteFetch):
         if not cas_retry(adopt, f"dataset {dataset_id}: too many concurrent updates, try again"):
             return None
         self._save_base(store, dataset_id, merged)
-        out = store.get_record(lkey)
+        out = local_record(store, dataset_id)
         if out is not None and ({"name", "project", "version"} & change.keys()):
             # list it under its new name (or version) too: lookups by name read the ref
-            self.update_ref(out["project"], out["name"], dataset_id, out.get("version"))
+            self.update_ref(out.project, out.name, dataset_id, out.version)
         return out
 
     def _save_base(self, store: Store, dataset_id: str, meta: dict[str, tuple[Any, int]]) -> None:
@@ -242,7 +249,7 @@ class RemoteRefs(RemoteFetch):
             raise NotFoundError(f"dataset {dataset_id} is not on remote {self.url}")
         self._write_meta(store, dataset_id, {"deleted": (True, time.time_ns())})
 
-    def list_records(self, store: Store, *, strict: bool = False) -> list[dict[str, Any]]:
+    def list_records(self, store: Store, *, strict: bool = False) -> list[Record]:
         """Every dataset record on the remote (new ones fetched in parallel).
 
         A malformed record (or a key under ``datasets/`` that is not a dataset id) is
@@ -256,7 +263,7 @@ class RemoteRefs(RemoteFetch):
         # one listing tells which metadata documents changed since they were cached
         metas = {i.key[len("meta/") :]: i.version.etag for i in self.backend.list("meta/")}
 
-        def one(did: str) -> dict[str, Any] | None:
+        def one(did: str) -> Record | None:
             try:
                 if not is_dataset_id(did):
                     raise IntegrityError(
@@ -275,23 +282,25 @@ class RemoteRefs(RemoteFetch):
             recs = list(pool.map(one, ids))
         return [r for r in recs if r is not None]
 
-    def import_record(self, store: Store, record: dict[str, Any]) -> dict[str, Any]:
+    def import_record(self, store: Store, record: Record) -> Record:
         """Copy a remote record and its metadata (commit, trees, blobs) into the local store
         so the version can be looked up and listed offline; content stays remote until
         a local copy needs it. Returns the local record."""
-        key = RECORD_PREFIX + record["id"]
+        key = RECORD_PREFIX + record.id
         # the local record's id names folders (the cached copy): only a checked one lands
-        Record.from_dict(record, f"datasets/{record['id']}", finalized=True)
+        # (finalized: what a remote may hold)
+        Record.from_dict(record.to_dict(), f"datasets/{record.id}", finalized=True)
         # the lease keeps local gc from sweeping the metadata before the record names it
-        with store.lease(f"import {record['id']}", announce=False):
-            self.fetch_metadata(
-                store, record["tree"], [record["commit"]] if record.get("commit") else []
-            )
-            local = {**record, "remote": self.url, "uploaded_tree": record["tree"]}
+        with store.lease(f"import {record.id}", announce=False):
+            self.fetch_metadata(store, record.tree, [record.commit] if record.commit else [])
+            local = record.replace(remote=self.url, uploaded_tree=record.tree)
             try:
-                store.cas_record(key, None, local)
+                store.cas_record(key, None, local.to_dict())
                 # the metadata as imported is what later local edits are compared with
-                self._save_base(store, record["id"], {f: (record.get(f), 0) for f in META_FIELDS})
+                self._save_base(
+                    store, record.id, {f: (getattr(record, f, None), 0) for f in META_FIELDS}
+                )
             except ConflictError:
                 pass  # already imported (by us or a concurrent process)
-        return store.get_record(key)
+        out = local_record(store, record.id)
+        return out if out is not None else local  # deleted meanwhile: what was imported
