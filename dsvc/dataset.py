@@ -18,10 +18,10 @@ import io
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from dsvc import external, reports
 from dsvc import registry as reg
@@ -204,7 +204,7 @@ class Dataset:
     Get instances through :meth:`create`, :meth:`get` or :meth:`squash`.
     """
 
-    def __init__(self, store: Store, record: dict[str, Any]) -> None:
+    def __init__(self, store: Store, record: Record) -> None:
         self._store = store
         self._rec = record
         # dataset path -> source file, for what add_files added through this object
@@ -214,69 +214,69 @@ class Dataset:
 
     # -- identity ------------------------------------------------------------------
 
-    def _refresh(self) -> dict[str, Any]:
-        self._rec = reg.require(self._store, self._rec["id"])
+    def _refresh(self) -> Record:
+        self._rec = reg.require(self._store, self._rec.id)
         return self._rec
 
     @property
     def id(self) -> str:
         """Stable 32-hex id, available from ``create`` on."""
-        return self._rec["id"]
+        return self._rec.id
 
     @property
     def name(self) -> str:
-        return self._refresh()["name"]
+        return self._refresh().name
 
     @property
     def project(self) -> str:
-        return self._refresh()["project"]
+        return self._refresh().project
 
     @property
-    def version(self) -> str:
-        return self._refresh()["version"]
+    def version(self) -> str | None:
+        return self._refresh().version
 
     @version.setter
     def version(self, value: str) -> None:
-        self._update(lambda r: {**r, "version": str(value)}, allow_final=True)
+        self._update(lambda r: r.replace(version=str(value)), allow_final=True)
 
     @property
     def tags(self) -> list[str]:
-        return list(self._refresh().get("tags") or [])
+        return list(self._refresh().tags or [])
 
     @tags.setter
     def tags(self, values: Sequence[str] | None) -> None:
         new = _as_list(values)  # ClearML: ``ds.tags = None`` clears the tags
-        self._update(lambda r: {**r, "tags": new}, allow_final=True)
+        self._update(lambda r: r.replace(tags=new), allow_final=True)
 
     def add_tags(self, tags: str | Sequence[str]) -> None:
         """Add tags (kept unique, in order)."""
         new = _as_list(tags)
         self._update(
-            lambda r: {**r, "tags": list(dict.fromkeys([*r.get("tags", []), *new]))},
+            lambda r: r.replace(tags=list(dict.fromkeys([*r.tags, *new]))),
             allow_final=True,
         )
 
     def remove_tags(self, tags: str | Sequence[str]) -> None:
         drop = set(_as_list(tags))
         self._update(
-            lambda r: {**r, "tags": [t for t in r.get("tags", []) if t not in drop]},
+            lambda r: r.replace(tags=[t for t in r.tags if t not in drop]),
             allow_final=True,
         )
 
     @property
     def description(self) -> str:
-        return self._refresh().get("description") or ""
+        return self._refresh().description or ""
 
     def set_description(self, description: str) -> None:
-        self._update(lambda r: {**r, "description": str(description)}, allow_final=True)
+        self._update(lambda r: r.replace(description=str(description)), allow_final=True)
 
     @property
     def status(self) -> str:
-        return self._refresh()["status"]
+        return self._refresh().status
 
     def is_final(self) -> bool:
         """True once the dataset is finalized (or published)."""
-        return self._refresh()["status"] in reg.COMPLETED_STATES
+        return self._refresh().status in reg.COMPLETED_STATES
 
     def is_dirty(self) -> bool:
         """True when the draft has changes that were not uploaded yet.
@@ -284,27 +284,31 @@ class Dataset:
         A new draft is clean: its content is its parents', which are stored already.
         """
         r = self._refresh()
-        uploaded = r.get("uploaded_tree") or r.get("base_tree")
-        return r["status"] == reg.DRAFT and uploaded != r["tree"]
+        uploaded = r.uploaded_tree or r.base_tree
+        return r.status == reg.DRAFT and uploaded != r.tree
 
     def __repr__(self) -> str:
         r = self._rec
-        return f"<Dataset {r['project']}/{r['name']} v{r['version']} {r['id']} ({r['status']})>"
+        return f"<Dataset {r.project}/{r.name} v{r.version} {r.id} ({r.status})>"
 
     def _trees(self) -> Trees:
         return Trees(self._store)
 
     def _update(
-        self, change: Any, *, allow_final: bool = False, allow_frozen: bool = False
-    ) -> dict[str, Any]:
-        def checked(r: dict[str, Any]) -> dict[str, Any]:
-            if not allow_final and r["status"] != reg.DRAFT:
+        self,
+        change: Callable[[Record], Record],
+        *,
+        allow_final: bool = False,
+        allow_frozen: bool = False,
+    ) -> Record:
+        def checked(r: Record) -> Record:
+            if not allow_final and r.status != reg.DRAFT:
                 raise StateError(
-                    f"dataset {r['project']}/{r['name']} ({r['id']}) is finalized and cannot "
+                    f"dataset {r.project}/{r.name} ({r.id}) is finalized and cannot "
                     "be modified",
-                    remedy=child_remedy(r["id"]),
+                    remedy=child_remedy(r.id),
                 )
-            if not (allow_final or allow_frozen) and r.get("finalizing"):
+            if not (allow_final or allow_frozen) and r.finalizing:
                 raise StateError(_frozen_message(r))
             return change(r)
 
@@ -336,16 +340,16 @@ class Dataset:
             remote_lookup(store, output_uri)  # a typo fails now, not at upload time
         parents = [reg.require(store, _id_of(p)) for p in (parent_datasets or [])]
         for p in parents:
-            if p["status"] not in reg.COMPLETED_STATES:
+            if p.status not in reg.COMPLETED_STATES:
                 raise StateError(
-                    f"parent dataset {p['project']}/{p['name']} ({p['id']}) is not finalized; "
+                    f"parent dataset {p.project}/{p.name} ({p.id}) is not finalized; "
                     "finalize it before using it as a parent"
                 )
         if use_current_task and not dataset_name:
             raise UsageError("use_current_task needs a ClearML server; pass dataset_name")
         if not dataset_name or not str(dataset_name).strip():
             if parents:
-                dataset_name = parents[-1]["name"]
+                dataset_name = parents[-1].name
             else:
                 raise UsageError(
                     "a new dataset needs a name and a project; there is no ClearML task to "
@@ -365,7 +369,7 @@ class Dataset:
                         "pass --project (or --parents to take the project from)",
                     ),
                 )
-            dataset_project = parents[-1]["project"]
+            dataset_project = parents[-1].project
         # before anything reaches a remote: a bad label fails at the remote's ref, after
         # the version's record was created there
         dataset_name = reg.check_label("name", str(dataset_name))
@@ -386,7 +390,7 @@ class Dataset:
         trees = LeanTrees(store)  # keeps no tree in memory: parents may be large
         with store.batch() as b:
             trees.batch = b
-            base = merge(trees, [p["tree"] for p in parents])
+            base = merge(trees, [p.tree for p in parents])
         now = _now()
         rec = Record(
             id=uuid.uuid4().hex,
@@ -403,6 +407,7 @@ class Dataset:
             created=now,
             modified=now,
             output_uri=output_uri,
+            removed_any=False,  # a new draft is its base
         )
         reg.insert(store, rec)
         return cls(store, rec)
@@ -471,15 +476,15 @@ class Dataset:
             )
         ds = cls(store, rec)
         if writable_copy:
-            if rec["status"] not in reg.COMPLETED_STATES:
+            if rec.status not in reg.COMPLETED_STATES:
                 raise StateError(
-                    f"dataset {rec['id']} is a draft; a writable copy needs a finalized version"
+                    f"dataset {rec.id} is a draft; a writable copy needs a finalized version"
                 )
             return cls.create(
-                dataset_name=rec["name"],
-                dataset_project=rec["project"],
-                parent_datasets=[rec["id"]],
-                dataset_tags=rec.get("tags"),
+                dataset_name=rec.name,
+                dataset_project=rec.project,
+                parent_datasets=[rec.id],
+                dataset_tags=rec.tags,
             )
         return ds
 
@@ -506,7 +511,7 @@ class Dataset:
             include_archived=include_archived,
             recursive_project=recursive_project_search,
         )
-        found.sort(key=lambda r: r["created"], reverse=True)
+        found.sort(key=lambda r: r.created, reverse=True)
         return [_summary(r) for r in found]
 
     @classmethod
@@ -548,7 +553,7 @@ class Dataset:
                 recs, project=dataset_project, name=dataset_name, version=dataset_version
             )
             if len(targets) > 1 and not entire_dataset:
-                versions = ", ".join(sorted(str(t.get("version")) for t in targets))
+                versions = ", ".join(sorted(str(t.version) for t in targets))
                 raise UsageError(
                     f"Multiple datasets found with dataset_project={dataset_project}, "
                     f"dataset_name={dataset_name}, dataset_version={dataset_version} "
@@ -559,29 +564,29 @@ class Dataset:
             raise UsageError("Dataset.delete needs dataset_id, or dataset_project and dataset_name")
         if not targets:
             raise not_found_error(dataset_id, dataset_project, dataset_name, None, dataset_version)
-        doomed = {t["id"] for t in targets}
+        doomed = {t.id for t in targets}
         if not force:
             for t in targets:
-                if t["status"] == reg.PUBLISHED:
+                if t.status == reg.PUBLISHED:
                     raise StateError(
-                        f"dataset {t['project']}/{t['name']} v{t.get('version')} ({t['id']}) is "
+                        f"dataset {t.project}/{t.name} v{t.version} ({t.id}) is "
                         "published",
                         remedy=FORCE_DELETE,
                     )
             for r in recs:
-                if r["id"] not in doomed and doomed.intersection(r.get("parents", [])):
+                if r.id not in doomed and doomed.intersection(r.parents):
                     raise StateError(
-                        f"dataset {r['project']}/{r['name']} ({r['id']}) uses a dataset being "
+                        f"dataset {r.project}/{r.name} ({r.id}) uses a dataset being "
                         "deleted as parent",
                         remedy=FORCE_DELETE,
                     )
         if remote is not None and remote is not False:
             where = remote_for(store, None if remote is True else remote or None, required=True)
             for t in targets:
-                if t.get("commit") is not None:
-                    where.delete_dataset(store, t["id"])
+                if t.commit is not None:
+                    where.delete_dataset(store, t.id)
         for t in targets:
-            reg.remove(store, t["id"])
+            reg.remove(store, t.id)
 
     @classmethod
     def rename(cls, new_dataset_name: str, dataset_project: str, dataset_name: str) -> None:
@@ -608,7 +613,7 @@ class Dataset:
         if not targets:
             raise NotFoundError(f"no dataset {project}/{name}", remedy=LIST_DATASETS)
         for t in targets:
-            reg.update(store, t["id"], lambda r: {**r, **fields})
+            reg.update(store, t.id, lambda r: r.replace(**fields))
 
     # -- content -------------------------------------------------------------------
 
@@ -706,7 +711,7 @@ class Dataset:
                 links += [((*prefix, *rel), link) for rel, link in found]
             edits: dict[RelPath, Entry | None] = dict(external.link_entries(self._store, links))
             trees = self._trees()
-            root = self._refresh()["tree"]
+            root = self._refresh().tree
             count = 0
             for p in edits:
                 old = lookup(trees, root, p)
@@ -767,7 +772,7 @@ class Dataset:
             trees = LeanTrees(self._store)
             with self._store.batch() as b:
                 trees.batch = b
-                root = r["tree"]
+                root = r.tree
                 entry, count, removes = _graft_tree(trees, r, dest, new, files)
                 tree = entry.id if not dest else apply_edits(trees, root, {dest: entry})
             return {**r, "tree": tree, "removed_any": bool(r.get("removed_any", True) or removes)}
@@ -776,7 +781,7 @@ class Dataset:
             self._update(change)
         return count
 
-    def _apply(self, edits: dict[RelPath, Entry | None]) -> int:
+    def _apply(self, edits: Mapping[RelPath, Entry | None]) -> int:
         """Apply edits to the staged tree (CAS on the record); returns how many changed.
 
         Also keeps the record's ``removed_any`` flag: False while every edit since
@@ -787,15 +792,15 @@ class Dataset:
             return 0
         changed = 0
 
-        def change(r: dict[str, Any]) -> dict[str, Any]:
+        def change(r: Record) -> Record:
             nonlocal changed
             trees = Trees(self._store)
             with self._store.batch() as b:
                 trees.batch = b
-                old = r["tree"]
+                old = r.tree
                 changed, removes = edit_effects(trees, old, edits)
                 new = apply_edits(trees, old, edits)
-            return {**r, "tree": new, "removed_any": bool(r.get("removed_any", True) or removes)}
+            return r.replace(tree=new, removed_any=bool(r.removed_any or removes))
 
         with self._store.lease(f"edit {self.id}", announce=False):  # new trees, then record
             self._update(change)
@@ -817,7 +822,7 @@ class Dataset:
         trees = self._trees()
         doomed = [
             p
-            for p, e in walk(trees, self._rec["tree"])
+            for p, e in walk(trees, self._rec.tree)
             if match_dataset_path("/".join(p), pattern, recursive)
             or (e.kind == KIND_EXTERNAL and self._link_matches(e, dataset_path or "", recursive))
         ]
@@ -857,7 +862,7 @@ class Dataset:
             # unchanged folders) are skipped by id, never opened
             trees = LeanTrees(self._store)
             folder = res.entry.id if res.entry is not None else EMPTY_TREE_ID
-            sub = lookup(trees, self._refresh()["tree"], prefix)
+            sub = lookup(trees, self._refresh().tree, prefix)
             counts = {"added": 0, "removed": 0, "modified": 0}
             if sub is not None and sub.kind != KIND_TREE:
                 counts["removed"] = 1  # a file where the folder should be: it goes
@@ -884,7 +889,7 @@ class Dataset:
             trees = LeanTrees(self._store)
             with self._store.batch() as b:
                 trees.batch = b
-                root = r["tree"]
+                root = r.tree
                 now = lookup(trees, root, prefix)
                 if now == expect or (expect is not None and expect.kind != KIND_TREE):
                     if not prefix:
@@ -907,7 +912,7 @@ class Dataset:
 
     def _files(self, dataset_id: str | None = None) -> dict[str, Entry]:
         rec = self._refresh() if dataset_id is None else reg.require(self._store, dataset_id)
-        return {"/".join(p): e for p, e in walk(self._trees(), rec["tree"])}
+        return {"/".join(p): e for p, e in walk(self._trees(), rec.tree)}
 
     def list_files(
         self, dataset_path: str | None = None, recursive: bool = True, dataset_id: str | None = None
@@ -936,11 +941,8 @@ class Dataset:
         ``dsvc.treeops.diff_stats(ds.diff(...))`` sums them up.
         """
         rec = self._refresh()
-        if other is None:
-            base = rec["base_tree"]
-        else:
-            base = reg.require(self._store, _id_of(other))["tree"]
-        return diff(self._trees(), base, rec["tree"])
+        base = _base(rec) if other is None else reg.require(self._store, _id_of(other)).tree
+        return diff(self._trees(), base, rec.tree)
 
     def stats(self, other: str | Dataset | None = None) -> DiffStats:
         """Counts and bytes of :meth:`diff` (added, removed, modified files)."""
@@ -953,16 +955,13 @@ class Dataset:
 
     def _changes(self, dataset_id: str | None) -> list[Change]:
         rec = self._refresh()
-        if dataset_id is None:
-            base = rec["base_tree"]
-        else:
-            base = reg.require(self._store, dataset_id)["tree"]
-        key = (base, rec["tree"])
+        base = _base(rec) if dataset_id is None else reg.require(self._store, dataset_id).tree
+        key = (base, rec.tree)
         # list_added/modified/removed_files in a row diff once (trees are immutable,
         # so the same pair of ids always gives the same changes)
         last = getattr(self, "_last_changes", None)
         if last is None or last[0] != key:
-            last = self._last_changes = (key, list(diff(self._trees(), base, rec["tree"])))
+            last = self._last_changes = (key, list(diff(self._trees(), base, rec.tree)))
         return last[1]
 
     def list_added_files(self, dataset_id: str | None = None) -> list[str]:
@@ -986,7 +985,7 @@ class Dataset:
         files = self._files()
         who = owners(self._trees(), rec, files, lambda pid: reg.get(self._store, pid))
         return {
-            path: FileEntry(path, to_hex(e.id), e.size, who.get(path, rec["id"]))
+            path: FileEntry(path, to_hex(e.id), e.size, who.get(path, rec.id))
             for path, e in files.items()
             if e.kind != KIND_EXTERNAL  # ClearML keeps links apart (link_entries_dict)
         }
@@ -1004,12 +1003,12 @@ class Dataset:
         links = {p: e for p, e in files.items() if e.kind == KIND_EXTERNAL}
         if not links:
             return {}
-        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        remote = remote_for(self._store, rec.remote or rec.output_uri)
         external.fetch_links(self._store, list(links.values()), remote)
         who = owners(self._trees(), rec, files, lambda pid: reg.get(self._store, pid))
         return {
             p: LinkEntry(
-                external.read_link(self._store, e).url, p, who.get(p, rec["id"]), e.size
+                external.read_link(self._store, e).url, p, who.get(p, rec.id), e.size
             )
             for p, e in links.items()
         }
@@ -1024,7 +1023,7 @@ class Dataset:
         it was uploaded to, else the default remote's URL; None when the local store is
         the only storage (ClearML: the task's output URI or the default destination)."""
         rec = self._refresh()
-        spec = rec.get("output_uri") or rec.get("remote")
+        spec = rec.output_uri or rec.remote
         if spec:
             return str(spec)
         remote = remote_for(self._store, None)
@@ -1085,7 +1084,7 @@ class Dataset:
             if did in graph:
                 continue
             rec = reg.get(self._store, did) or remote_record(self._store, did)
-            parents = list(rec.get("parents", [])) if rec else []
+            parents = list(rec.parents) if rec else []
             graph[did] = parents
             todo.extend(parents)
         return graph
@@ -1135,7 +1134,7 @@ class Dataset:
         except (TypeError, ValueError) as e:
             raise UsageError(f"metadata {metadata_name!r} cannot be stored: {e}") from None
         self._update(
-            lambda r: {**r, "metadata": {**r.get("metadata", {}), metadata_name: metadata}}
+            lambda r: r.replace(metadata={**r.metadata, metadata_name: metadata})
         )
 
     def get_logger(self) -> reports.Logger:
@@ -1144,25 +1143,25 @@ class Dataset:
         travel with push/fetch; ``dsvc show --reports ID`` renders them as one HTML page
         (see :mod:`dsvc.reports`)."""
         return reports.Logger(
-            self._store, self.id, lambda: self._refresh()["status"] == reg.DRAFT
+            self._store, self.id, lambda: self._refresh().status == reg.DRAFT
         )
 
     @property
     def _task(self) -> reports.DatasetTask:
         """ClearML scripts use ``dataset._task`` (the urbansounds examples upload an
         artifact through it); a stand-in whose artifacts are kept as metadata."""
-        return reports.DatasetTask(self, lambda: list(self._refresh().get("metadata") or {}))
+        return reports.DatasetTask(self, lambda: list(self._refresh().metadata or {}))
 
     def get_reports(self) -> list[dict[str, Any]]:
         """The events reported through :meth:`get_logger` (fetching the commit from the
         remote if a finalized version's is not local)."""
         rec = self._refresh()
-        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        remote = remote_for(self._store, rec.remote or rec.output_uri)
         return reports.version_events(self._store, rec, remote)
 
     def get_metadata(self, metadata_name: str = "metadata") -> Any:
         """The metadata stored under ``metadata_name`` (None if absent)."""
-        value = (self._refresh().get("metadata") or {}).get(metadata_name)
+        value = (self._refresh().metadata or {}).get(metadata_name)
         if isinstance(value, dict) and "__ndarray__" in value:
             import numpy as np
 
@@ -1206,24 +1205,24 @@ class Dataset:
         (see :meth:`get_logger`, ``dsvc show --reports``).
         """
         rec = self._refresh()
-        if rec["status"] != reg.DRAFT:
-            raise StateError(f"dataset {rec['id']} is finalized; nothing to upload")
+        if rec.status != reg.DRAFT:
+            raise StateError(f"dataset {rec.id} is finalized; nothing to upload")
         if preview:  # before links replace the files: previews read stored content
             reports.set_preview(
                 self._store,
-                rec["id"],
+                rec.id,
                 (
                     (c.path_str, c.new)
-                    for c in diff(self._trees(), rec["base_tree"], rec["tree"])
+                    for c in diff(self._trees(), rec.base_tree, rec.tree)
                     if c.new is not None and c.new.kind != KIND_EXTERNAL
                 ),
             )
         if upload_as_external_links:
             self._upload_as_links(output_url, max_workers)
             rec = self._refresh()
-        spec = output_url or rec.get("output_uri")
+        spec = output_url or rec.output_uri
         remote = remote_for(self._store, spec, required=spec is not None, retries=retries)
-        tree = rec["tree"]
+        tree = rec.tree
         where = None
         if remote is not None:
             remote.push_tree(
@@ -1234,11 +1233,11 @@ class Dataset:
                 pack_size_mb=chunk_size,
                 max_workers=max_workers,
                 retries=retries,
-                label=f"dataset {rec['project']}/{rec['name']} ({rec['id']})",
+                label=f"dataset {rec.project}/{rec.name} ({rec.id})",
             )
             where = remote.url
         self._update(
-            lambda r: {**r, "uploaded_tree": tree, "remote": where or r.get("remote")},
+            lambda r: r.replace(uploaded_tree=tree, remote=where or r.remote),
             allow_frozen=True,  # a retried `dsvc close` uploads before finalizing again
         )
 
@@ -1247,17 +1246,17 @@ class Dataset:
         dest = output_url or self.get_default_storage()
         if not dest:
             raise UsageError(
-                f"dataset {rec['id']}: output_url must be set when upload_as_external_links=True "
+                f"dataset {rec.id}: output_url must be set when upload_as_external_links=True "
                 "(or give the dataset an output_uri, or configure a default remote)"
             )
         found = remote_lookup(self._store, dest)
         url, options = (found[1], found[2]) if found is not None else (dest, {})
         files = [
             (c.path, c.new)
-            for c in diff(self._trees(), rec["base_tree"], rec["tree"])
+            for c in diff(self._trees(), _base(rec), rec.tree)
             if c.new is not None and c.new.kind != KIND_EXTERNAL
         ]
-        base = f"{url.rstrip('/')}/external_links/{rec['id']}"
+        base = f"{url.rstrip('/')}/external_links/{rec.id}"
         with self._store.lease(f"upload {self.id}"):
             links = external.upload_as_links(
                 self._store, files, base, options, max_workers=max_workers
@@ -1280,26 +1279,26 @@ class Dataset:
         """
         try:
             rec = self._refresh()
-            if rec["status"] != reg.DRAFT:
-                raise StateError(f"dataset {rec['id']} is already finalized")
-            spec = rec.get("remote") or rec.get("output_uri")
+            if rec.status != reg.DRAFT:
+                raise StateError(f"dataset {rec.id} is already finalized")
+            spec = rec.remote or rec.output_uri
             remote = remote_for(self._store, spec, required=spec is not None)
             # the lease keeps `gc` from sweeping the commit before the record names it
             with self._store.lease(f"finalize {self.id}"):
                 published = self._published_record(remote, rec, auto_upload)
-                if published is not None and published.get("commit"):
+                if published is not None and published.commit:
                     rec = self._adopt(remote, published)
                 else:
                     rec = self._freeze(remote, auto_upload, verbose)
                     cid = self._frozen_commit(rec)
                     if remote is not None:
-                        for pid in rec.get("parents") or []:  # lineage complete on the remote
+                        for pid in rec.parents or []:  # lineage complete on the remote
                             if remote.get_record(self._store, pid) is None:
                                 remote.push_dataset(self._store, pid, show_progress=False)
                         remote.publish(self._store, _published(rec, cid))
                     rec = self._mark_final(cid)
             if verbose:
-                print(f"finalized {rec['project']}/{rec['name']} v{rec['version']} ({rec['id']})")
+                print(f"finalized {rec.project}/{rec.name} v{rec.version} ({rec.id})")
             return True
         except PendingUploadError:
             # ClearML's raise_on_error covers pending uploads only (dataset.py:960-967);
@@ -1309,22 +1308,22 @@ class Dataset:
             return False
 
     def _published_record(
-        self, remote: Any, rec: dict[str, Any], auto_upload: bool
-    ) -> dict[str, Any] | None:
+        self, remote: Any, rec: Record, auto_upload: bool
+    ) -> Record | None:
         """The remote's record of this id, if the remote publishes it already."""
         if remote is None:
             return None
         try:
             return remote.get_record(self._store, self.id)
         except RemoteError:
-            pending = not rec.get("finalizing") and rec.get("uploaded_tree") != rec["tree"]
+            pending = not rec.finalizing and rec.uploaded_tree != rec.tree
             if pending and not auto_upload:  # the first thing to fix, and it says what to do
                 raise PendingUploadError(
                     _not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST
                 ) from None
             raise
 
-    def _freeze(self, remote: Any, auto_upload: bool, verbose: bool) -> dict[str, Any]:
+    def _freeze(self, remote: Any, auto_upload: bool, verbose: bool) -> Record:
         """Fix the draft's commit in its record (``finalizing``) unless already fixed.
 
         From then on content changes are refused, so whatever a crash interrupts, the
@@ -1333,25 +1332,25 @@ class Dataset:
         """
         for _ in range(20):
             rec = self._refresh()
-            if rec.get("finalizing"):
+            if rec.finalizing:
                 return rec
-            if remote is not None and rec.get("uploaded_tree") != rec["tree"]:
+            if remote is not None and rec.uploaded_tree != rec.tree:
                 if not auto_upload:
                     raise PendingUploadError(
                         _not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST
                     )
                 self.upload(show_progress=verbose, verbose=verbose)
 
-            def freeze(r: dict[str, Any]) -> dict[str, Any]:
-                if r.get("finalizing"):
+            def freeze(r: Record) -> Record:
+                if r.finalizing:
                     return r  # frozen by a concurrent finalize: publish the same commit
-                if remote is not None and r.get("uploaded_tree") != r["tree"]:
+                if remote is not None and r.uploaded_tree != r.tree:
                     raise _EditedMeanwhile
-                meta = reports.commit_meta(self._store, r["id"], _commit_meta(r))
+                meta = reports.commit_meta(self._store, r.id, _commit_meta(r))
                 commit = Commit(
-                    tree=r["tree"], parents=tuple(r.get("parent_commits") or ()), meta=meta
+                    tree=r.tree, parents=tuple(r.parent_commits or ()), meta=meta
                 )
-                return {**r, "finalizing": {"commit": commit.id, "meta": meta}}
+                return r.replace(finalizing={"commit": commit.id, "meta": meta})
 
             try:
                 return self._update(freeze)
@@ -1361,67 +1360,64 @@ class Dataset:
             f"dataset {self.id} kept changing while finalizing; stop editing it and retry"
         )
 
-    def _frozen_commit(self, rec: dict[str, Any]) -> bytes:
+    def _frozen_commit(self, rec: Record) -> bytes:
         """Write the frozen commit (again, if a crash or gc lost it) and return its id."""
-        fin = rec["finalizing"]
+        fin = rec.finalizing
+        assert fin is not None  # rec comes from _freeze, which returns a frozen record
         commit = Commit(
-            tree=rec["tree"], parents=tuple(rec.get("parent_commits") or ()), meta=fin["meta"]
+            tree=rec.tree, parents=tuple(rec.parent_commits or ()), meta=fin["meta"]
         )
         cid = self._store.put_commit(commit)
         if cid != fin["commit"]:
             raise IntegrityError(
-                f"dataset {rec['id']}: the frozen commit {to_hex(fin['commit'])} does not match "
+                f"dataset {rec.id}: the frozen commit {to_hex(fin['commit'])} does not match "
                 f"its record (got {to_hex(cid)})",
                 fin["commit"],
             )
         return cid
 
-    def _mark_final(self, cid: bytes) -> dict[str, Any]:
-        def done(r: dict[str, Any]) -> dict[str, Any]:
-            if r["status"] in reg.COMPLETED_STATES and r.get("commit") == cid:
+    def _mark_final(self, cid: bytes) -> Record:
+        def done(r: Record) -> Record:
+            if r.status in reg.COMPLETED_STATES and r.commit == cid:
                 return r  # a concurrent finalize of the same draft got there first
-            fin = r.get("finalizing") or {}
-            if r["status"] != reg.DRAFT or fin.get("commit") != cid:
+            fin = r.finalizing or {}
+            if r.status != reg.DRAFT or fin.get("commit") != cid:
                 raise ConflictError(
-                    f"dataset {r['id']} was finalized by another process with another commit"
+                    f"dataset {r.id} was finalized by another process with another commit"
                 )
-            out = {**r, "status": reg.FINAL, "commit": cid, "finalized": _now()}
-            out.pop("finalizing", None)
-            return out
+            return r.replace(status=reg.FINAL, commit=cid, finalized=_now(), finalizing=None)
 
         return self._update(done, allow_final=True)
 
-    def _adopt(self, remote: Any, published: dict[str, Any]) -> dict[str, Any]:
+    def _adopt(self, remote: Any, published: Record) -> Record:
         """The remote already publishes this id (a finalize that was killed after its
         remote record, possibly by an older dsvc): the version *is* what was published.
         Completes the remote side (ref) and records the published commit locally."""
-        cid = published["commit"]
-        remote.fetch_metadata(self._store, published["tree"], [cid])  # no-op when local
+        cid = published.commit
+        remote.fetch_metadata(self._store, published.tree, [cid])  # no-op when local
         remote.update_ref(
-            published["project"], published["name"], self.id, published.get("version")
+            published.project, published.name, self.id, published.version
         )
         before = self._refresh()
-        if before["tree"] != published["tree"]:
+        if before.tree != published.tree:
             warn(
-                f"dataset {before['project']}/{before['name']} ({self.id}) was already "
+                f"dataset {before.project}/{before.name} ({self.id}) was already "
                 f"published on {remote.url} by an interrupted finalize; it is now that "
                 "version, and the changes made since are not in it (add them to a child "
                 f"version: Dataset.create(parent_datasets=['{self.id}']))"
             )
 
-        def adopt(r: dict[str, Any]) -> dict[str, Any]:
-            if r["status"] in reg.COMPLETED_STATES:
+        def adopt(r: Record) -> Record:
+            if r.status in reg.COMPLETED_STATES:
                 return r
-            out = {
-                **r,
-                "status": reg.FINAL,
-                "commit": cid,
-                "tree": published["tree"],
-                "uploaded_tree": published["tree"],
-                "finalized": _now(),
-            }
-            out.pop("finalizing", None)
-            return out
+            return r.replace(
+                status=reg.FINAL,
+                commit=cid,
+                tree=published.tree,
+                uploaded_tree=published.tree,
+                finalized=_now(),
+                finalizing=None,
+            )
 
         return self._update(adopt, allow_final=True)
 
@@ -1431,10 +1427,10 @@ class Dataset:
         A draft raises whatever ``raise_on_error`` says, as in ClearML (dataset.py:1054).
         """
         rec = self._refresh()
-        if rec["status"] == reg.DRAFT:
-            raise StateError(f"dataset {rec['id']} must be finalized before publishing")
+        if rec.status == reg.DRAFT:
+            raise StateError(f"dataset {rec.id} must be finalized before publishing")
         try:
-            self._update(lambda r: {**r, "status": reg.PUBLISHED}, allow_final=True)
+            self._update(lambda r: r.replace(status=reg.PUBLISHED), allow_final=True)
             return True
         except DsvcError:
             if raise_on_error:
@@ -1446,7 +1442,7 @@ class Dataset:
     def _selected(
         self, part: int | None, num_parts: int | None, files: str | Sequence[str] | None
     ) -> list[tuple[RelPath, Entry]]:
-        entries = list(walk(self._trees(), self._rec["tree"]))
+        entries = list(walk(self._trees(), self._rec.tree))
         pats = _as_list(files)
         if pats:
             pats = [p.replace("\\", "/").lstrip("/") for p in pats]
@@ -1466,12 +1462,12 @@ class Dataset:
         if not any(e.kind == KIND_EXTERNAL for _, e in entries):
             return entries
         rec = self._rec
-        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        remote = remote_for(self._store, rec.remote or rec.output_uri)
         return external.resolve(
             self._store,
             entries,
             remote=remote,
-            label=f" of dataset {rec['id']}",
+            label=f" of dataset {rec.id}",
             max_workers=max_workers,
         )
 
@@ -1483,10 +1479,10 @@ class Dataset:
         if not missing:
             return
         rec = self._rec
-        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        remote = remote_for(self._store, rec.remote or rec.output_uri)
         if remote is None:
             raise NotFoundError(
-                f"dataset {rec['id']}: {len(missing)} files have content that is not in the local "
+                f"dataset {rec.id}: {len(missing)} files have content that is not in the local "
                 "store and no remote is configured; add the remote it was pushed to"
             )
         try:
@@ -1513,7 +1509,7 @@ class Dataset:
             )
         ]
         return IntegrityError(
-            f"{e} (file {where[0] if where else '?'} of dataset {self._rec['id']})", bad
+            f"{e} (file {where[0] if where else '?'} of dataset {self._rec.id})", bad
         )
 
     def _direct_fetch(self, entries: list[tuple[RelPath, Entry]]) -> FetchFn | None:
@@ -1526,7 +1522,7 @@ class Dataset:
         if not missing or any(e.size > DIRECT_FETCH_MAX for e in missing):
             return None
         rec = self._rec
-        remote = remote_for(self._store, rec.get("remote") or rec.get("output_uri"))
+        remote = remote_for(self._store, rec.remote or rec.output_uri)
         if remote is None:
             return None
         remote.fetch_blobs(self._store, missing)
@@ -1548,9 +1544,9 @@ class Dataset:
         """
         # a draft raises whatever raise_on_error says, as in ClearML (dataset.py:1116)
         rec = self._refresh()
-        if rec["status"] not in reg.COMPLETED_STATES:
+        if rec.status not in reg.COMPLETED_STATES:
             raise StateError(
-                f"dataset {rec['project']}/{rec['name']} ({rec['id']}) is not finalized",
+                f"dataset {rec.project}/{rec.name} ({rec.id}) is not finalized",
                 remedy=Remedy(
                     "finalize it first, or use get_mutable_local_copy() for a draft",
                     "close it first (`dsvc close`), or use `dsvc get --copy DIR` for a draft",
@@ -1558,7 +1554,7 @@ class Dataset:
             )
         try:
             layout = CacheLayout(self._store.home)
-            name = layout.copy_name(rec["id"], _as_list(files), part, num_parts)
+            name = layout.copy_name(rec.id, _as_list(files), part, num_parts)
             target = layout.copy_path(name)
             cache = layout.content_cache()
             if target.is_dir():
@@ -1574,10 +1570,10 @@ class Dataset:
                 return str(target)
             if not files and part is None and num_parts is None:
                 # the whole version: folder by folder, memory bounded by a folder
-                with Progress(f"copy {rec['name']}", self._total_size(rec), enabled=True) as bar:
+                with Progress(f"copy {rec.name}", self._total_size(rec), enabled=True) as bar:
                     build_copy(
                         self._store,
-                        rec["tree"],
+                        rec.tree,
                         target,
                         content_cache=cache,
                         ensure_content=lambda es: self._ensure_content(
@@ -1591,7 +1587,7 @@ class Dataset:
             entries = self._resolve_links(self._selected(part, num_parts, files), max_workers)
             self._ensure_content(entries, max_workers)
             with Progress(
-                f"copy {rec['name']}",
+                f"copy {rec.name}",
                 sum(e.size for _, e in entries),
                 enabled=True,
             ) as bar:
@@ -1611,7 +1607,7 @@ class Dataset:
 
     def _total_size(self, rec: dict[str, Any]) -> int:
         """The bytes of a version's files (a folder entry carries its total size)."""
-        return sum(e.size for e in self._trees().get(rec["tree"]).values())
+        return sum(e.size for e in self._trees().get(rec.tree).values())
 
     def open(self, path: str, mode: str = "rb") -> IO[Any]:
         """Open one file of this version for reading, without a local copy.
@@ -1623,24 +1619,26 @@ class Dataset:
         text = open_mode(mode)
         rec = self._refresh()
         reader = self._stream_reader(rec)
-        e = reader.lookup(rec["tree"], clean_path(path))
+        e = reader.lookup(rec.tree, clean_path(path))
         if e is None or e.kind == KIND_TREE:
             what = "is a folder" if e is not None else "does not exist"
             raise NotFoundError(
-                f"dataset {rec['id']}: file {path!r} {what}; list the files with list_files()"
+                f"dataset {rec.id}: file {path!r} {what}; list the files with list_files()"
             )
         f = reader.open(e, path)
-        return io.TextIOWrapper(f, encoding="utf-8") if text else f
+        # a DsvcFile is a binary file object (io.BufferedIOBase), which typeshed does not
+        # count as an IO[bytes]
+        return cast(IO[Any], io.TextIOWrapper(f, encoding="utf-8") if text else f)
 
     def read_bytes(self, path: str) -> bytes:
         """The content of one file of this version (see :meth:`open`)."""
         with self.open(path, "rb") as f:
             return f.read()
 
-    def _stream_reader(self, rec: dict[str, Any]) -> Reader:
+    def _stream_reader(self, rec: Record) -> Reader:
         r = getattr(self, "_reader", None)
         if r is None:
-            spec = rec.get("remote") or rec.get("output_uri")
+            spec = rec.remote or rec.output_uri
             r = self._reader = Reader(self._store.home, spec, store=self._store)
         return r
 
@@ -1667,7 +1665,7 @@ class Dataset:
             if fetch is None:
                 self._ensure_content(entries, max_workers)
             total = sum(e.size for _, e in entries)
-            with Progress(f"copy {self._rec['name']}", total, enabled=True) as bar:
+            with Progress(f"copy {self._rec.name}", total, enabled=True) as bar:
                 try:
                     materialize(
                         self._store,
@@ -1758,45 +1756,43 @@ class Dataset:
             raise UsageError("Dataset.squash needs dataset_ids or dataset_project_name_pairs")
         if not dataset_name:
             raise UsageError("Dataset.squash needs a non-empty dataset_name")
-        for r in recs:
-            if r["status"] not in reg.COMPLETED_STATES:
-                raise StateError(f"squash: dataset {r['id']} is not finalized")
+        found = [r for r in recs if r is not None]  # every one (checked above)
+        for r in found:
+            if r.status not in reg.COMPLETED_STATES:
+                raise StateError(f"squash: dataset {r.id} is not finalized")
         trees = Trees(store)
         with store.batch() as b:
             trees.batch = b
-            root = squash_tree(trees, recs, _finalized_last_parent(store))
+            root = squash_tree(trees, found, _finalized_last_parent(store))
         ds = cls.create(
-            dataset_name=dataset_name, dataset_project=recs[0]["project"], output_uri=output_url
+            dataset_name=dataset_name, dataset_project=found[0].project, output_uri=output_url
         )
-        squashed_from = [r["id"] for r in recs]
+        squashed_from = [r.id for r in found]
         ds._update(
-            lambda r: {
-                **r,
-                "tree": root,
-                "base_tree": trees.ensure_empty(),
-                "squashed_from": squashed_from,
-            }
+            lambda r: r.replace(
+                tree=root, base_tree=trees.ensure_empty(), squashed_from=squashed_from
+            )
         )
         if not close_squashed_dataset:
             return ds
         if output_url is not None:
             ds.upload(output_url=output_url)
         else:
-            ds._update(lambda r: {**r, "uploaded_tree": root})
+            ds._update(lambda r: r.replace(uploaded_tree=root))
         ds.finalize()
         return ds
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _require_draft(self) -> dict[str, Any]:
+    def _require_draft(self) -> Record:
         r = self._refresh()
-        if r["status"] != reg.DRAFT:
+        if r.status != reg.DRAFT:
             raise StateError(
-                f"dataset {r['project']}/{r['name']} ({r['id']}) is finalized and cannot be "
+                f"dataset {r.project}/{r.name} ({r.id}) is finalized and cannot be "
                 "modified",
-                remedy=child_remedy(r["id"]),
+                remedy=child_remedy(r.id),
             )
-        if r.get("finalizing"):
+        if r.finalizing:
             raise StateError(_frozen_message(r))
         return r
 
@@ -1808,17 +1804,17 @@ class _EditedMeanwhile(Exception):
     """An edit landed after the upload that finalize was about to freeze."""
 
 
-def _frozen_message(r: dict[str, Any]) -> str:
+def _frozen_message(r: Record) -> str:
     return (
-        f"dataset {r['project']}/{r['name']} ({r['id']}) is being finalized (a finalize() "
+        f"dataset {r.project}/{r.name} ({r.id}) is being finalized (a finalize() "
         "started, and may have been interrupted), so its content can no longer change; call "
         "finalize() to complete it, then add to a child version"
     )
 
 
-def _not_uploaded_message(rec: dict[str, Any], remote: Any) -> str:
+def _not_uploaded_message(rec: Record, remote: Any) -> str:
     return (
-        f"dataset {rec['project']}/{rec['name']} ({rec['id']}) has changes that were not "
+        f"dataset {rec.project}/{rec.name} ({rec.id}) has changes that were not "
         f"uploaded to {remote.url}"
     )
 
@@ -1837,17 +1833,23 @@ def last_used(store: Store) -> str | None:
     return store.get_record(reg.LAST_USED)
 
 
-def _commit_meta(rec: dict[str, Any]) -> dict[str, Any]:
+def _base(rec: Record) -> bytes:
+    """The tree a draft's changes are counted from (``create`` always sets one; a record
+    without one has no parents, so its base is the empty tree)."""
+    return rec.base_tree if rec.base_tree is not None else EMPTY_TREE_ID
+
+
+def _commit_meta(rec: Record) -> dict[str, Any]:
     return {
-        "dataset_id": rec["id"],
-        "name": rec["name"],
-        "project": rec["project"],
-        "version": rec["version"],
-        "tags": list(rec.get("tags") or []),
-        "description": rec.get("description") or "",
-        "created": rec["created"],
-        "parents": list(rec.get("parents") or []),
-        "metadata": rec.get("metadata") or {},
+        "dataset_id": rec.id,
+        "name": rec.name,
+        "project": rec.project,
+        "version": rec.version,
+        "tags": list(rec.tags or []),
+        "description": rec.description or "",
+        "created": rec.created,
+        "parents": list(rec.parents or []),
+        "metadata": rec.metadata or {},
     }
 
 
@@ -1860,15 +1862,15 @@ def _is_ndarray(v: Any) -> bool:
     return type(v).__module__ == "numpy" and type(v).__name__ == "ndarray"
 
 
-def _summary(r: dict[str, Any]) -> dict[str, Any]:
+def _summary(r: Record) -> dict[str, Any]:
     return {
-        "name": r["name"],
-        "project": r["project"],
-        "id": r["id"],
-        "tags": list(r.get("tags") or []),
-        "version": r.get("version"),
-        "created": datetime.fromtimestamp(r["created"] / 1e9, tz=UTC),
-        "status": CLEARML_STATUS.get(r["status"], r["status"]),
+        "name": r.name,
+        "project": r.project,
+        "id": r.id,
+        "tags": list(r.tags or []),
+        "version": r.version,
+        "created": datetime.fromtimestamp(r.created / 1e9, tz=UTC),
+        "status": CLEARML_STATUS.get(r.status, r.status),
     }
 
 
@@ -1949,9 +1951,9 @@ def _graft_tree(
     ``dest``, with ``add_files``' count and whether a file goes away
     (:func:`_add_effects`), in one walk that opens a folder only where the two trees
     differ. A merged folder equal to the new one is not written again."""
-    cur = lookup(trees, rec["tree"], dest)
-    base = lookup(trees, rec["base_tree"], dest) if rec.get("base_tree") else None
-    up_root = rec.get("uploaded_tree")
+    cur = lookup(trees, rec.tree, dest)
+    base = lookup(trees, rec.base_tree, dest) if rec.base_tree else None
+    up_root = rec.uploaded_tree
     up = lookup(trees, up_root, dest) if up_root else _NO_UPLOAD
     if cur is None or cur.id == EMPTY_TREE_ID:  # nothing there: every file is new
         return new, files, False
@@ -2047,12 +2049,12 @@ def _common_files(trees: Trees, a: bytes, b: bytes, prefix: RelPath) -> Iterator
                 yield (*p, name)
 
 
-def _finalized_last_parent(store: Store) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+def _finalized_last_parent(store: Store) -> Callable[[Record], Record | None]:
     """For ``treeops.squash_tree``: a record's last parent, if that version is finalized."""
 
-    def last(r: dict[str, Any]) -> dict[str, Any] | None:
-        parents = r.get("parents") or []
+    def last(r: Record) -> Record | None:
+        parents = r.parents or []
         p = reg.get(store, parents[-1]) if parents else None
-        return p if p is not None and p.get("status") in reg.COMPLETED_STATES else None
+        return p if p is not None and p.status in reg.COMPLETED_STATES else None
 
     return last

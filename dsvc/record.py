@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -162,7 +161,8 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "remote": (_opt_text, None),
     "metadata": (_metadata, dict),
     "archived": (_bool, False),
-    "removed_any": (_bool, False),
+    # absent: unknown, so "may have removed" (squash then merges instead of assuming)
+    "removed_any": (_bool, True),
     "squashed_from": (lambda v, w: [_did(p, f"{w} item") for p in _list(v, w)], list),
     "finalizing": (_finalizing, None),
 }
@@ -178,11 +178,11 @@ _OMIT_NONE = ("finalizing",)
 
 
 @dataclass(frozen=True)
-class Record(Mapping[str, Any]):
+class Record:
     """One dataset version's record, validated (see docs/format.md §8).
 
-    TRANSITIONAL (issue 12): a read-only mapping too, while modules move from
-    ``rec["x"]`` to ``rec.x``; the mapping side goes once none is left."""
+    A value: change it by copying (:meth:`replace`); the registry stores it with
+    compare-and-swap (``registry.update``)."""
 
     id: str
     name: str
@@ -204,7 +204,7 @@ class Record(Mapping[str, Any]):
     remote: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     archived: bool = False
-    removed_any: bool = False
+    removed_any: bool = True
     squashed_from: list[str] = field(default_factory=list)
     #: a draft being finalized: ``{"commit": id, "meta": commit meta}`` (dataset.py)
     finalizing: dict[str, Any] | None = None
@@ -276,16 +276,6 @@ class Record(Mapping[str, Any]):
                     continue
                 out[f.name] = list(v) if isinstance(v, list) else v
         return out
-
-    def __getitem__(self, name: str) -> Any:
-        d = self.to_dict()
-        return d[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
     def replace(self, **changes: Any) -> Record:
         """A copy with ``changes`` applied (records are values: change by copying)."""

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -133,7 +133,7 @@ def insert(store: Store, rec: Record) -> None:
 def update(
     store: Store,
     dataset_id: str,
-    change: Callable[[Record], Record | Mapping[str, Any]],
+    change: Callable[[Record], Record],
 ) -> Record:
     """Apply ``change`` to the current record with compare-and-swap, retrying on races
     (:func:`dsvc.retry.cas_retry`).
@@ -147,10 +147,7 @@ def update(
         raw = store.get_record(k)
         if raw is None:
             require(store, dataset_id)  # raises NotFoundError
-        new = change(_record(raw, k))
-        if not isinstance(new, Record):  # TRANSITIONAL (issue 12): a changed map
-            new = Record.from_dict(dict(new), k)
-        new = new.replace(modified=time.time_ns())
+        new = change(_record(raw, k)).replace(modified=time.time_ns())
         store.cas_record(k, raw, new.to_dict())  # against the bytes as read
         return new
 
@@ -266,7 +263,7 @@ def bump(v: str) -> str:
 
 
 def _updated(r: Record) -> int:
-    return int(r.get("modified") or r.get("created") or 0)
+    return int(r.modified or r.created or 0)
 
 
 def latest(records: Iterable[Record]) -> Record | None:
@@ -276,7 +273,7 @@ def latest(records: Iterable[Record]) -> Record | None:
     best: Record | None = None
     best_v: Version | None = None
     for r in sorted(records, key=_updated, reverse=True):
-        v = parse_version(r.get("version"))
+        v = parse_version(r.version)
         if best is None or (v is not None and (best_v is None or best_v < v)):
             best, best_v = r, v
     return best
@@ -286,9 +283,10 @@ def next_version(records: Iterable[Record]) -> str:
     """The version a new member of a project/name gets: the latest one bumped
     (``1.0.0`` when there is none, or when the latest has no valid version)."""
     top = latest(records)
-    if top is None or parse_version(top.get("version")) is None:
+    v = None if top is None else top.version
+    if v is None or parse_version(v) is None:
         return "1.0.0"
-    return bump(top["version"])
+    return bump(v)
 
 
 def project_matches(project: str, wanted: str, recursive: bool) -> bool:
@@ -321,23 +319,23 @@ def filter_records(
     idset = set(ids) if ids is not None else None
     out = []
     for r in records:
-        if idset is not None and r["id"] not in idset:
+        if idset is not None and r.id not in idset:
             continue
-        if project is not None and not project_matches(r["project"], project, recursive_project):
+        if project is not None and not project_matches(r.project, project, recursive_project):
             continue
-        if name is not None and r["name"] != name:
+        if name is not None and r.name != name:
             continue
-        if partial_name is not None and not name_matches(r["name"], partial_name):
+        if partial_name is not None and not name_matches(r.name, partial_name):
             continue
-        if tagset and not tagset.intersection(r.get("tags") or ()):
+        if tagset and not tagset.intersection(r.tags or ()):
             continue
-        if version is not None and r.get("version") != version:
+        if version is not None and r.version != version:
             continue
-        if only_published and r["status"] != PUBLISHED:
+        if only_published and r.status != PUBLISHED:
             continue
-        if only_completed and r["status"] not in COMPLETED_STATES:
+        if only_completed and r.status not in COMPLETED_STATES:
             continue
-        if not include_archived and r.get("archived"):
+        if not include_archived and r.archived:
             continue
         out.append(r)
     return out

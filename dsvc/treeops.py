@@ -32,6 +32,7 @@ from dsvc.objects import (
     decode_tree,
     encode_tree,
 )
+from dsvc.record import Record
 from dsvc.store import Store, WriteBatch
 
 Path = tuple[str, ...]
@@ -438,7 +439,6 @@ def path_str(path: Path) -> str:
 
 #: a dataset path as its names, root first (the dataset layer's name for :data:`Path`)
 RelPath = Path
-Record = Mapping[str, Any]
 
 
 def edit_effects(trees: Trees, root: bytes, edits: Mapping[Path, Entry | None]) -> tuple[int, bool]:
@@ -493,25 +493,24 @@ def squash_tree(
         """Trees whose every path is also in ``rec``'s tree."""
         path = []
         r: Record | None = rec
-        while r is not None and r["id"] not in chains:
+        while r is not None and r.id not in chains:
             path.append(r)
-            clean = r.get("removed_any", True) is False and r.get("base_tree") is not None
+            clean = r.removed_any is False and r.base_tree is not None
             r = last_parent(r) if clean else None
-        below = chains.get(r["id"], set()) if r is not None else set()
+        below = chains.get(r.id, set()) if r is not None else set()
         for x in reversed(path):
-            own = {x["tree"]}
-            if x.get("removed_any", True) is False and x.get("base_tree") is not None:
-                own.add(x["base_tree"])
-                parents = x.get("parents") or []
-                if parents and below:
+            own = {x.tree}
+            if x.removed_any is False and x.base_tree is not None:
+                own.add(x.base_tree)
+                if x.parents and below:
                     own |= below
-            chains[x["id"]] = below = own
-        return chains[rec["id"]]
+            chains[x.id] = below = own
+        return chains[rec.id]
 
     acc: bytes | None = None
     for r in recs:
         skip = acc is None or acc in covered(r)
-        acc = r["tree"] if skip or acc is None else merge(trees, [acc, r["tree"]])
+        acc = r.tree if skip or acc is None else merge(trees, [acc, r.tree])
     return acc if acc is not None else trees.ensure_empty()
 
 
@@ -529,7 +528,7 @@ def owners(
     todo: list[tuple[Record, Mapping[str, Entry]]] = [(rec, files)]
     while todo:
         r, remaining = todo.pop()
-        for pid in reversed(r.get("parents") or []):
+        for pid in reversed(r.parents):
             if not remaining:
                 break
             prec = get_record(pid)
@@ -538,13 +537,12 @@ def owners(
             same = {
                 p: e
                 for p, e in remaining.items()
-                if lookup(trees, prec["tree"], tuple(p.split("/"))) == e
+                if lookup(trees, prec.tree, tuple(p.split("/"))) == e
             }
             if same:
                 todo.append((prec, same))
                 remaining = {p: e for p, e in remaining.items() if p not in same}
-        rid: str = r["id"]
-        out.update(dict.fromkeys(remaining, rid))
+        out.update(dict.fromkeys(remaining, r.id))
     return out
 
 

@@ -27,6 +27,7 @@ from remote_helpers import machine, read_tree, remote_of, write_tree
 from dsvc import errors
 from dsvc import registry as reg
 from dsvc.dataset import Dataset
+from dsvc.record import Record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,11 +115,11 @@ def check_converged(
     same bytes through the project/name ref."""
     store = reg.open_store()
     rec = reg.require(store, ds.id)
-    assert rec["status"] == reg.FINAL and rec.get("commit") is not None
-    assert not rec.get("finalizing")
+    assert rec.status == reg.FINAL and rec.commit is not None
+    assert not rec.finalizing
     remote = remote_of(store)
     pub = remote.get_record(store, ds.id)
-    assert pub is not None and pub["commit"] == rec["commit"] and pub["tree"] == rec["tree"]
+    assert pub is not None and pub.commit == rec.commit and pub.tree == rec.tree
     assert read_tree(Dataset.get(dataset_id=ds.id).get_local_copy()) == want
     home = os.environ["DSVC_HOME"]
     clone = tmp / f"clone-{ds.id[:8]}-{time.monotonic_ns()}"
@@ -173,7 +174,7 @@ def test_draft_already_published_remotely_becomes_that_version(
     remote = remote_of(store)
     rec = reg.require(store, ds.id)
     commit = _put_commit_of(store, rec)
-    remote.publish(store, {**rec, "status": reg.FINAL, "commit": commit})
+    remote.publish(store, rec.replace(status=reg.FINAL, commit=commit))
     ds = Dataset.get(dataset_id=ds.id)
     ds.add_files(write_tree(tmp_path / "late", {"late.txt": b"late"}))  # allowed back then
     capsys.readouterr()
@@ -183,12 +184,12 @@ def test_draft_already_published_remotely_becomes_that_version(
     check_converged(tmp_path, monkeypatch, spec, ds, {**FILES, "p.txt": b"parent"})
 
 
-def _put_commit_of(store: Any, rec: dict[str, Any]) -> bytes:
+def _put_commit_of(store: Any, rec: Record) -> bytes:
     from dsvc.dataset import _commit_meta
     from dsvc.objects import Commit
 
     return store.put_commit(
-        Commit(tree=rec["tree"], parents=tuple(rec["parent_commits"]), meta=_commit_meta(rec))
+        Commit(tree=rec.tree, parents=tuple(rec.parent_commits), meta=_commit_meta(rec))
     )
 
 

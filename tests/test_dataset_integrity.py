@@ -57,7 +57,7 @@ def cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Completed
 
 
 def ids() -> set[str]:
-    return {r["id"] for r in reg.all_records(open_store())}
+    return {r.id for r in reg.all_records(open_store())}
 
 
 # -- item 4: never overwrite the store ---------------------------------------------------

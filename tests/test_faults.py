@@ -163,10 +163,10 @@ def cmd_check(a: dict[str, Any]) -> dict[str, Any]:
     assert remote is not None
     finals = []
     for rec in remote.list_records(store):
-        if rec.get("status") == "draft":
+        if rec.status == "draft":
             continue
-        finals.append(rec["id"])
-        want = a["expect"].get(rec["id"])
+        finals.append(rec.id)
+        want = a["expect"].get(rec.id)
         if want is None:
             problems.append(f"the remote lists {rec['id']} ({rec.get('name')}), not expected")
             continue

@@ -188,7 +188,7 @@ def test_repair_of_a_damaged_folder_listing(tmp_path: Path, home: Path, with_rem
     from dsvc.treeops import Trees, lookup
 
     store = registry.open_store()
-    sub = lookup(Trees(store), registry.get(store, ds.id)["tree"], ("d", "e"))
+    sub = lookup(Trees(store), registry.get(store, ds.id).tree, ("d", "e"))
     assert sub is not None
     _flip_value(home, "objects", sub.id)
     rep = cli(home, "fsck", rc=EXIT_INTEGRITY)
@@ -218,7 +218,7 @@ def test_fsck_reports_missing_content_below_a_very_deep_tree(home: Path) -> None
         for _ in range(5000):
             top = trees.put({"d": top})
     ds = Dataset.create(dataset_name="deep", dataset_project="p")
-    registry.update(store, ds.id, lambda r: {**r, "tree": top.id})
+    registry.update(store, ds.id, lambda r: r.replace(tree=top.id))
     assert fsck(store, progress=False)["missing"] == []
     with store.batch() as b:
         b.delete_chunk(cid)

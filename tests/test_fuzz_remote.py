@@ -207,10 +207,10 @@ def test_hostile_objects_give_only_dsvc_errors(
     b.put(repo.GC_MARKS, _pack({"marked": {"ab" * 16: 1.7e9}, "deleting": {}}))
     ids = [did]
     if kind == "tree":  # a real tree payload: the root of the honest version
-        honest = encode_tree(store_a.get_tree(registry.get(store_a, did)["tree"]))
+        honest = encode_tree(store_a.get_tree(registry.get(store_a, did).tree))
         key, decoded, encode = None, msgpack.unpackb(honest, raw=False), _pack
     elif kind == "blob":  # a real blob payload: two chunks of the honest version
-        files = store_a.get_tree(registry.get(store_a, did)["tree"])
+        files = store_a.get_tree(registry.get(store_a, did).tree)
         chunks = tuple((e.id, e.size) for e in files.values() if e.kind == KIND_CHUNKFILE)
         honest = Blob(chunks).encode()
         key, decoded, encode = None, msgpack.unpackb(honest, raw=False), _pack

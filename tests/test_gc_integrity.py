@@ -140,8 +140,8 @@ for r in range(rounds):
         ds.add_files(folder)
         ds.finalize()
         rec = reg.get(store, ds.id)
-        store.get_commit(rec["commit"])
-        got = {"/".join(p): b"".join(store.read_file(e)) for p, e in walk(Trees(store), rec["tree"])}
+        store.get_commit(rec.commit)
+        got = {"/".join(p): b"".join(store.read_file(e)) for p, e in walk(Trees(store), rec.tree)}
         if got != files:
             failures.append(f"round {r}: {ds.id} reads back different content")
     except Exception as e:

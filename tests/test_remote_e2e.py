@@ -202,7 +202,7 @@ def test_push_stats_of_a_repeated_push(
     store = machine(monkeypatch, tmp_path / "home", fs3_spec)
     ds = Dataset.create(dataset_name="data", dataset_project="proj")
     ds.add_files(str(src))
-    tree = ds._refresh()["tree"]
+    tree = ds._refresh().tree
     remote = remote_of(store)
     first = remote.push_tree(store, tree, show_progress=False, pack_size_mb=1)
     assert first.packs >= 3  # 1 MiB packs: several
@@ -214,7 +214,7 @@ def test_push_stats_of_a_repeated_push(
     other = machine(monkeypatch, tmp_path / "home-2", fs3_spec)
     ds2 = Dataset.create(dataset_name="data", dataset_project="proj")
     ds2.add_files(str(src))
-    third = remote_of(other).push_tree(other, ds2._refresh()["tree"], show_progress=False)
+    third = remote_of(other).push_tree(other, ds2._refresh().tree, show_progress=False)
     assert third.bytes_sent == 0
 
 

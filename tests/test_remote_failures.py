@@ -54,7 +54,7 @@ def publish(folder: Path, *, name: str = "data", project: str = "proj") -> Datas
 def snapshot(store: Any) -> tuple[Any, ...]:
     """What a failed remote operation must not change in the local store."""
     return (
-        sorted((r["id"], r["status"], r.get("uploaded_tree")) for r in registry.all_records(store)),
+        sorted((r.id, r.status, r.uploaded_tree) for r in registry.all_records(store)),
         store.stats()["chunks"],
         store.stats().get("objects"),
     )

@@ -67,7 +67,7 @@ def test_push_refuses_a_corrupt_local_value_and_names_it(
     if what == "chunk":
         victim, db = store.file_chunks(entry)[-1][0], "chunks"
     else:
-        victim, db = store.get_tree(ds._rec["tree"])["sub"].id, "objects"
+        victim, db = store.get_tree(ds._rec.tree)["sub"].id, "objects"
     flip_local(store, db, victim, where=-1)
 
     with pytest.raises(IntegrityError) as err:
@@ -391,7 +391,7 @@ def test_metadata_changes_travel_through_the_remote_field_by_field(
     machine(monkeypatch, tmp_path / "home-b", fs3_spec)
     rec = remote_of(store_b).sync_meta(store_b, v1.id)
     assert rec is not None
-    assert (rec["description"], rec["name"], rec["status"]) == ("d1", "renamed", "published")
+    assert (rec.description, rec.name, rec.status) == ("d1", "renamed", "published")
 
     # both change different fields: per field, the later writer wins, nothing is lost
     machine(monkeypatch, tmp_path / "home-a", fs3_spec)
@@ -406,7 +406,7 @@ def test_metadata_changes_travel_through_the_remote_field_by_field(
     rec_a = remote_of(store_a).sync_meta(store_a, v1.id)
     for rec in (rec_a, rec_b):
         assert rec is not None
-        assert (rec["description"], rec["tags"]) == ("d2", ["b-tag"]), rec
+        assert (rec.description, rec.tags) == ("d2", ["b-tag"]), rec
 
     # an explicit delete from the remote: fetch no longer brings the version back
     Dataset.delete(dataset_id=v1.id, force=True, remote=True)

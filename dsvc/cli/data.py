@@ -384,7 +384,7 @@ def upload(
         max_workers=max_workers,
     )
     remember(store, ds.id)
-    where = dataset_record(store, ds.id).get("remote") or "the local store"
+    where = dataset_record(store, ds.id).remote or "the local store"
     result(f"Upload completed to {where} ({human_duration(time.monotonic() - t0)})")
 
 

@@ -298,11 +298,11 @@ def compare(source: str, target: str, verbose: bool, as_json: bool) -> None:
     store = open_store(create=False)
     a = resolve_version(store, source)
     b = resolve_version(store, target)
-    changes = diff_versions(store, a["tree"], b["tree"])
+    changes = diff_versions(store, a.tree, b.tree)
     if as_json:  # the vocabulary of `dsvc diff --json` (docs/cli.md, JSON output)
-        emit_json(changes_json(a["id"], b["id"], changes, files=True))
+        emit_json(changes_json(a.id, b.id, changes, files=True))
         return
-    say(f"Comparing {dataset_label(a)} ({short(a['id'])}) -> {dataset_label(b)} ({short(b['id'])})")
+    say(f"Comparing {dataset_label(a)} ({short(a.id)}) -> {dataset_label(b)} ({short(b.id)})")
     print_changes(changes, verbose=verbose)
 
 

@@ -205,17 +205,17 @@ def remote_show(name: str, as_json: bool) -> None:
     if row is None:
         raise NotFoundError(f"no remote named {name!r}; see `dsvc remote list`")
     info: dict[str, Any] = {**row, "reachable": False, "repository": False, "error": None}
-    recs: list[dict[str, Any]] = []
+    recs: list[Record] = []
     try:
         r = remote_for(store, name)
         info["repository"] = bool(r.ensure_repo(store, create=False))
         info["reachable"] = True
         if info["repository"]:
-            recs = sorted(r.list_records(store), key=lambda x: x.get("created") or 0)
+            recs = sorted(r.list_records(store), key=lambda x: x.created)
     except DsvcError as e:  # unreachable, refused: say so, the rest still shows
         info["error"] = e.cli_message()
     info["datasets"] = [
-        {k: x.get(k) for k in ("id", "project", "name", "version", "status")} for x in recs
+        {k: getattr(x, k) for k in ("id", "project", "name", "version", "status")} for x in recs
     ]
     if as_json:
         emit_json(info)
@@ -231,7 +231,7 @@ def remote_show(name: str, as_json: bool) -> None:
     else:
         result(f"  reachable:  yes; {plural(len(recs), 'dataset version')} there")
         for x in recs:
-            result(f"    {short(x['id'])}  {dataset_label(x)}  ({x.get('status')})")
+            result(f"    {short(x.id)}  {dataset_label(x)}  ({x.status})")
 
 
 @remote.command("set-url")
@@ -483,7 +483,7 @@ def fetch(remote_spec: str | None, as_json: bool) -> None:
         f"({len(remote_recs)} on the remote)"
     )
     for x in new:
-        say(f"  {short(x['id'])} {dataset_label(x)}", err=True)
+        say(f"  {short(x.id)} {dataset_label(x)}", err=True)
 
 
 @cli.command()

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from dsvc import codec, walk
 from dsvc.errors import ConflictError, DsvcError, IntegrityError, NotFoundError, StateError
@@ -303,7 +302,7 @@ class RemotePush(RemoteRefs):
     def publish(
         self,
         store: Store,
-        record: dict[str, Any],
+        record: Record,
         *,
         show_progress: bool = False,
         refresh: bool = True,
