@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -115,3 +116,82 @@ def test_format_doc_lists_every_record_field_of_the_code() -> None:
     # and the dataclass has exactly these fields (plus `extra`, the unknown ones)
     names = [f.name for f in dataclasses.fields(record.Record)]
     assert sorted(names) == sorted([*record.FIELDS, "extra"])
+
+
+ARCH = REPO / "docs" / "architecture.md"
+# `test_x.py::test_name` as the docs quote tests
+QUOTED_TEST_NAME = re.compile(r"`(test_\w+\.py)::(\w+)`")
+
+
+def _test_functions(test_file: Path) -> set[str]:
+    tree = ast.parse(test_file.read_text(encoding="utf-8"))
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_quoted_test_names_exist(doc: Path) -> None:
+    """A doc that names a test (`test_x.py::test_name`) names one that exists."""
+    text = doc.read_text(encoding="utf-8")
+    missing = [
+        f"{f}::{name}"
+        for f, name in QUOTED_TEST_NAME.findall(text)
+        if not (REPO / "tests" / f).exists()
+        or name not in _test_functions(REPO / "tests" / f)
+    ]
+    assert not missing, f"{doc.name} names tests that do not exist: {missing}"
+
+
+def _invariants() -> dict[int, str]:
+    text = ARCH.read_text(encoding="utf-8")
+    section = text.split("\n## Invariants\n", 1)[1].split("\n## ", 1)[0]
+    items = re.split(r"\n(?=\d+\. )", section)
+    return {int(i.split(".", 1)[0]): i for i in items if re.match(r"\d+\. ", i)}
+
+
+def test_every_invariant_names_a_test_that_exists() -> None:
+    inv = _invariants()
+    assert sorted(inv) == list(range(1, len(inv) + 1)) and len(inv) >= 23
+    all_tests = {
+        name for f in (REPO / "tests").glob("test_*.py") for name in _test_functions(f)
+    }
+    for n, text in inv.items():
+        named = set(re.findall(r"`(?:test_\w+\.py::)?(test_\w+)`", text))
+        files = re.findall(r"`(test_\w+\.py)`", text)
+        assert named or files, f"invariant {n} of docs/architecture.md names no test"
+        assert named <= all_tests, f"invariant {n} names missing tests: {named - all_tests}"
+
+
+def _table_modules() -> dict[str, str]:
+    """docs/architecture.md's layer table: module -> layer (remote/ files spelled out)."""
+    text = ARCH.read_text(encoding="utf-8")
+    out = {}
+    for line in text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("layer", "---"):
+            continue
+        for name in re.findall(r"`([\w/.]+)`", cells[1]):
+            out[name] = cells[0]
+    return out
+
+
+def test_architecture_layer_table_matches_the_code_and_the_layer_test() -> None:
+    """Every module in the table exists, every dsvc module is in it, in the layer that
+    tests/test_layers.py enforces."""
+    import test_layers
+
+    table = _table_modules()
+    for name in table:
+        path = REPO / "dsvc" / name
+        if not path.exists() and not name.startswith("remote/"):
+            path = REPO / "dsvc" / "remote" / name  # `fetch.py` after `remote/repo.py`
+        assert path.exists() or (REPO / "dsvc" / "remote" / name).exists(), name
+    listed = {n.split("/")[-1] if n.startswith("remote/") else n for n in table}
+    for src in sorted((REPO / "dsvc").glob("*.py")):
+        assert src.name in listed, f"docs/architecture.md's layer table misses dsvc/{src.name}"
+        module = "dsvc" if src.stem == "__init__" else f"dsvc.{src.stem}"
+        assert table[src.name] == test_layers.layer_of(module), src.name
+    for src in sorted((REPO / "dsvc" / "remote").glob("*.py")):
+        if src.name != "__init__.py":
+            assert src.name in listed, f"the layer table misses dsvc/remote/{src.name}"
+            assert test_layers.layer_of(f"dsvc.remote.{src.stem}") == "transport"
+    assert table["cli/"] == "face" and (REPO / "dsvc" / "cli").is_dir()
