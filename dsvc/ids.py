@@ -7,8 +7,6 @@ characters wherever a person sees them.
 
 from __future__ import annotations
 
-import re
-
 import xxhash
 
 ID_SIZE = 16
@@ -20,7 +18,6 @@ TAG_BLOB = b"B"
 TAG_TREE = b"T"
 TAG_COMMIT = b"M"
 
-_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def object_id(tag: bytes, data: bytes | bytearray | memoryview) -> bytes:
@@ -39,15 +36,3 @@ def to_hex(oid: bytes) -> str:
     """32-character display form of an id."""
     return oid.hex()
 
-
-def from_hex(text: str) -> bytes:
-    """Parse a 32-hex id; raises ``ValueError`` naming the bad text."""
-    t = text.strip().lower()
-    if not _HEX_RE.match(t):
-        raise ValueError(f"not a dsvc id (want 32 hex characters): {text!r}")
-    return bytes.fromhex(t)
-
-
-def is_hex_id(text: str) -> bool:
-    """True when ``text`` looks like a 32-hex id."""
-    return bool(_HEX_RE.match(text.strip().lower()))

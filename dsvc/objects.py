@@ -80,10 +80,6 @@ class Entry(NamedTuple):
     size: int
     mode: int = MODE_FILE
 
-    @property
-    def is_tree(self) -> bool:
-        return self.kind == KIND_TREE
-
 
 def _packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=False)
