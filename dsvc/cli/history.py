@@ -257,25 +257,25 @@ def diff(a: str | None, b: str | None, only_stat: bool, as_json: bool) -> None:
     if sa[0] == "folder" and sb[0] == "folder":
         raise UsageError("diff needs at least one dataset version (two folders given)")
     if sa[0] == "base":
-        changes = diff_versions(store, sa[1]["base_tree"], sb[1]["tree"])
-        left, right = "parents", sb[1]["id"]
+        changes = diff_versions(store, sa[1].base_tree, sb[1].tree)
+        left, right = "parents", sb[1].id
     elif sa[0] == "version" and sb[0] == "version":
-        changes = diff_versions(store, sa[1]["tree"], sb[1]["tree"])
-        left, right = sa[1]["id"], sb[1]["id"]
+        changes = diff_versions(store, sa[1].tree, sb[1].tree)
+        left, right = sa[1].id, sb[1].id
     else:
         ma = (
-            version_files(store, sa[1]["tree"])
+            version_files(store, sa[1].tree)
             if sa[0] == "version"
             else folder_files(store, sa[1])
         )
         mb = (
-            version_files(store, sb[1]["tree"])
+            version_files(store, sb[1].tree)
             if sb[0] == "version"
             else folder_files(store, sb[1])
         )
         changes = diff_maps(ma, mb)
-        left = sa[1]["id"] if sa[0] == "version" else sa[1]
-        right = sb[1]["id"] if sb[0] == "version" else sb[1]
+        left = sa[1].id if sa[0] == "version" else sa[1]
+        right = sb[1].id if sb[0] == "version" else sb[1]
     if as_json:
         emit_json(changes_json(left, right, changes, files=not only_stat))
         return
