@@ -315,7 +315,7 @@ class RemotePush(RemoteRefs):
             store,
             record.tree,
             show_progress=show_progress,
-            extra_objects=[commit],
+            extra_objects=[commit] if commit is not None else [],  # none: refused below
             label=_label(record),
             refresh=refresh,
         )

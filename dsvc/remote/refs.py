@@ -102,7 +102,7 @@ class RemoteRefs(RemoteFetch):
 
         def attempt() -> None:
             cur = self.backend.get_versioned(key, limit=MAX_REF_BYTES)
-            doc = {"project": project, "name": name, "versions": {}}
+            doc: dict[str, Any] = {"project": project, "name": name, "versions": {}}
             if cur is not None:
                 doc = parse_ref(cur[0], key).to_dict()
             if doc["versions"].get(dataset_id) == version and cur is not None:

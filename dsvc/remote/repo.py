@@ -138,7 +138,7 @@ def _parse_damage(data: bytes, url: str) -> dict[str, dict[str, list[str]]]:
     packs = doc.get("packs") if isinstance(doc, dict) and doc.get("v") == 1 else None
     out: dict[str, dict[str, list[str]]] = {}
     ok = isinstance(packs, dict)
-    for name, entry in packs.items() if ok else ():
+    for name, entry in packs.items() if isinstance(packs, dict) else ():
         ok = ok and is_hex32(name) and isinstance(entry, dict)
         lists = {k: entry.get(k) or [] for k in ("damaged", "incomplete")} if ok else {}
         ok = ok and all(isinstance(v, list) and all(is_hex32(i) for i in v) for v in lists.values())
@@ -154,7 +154,8 @@ def _parse_damage(data: bytes, url: str) -> dict[str, dict[str, list[str]]]:
 def _damage_pairs(
     doc: dict[str, dict[str, list[str]]],
 ) -> tuple[set[tuple[bytes, bytes]], set[tuple[bytes, bytes]]]:
-    damaged, incomplete = set(), set()
+    damaged: set[tuple[bytes, bytes]] = set()
+    incomplete: set[tuple[bytes, bytes]] = set()
     for name, entry in doc.items():
         pack = bytes.fromhex(name)
         damaged.update((pack, bytes.fromhex(i)) for i in entry["damaged"])
@@ -210,7 +211,7 @@ class RemoteRepo:
             if raw is None:
                 if not create:
                     return False
-                doc = {
+                doc: dict[str, Any] = {
                     "format": FORMAT,
                     "chunker": store.chunker_params.to_config(),
                     "id": uuid.uuid4().hex,
