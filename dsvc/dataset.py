@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, cast
 
+import msgpack
+
 from dsvc import external, reports
 from dsvc import registry as reg
 from dsvc.checkout import (
@@ -1127,8 +1129,6 @@ class Dataset:
                     "data": metadata.tobytes(order="C"),
                 }
             }
-        import msgpack
-
         try:
             msgpack.packb(metadata, use_bin_type=True)
         except (TypeError, ValueError) as e:

@@ -32,7 +32,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dsvc import registry
+from dsvc.dataset import Dataset
 from dsvc.errors import DsvcError, IntegrityError, StateError
+from dsvc.remote import client
+from dsvc.remote import config as rconfig
+from dsvc.store import Store
 
 PROJECT = "dsvc-demo"
 NAME = "sample"
@@ -153,16 +158,12 @@ def _scratch_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _use_home(home: Path) -> Any:
-    from dsvc import registry
-
+def _use_home(home: Path) -> Store:
     os.environ["DSVC_HOME"] = str(home)
     return registry.open_store(home)
 
 
 def _close_store(home: Path) -> None:
-    from dsvc import registry
-
     registry.close_store(home)
 
 
@@ -193,10 +194,6 @@ def run_demo(
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the demo; returns its figures (also printed through ``echo``)."""
-    from dsvc.dataset import Dataset
-    from dsvc.remote import client
-    from dsvc.remote import config as rconfig
-
     root, temporary = _prepare(workdir)
     data, home_a, home_b, remote_dir = (root / n for n in _OURS)
     data.mkdir()

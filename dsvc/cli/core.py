@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dsvc import __version__
+from dsvc import __version__, registry
 from dsvc.cli.render import printable, short  # noqa: F401  (short: re-exported)
 from dsvc.errors import DsvcError, NotFoundError, UsageError
+from dsvc.ids import to_hex
+from dsvc.store import BackendError, default_home, disk_error, lmdb_error
 
 if TYPE_CHECKING:  # imported where used: `dsvc --help` does not load the library
     from dsvc.dataset import Dataset
@@ -287,9 +289,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _backend_error() -> type[Exception]:
-    """The store's database error type (imported late, like the store itself)."""
-    from dsvc.store import BackendError
-
+    """The store's database error type."""
     return BackendError
 
 
@@ -307,8 +307,6 @@ def _closed_pipe() -> int:
 
 def _environment_error(e: BaseException) -> DsvcError | None:
     """The dsvc error for a damaged store or a full or failing disk, else None."""
-    from dsvc.store import BackendError, default_home, disk_error, lmdb_error
-
     home = default_home()
     if isinstance(e, BackendError):
         return lmdb_error(home, e)
@@ -420,11 +418,7 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def open_store(*, create: bool = True) -> Store:
     """The store of ``--home``/``$DSVC_HOME``; a read-only command passes ``create=False``
     so that a mistyped home is reported instead of silently becoming a new, empty store."""
-    from dsvc import registry
-
     if not create:
-        from dsvc.store import default_home
-
         home = default_home()
         if not (home / "store.lmdb").is_dir():
             raise NotFoundError(
@@ -436,16 +430,12 @@ def open_store(*, create: bool = True) -> Store:
 
 def remember(store: Store, dataset_id: str) -> None:
     """Make ``dataset_id`` the default for the next command (clearml-data's state)."""
-    from dsvc import registry
-
     store.put_record(registry.LAST_USED, dataset_id)
 
 
 def expand_id(store: Store, text: str) -> str:
     """A full dataset id from a full id or a unique prefix (>= 4 hex chars) of a local
     one, else of one on the default remote."""
-    from dsvc import registry
-
     t = text.strip().lower()
     if registry.get(store, t) is not None or len(t) >= 32:
         return t
@@ -551,8 +541,6 @@ def dataset_label(rec: Record) -> str:
 
 def record_json(rec: Record) -> dict[str, Any]:
     """The public fields of a dataset record (ids as hex, times as ISO 8601)."""
-    from dsvc.ids import to_hex
-
     def hx(v: Any) -> Any:
         return to_hex(v) if isinstance(v, bytes) else v
 
@@ -603,8 +591,6 @@ def id_option(help_text: str = "Dataset id or unique prefix (default: the last u
 
 def dataset_record(store: Store, dataset_id: str) -> Record:
     """The local record of ``dataset_id`` (NotFoundError naming it otherwise)."""
-    from dsvc import registry
-
     return registry.require(store, dataset_id)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from dsvc import registry as reg
 from dsvc.cli.core import (
     WORKERS,
     check_version,
@@ -527,7 +528,6 @@ def delete(
       dsvc delete --project demo --name images --version 1.0.2
       dsvc delete --project demo --name scratch --entire-dataset --force
     """
-    from dsvc import registry as reg
     from dsvc.dataset import Dataset, last_used
 
     store = open_store()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dsvc import registry as reg
 from dsvc.cli.core import (
     COUNT,
     cli,
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 @contextmanager
 def keep_last_used(store: Store) -> Iterator[None]:
-    from dsvc import registry as reg
     from dsvc.dataset import last_used
 
     before = last_used(store)
@@ -68,7 +68,6 @@ def resolve_version(store: Store, text: str) -> Record:
 
     Looks locally, then on the default remote (importing the record's metadata).
     """
-    from dsvc import registry as reg
     from dsvc.dataset import Dataset
 
     t = text.strip()
@@ -95,8 +94,6 @@ def _default_remote(store: Store) -> Remote | None:
 
 
 def _record(store: Store, dataset_id: str, remote: Remote | None) -> Record | None:
-    from dsvc import registry as reg
-
     rec = reg.get(store, dataset_id)
     if rec is None and remote is not None:
         try:
@@ -313,8 +310,6 @@ def log(
       dsvc log --project demo --name images
       dsvc log --oneline -n 5
     """
-    from dsvc import registry as reg
-
     store = open_store(create=False)
     dataset_id = one_id(id_arg, dataset_id, "log")
     if not (project and name):
@@ -410,7 +405,6 @@ def lineage(
         did = todo.pop()
         if did in nodes:
             continue
-        from dsvc import registry as reg
 
         rec = reg.get(store, did)
         if rec is None and not remote_tried:

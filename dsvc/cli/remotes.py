@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dsvc import registry as reg
 from dsvc.cli.core import (
     WORKERS,
     cli,
@@ -27,7 +28,8 @@ from dsvc.cli.core import (
     short,
     table,
 )
-from dsvc.errors import ConfigError, DsvcError, NotFoundError, StateError
+from dsvc.errors import ConfigError, DsvcError, IntegrityError, NotFoundError, StateError
+from dsvc.store import default_home
 
 if TYPE_CHECKING:
     from dsvc.objects import Entry
@@ -323,8 +325,6 @@ def push(
       dsvc push --init       # the first push to a new, empty bucket or folder
       dsvc push --dry-run    # what would be sent
     """
-    from dsvc import registry as reg
-
     store = open_store()
     r = remote_for(store, remote_spec)
     if not init and not dry_run:
@@ -429,8 +429,6 @@ def _push_dry_run(store: Store, r: Remote, ids: list[str], as_json: bool) -> Non
 
 def _fetch_records(store: Store, r: Remote) -> tuple[list[Record], list[Record]]:
     """Import the remote's records missing locally; returns (all remote, newly imported)."""
-    from dsvc import registry as reg
-
     _require_repo(store, r, "a new repository is started with `dsvc push --init`")
     remote_recs = r.list_records(store)
     new = []
@@ -506,8 +504,6 @@ def pull(
     Example:
       dsvc pull origin --id 3f2a1b2c
     """
-    from dsvc import registry as reg
-
     store = open_store()
     r = remote_for(store, remote_spec)
     t0 = time.monotonic()
@@ -564,11 +560,9 @@ def clone(url: str, directory: str | None, remote_name: str, options: tuple[str,
       dsvc clone s3://bucket/datasets ./team-store
       DSVC_HOME=./team-store dsvc get --project demo --name images --copy ./work
     """
-    from dsvc import registry as reg
     from dsvc.remote import config
     from dsvc.remote.backend import Backend
     from dsvc.remote.options import check_options
-    from dsvc.store import default_home
 
     url = _absolute(config.check_url(url))
     opts = parse_options(options)
@@ -614,8 +608,6 @@ def clone(url: str, directory: str | None, remote_name: str, options: tuple[str,
 
 def fsck_remote(remote_spec: str | None, as_json: bool) -> None:
     """``dsvc fsck --remote [NAME]``: verify every pack of a remote, mark what is damaged."""
-    from dsvc.errors import IntegrityError
-
     store = open_store()
     r = remote_for(store, remote_spec)
     t0 = time.monotonic()

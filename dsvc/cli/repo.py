@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from dsvc import registry
 from dsvc.cli.core import (
     cli,
     emit_json,
@@ -25,7 +26,7 @@ from dsvc.cli.remotes import fsck_remote, remote_for
 from dsvc.cli.render import printable
 from dsvc.codec import DEFAULT_LEVEL
 from dsvc.errors import IntegrityError, NotFoundError, StoreCorruptError, UsageError
-from dsvc.store import Store, corrupt_message
+from dsvc.store import Store, corrupt_message, default_home
 
 # -- init ----------------------------------------------------------------------------------
 
@@ -41,9 +42,6 @@ def init(directory: str | None) -> None:
     Example:
       dsvc init ./team-store && export DSVC_HOME=$PWD/team-store
     """
-    from dsvc import registry
-    from dsvc.store import default_home
-
     home = os.path.abspath(directory) if directory else str(default_home())
     existed = os.path.exists(os.path.join(home, "store.lmdb"))
     store = registry.open_store(home)

@@ -14,6 +14,8 @@ import click
 
 from dsvc.cli.core import cli, emit_json, expand_id, human_size, is_quiet, json_option, result
 from dsvc.errors import NotFoundError, UsageError
+from dsvc.ids import to_hex
+from dsvc.objects import KIND_TREE
 
 #: ``cat`` copies to stdout in blocks of this size (sequential: read-ahead applies)
 CAT_BLOCK = 4 << 20
@@ -68,9 +70,6 @@ def ls_cmd(dataset: str, path: str, long_: bool, recursive: bool, as_json: bool)
       dsvc ls 3f2a9c images/
       dsvc ls -lR dsvc://vision/cats@1.0.0
     """
-    from dsvc.ids import to_hex
-    from dsvc.objects import KIND_TREE
-
     reader, version, rel, entry, remote_only = _resolve(dataset, path)
     if entry.kind != KIND_TREE:
         rows = [(rel, entry)]
@@ -127,7 +126,6 @@ def cat_cmd(dataset: str, path: str) -> None:
       dsvc cat 3f2a9c labels/train.csv | head
       dsvc cat dsvc://vision/cats@1.0.0/labels.csv > labels.csv
     """
-    from dsvc.objects import KIND_TREE
     from dsvc.progress import Progress
 
     reader, version, rel, entry, remote_only = _resolve(dataset, path)

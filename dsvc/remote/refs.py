@@ -13,6 +13,7 @@ import msgpack
 
 from dsvc.errors import ConflictError, IntegrityError, NotFoundError
 from dsvc.record import (
+    FIELDS,
     MAX_RECORD_BYTES,
     MAX_REF_BYTES,
     Record,
@@ -38,8 +39,6 @@ def _ref_key(project: str, name: str) -> str:
 def _parse_meta(data: bytes, url: str, key: str) -> dict[str, tuple[Any, int]]:
     """Check ``meta/<id>``: ``{"v": 1, "fields": {field: [value, time ns]}}``; each
     value passes the same check as in a record (dsvc.record.FIELDS)."""
-    from dsvc.record import FIELDS
-
     doc = _decode(data, f"remote {url}: {key}")
     out: dict[str, tuple[Any, int]] = {}
     try:
