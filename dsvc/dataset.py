@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import msgpack
 
@@ -101,6 +101,9 @@ from dsvc.treeops import (
     walk,
 )
 from dsvc.usage import VersionUsage, version_usage
+
+if TYPE_CHECKING:  # the transport is loaded only when a remote is used (lookup.remote_for)
+    from dsvc.remote.client import Remote
 
 #: largest file a writable copy reads from a remote straight into memory and then the
 #: file (larger ones go through the store, chunk by chunk)
@@ -1286,8 +1289,8 @@ class Dataset:
             # the lease keeps `gc` from sweeping the commit before the record names it
             with self._store.lease(f"finalize {self.id}"):
                 published = self._published_record(remote, rec, auto_upload)
-                if published is not None and published.commit:
-                    rec = self._adopt(remote, published)
+                if remote is not None and published is not None and published.commit:
+                    rec = self._adopt(remote, published, published.commit)
                 else:
                     rec = self._freeze(remote, auto_upload, verbose)
                     cid = self._frozen_commit(rec)
@@ -1308,7 +1311,7 @@ class Dataset:
             return False
 
     def _published_record(
-        self, remote: Any, rec: Record, auto_upload: bool
+        self, remote: Remote | None, rec: Record, auto_upload: bool
     ) -> Record | None:
         """The remote's record of this id, if the remote publishes it already."""
         if remote is None:
@@ -1323,7 +1326,7 @@ class Dataset:
                 ) from None
             raise
 
-    def _freeze(self, remote: Any, auto_upload: bool, verbose: bool) -> Record:
+    def _freeze(self, remote: Remote | None, auto_upload: bool, verbose: bool) -> Record:
         """Fix the draft's commit in its record (``finalizing``) unless already fixed.
 
         From then on content changes are refused, so whatever a crash interrupts, the
@@ -1389,11 +1392,11 @@ class Dataset:
 
         return self._update(done, allow_final=True)
 
-    def _adopt(self, remote: Any, published: Record) -> Record:
+    def _adopt(self, remote: Remote, published: Record, cid: bytes) -> Record:
         """The remote already publishes this id (a finalize that was killed after its
         remote record, possibly by an older dsvc): the version *is* what was published.
-        Completes the remote side (ref) and records the published commit locally."""
-        cid = published.commit
+        Completes the remote side (ref) and records the published commit (``cid``)
+        locally."""
         remote.fetch_metadata(self._store, published.tree, [cid])  # no-op when local
         remote.update_ref(
             published.project, published.name, self.id, published.version
@@ -1812,7 +1815,7 @@ def _frozen_message(r: Record) -> str:
     )
 
 
-def _not_uploaded_message(rec: Record, remote: Any) -> str:
+def _not_uploaded_message(rec: Record, remote: Remote) -> str:
     return (
         f"dataset {rec.project}/{rec.name} ({rec.id}) has changes that were not "
         f"uploaded to {remote.url}"
