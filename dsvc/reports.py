@@ -36,13 +36,17 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from dsvc.errors import ConflictError, NotFoundError, StateError, UsageError
 from dsvc.ids import to_hex
+from dsvc.record import Record
 from dsvc.store import Store
+
+if TYPE_CHECKING:
+    from dsvc.remote.fetch import RemoteFetch
 
 PREFIX = "reports/"
 #: the most report bytes one version carries (its commit holds them; commits <= 64 MiB)
@@ -150,16 +154,18 @@ def commit_meta(store: Store, dataset_id: str, meta: dict[str, Any]) -> dict[str
     return {**meta, "reports": events} if events else meta
 
 
-def version_events(store: Store, rec: dict[str, Any], remote: Any = None) -> list[dict[str, Any]]:
+def version_events(
+    store: Store, rec: Record, remote: RemoteFetch | None = None
+) -> list[dict[str, Any]]:
     """The reports of a version: from its commit once finalized (fetched from ``remote``
     when not local), else the draft's."""
-    cid = rec.get("commit") or (rec.get("finalizing") or {}).get("commit")
+    cid = rec.commit or (rec.finalizing or {}).get("commit")
     if cid is None:
-        return draft_events(store, rec["id"])
+        return draft_events(store, rec.id)
     if not store.has_object(cid):
         if remote is None:
             raise NotFoundError(
-                f"dataset {rec['id']}: its commit {to_hex(cid)} is not in the local store and "
+                f"dataset {rec.id}: its commit {to_hex(cid)} is not in the local store and "
                 "no remote is configured; add the remote it was pushed to"
             )
         remote.fetch_commit(store, cid)

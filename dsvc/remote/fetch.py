@@ -14,7 +14,7 @@ from typing import Any
 from dsvc import codec
 from dsvc.errors import IntegrityError, NotFoundError
 from dsvc.ids import TAG_CHUNK, to_hex
-from dsvc.objects import KIND_FILE, KIND_TREE, Entry
+from dsvc.objects import KIND_FILE, KIND_TREE, Commit, Entry
 from dsvc.progress import Progress
 from dsvc.remote.packs import (
     KIND_CHUNK,
@@ -293,3 +293,9 @@ class RemoteFetch(RemoteRepo):
         total = sum(loc.length for loc in locs.values())
         with Progress(f"fetch {self.url}", total or None, enabled=show_progress) as bar:
             return self._fetch_values(store, need, workers=max_workers, bar=bar)
+
+    def fetch_commit(self, store: Store, commit_id: bytes) -> Commit:
+        """The commit ``commit_id``, fetched (verified) into the store if not local."""
+        if not store.has_object(commit_id):
+            self._fetch_values(store, [commit_id])
+        return store.get_commit(commit_id)
