@@ -946,7 +946,7 @@ class Dataset:
         ``dsvc.treeops.diff_stats(ds.diff(...))`` sums them up.
         """
         rec = self._refresh()
-        base = _base(rec) if other is None else reg.require(self._store, _id_of(other)).tree
+        base = rec.base if other is None else reg.require(self._store, _id_of(other)).tree
         return diff(self._trees(), base, rec.tree)
 
     def stats(self, other: str | Dataset | None = None) -> DiffStats:
@@ -960,7 +960,7 @@ class Dataset:
 
     def _changes(self, dataset_id: str | None) -> list[Change]:
         rec = self._refresh()
-        base = _base(rec) if dataset_id is None else reg.require(self._store, dataset_id).tree
+        base = rec.base if dataset_id is None else reg.require(self._store, dataset_id).tree
         key = (base, rec.tree)
         # list_added/modified/removed_files in a row diff once (trees are immutable,
         # so the same pair of ids always gives the same changes)
@@ -1256,7 +1256,7 @@ class Dataset:
         url, options = (found[1], found[2]) if found is not None else (dest, {})
         files = [
             (c.path, c.new)
-            for c in diff(self._trees(), _base(rec), rec.tree)
+            for c in diff(self._trees(), rec.base, rec.tree)
             if c.new is not None and c.new.kind != KIND_EXTERNAL
         ]
         base = f"{url.rstrip('/')}/external_links/{rec.id}"
@@ -1834,12 +1834,6 @@ def last_used(store: Store) -> str | None:
     script cannot change what a bare ``dsvc add`` or ``dsvc close`` acts on.
     """
     return store.get_record(reg.LAST_USED)
-
-
-def _base(rec: Record) -> bytes:
-    """The tree a draft's changes are counted from (``create`` always sets one; a record
-    without one has no parents, so its base is the empty tree)."""
-    return rec.base_tree if rec.base_tree is not None else EMPTY_TREE_ID
 
 
 def _commit_meta(rec: Record) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import msgpack
 
 from dsvc.errors import IntegrityError
 from dsvc.ids import ID_SIZE
+from dsvc.objects import EMPTY_TREE_ID
 
 #: version of the record layout described in docs/format.md §8
 RECORD_VERSION = 1
@@ -276,6 +277,12 @@ class Record:
                     continue
                 out[f.name] = list(v) if isinstance(v, list) else v
         return out
+
+    @property
+    def base(self) -> bytes:
+        """The tree this version's changes are counted from: ``base_tree`` (``create``
+        always sets it), else the empty tree (a version without one has no parents)."""
+        return self.base_tree if self.base_tree is not None else EMPTY_TREE_ID
 
     def replace(self, **changes: Any) -> Record:
         """A copy with ``changes`` applied (records are values: change by copying)."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from dsvc import registry as reg
 from dsvc.errors import ObjectNotFoundError
 from dsvc.objects import KIND_CHUNKFILE, KIND_TREE
+from dsvc.record import Record
 from dsvc.store import Store
 from dsvc.treeops import Trees
 
@@ -147,22 +147,22 @@ def _files(trees: Trees, root: bytes) -> tuple[int, int]:
     return n, size
 
 
-def version_usage(store: Store, record: dict[str, Any]) -> VersionUsage:
+def version_usage(store: Store, record: Record) -> VersionUsage:
     """Files, logical and stored bytes, and what ``record``'s version added over its
     parents (chunks none of their trees use). Reads the version's trees and its
     parents' from the local store (``ObjectNotFoundError`` when they are not there)."""
     trees = Trees(store)
-    files, logical = _files(trees, record["tree"])
-    sizes = _frame_sizes(store, set(_chunks(store, trees, record["tree"], None)))
+    files, logical = _files(trees, record.tree)
+    sizes = _frame_sizes(store, set(_chunks(store, trees, record.tree, None)))
     parent_chunks: set[bytes] = set()
     seen: set[bytes] = set()
-    for pid in record.get("parents") or []:
+    for pid in record.parents or []:
         prec = reg.get(store, pid)
-        if prec is not None and prec.get("tree") is not None:
-            parent_chunks.update(_chunks(store, trees, prec["tree"], seen))
+        if prec is not None and prec.tree is not None:
+            parent_chunks.update(_chunks(store, trees, prec.tree, seen))
     new = [c for c in sizes if c not in parent_chunks]
     return VersionUsage(
-        dataset_id=record["id"],
+        dataset_id=record.id,
         files=files,
         logical_bytes=logical,
         chunks=len(sizes),
@@ -177,10 +177,10 @@ def store_usage(store: Store) -> StoreUsage:
     """Every local dataset's logical and stored bytes, the chunks datasets share, and
     the store's chunks no version references. Reads each folder once per dataset."""
     trees = Trees(store)
-    by_name: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_name: dict[tuple[str, str], list[Record]] = {}
     for r in reg.all_records(store):
-        if r.get("tree") is not None:
-            by_name.setdefault((r["project"], r["name"]), []).append(r)
+        if r.tree is not None:
+            by_name.setdefault((r.project, r.name), []).append(r)
     owner: dict[bytes, int] = {}  # chunk -> index of the first dataset using it
     shared: set[bytes] = set()
     per: list[tuple[DatasetUsage, set[bytes]]] = []
@@ -190,8 +190,8 @@ def store_usage(store: Store) -> StoreUsage:
         seen: set[bytes] = set()
         for r in recs:
             try:
-                du.logical_bytes += _files(trees, r["tree"])[1]
-                mine.update(_chunks(store, trees, r["tree"], seen))
+                du.logical_bytes += _files(trees, r.tree)[1]
+                mine.update(_chunks(store, trees, r.tree, seen))
             except ObjectNotFoundError:
                 continue  # a version whose trees are only on a remote
         for c in mine:

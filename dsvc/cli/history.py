@@ -254,7 +254,7 @@ def diff(a: str | None, b: str | None, only_stat: bool, as_json: bool) -> None:
     if sa[0] == "folder" and sb[0] == "folder":
         raise UsageError("diff needs at least one dataset version (two folders given)")
     if sa[0] == "base":
-        changes = diff_versions(store, sa[1].base_tree, sb[1].tree)
+        changes = diff_versions(store, sa[1].base, sb[1].tree)
         left, right = "parents", sb[1].id
     elif sa[0] == "version" and sb[0] == "version":
         changes = diff_versions(store, sa[1].tree, sb[1].tree)

@@ -8,7 +8,7 @@ not change the remembered "last used" dataset.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -43,6 +43,10 @@ from dsvc.cli.render import printable
 from dsvc.cli.reports import reports_options, write_reports
 from dsvc.errors import DsvcError, NotFoundError
 
+if TYPE_CHECKING:
+    from dsvc.record import Record
+    from dsvc.store import Store
+
 
 def _ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}x"
@@ -61,7 +65,7 @@ def _usage_json(u: Any) -> dict[str, Any]:
     }
 
 
-def _unpushed(store: Any) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:
+def _unpushed(store: Store) -> tuple[str | None, list[Record] | None, str | None]:
     """(default remote's name, finalized local versions it lacks, error): the list is
     None when there is no default remote or it cannot be read."""
     from dsvc import registry as reg
@@ -73,16 +77,16 @@ def _unpushed(store: Any) -> tuple[str | None, list[dict[str, Any]] | None, str 
             return None, None, None
         name = getattr(r, "name", None) or r.url
         there = (
-            {x["id"] for x in r.list_records(store)}
+            {x.id for x in r.list_records(store)}
             if r.ensure_repo(store, create=False)
             else set()
         )
     except DsvcError as e:
         return None, None, e.cli_message()
-    local = [x for x in reg.all_records(store) if x["status"] in reg.COMPLETED_STATES]
+    local = [x for x in reg.all_records(store) if x.status in reg.COMPLETED_STATES]
     return (
         name,
-        sorted((x for x in local if x["id"] not in there), key=lambda x: x["created"]),
+        sorted((x for x in local if x.id not in there), key=lambda x: x.created),
         None,
     )
 
@@ -117,11 +121,11 @@ def status(folder: str | None, dataset_id: str | None, only_stat: bool, as_json:
         if not os.path.isdir(folder):
             raise NotFoundError(f"{os.path.abspath(folder)} is not a folder")
         path = os.path.abspath(folder)
-        changes = diff_maps(version_files(store, rec["tree"]), folder_files(store, path))
-        left, right = rec["id"], path
+        changes = diff_maps(version_files(store, rec.tree), folder_files(store, path))
+        left, right = rec.id, path
     else:
-        changes = diff_versions(store, rec["base_tree"], rec["tree"])
-        left, right = "parents", rec["id"]
+        changes = diff_versions(store, rec.base, rec.tree)
+        left, right = "parents", rec.id
     remote, unpushed, err = (None, None, None) if folder is not None else _unpushed(store)
     if as_json:
         emit_json(
@@ -129,15 +133,15 @@ def status(folder: str | None, dataset_id: str | None, only_stat: bool, as_json:
                 "dataset": record_json(rec),
                 "changes": changes_json(left, right, changes, files=not only_stat),
                 "remote": remote,
-                "unpushed": None if unpushed is None else [x["id"] for x in unpushed],
+                "unpushed": None if unpushed is None else [x.id for x in unpushed],
             }
         )
         return
     from dsvc import registry as reg
 
-    draft = rec["status"] == reg.DRAFT
-    state = "a draft" if draft else "finalized" if rec["status"] == reg.FINAL else rec["status"]
-    result(f"On {dataset_label(rec)} ({rec['id']}), {state}")
+    draft = rec.status == reg.DRAFT
+    state = "a draft" if draft else "finalized" if rec.status == reg.FINAL else rec.status
+    result(f"On {dataset_label(rec)} ({rec.id}), {state}")
     if folder is not None:
         result(f"Folder {right} against this version:")
         print_changes(changes, verbose=not only_stat)
@@ -149,8 +153,8 @@ def status(folder: str | None, dataset_id: str | None, only_stat: bool, as_json:
         n = {k: len(v) for k, v in changes.items()}
         result(
             f"Nothing staged (it changed {n['added']} added, {n['removed']} removed, "
-            f"{n['modified']} modified files: `dsvc diff {short(rec['id'])}`); "
-            f"`dsvc create --parents {short(rec['id'])}` starts a draft"
+            f"{n['modified']} modified files: `dsvc diff {short(rec.id)}`); "
+            f"`dsvc create --parents {short(rec.id)}` starts a draft"
         )
     if err:
         say(f"dsvc: warning: default remote not read: {err}", err=True)
@@ -159,7 +163,7 @@ def status(folder: str | None, dataset_id: str | None, only_stat: bool, as_json:
     elif unpushed:
         result(f"Not on {remote} yet ({plural(len(unpushed), 'version')}; `dsvc push` sends them):")
         for x in unpushed:
-            result(f"  {short(x['id'])}  {dataset_label(x)}")
+            result(f"  {short(x.id)}  {dataset_label(x)}")
     else:
         result(f"Every finalized version is on {remote}.")
 
@@ -210,21 +214,21 @@ def show(
         return
     try:
         usage: Any = version_usage(store, rec)
-        changes = diff_versions(store, rec["base_tree"], rec["tree"])
+        changes = diff_versions(store, rec.base, rec.tree)
     except NotFoundError:  # trees only on a remote
         usage, changes = None, None
-    children = [x["id"] for x in reg.all_records(store) if rec["id"] in (x.get("parents") or [])]
+    children = [x.id for x in reg.all_records(store) if rec.id in (x.parents or [])]
     remotes = []
     for row in config.list_remotes(store):
         try:
             held: bool | None = (
-                remote_for(store, row["name"], required=True).get_record(store, rec["id"])
+                remote_for(store, row["name"], required=True).get_record(store, rec.id)
                 is not None
             )
         except DsvcError:
             held = None  # unreachable
         remotes.append({"name": row["name"], "has": held})
-    metadata = sorted((rec.get("metadata") or {}).keys())
+    metadata = sorted(rec.metadata.keys())
     if as_json:
         emit_json(
             {
@@ -232,23 +236,23 @@ def show(
                 "usage": None if usage is None else _usage_json(usage),
                 "changes": None
                 if changes is None
-                else changes_json("parents", rec["id"], changes, files=False)["counts"],
+                else changes_json("parents", rec.id, changes, files=False)["counts"],
                 "children": children,
                 "remotes": remotes,
                 "metadata": metadata,
             }
         )
         return
-    result(f"dataset {rec['id']}  {dataset_label(rec)}  ({rec['status']})")
-    result(f"Created:   {human_time(rec.get('created'))}")
-    if rec.get("finalized"):
-        result(f"Finalized: {human_time(rec.get('finalized'))}")
-    result(f"Parents:   {' '.join(rec.get('parents') or []) or '-'}")
-    if rec.get("squashed_from"):
-        result(f"Squashed:  {' '.join(rec['squashed_from'])}")
+    result(f"dataset {rec.id}  {dataset_label(rec)}  ({rec.status})")
+    result(f"Created:   {human_time(rec.created)}")
+    if rec.finalized:
+        result(f"Finalized: {human_time(rec.finalized)}")
+    result(f"Parents:   {' '.join(rec.parents or []) or '-'}")
+    if rec.squashed_from:
+        result(f"Squashed:  {' '.join(rec.squashed_from)}")
     result(f"Children:  {' '.join(children) or '-'}")
     if usage is None:
-        result("Files:     not in the local store (`dsvc pull --id " + rec["id"] + "`)")
+        result("Files:     not in the local store (`dsvc pull --id " + rec.id + "`)")
     else:
         result(f"Files:     {plural(usage.files, 'file')}, {human_size(usage.logical_bytes)}")
         stored = f"{human_size(usage.stored_bytes)} in {plural(usage.chunks, 'chunk')}"
@@ -267,13 +271,13 @@ def show(
         if r["has"] is not False
     ]
     result(f"Remotes:   {', '.join(held_by) or '-'}")
-    if rec.get("tags"):
-        result(f"Tags:      {printable(', '.join(rec['tags']))}")
+    if rec.tags:
+        result(f"Tags:      {printable(', '.join(rec.tags))}")
     if metadata:
         result(f"Metadata:  {printable(', '.join(metadata))}")
-    if rec.get("description"):
+    if rec.description:
         result("")
-        for line in rec["description"].splitlines():
+        for line in rec.description.splitlines():
             result(f"    {line}")
 
 

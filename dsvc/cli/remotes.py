@@ -377,7 +377,7 @@ def push(
             {
                 "remote": r.url,
                 "dry_run": False,
-                "datasets": [x["id"] for x in recs],
+                "datasets": [x.id for x in recs],
                 "packs": packs,
                 "objects": objects,
                 "chunks": chunks,
