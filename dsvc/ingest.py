@@ -557,7 +557,7 @@ class _MapTrimmer:
     def __init__(self, store: Store) -> None:
         self.target = os.path.realpath(os.path.join(store.path, "data.mdb"))
         self.ok = sys.platform.startswith("linux")
-        self._madvise = None
+        self._madvise: Callable[..., int] | None = None
 
     def trim(self) -> None:
         if not self.ok:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +239,7 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                 store.delete_record(k.decode())
     # the caches below live outside LMDB and outside the lock: copies are rebuilt from
     # the store, and nothing here is a reference a version depends on
-    ids = {r.id for r in all_records(store)}
+    live = {r.id for r in all_records(store)}
     layout = CacheLayout(store.home)
     copies = layout.copies
     now = time.time()
@@ -250,7 +251,7 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                     stats["temp_deleted"] += 1
                     if not dry_run:
                         remove_tree(d)
-            elif owner is not None and owner not in ids:
+            elif owner is not None and owner not in live:
                 stats["cached_copies_deleted"] += 1
                 if not dry_run:
                     remove_tree(d)  # iterative: a copy may be very deep
@@ -355,7 +356,7 @@ def _may_fetch(rec: Record, any_remote: bool) -> bool:
 
 
 def damaged_datasets(
-    store: Store, bad: set[bytes] = frozenset(), *, lenient: bool = True
+    store: Store, bad: AbstractSet[bytes] = frozenset(), *, lenient: bool = True
 ) -> list[dict[str, Any]]:
     """Per dataset, what of its content cannot be read locally: files whose content is
     absent or in ``bad`` (ids known to be corrupt), folders whose tree is, and the commit.
