@@ -414,14 +414,11 @@ def png_bytes(pixels: bytes, width: int, height: int, channels: int) -> bytes:
 # -- the HTML page ----------------------------------------------------------------------
 
 
-def render_html(rec: dict[str, Any], events: Iterable[dict[str, Any]]) -> str:
+def render_html(rec: Record, events: Iterable[dict[str, Any]]) -> str:
     """One self-contained page with a version's reports, grouped by kind and title."""
     esc = html.escape
     events = list(events)
-    head = (
-        f"{rec.get('project', '')}/{rec.get('name', '')} "
-        f"v{rec.get('version') or '?'} ({rec.get('id', '')})"
-    )
+    head = f"{rec.project}/{rec.name} v{rec.version or '?'} ({rec.id})"
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
