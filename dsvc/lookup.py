@@ -12,11 +12,11 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 from dsvc import registry as reg
 from dsvc.errors import LIST_DATASETS, DsvcError, NotFoundError, RemoteError
-from dsvc.record import Record
+from dsvc.record import Listed, Record, Summary
 from dsvc.store import Store
 
 if TYPE_CHECKING:
@@ -88,10 +88,10 @@ def remote_named(
     remote: Remote,
     project: str,
     name: str,
-    keep: Callable[[dict[str, Any]], bool],
+    keep: Callable[[Listed], bool],
     skip: set[str],
     version: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Record]:
     """The remote's records of ``project``/``name`` that ``keep`` accepts and that can
     be the latest (:func:`dsvc.registry.latest`): read through the name's ref, highest
     version first, a group of equal versions at a time, stopping below the first group
@@ -105,7 +105,7 @@ def remote_named(
     for did, ver in ((ref or {}).get("versions") or {}).items():
         if did not in skip and (version is None or ver == version):
             groups[reg.parse_version(ver)].append(did)
-    found: list[dict[str, Any]] = []
+    found: list[Record] = []
     with ThreadPoolExecutor(8, thread_name_prefix="dsvc-lookup") as pool:
         # None (no valid version) last: a valid version always wins (registry.latest)
         for ver in sorted(groups, key=lambda v: (v is not None, v or 0), reverse=True):
@@ -113,7 +113,7 @@ def remote_named(
                 break
             for rec in pool.map(lambda d: remote.get_record(store, d), groups[ver]):
                 # a renamed version stays listed under its old name: check the record
-                if rec is None or (rec["project"], rec["name"]) != (project, name):
+                if rec is None or (rec.project, rec.name) != (project, name):
                     continue
                 if keep(rec):
                     found.append(rec)
@@ -125,22 +125,22 @@ def latest_named(
     project: str,
     name: str,
     *,
-    keep: Callable[[dict[str, Any]], bool] = lambda r: True,
+    keep: Callable[[Listed], bool] = lambda r: True,
     version: str | None = None,
     remote: Remote | None | bool = True,
     unreachable: str = "looking in the local store only",
-) -> dict[str, Any] | None:
+) -> Summary | Record | None:
     """The latest version of ``project``/``name`` (the ClearML rule of
     :func:`dsvc.registry.latest`) among those ``keep`` accepts, locally (through the
     store's name index: summaries, not records) and on the default remote (through its
     ref; ``remote=False``: local only). Returns a local record's summary
     (:func:`dsvc.store.record_summary`), or a remote record, or None."""
-    local = [s for s in store.name_index(project, name) if keep(s)]
-    found = list(local)
+    listed = [Summary.from_index(s) for s in store.name_index(project, name)]
+    found: list[Summary | Record] = [s for s in listed if keep(s)]
     try:
         r = remote_for(store, None) if remote is True else remote or None
         if r is not None:
-            skip = {s["id"] for s in store.name_index(project, name)}
+            skip = {s.id for s in listed}
             found += remote_named(store, r, project, name, keep, skip, version)
     except RemoteError as e:
         warn(f"{e}; {unreachable}")
@@ -168,7 +168,7 @@ def find_record(
     remote = None
     if not dataset_id and project and name:  # by name: the name index and the ref
 
-        def keep(r: dict[str, Any]) -> bool:
+        def keep(r: Listed) -> bool:
             return bool(
                 reg.filter_records(
                     [r],
@@ -184,10 +184,12 @@ def find_record(
         top = latest_named(store, project, name, keep=keep, version=version, remote=remote or False)
         if top is None:
             return None
-        local = reg.get(store, top["id"])
+        local = reg.get(store, top.id)
         if local is not None:
             return local
-        return remote.import_record(store, top) if remote is not None else None
+        if remote is None or not isinstance(top, Record):
+            return None  # a summary's record is local: only deleted meanwhile
+        return remote.import_record(store, top)
     if dataset_id:
         rec = reg.get(store, dataset_id)
         if rec is None:

@@ -23,7 +23,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -294,6 +294,61 @@ class Record:
 
     def to_msgpack(self) -> bytes:
         return msgpack.packb(self.to_dict(), use_bin_type=True)
+
+
+class Listed(Protocol):
+    """What listing and lookup read of a version (registry.filter_records/latest): a
+    :class:`Record`, or the :class:`Summary` the store's name index keeps."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def project(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def tags(self) -> list[str]: ...
+    @property
+    def archived(self) -> bool: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def modified(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A version as the store's name index lists it (``store.SUMMARY_FIELDS`` of its
+    record): enough to filter and pick the latest without reading every record."""
+
+    id: str
+    project: str
+    name: str
+    version: str | None
+    status: str
+    tags: list[str]
+    archived: bool
+    created: int
+    modified: int | None
+
+    @classmethod
+    def from_index(cls, d: dict[str, Any]) -> Summary:
+        """From a name-index entry (a local, already checked record's fields)."""
+        return cls(
+            id=d["id"],
+            project=d["project"],
+            name=d["name"],
+            version=d.get("version"),
+            status=d.get("status") or "",
+            tags=list(d.get("tags") or []),
+            archived=bool(d.get("archived")),
+            created=int(d.get("created") or 0),
+            modified=d.get("modified"),
+        )
 
 
 def unpack(data: bytes | memoryview, what: str) -> Any:

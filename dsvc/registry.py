@@ -18,15 +18,18 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from packaging.version import InvalidVersion, Version
 
 from dsvc.errors import InvalidPathError, NotFoundError
-from dsvc.record import Record
+from dsvc.record import Listed, Record
 from dsvc.retry import cas_retry
 from dsvc.store import RECORD_PREFIX, Store, default_home
+
+#: a Record or a name-index Summary: listing and lookup read only what both have
+L = TypeVar("L", bound=Listed)
 
 DRAFT = "draft"
 FINAL = "final"
@@ -262,15 +265,15 @@ def bump(v: str) -> str:
     return out
 
 
-def _updated(r: Record) -> int:
+def _updated(r: Listed) -> int:
     return int(r.modified or r.created or 0)
 
 
-def latest(records: Iterable[Record]) -> Record | None:
+def latest(records: Iterable[L]) -> L | None:
     """The record ClearML's lookup picks (``Dataset._get_dataset_id``): the highest
     valid version; among equal versions, and when no version is valid, the most
     recently updated one."""
-    best: Record | None = None
+    best: L | None = None
     best_v: Version | None = None
     for r in sorted(records, key=_updated, reverse=True):
         v = parse_version(r.version)
@@ -279,7 +282,7 @@ def latest(records: Iterable[Record]) -> Record | None:
     return best
 
 
-def next_version(records: Iterable[Record]) -> str:
+def next_version(records: Iterable[Listed]) -> str:
     """The version a new member of a project/name gets: the latest one bumped
     (``1.0.0`` when there is none, or when the latest has no valid version)."""
     top = latest(records)
@@ -302,7 +305,7 @@ def name_matches(name: str, partial: str) -> bool:
 
 
 def filter_records(
-    records: Iterable[Record],
+    records: Iterable[L],
     *,
     project: str | None = None,
     name: str | None = None,
@@ -314,7 +317,7 @@ def filter_records(
     only_published: bool = False,
     include_archived: bool = True,
     recursive_project: bool = False,
-) -> list[Record]:
+) -> list[L]:
     tagset = set(tags or ())
     idset = set(ids) if ids is not None else None
     out = []

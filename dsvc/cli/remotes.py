@@ -356,7 +356,7 @@ def push(
             )
         return
     if dry_run:
-        _push_dry_run(store, r, [x["id"] for x in recs], as_json)
+        _push_dry_run(store, r, [x.id for x in recs], as_json)
         return
     t0 = time.monotonic()
     packs = objects = chunks = sent = 0

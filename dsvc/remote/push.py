@@ -362,15 +362,15 @@ class RemotePush(RemoteRefs):
         order = _push_order(store, dataset_ids)
         if self.ensure_repo(store, create=False):
             self.refresh_index(store)
-        objects, chunks = self._plan(store, [r["tree"] for r in order])
-        commits = [r["commit"] for r in order]
+        objects, chunks = self._plan(store, [r.tree for r in order])
+        commits = [r.commit for r in order if r.commit is not None]  # _push_order checks
         objects += [c for c in commits if not self.index.has(c, self._doomed, self._incomplete)]
         size = 0
         with store.reader() as r:
             size += sum(r.chunk_size(c) or 0 for c in chunks)
             size += sum(len(r.object_frame(o) or b"") for o in dict.fromkeys(objects))
         return PushPlan(
-            datasets=[r["id"] for r in order if self.get_record(store, r["id"]) is None],
+            datasets=[r.id for r in order if self.get_record(store, r.id) is None],
             objects=len(dict.fromkeys(objects)),
             chunks=len(chunks),
             bytes=size,
