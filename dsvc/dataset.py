@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import msgpack
 
 from dsvc import external, reports
+from dsvc import finalize as finalize_protocol
 from dsvc import registry as reg
 from dsvc.checkout import (
     CacheLayout,
@@ -40,15 +41,12 @@ from dsvc.errors import (
     FORCE_DELETE,
     LIST_DATASETS,
     OVERWRITE,
-    UPLOAD_FIRST,
-    ConflictError,
     DsvcError,
     IntegrityError,
     InvalidPathError,
     NotFoundError,
     PendingUploadError,
     Remedy,
-    RemoteError,
     StateError,
     UsageError,
     child_remedy,
@@ -69,7 +67,6 @@ from dsvc.objects import (
     KIND_CHUNKFILE,
     KIND_EXTERNAL,
     KIND_TREE,
-    Commit,
     Entry,
     split_path,
 )
@@ -103,7 +100,7 @@ from dsvc.treeops import (
 from dsvc.usage import VersionUsage, version_usage
 
 if TYPE_CHECKING:  # the transport is loaded only when a remote is used (lookup.remote_for)
-    from dsvc.remote.client import Remote
+    pass
 
 #: largest file a writable copy reads from a remote straight into memory and then the
 #: file (larger ones go through the store, chunk by chunk)
@@ -1288,18 +1285,7 @@ class Dataset:
             remote = remote_for(self._store, spec, required=spec is not None)
             # the lease keeps `gc` from sweeping the commit before the record names it
             with self._store.lease(f"finalize {self.id}"):
-                published = self._published_record(remote, rec, auto_upload)
-                if remote is not None and published is not None and published.commit:
-                    rec = self._adopt(remote, published, published.commit)
-                else:
-                    rec = self._freeze(remote, auto_upload, verbose)
-                    cid = self._frozen_commit(rec)
-                    if remote is not None:
-                        for pid in rec.parents or []:  # lineage complete on the remote
-                            if remote.get_record(self._store, pid) is None:
-                                remote.push_dataset(self._store, pid, show_progress=False)
-                        remote.publish(self._store, _published(rec, cid))
-                    rec = self._mark_final(cid)
+                rec = finalize_protocol.run(self, rec, remote, auto_upload, verbose)
             if verbose:
                 print(f"finalized {rec.project}/{rec.name} v{rec.version} ({rec.id})")
             return True
@@ -1309,120 +1295,6 @@ class Dataset:
             if raise_on_error:
                 raise
             return False
-
-    def _published_record(
-        self, remote: Remote | None, rec: Record, auto_upload: bool
-    ) -> Record | None:
-        """The remote's record of this id, if the remote publishes it already."""
-        if remote is None:
-            return None
-        try:
-            return remote.get_record(self._store, self.id)
-        except RemoteError:
-            pending = not rec.finalizing and rec.uploaded_tree != rec.tree
-            if pending and not auto_upload:  # the first thing to fix, and it says what to do
-                raise PendingUploadError(
-                    _not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST
-                ) from None
-            raise
-
-    def _freeze(self, remote: Remote | None, auto_upload: bool, verbose: bool) -> Record:
-        """Fix the draft's commit in its record (``finalizing``) unless already fixed.
-
-        From then on content changes are refused, so whatever a crash interrupts, the
-        retry publishes the same commit. With a remote the frozen tree must be the
-        uploaded one; ``auto_upload`` uploads again when an edit landed meanwhile.
-        """
-        for _ in range(20):
-            rec = self._refresh()
-            if rec.finalizing:
-                return rec
-            if remote is not None and rec.uploaded_tree != rec.tree:
-                if not auto_upload:
-                    raise PendingUploadError(
-                        _not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST
-                    )
-                self.upload(show_progress=verbose, verbose=verbose)
-
-            def freeze(r: Record) -> Record:
-                if r.finalizing:
-                    return r  # frozen by a concurrent finalize: publish the same commit
-                if remote is not None and r.uploaded_tree != r.tree:
-                    raise _EditedMeanwhile
-                meta = reports.commit_meta(self._store, r.id, _commit_meta(r))
-                commit = Commit(
-                    tree=r.tree, parents=tuple(r.parent_commits or ()), meta=meta
-                )
-                return r.replace(finalizing={"commit": commit.id, "meta": meta})
-
-            try:
-                return self._update(freeze)
-            except _EditedMeanwhile:
-                continue
-        raise ConflictError(
-            f"dataset {self.id} kept changing while finalizing; stop editing it and retry"
-        )
-
-    def _frozen_commit(self, rec: Record) -> bytes:
-        """Write the frozen commit (again, if a crash or gc lost it) and return its id."""
-        fin = rec.finalizing
-        assert fin is not None  # rec comes from _freeze, which returns a frozen record
-        commit = Commit(
-            tree=rec.tree, parents=tuple(rec.parent_commits or ()), meta=fin["meta"]
-        )
-        cid = self._store.put_commit(commit)
-        if cid != fin["commit"]:
-            raise IntegrityError(
-                f"dataset {rec.id}: the frozen commit {to_hex(fin['commit'])} does not match "
-                f"its record (got {to_hex(cid)})",
-                fin["commit"],
-            )
-        return cid
-
-    def _mark_final(self, cid: bytes) -> Record:
-        def done(r: Record) -> Record:
-            if r.status in reg.COMPLETED_STATES and r.commit == cid:
-                return r  # a concurrent finalize of the same draft got there first
-            fin = r.finalizing or {}
-            if r.status != reg.DRAFT or fin.get("commit") != cid:
-                raise ConflictError(
-                    f"dataset {r.id} was finalized by another process with another commit"
-                )
-            return r.replace(status=reg.FINAL, commit=cid, finalized=_now(), finalizing=None)
-
-        return self._update(done, allow_final=True)
-
-    def _adopt(self, remote: Remote, published: Record, cid: bytes) -> Record:
-        """The remote already publishes this id (a finalize that was killed after its
-        remote record, possibly by an older dsvc): the version *is* what was published.
-        Completes the remote side (ref) and records the published commit (``cid``)
-        locally."""
-        remote.fetch_metadata(self._store, published.tree, [cid])  # no-op when local
-        remote.update_ref(
-            published.project, published.name, self.id, published.version
-        )
-        before = self._refresh()
-        if before.tree != published.tree:
-            warn(
-                f"dataset {before.project}/{before.name} ({self.id}) was already "
-                f"published on {remote.url} by an interrupted finalize; it is now that "
-                "version, and the changes made since are not in it (add them to a child "
-                f"version: Dataset.create(parent_datasets=['{self.id}']))"
-            )
-
-        def adopt(r: Record) -> Record:
-            if r.status in reg.COMPLETED_STATES:
-                return r
-            return r.replace(
-                status=reg.FINAL,
-                commit=cid,
-                tree=published.tree,
-                uploaded_tree=published.tree,
-                finalized=_now(),
-                finalizing=None,
-            )
-
-        return self._update(adopt, allow_final=True)
 
     def publish(self, raise_on_error: bool = True) -> bool:
         """Mark a finalized version as published.
@@ -1803,9 +1675,6 @@ class Dataset:
 # -- module helpers --------------------------------------------------------------------
 
 
-class _EditedMeanwhile(Exception):
-    """An edit landed after the upload that finalize was about to freeze."""
-
 
 def _frozen_message(r: Record) -> str:
     return (
@@ -1814,17 +1683,6 @@ def _frozen_message(r: Record) -> str:
         "finalize() to complete it, then add to a child version"
     )
 
-
-def _not_uploaded_message(rec: Record, remote: Remote) -> str:
-    return (
-        f"dataset {rec.project}/{rec.name} ({rec.id}) has changes that were not "
-        f"uploaded to {remote.url}"
-    )
-
-
-def _published(rec: Record, cid: bytes) -> Record:
-    """The record as the remote publishes it: final, with its commit."""
-    return rec.replace(status=reg.FINAL, commit=cid, finalizing=None)
 
 
 def last_used(store: Store) -> str | None:
@@ -1835,19 +1693,6 @@ def last_used(store: Store) -> str | None:
     """
     return store.get_record(reg.LAST_USED)
 
-
-def _commit_meta(rec: Record) -> dict[str, Any]:
-    return {
-        "dataset_id": rec.id,
-        "name": rec.name,
-        "project": rec.project,
-        "version": rec.version,
-        "tags": list(rec.tags or []),
-        "description": rec.description or "",
-        "created": rec.created,
-        "parents": list(rec.parents or []),
-        "metadata": rec.metadata or {},
-    }
 
 
 #: the task status ClearML's ``list_datasets`` reports for each dsvc state

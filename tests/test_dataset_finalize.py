@@ -185,7 +185,7 @@ def test_draft_already_published_remotely_becomes_that_version(
 
 
 def _put_commit_of(store: Any, rec: Record) -> bytes:
-    from dsvc.dataset import _commit_meta
+    from dsvc.finalize import commit_meta as _commit_meta
     from dsvc.objects import Commit
 
     return store.put_commit(

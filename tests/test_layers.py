@@ -33,6 +33,7 @@ MODULES = {
     "dsvc.selection": "dataset",
     "dsvc.stream": "dataset",
     "dsvc.reports": "dataset",
+    "dsvc.finalize": "dataset",
     "dsvc.usage": "dataset",
     "dsvc.ingest": "work",
     "dsvc.external": "work",
