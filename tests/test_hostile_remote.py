@@ -748,10 +748,13 @@ def test_a_long_lineage_renders_without_recursion() -> None:
     """A remote's records may chain thousands of parents (or loop): drawing the
     lineage must neither recurse nor loop."""
     from dsvc.cli.render import render_svg, render_text
+    from dsvc.record import Record
 
     ids = [f"{i:032x}" for i in range(1_500)]
-    nodes = {
-        d: {"project": "p", "name": "n", "version": str(i), "status": "final", "created": i}
+    nodes: dict[str, Record | None] = {
+        d: Record(
+            id=d, project="p", name="n", version=str(i), status="final", tree=bytes(16), created=i
+        )
         for i, d in enumerate(ids)
     }
     edges = [(ids[i + 1], ids[i], "parent") for i in range(len(ids) - 1)]
