@@ -657,7 +657,7 @@ class Dataset:
         with self._store.lease(f"add_files {self.id}"):
             res = self._ingest_tree(
                 src,
-                list(wildcard) if isinstance(wildcard, list | tuple) else wildcard,
+                wildcard if wildcard is None or isinstance(wildcard, str) else list(wildcard),
                 recursive,
                 verbose,
                 max_workers,
@@ -769,7 +769,7 @@ class Dataset:
         where ``new`` differs from the staged tree: equal subtrees are never opened."""
         count = 0
 
-        def change(r: dict[str, Any]) -> dict[str, Any]:
+        def change(r: Record) -> Record:
             nonlocal count
             trees = LeanTrees(self._store)
             with self._store.batch() as b:
@@ -777,7 +777,7 @@ class Dataset:
                 root = r.tree
                 entry, count, removes = _graft_tree(trees, r, dest, new, files)
                 tree = entry.id if not dest else apply_edits(trees, root, {dest: entry})
-            return {**r, "tree": tree, "removed_any": bool(r.get("removed_any", True) or removes)}
+            return r.replace(tree=tree, removed_any=bool(r.removed_any or removes))
 
         with self._store.lease(f"edit {self.id}", announce=False):  # new trees, then record
             self._update(change)
@@ -887,7 +887,7 @@ class Dataset:
         When another writer changed that part since it was read as ``expect``, only
         the differences from ``expect`` are applied, so its files stay."""
 
-        def change(r: dict[str, Any]) -> dict[str, Any]:
+        def change(r: Record) -> Record:
             trees = LeanTrees(self._store)
             with self._store.batch() as b:
                 trees.batch = b
@@ -905,7 +905,7 @@ class Dataset:
                         for c in diff(trees, old, new.id if new is not None else EMPTY_TREE_ID)
                     }
                     tree = apply_edits(trees, root, edits)
-            return {**r, "tree": tree, "removed_any": bool(r.get("removed_any", True) or removes)}
+            return r.replace(tree=tree, removed_any=bool(r.removed_any or removes))
 
         with self._store.lease(f"edit {self.id}", announce=False):  # new trees, then record
             self._update(change)
@@ -1213,7 +1213,7 @@ class Dataset:
                 rec.id,
                 (
                     (c.path_str, c.new)
-                    for c in diff(self._trees(), rec.base_tree, rec.tree)
+                    for c in diff(self._trees(), rec.base, rec.tree)
                     if c.new is not None and c.new.kind != KIND_EXTERNAL
                 ),
             )
@@ -1480,7 +1480,7 @@ class Dataset:
                 raise
             return ""
 
-    def _total_size(self, rec: dict[str, Any]) -> int:
+    def _total_size(self, rec: Record) -> int:
         """The bytes of a version's files (a folder entry carries its total size)."""
         return sum(e.size for e in self._trees().get(rec.tree).values())
 
@@ -1786,7 +1786,7 @@ class _GraftFrame:
 
 
 def _graft_tree(
-    trees: Trees, rec: dict[str, Any], dest: RelPath, new: Entry, files: int
+    trees: Trees, rec: Record, dest: RelPath, new: Entry, files: int
 ) -> tuple[Entry, int, bool]:
     """Merge the tree ``new`` (``files`` files) into ``rec``'s staged tree at ``dest``
     (later wins path by path, as :func:`dsvc.treeops.merge`): the merged entry for
@@ -1853,6 +1853,8 @@ def _collisions(
         if d0[:n] != dest[:n]:
             continue  # disjoint folders
         # one tree is placed below the other: align them at the deeper folder
+        a: Entry | None
+        b: Entry | None
         if len(d0) <= len(dest):
             same = os.path.join(s0, *dest[len(d0) :]) == srcdir
             a, b, at = lookup(trees, t0, dest[len(d0) :]), Entry(KIND_TREE, tid, 0, 0), dest

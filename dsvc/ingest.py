@@ -38,14 +38,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 import pathspec
 import xxhash
 
 from dsvc import codec
-from dsvc.chunker import Chunker
+from dsvc.chunker import Chunker, ReadInto
 from dsvc.errors import DsvcError, InvalidPathError, NotFoundError, WildcardError
 from dsvc.ids import TAG_BLOB, TAG_TREE, chunk_id, object_id
 from dsvc.objects import (
@@ -88,7 +88,7 @@ def file_id(chunks: Sequence[tuple[bytes, int]]) -> tuple[int, bytes, bytes | No
 
 
 def content_id(
-    chunker: Chunker, f: BinaryIO, progress: Callable[[int], None] | None = None
+    chunker: Chunker, f: ReadInto, progress: Callable[[int], None] | None = None
 ) -> bytes:
     """The id the content of ``f`` gets when added (cut and hashed as ingest does;
     nothing is stored). ``progress`` is called with each chunk's length."""
@@ -1230,14 +1230,14 @@ class _TreeBuilder:
             stats.read_bytes += sum(it.size for it in todo)
             for rel, e in done.items():
                 entries[rel[-1]] = e
-        rows = [
-            [n, it.size, it.mtime_ns, it.ctime_ns, it.ino, it.dev, e.kind, e.id]
+        rows: list[list[Any]] = [
+            [n, it.size, it.mtime_ns, it.ctime_ns, it.ino, it.dev, ent.kind, ent.id]
             for it in files
-            if (e := entries.get(n := it.rel[-1])) is not None and not _racy(it)
+            if (ent := entries.get(n := it.rel[-1])) is not None and not _racy(it)
         ]
         nfiles = len(entries) + below
-        for n, (e, _) in fr.kids.items():
-            entries[n] = e
+        for n, (kid, _) in fr.kids.items():
+            entries[n] = kid
         if not entries:
             return None, 0
         data = encode_tree(entries)

@@ -11,10 +11,13 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.shell_completion import CompletionItem
+
+if TYPE_CHECKING:
+    from dsvc.record import Record
 
 Completer = Callable[[click.Context, click.Parameter, str], list[CompletionItem]]
 
@@ -48,7 +51,7 @@ def _store_of(ctx: click.Context) -> Iterator[Any]:
                 os.environ["DSVC_HOME"] = saved
 
 
-def _records(ctx: click.Context) -> list[dict[str, Any]]:
+def _records(ctx: click.Context) -> list[Record]:
     from dsvc import registry
 
     try:
@@ -63,13 +66,13 @@ def complete_ids(
 ) -> list[CompletionItem]:
     """Local dataset ids starting with ``incomplete``, newest first, described by
     project/name and version."""
-    recs = sorted(_records(ctx), key=lambda r: r.get("created") or 0, reverse=True)
+    recs = sorted(_records(ctx), key=lambda r: r.created, reverse=True)
     items = [
         CompletionItem(
-            r["id"], help=f"{r['project']}/{r['name']} v{r.get('version')} ({r['status']})"
+            r.id, help=f"{r.project}/{r.name} v{r.version} ({r.status})"
         )
         for r in recs
-        if r["id"].startswith(incomplete.lower())
+        if r.id.startswith(incomplete.lower())
     ]
     if param.name in ("a", "b", "dataset"):  # diff/ls also take folders and dsvc:// URLs
         items.append(CompletionItem(incomplete, type="dir"))
@@ -79,7 +82,7 @@ def complete_ids(
 def complete_projects(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    names = sorted({r["project"] for r in _records(ctx)})
+    names = sorted({r.project for r in _records(ctx)})
     return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
@@ -88,7 +91,7 @@ def complete_names(
 ) -> list[CompletionItem]:
     """Dataset names (of ``--project`` when it was given before)."""
     project = ctx.params.get("project")
-    names = sorted({r["name"] for r in _records(ctx) if project is None or r["project"] == project})
+    names = sorted({r.name for r in _records(ctx) if project is None or r.project == project})
     return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 

@@ -208,9 +208,9 @@ def show(
     if reports:
         page, count = write_reports(store, rec, reports_output)
         if as_json:
-            emit_json({"id": rec["id"], "reports": count, "page": str(page)})
+            emit_json({"id": rec.id, "reports": count, "page": str(page)})
         else:
-            result(f"{plural(count, 'report')} of {rec['id']} written to {page}")
+            result(f"{plural(count, 'report')} of {rec.id} written to {page}")
         return
     try:
         usage: Any = version_usage(store, rec)

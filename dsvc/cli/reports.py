@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from dsvc.record import Record
 from dsvc.store import Store
 
 #: the options ``show`` takes for this (kept here, so show's own code stays small)
@@ -37,14 +38,14 @@ def reports_options(fn: Any) -> Any:
     return fn
 
 
-def write_reports(store: Store, rec: dict[str, Any], output: str | None) -> tuple[Path, int]:
+def write_reports(store: Store, rec: Record, output: str | None) -> tuple[Path, int]:
     """Write the page for version ``rec``; returns its path and the number of reports."""
     from dsvc import reports
     from dsvc.lookup import remote_for
 
-    remote = remote_for(store, rec.get("remote") or rec.get("output_uri"))
+    remote = remote_for(store, rec.remote or rec.output_uri)
     events = reports.version_events(store, rec, remote)
-    path = Path(output or f"reports-{rec['id']}.html").absolute()
+    path = Path(output or f"reports-{rec.id}.html").absolute()
     page = reports.render_html(rec, events)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
