@@ -134,7 +134,7 @@ def _same_tree(a: Path, b: Path) -> tuple[int, list[str]]:
 # -- store helpers ----------------------------------------------------------------------
 
 
-def _chunk_stats(store: Any) -> tuple[int, int]:
+def _chunk_stats(store: Store) -> tuple[int, int]:
     """(number of chunks, stored bytes of chunks) in a store."""
     n = total = 0
     with store.reader() as r:
