@@ -716,13 +716,12 @@ def serve_copy(
             changed_any = changed_any or changed or bool(bad)
             yield man
 
-    # the checked parts stream into a new manifest, kept only if something changed
-    tmp = f"{mpath}.tmp-{uuid.uuid4().hex}"
-    write_manifest(tmp, checked())
+    for _ in checked():  # one part in memory at a time; nothing written if all is well
+        pass
     if changed_any:
-        os.replace(tmp, mpath)
-    else:
-        os.unlink(tmp)
+        # a second pass streams the parts, checked again (repairs are done, so this only
+        # takes the new stats), into the new manifest
+        write_manifest(mpath, checked())
     return repaired
 
 

@@ -300,3 +300,26 @@ def test_a_child_copy_links_its_parents_content_and_writes_only_what_changed(
     write_in_place(pb / "d0" / "f1", b"EVIL")
     assert read_tree(b.get_local_copy())["d0/f1"] == b"0-1"
     assert read_tree(a.get_local_copy())["d0/f1"] == b"0-1"
+
+
+def test_serving_an_intact_copy_writes_nothing(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check streams the manifest part by part and rewrites it only when something
+    changed (a cache on a read-only mount still serves)."""
+    a = version(tmp_path, BASE, "a")
+    p = Path(a.get_local_copy())
+    mpath = checkout.CacheLayout(home).manifest_path(a.id)
+    before = os.stat(mpath)
+    writes: list[str] = []
+    real_write = checkout.write_manifest
+    monkeypatch.setattr(
+        checkout, "write_manifest", lambda path, man: writes.append(path) or real_write(path, man)
+    )
+    assert read_tree(a.get_local_copy()) == BASE
+    assert writes == []
+    after = os.stat(mpath)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    os.unlink(p / "e")  # damage: repaired, and the manifest is written anew
+    assert read_tree(a.get_local_copy()) == BASE
+    assert writes == [str(mpath)] and os.stat(mpath).st_ino != before.st_ino
