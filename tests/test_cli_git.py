@@ -227,6 +227,16 @@ def test_plural_units_and_sentences(tmp_path: Path) -> None:
     assert js(home, "gc", "--dry-run")["chunks_deleted"] == 0  # the dry run deleted nothing
 
 
+def test_singular_counts_in_fsck_verify_and_cache(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    did = _version(home, write(tmp_path / "d", {"one.txt": "1"}), "--project", "p", "--name", "n")
+    out = dsvc(home, "fsck").stdout
+    assert out.startswith("checked 1 chunk and ") and "1 chunks" not in out
+    assert dsvc(home, "verify", "--id", did).stdout.startswith(f"Verified 1 file of {did}")
+    dsvc(home, "get", did)  # one cached copy
+    assert "1 cached copy and" in dsvc(home, "cache", "clear").stdout
+
+
 def test_compare_lists_files_only_with_verbose(tmp_path: Path) -> None:
     home = tmp_path / "h"
     v1 = _version(home, _data(tmp_path / "d", n=1), "--project", "p", "--name", "n")

@@ -340,11 +340,12 @@ def verify(
             click.echo(f"mismatch: {p}", err=True)
     if bad:
         raise IntegrityError(
-            f"{len(bad)} of {n} files of dataset {ds.id} do not match"
+            f"{len(bad)} of {plural(n, 'file')} of dataset {ds.id} do not match"
             f"{' in ' + folder if folder else ''}; get a fresh copy with "
             "`dsvc get --copy DIR --overwrite`"
         )
     if not as_json:
         result(
-            f"Verified {n} files of {ds.id}: all match ({human_duration(time.monotonic() - t0)})"
+            f"Verified {plural(n, 'file')} of {ds.id}: all match "
+            f"({human_duration(time.monotonic() - t0)})"
         )

@@ -616,7 +616,7 @@ def fsck_remote(remote_spec: str | None, as_json: bool) -> None:
         emit_json(rep)
     else:
         result(
-            f"checked {rep['objects']} objects in {plural(rep['packs'], 'pack')} "
+            f"checked {plural(rep['objects'], 'object')} in {plural(rep['packs'], 'pack')} "
             f"({human_size(rep['bytes'])}) of {_remote_name(r)} in "
             f"{human_duration(time.monotonic() - t0)}"
         )

@@ -207,7 +207,7 @@ def fsck(repair: bool, remote_spec: str | None, as_json: bool) -> None:
         emit_json({**rep, "ok": ok})
     else:
         result(
-            f"checked {rep['chunks']} chunks and {rep['objects']} objects "
+            f"checked {plural(rep['chunks'], 'chunk')} and {plural(rep['objects'], 'object')} "
             f"({human_size(rep['bytes'])}) in {human_duration(time.monotonic() - t0)}"
         )
         for cid in rep["bad_chunks"]:
@@ -312,9 +312,10 @@ def cache_verify(as_json: bool) -> None:
         emit_json({**rep, "ok": not rep["unrepairable"]})
     else:
         result(
-            f"checked {rep['cache_files']} cache files and {rep['cached_copies']} cached copies "
-            f"in {human_duration(time.monotonic() - t0)}; repaired {rep['repaired']} files, "
-            f"dropped {len(rep['bad_cache_files'])} cache files"
+            f"checked {plural(rep['cache_files'], 'cache file')} and "
+            f"{plural(rep['cached_copies'], 'cached copy', 'cached copies')} in "
+            f"{human_duration(time.monotonic() - t0)}; repaired {plural(rep['repaired'], 'file')}, "
+            f"dropped {plural(len(rep['bad_cache_files']), 'cache file')}"
         )
         for f in rep["bad_copy_files"]:
             result(printable(f"repaired {f}"))
@@ -344,7 +345,8 @@ def cache_clear(as_json: bool) -> None:
         emit_json(rep)
     else:
         result(
-            f"removed {rep['cached_copies']} cached copies and {rep['cache_files']} cache files "
+            f"removed {plural(rep['cached_copies'], 'cached copy', 'cached copies')} and "
+            f"{plural(rep['cache_files'], 'cache file')} "
             f"from {store.home / 'cache'}"
         )
 
