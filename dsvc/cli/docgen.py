@@ -37,8 +37,11 @@ INTRO = """\
   `squash`, ...); inspection commands over several versions (`compare`, `diff`, `log`,
   `graph`, `search`) do not change it.
 * **Ids**: a full 32-character id or a unique prefix of at least 4 characters of a local
-  dataset (`--id 3f2a`). `compare` and `diff` also take `PROJECT/NAME[@VERSION]`,
-  and `diff` takes folders.
+  dataset, else of one on the default remote (`3f2a`). Commands that act on one version
+  take it positionally, as git does (`dsvc get 3f2a`, `dsvc log 3f2a`, `dsvc show 3f2a`),
+  or as `--id ID`, clearml-data's spelling; `add` and `remove` take `PATH...` or
+  `--files PATH...`. `compare`, `diff` and `show` also take `PROJECT/NAME[@VERSION]`,
+  and `diff` and `status` take folders.
 * **Several values** after one flag work as in clearml-data
   (`--files a.csv b.csv --tags x y`); repeating the flag works too.
 * **Output**: results on stdout, progress bars and notes on stderr. Bars appear for
