@@ -57,7 +57,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
         "diff": [("diff", v1, v2), ("diff", v1, v2, "--stat"), ("diff", v2, str(data))],
         "verify": [("verify", "--id", v2)],
         "status": [("status",), ("status", str(data))],
-        "show": [("show", v2), ("show", v1)],
+        "show": [("show", v2), ("show", v1), ("show", v2, "--reports", "-o", str(tmp / "r.html"))],
         "du": [("du",)],
         "log": [("log", v2)],
         "graph": [("graph", "--id", v2)],

@@ -98,6 +98,22 @@ DU_ROW = {
     "dedup_ratio": RATIO,
 }
 
+SHOW = _obj(
+    {
+        **RECORD_FIELDS,
+        "usage": {"oneOf": [USAGE, {"type": "null"}]},
+        "changes": {"oneOf": [COUNTS, {"type": "null"}]},
+        "children": IDS,
+        "remotes": {
+            "type": "array",
+            "items": _obj({"name": TEXT, "has": {"type": ["boolean", "null"]}}),
+        },
+        "metadata": {"type": "array", "items": TEXT},
+    }
+)
+#: `dsvc show --reports --json`: where the version's reports page was written
+SHOW_REPORTS = _obj({"id": ID, "reports": COUNT, "page": TEXT})
+
 #: command path (without ``dsvc``) -> schema of its ``--json`` output
 SCHEMAS: dict[str, dict[str, Any]] = {
     "list": {
@@ -149,19 +165,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "unpushed": {"type": ["array", "null"], "items": ID},
         }
     ),
-    "show": _obj(
-        {
-            **RECORD_FIELDS,
-            "usage": {"oneOf": [USAGE, {"type": "null"}]},
-            "changes": {"oneOf": [COUNTS, {"type": "null"}]},
-            "children": IDS,
-            "remotes": {
-                "type": "array",
-                "items": _obj({"name": TEXT, "has": {"type": ["boolean", "null"]}}),
-            },
-            "metadata": {"type": "array", "items": TEXT},
-        }
-    ),
+    "show": {"oneOf": [SHOW, SHOW_REPORTS]},
     "du": _obj(
         {
             "datasets": {"type": "array", "items": _obj(DU_ROW)},
