@@ -774,7 +774,7 @@ class Store:
             except OSError as e:
                 raise disk_error(self.home, e.filename or self.packs.folder, e) from None
             if faultpoints.ENABLED:
-                faultpoints.hit("pack.append", "after", f"{len(locs)} chunks")
+                faultpoints.hit("pack.append", "after", "chunks")
             ops = [("chunkloc", cid, loc) for cid, loc in locs] + ops
             if not self._packed:  # the first packed chunk raises the format, atomically
                 if self.get_config("format_version", INITIAL_FORMAT_VERSION) < PACK_FORMAT:

@@ -355,6 +355,8 @@ def test_kill_at_every_point_loses_nothing(
     assert {"add_files", "upload", "finalize", "local_gc", "remote_gc"} <= steps, steps
     ops = {k[1] for k in kinds}
     assert {"lmdb.commit", "remote.put", "remote.create", "remote.cas", "remote.delete"} <= ops
+    # chunk bytes appended to a pack file, durable, not yet indexed (docs/format.md §5.1)
+    assert "pack.append" in ops
     assert ("remote_gc", "remote.delete", "before", "packs/*.pack") in kinds, "gc swept nothing"
     # the folder remote gets every kind; S3 (slower to set up) the kinds where the
     # remote plays a part, since local-only points do not depend on the backend
