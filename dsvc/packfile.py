@@ -284,11 +284,12 @@ class Packs:
             os.close(fd)  # releases the probe lock, if taken
 
     def close(self) -> None:
-        with self._lock:
-            self.close_writer()
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        # no lock: a child closes the copy it inherited from a fork, and the parent
+        # may have held the lock at that moment
+        self.close_writer()
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
 
 def _pwritev_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:
