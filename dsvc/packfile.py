@@ -246,6 +246,29 @@ class Packs:
         finally:
             os.close(fd)
 
+    def punch_dead(self, pack: int, live: list[tuple[int, int]]) -> int:
+        """Free the disk blocks of a pack that no live entry (``(start, end)`` byte
+        ranges) touches, in place (``FALLOC_FL_PUNCH_HOLE``): what gc can still do on a
+        full disk, where copying live entries out needs room first. Dead bytes are
+        unreferenced, so this is crash-safe. Returns the bytes punched (0 where the
+        filesystem cannot)."""
+        try:
+            fd = os.open(self.path(pack), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        freed = 0
+        try:
+            end_of_file = os.fstat(fd).st_size
+            pos = len(MAGIC)
+            for start, end in sorted(live) + [(end_of_file, end_of_file)]:
+                lo, hi = (pos + 4095) & ~4095, start & ~4095  # whole blocks, inward
+                if hi > lo and _punch(fd, lo, hi - lo):
+                    freed += hi - lo
+                pos = max(pos, end)
+        finally:
+            os.close(fd)
+        return freed
+
     def sync(self) -> None:
         """Make every append so far durable (the DSVC_FSYNC=0 flush points)."""
         with self._lock:
@@ -308,6 +331,19 @@ def _pwritev_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:
                 rest = rest[k:]
         offset += want
         i += len(run)
+
+
+def _punch(fd: int, offset: int, length: int) -> bool:
+    """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.fallocate
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        return fn(fd, 0x02 | 0x01, offset, length) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _fsync_dir(folder: Path) -> None:

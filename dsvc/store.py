@@ -1233,23 +1233,44 @@ class Store:
             out["pack_bytes_freed"] = sum(sizes[p] - live[p] for p in doomed)
             return out
         moving = set(p for p in doomed if live[p])
+        # empty packs first: deleting them needs no room, copying live chunks does
+        for p in doomed:
+            if p not in moving and self.packs.delete(p):
+                out["packs_deleted"] += 1
+                out["pack_bytes_freed"] += sizes[p]
         if moving:
             self.packs.avoid = set(doomed)
             try:
                 self.packs.start_new_pack()
                 self._move_live(moving)
                 self.packs.close_writer()
+                out["packs_rewritten"] = len(moving)
+            except (DiskFullError, OSError) as e:
+                if isinstance(e, OSError) and e.errno not in _FULL_ERRNOS:
+                    raise
+                # no room to copy: free the dead blocks in place instead (holes)
+                self.packs.close_writer()
+                out["pack_bytes_freed"] += self._punch_dead(moving)
+                return out
             finally:
                 self.packs.avoid = set()
-            out["packs_rewritten"] = len(moving)
         busy = self._readers_active()
-        for p in doomed:
-            if p in moving and busy:
+        for p in moving:
+            if busy:
                 continue  # an older snapshot may still read it: the next gc deletes it
             if self.packs.delete(p):
                 out["packs_deleted"] += 1
                 out["pack_bytes_freed"] += sizes[p] - live[p]  # net: live bytes were copied
         return out
+
+    def _punch_dead(self, packs: set[int]) -> int:
+        """Punch holes over every byte range of ``packs`` no index entry covers."""
+        live: dict[int, list[tuple[int, int]]] = {p: [] for p in packs}
+        with self.reader() as r:
+            for _cid, (p, off, length), _ in r.chunk_locations():
+                if p in live:
+                    live[p].append((off - packfile.HEADER.size, off + length))
+        return sum(self.packs.punch_dead(p, ranges) for p, ranges in live.items())
 
     def _move_live(self, packs: set[int]) -> None:
         """Copy every chunk located in ``packs`` to the current pack, batch by batch."""

@@ -371,7 +371,7 @@ def test_fsck_finds_a_corrupted_byte(tmp_path: Path) -> None:
     dsvc(home, "close")
     rep = js(home, "fsck")
     assert rep["ok"] and rep["chunks"] >= 1 and rep["bad_chunks"] == []
-    db = home / "store.lmdb" / "data.mdb"
+    (db,) = (home / "store.lmdb" / "packs").glob("*.pack")  # chunk bytes: docs/format.md §5.1
     raw = bytearray(db.read_bytes())
     at = raw.find(payload[1000:1064])
     assert at > 0
