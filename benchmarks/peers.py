@@ -267,7 +267,7 @@ def _dsvc_main(argv: list[str]) -> None:
         add_remote(store, "origin", args[0])
         latest = Dataset.get(dataset_project=PROJECT, dataset_name=NAME)
         remote = resolve(store, "origin", required=True)
-        s = remote.push_dataset(store, latest.id, show_progress=False)
+        s = remote.push_dataset(latest.id, show_progress=False)
         print(json.dumps({"bytes_sent": s.bytes_sent, "packs": s.packs}))
     elif step == "restore":
         store = reg.open_store()

@@ -586,7 +586,7 @@ class Dataset:
             where = remote_for(store, None if remote is True else remote or None, required=True)
             for t in targets:
                 if t.commit is not None:
-                    where.delete_dataset(store, t.id)
+                    where.delete_dataset(t.id)
         for t in targets:
             reg.remove(store, t.id)
 
@@ -1226,7 +1226,6 @@ class Dataset:
         where = None
         if remote is not None:
             remote.push_tree(
-                self._store,
                 tree,
                 show_progress=show_progress,
                 verbose=verbose,
@@ -1361,7 +1360,7 @@ class Dataset:
                 "store and no remote is configured; add the remote it was pushed to"
             )
         try:
-            remote.fetch_files(self._store, missing, max_workers=max_workers)
+            remote.fetch_files(missing, max_workers=max_workers)
         except IntegrityError as e:
             raise self._name_bad_file(e, entries) from None
 
@@ -1400,8 +1399,8 @@ class Dataset:
         remote = remote_for(self._store, rec.remote or rec.output_uri)
         if remote is None:
             return None
-        remote.fetch_blobs(self._store, missing)
-        return lambda ids: remote.read_chunks(self._store, ids)
+        remote.fetch_blobs(missing)
+        return lambda ids: remote.read_chunks(ids)
 
     def get_local_copy(
         self,

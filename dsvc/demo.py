@@ -285,7 +285,7 @@ def run_demo(
                 remote = client.resolve(store, "demo", required=True)
                 packs = objects = sent = 0
                 for ds in (v1, v2, sq):
-                    st = remote.push_dataset(store, ds.id, show_progress=False)
+                    st = remote.push_dataset(ds.id, show_progress=False)
                     packs, objects, sent = (
                         packs + st.packs,
                         objects + st.objects,

@@ -237,7 +237,7 @@ def fetch_links(store: Store, entries: Sequence[Entry], remote: Any) -> None:
             f"{len(missing)} external links of this dataset are not in the local store and "
             "no remote is configured; add the remote the dataset was pushed to"
         )
-    remote.fetch_chunks(store, missing)
+    remote.fetch_chunks(missing)
 
 
 # -- copies -------------------------------------------------------------------------

@@ -42,9 +42,9 @@ def run(
         cid = frozen_commit(ds, rec)
         if remote is not None:
             for pid in rec.parents or []:  # lineage complete on the remote
-                if remote.get_record(ds._store, pid) is None:
-                    remote.push_dataset(ds._store, pid, show_progress=False)
-            remote.publish(ds._store, published(rec, cid))
+                if remote.get_record(pid) is None:
+                    remote.push_dataset(pid, show_progress=False)
+            remote.publish(published(rec, cid))
         rec = mark_final(ds, cid)
     return rec
 
@@ -56,7 +56,7 @@ def published_record(
     if remote is None:
         return None
     try:
-        return remote.get_record(ds._store, ds.id)
+        return remote.get_record(ds.id)
     except RemoteError:
         pending = not rec.finalizing and rec.uploaded_tree != rec.tree
         if pending and not auto_upload:  # the first thing to fix, and it says what to do
@@ -136,7 +136,7 @@ def adopt(ds: Dataset, remote: Remote, published: Record, cid: bytes) -> Record:
     remote record, possibly by an older dsvc): the version *is* what was published.
     Completes the remote side (ref) and records the published commit (``cid``)
     locally."""
-    remote.fetch_metadata(ds._store, published.tree, [cid])  # no-op when local
+    remote.fetch_metadata(published.tree, [cid])  # no-op when local
     remote.update_ref(
         published.project, published.name, ds.id, published.version
     )

@@ -153,7 +153,7 @@ class DsvcFileSystem(AbstractFileSystem):
         recs = {r.id: r for r in reg.all_records(self.reader.store)}
         remote = self.reader.remote
         if remote is not None:
-            for r in remote.list_records(self.reader.store):
+            for r in remote.list_records():
                 recs.setdefault(r.id, r)
         return [r for r in recs.values() if r.status in reg.COMPLETED_STATES]
 

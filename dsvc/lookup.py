@@ -73,14 +73,14 @@ def remote_for_or_none(store: Store) -> Remote | None:
 
 def remote_records(store: Store) -> list[Record]:
     remote = remote_for(store, None)
-    return remote.list_records(store) if remote is not None else []
+    return remote.list_records() if remote is not None else []
 
 
 def remote_record(store: Store, dataset_id: str) -> Record | None:
     remote = remote_for(store, None)
     if remote is None:
         return None
-    return remote.get_record(store, dataset_id)
+    return remote.get_record(dataset_id)
 
 
 def remote_named(
@@ -98,7 +98,7 @@ def remote_named(
     that has a match. So a lookup costs the ref and the records at the top, not every
     record of the remote (issue 11). ``skip``: ids known locally; ``version``: only
     versions the ref lists as that string."""
-    if not remote.ensure_repo(store, create=False):
+    if not remote.ensure_repo(create=False):
         return []
     ref = remote.read_ref(project, name)
     groups: dict[Version | None, list[str]] = defaultdict(list)
@@ -111,7 +111,7 @@ def remote_named(
         for ver in sorted(groups, key=lambda v: (v is not None, v or 0), reverse=True):
             if found:
                 break
-            for rec in pool.map(lambda d: remote.get_record(store, d), groups[ver]):
+            for rec in pool.map(lambda d: remote.get_record(d), groups[ver]):
                 # a renamed version stays listed under its old name: check the record
                 if rec is None or (rec.project, rec.name) != (project, name):
                     continue
@@ -189,12 +189,12 @@ def find_record(
             return local
         if remote is None or not isinstance(top, Record):
             return None  # a summary's record is local: only deleted meanwhile
-        return remote.import_record(store, top)
+        return remote.import_record(top)
     if dataset_id:
         rec = reg.get(store, dataset_id)
         if rec is None:
             remote = remote_for(store, None)
-            rec = remote.get_record(store, dataset_id) if remote is not None else None
+            rec = remote.get_record(dataset_id) if remote is not None else None
         candidates = [rec] if rec else []
     else:
         candidates = reg.all_records(store)
@@ -202,7 +202,7 @@ def find_record(
             remote = remote_for(store, None)
             if remote is not None:
                 local_ids = {r.id for r in candidates}
-                candidates += [r for r in remote.list_records(store) if r.id not in local_ids]
+                candidates += [r for r in remote.list_records() if r.id not in local_ids]
         except RemoteError as e:
             warn(f"{e}; looking in the local store only")
     if dataset_id:
@@ -223,7 +223,7 @@ def find_record(
     # tags-only lookup (Dataset._get_dataset_id), whatever its SDK page says
     best = reg.latest(found)
     if best is not None and reg.get(store, best.id) is None and remote is not None:
-        best = remote.import_record(store, best)
+        best = remote.import_record(best)
     return best
 
 

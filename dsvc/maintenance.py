@@ -554,11 +554,11 @@ def _refetch(store: Store, rec: Record, damage: dict[str, Any]) -> bool:
     if remote is None:
         return False
     try:
-        remote.fetch_metadata(store, rec.tree, [rec.commit] if rec.commit else [])
+        remote.fetch_metadata(rec.tree, [rec.commit] if rec.commit else [])
         wanted = set(damage["files"])
         entries = [e for p, e in walk_tree(Trees(store), rec.tree) if "/".join(p) in wanted]
         if entries:
-            remote.fetch_files(store, entries, show_progress=False)
+            remote.fetch_files(entries, show_progress=False)
     except DsvcError:
         return False
     return True

@@ -168,7 +168,7 @@ def version_events(
                 f"dataset {rec.id}: its commit {to_hex(cid)} is not in the local store and "
                 "no remote is configured; add the remote it was pushed to"
             )
-        remote.fetch_commit(store, cid)
+        remote.fetch_commit(cid)
     return list(store.get_commit(cid).meta.get("reports") or [])
 
 

@@ -191,7 +191,7 @@ class Reader:
         """The version with this id: the local record, else the remote's."""
         rec = reg.get(self.store, dataset_id)
         if rec is None and self.remote is not None:
-            rec = self.remote.get_record(self.store, dataset_id)
+            rec = self.remote.get_record(dataset_id)
         if rec is None:
             raise NotFoundError(
                 f"no dataset with id {dataset_id} in the local store or on the remote; list "
@@ -217,13 +217,13 @@ class Reader:
             try:
                 ref = (
                     remote.read_ref(project, name)
-                    if remote.ensure_repo(store, create=False)
+                    if remote.ensure_repo(create=False)
                     else None
                 )
                 for did, ver in ((ref or {}).get("versions") or {}).items():
                     if did in cands or (version is not None and ver != version):
                         continue
-                    rec = remote.get_record(store, did)
+                    rec = remote.get_record(did)
                     if rec is not None:
                         cands[did] = rec
             except RemoteError as e:
@@ -245,7 +245,7 @@ class Reader:
     def _fetch_objects(self, ids: list[bytes], what: str) -> None:
         need = self.store.missing("objects", ids)
         if need:
-            s = self._need_remote(what).fetch_objects(self.store, need)
+            s = self._need_remote(what).fetch_objects(need)
             self.stats.metadata_objects += s.objects
 
     def tree(self, tid: bytes) -> dict[str, Entry]:
@@ -331,7 +331,7 @@ class Reader:
                 self.stats.local_chunks += 1
         if absent:
             remote = self._need_remote(f"chunk {to_hex(next(iter(absent)))}")
-            got, s = remote.fetch_chunks(store, [c for c in need if c in absent])
+            got, s = remote.fetch_chunks([c for c in need if c in absent])
             with self._lock:
                 self.stats.remote_chunks += len(got)
                 self.stats.remote_requests += s.requests

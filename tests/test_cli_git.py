@@ -381,7 +381,7 @@ def test_pushing_a_draft_is_a_state_error_in_the_library(tmp_path: Path) -> None
         draft = Dataset.get(dataset_project="p", dataset_name="n")
         store = open_store()
         with pytest.raises(StateError, match="is a draft"):
-            remote_for(store, "origin").push_dataset(store, draft.id, show_progress=False)
+            remote_for(store, "origin").push_dataset(draft.id, show_progress=False)
 
 
 # -- shell completion ---------------------------------------------------------------------------

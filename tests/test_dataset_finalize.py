@@ -118,7 +118,7 @@ def check_converged(
     assert rec.status == reg.FINAL and rec.commit is not None
     assert not rec.finalizing
     remote = remote_of(store)
-    pub = remote.get_record(store, ds.id)
+    pub = remote.get_record(ds.id)
     assert pub is not None and pub.commit == rec.commit and pub.tree == rec.tree
     assert read_tree(Dataset.get(dataset_id=ds.id).get_local_copy()) == want
     home = os.environ["DSVC_HOME"]
@@ -174,7 +174,7 @@ def test_draft_already_published_remotely_becomes_that_version(
     remote = remote_of(store)
     rec = reg.require(store, ds.id)
     commit = _put_commit_of(store, rec)
-    remote.publish(store, rec.replace(status=reg.FINAL, commit=commit))
+    remote.publish(rec.replace(status=reg.FINAL, commit=commit))
     ds = Dataset.get(dataset_id=ds.id)
     ds.add_files(write_tree(tmp_path / "late", {"late.txt": b"late"}))  # allowed back then
     capsys.readouterr()

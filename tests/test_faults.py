@@ -137,7 +137,7 @@ def cmd_work(a: dict[str, Any]) -> dict[str, Any]:
     _step("remote_gc")
     remote = client.resolve(store, None, required=True)
     assert remote is not None
-    remote.gc(store, grace_seconds=0)
+    remote.gc(grace_seconds=0)
     return state
 
 
@@ -162,7 +162,7 @@ def cmd_check(a: dict[str, Any]) -> dict[str, Any]:
     remote = client.resolve(store, None, required=True)
     assert remote is not None
     finals = []
-    for rec in remote.list_records(store):
+    for rec in remote.list_records():
         if rec.status == "draft":
             continue
         finals.append(rec.id)

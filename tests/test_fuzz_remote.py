@@ -159,7 +159,7 @@ def read_everything(spec: dict[str, Any], root: Path, n: int, ids: list[str]) ->
                 lambda did=did: Dataset.get(dataset_id=did).get_mutable_local_copy(out),
             ]
         calls.append(
-            lambda: remote_of(registry.open_store()).gc(registry.open_store(), dry_run=True)
+            lambda: remote_of(registry.open_store()).gc(dry_run=True)
         )
         for call in calls:
             try:

@@ -341,7 +341,7 @@ def test_local_gc_during_remote_gc_keeps_the_metadata_it_reads(
         return reach(st, tree, out)
 
     monkeypatch.setattr(gc, "_reach", reach_after_a_local_gc)
-    counts = client.resolve(store, None, required=True).gc(store, grace_seconds=0)
+    counts = client.resolve(store, None, required=True).gc(grace_seconds=0)
     assert raced == ["refused"] and counts["packs_deleted"] == 0
 
 

@@ -189,7 +189,7 @@ def test_one_malformed_record_is_reported_once_and_skipped(
     assert err.count(bad_key) == 1, err  # reported once, naming the key
     if bad != "key-not-an-id":
         with pytest.raises(IntegrityError, match=bad_key):
-            remote_of(child._store).get_record(child._store, "f" * 32)
+            remote_of(child._store).get_record("f" * 32)
 
 
 def test_dsvc_create_on_the_cli_survives_a_malformed_record(
@@ -263,7 +263,7 @@ def test_malformed_gc_marks_are_an_integrity_error(
         ds.upload(show_progress=False)
     r = remote_of(ds._store)
     with pytest.raises(IntegrityError, match="gc/marks"):
-        r.gc(ds._store, grace_seconds=0)
+        r.gc(grace_seconds=0)
 
 
 def _index_keys(spec: dict[str, Any]) -> list[str]:
@@ -342,7 +342,7 @@ def test_gc_refuses_to_run_past_a_malformed_record(
     del store
     ds_store = Dataset.create(dataset_name="x", dataset_project="proj")._store
     with pytest.raises(IntegrityError, match="gc needs every record"):
-        remote_of(ds_store).gc(ds_store, grace_seconds=0)
+        remote_of(ds_store).gc(grace_seconds=0)
     assert {k for k in remote_objects(spec, "packs/")} == packs
 
 
@@ -607,7 +607,7 @@ def test_a_deep_remote_tree_is_walked_without_recursion(
     child.remove_files(deep_path)
     assert child.list_files() == [] and child.list_removed_files() == [deep_path]
     r = remote_of(ds._store)
-    assert r.gc(ds._store, grace_seconds=0)["packs_deleted"] == 0
+    assert r.gc(grace_seconds=0)["packs_deleted"] == 0
     from dsvc import maintenance, registry
 
     registry.remove(ds._store, evil)  # forgotten locally: local gc drops its cached copy

@@ -293,9 +293,9 @@ def test_lookup_on_a_remote_reads_the_ref_not_every_record(
     reads: list[str] = []
     get = RemoteRefs.get_record
 
-    def counting(self: Any, store: Store, dataset_id: str, *a: Any) -> Any:
+    def counting(self: Any, dataset_id: str, *a: Any) -> Any:
         reads.append(dataset_id)
-        return get(self, store, dataset_id, *a)
+        return get(self, dataset_id, *a)
 
     monkeypatch.setattr(RemoteRefs, "get_record", counting)
     got = Dataset.get(dataset_project="p", dataset_name="n")

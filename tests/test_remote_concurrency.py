@@ -137,16 +137,16 @@ def test_gc_marks_then_sweeps_only_unreferenced_packs_after_the_grace_period(
     grace = 1.5
     time.sleep(grace + 0.1)
     young = _orphan_pack(fs3_spec, 2)
-    dry = remote.gc(store, grace_seconds=grace, dry_run=True)
+    dry = remote.gc(grace_seconds=grace, dry_run=True)
     assert dry["packs_deleted"] == 0 and dry["dry_run"]
-    first = remote.gc(store, grace_seconds=grace)  # marks the old orphan only
+    first = remote.gc(grace_seconds=grace)  # marks the old orphan only
     assert first["packs_marked"] == 1 and first["packs_deleted"] == 0
     assert first["packs_kept"] == len({k for k in referenced if k.endswith(".pack")})
     marks = msgpack.unpackb(backend(fs3_spec).get(repo.GC_MARKS), raw=False)
     assert set(marks["marked"]) == {old}
 
     time.sleep(grace + 0.1)
-    second = remote.gc(store, grace_seconds=grace)  # sweeps it; marks the other one
+    second = remote.gc(grace_seconds=grace)  # sweeps it; marks the other one
     assert second["packs_deleted"] == 1 and second["packs_marked"] == 1
     left = set(remote_objects(fs3_spec, "packs/"))
     assert f"packs/{old}.pack" not in left and f"packs/{old}.idx" not in left
@@ -168,7 +168,7 @@ def test_gc_during_a_push_keeps_the_pushed_packs(
     ds.upload(show_progress=False)  # packs are up, no ref yet: unreferenced and young
 
     gc_store = machine(monkeypatch, tmp_path / "gc", fs3_spec)
-    stats = remote_of(gc_store).gc(gc_store, grace_seconds=3600)
+    stats = remote_of(gc_store).gc(grace_seconds=3600)
     assert stats["packs_deleted"] == 0 and stats["packs_too_young"] >= 1
 
     machine(monkeypatch, tmp_path / "pusher", fs3_spec)
@@ -194,9 +194,9 @@ def test_push_does_not_rely_on_packs_marked_by_gc(
 
     gc_store = machine(monkeypatch, tmp_path / "gc", spec)
     gc_remote = remote_of(gc_store)
-    gc_remote.gc(gc_store, grace_seconds=0.5, dry_run=False)  # too young: nothing
+    gc_remote.gc(grace_seconds=0.5, dry_run=False)  # too young: nothing
     time.sleep(0.6)
-    marked = gc_remote.gc(gc_store, grace_seconds=0.5)
+    marked = gc_remote.gc(grace_seconds=0.5)
     assert marked["packs_marked"] == len(orphans) and marked["packs_deleted"] == 0
 
     # the pusher comes back: uploads again (rebuilding the same packs), then finalizes
@@ -205,7 +205,7 @@ def test_push_does_not_rely_on_packs_marked_by_gc(
     marks = msgpack.unpackb(backend(spec).get(repo.GC_MARKS), raw=False)
     assert not marks["marked"]  # the rebuilt packs took their marks off
     time.sleep(0.6)
-    swept = gc_remote.gc(gc_store, grace_seconds=0.5)  # before the ref exists
+    swept = gc_remote.gc(grace_seconds=0.5)  # before the ref exists
     assert swept["packs_deleted"] == 0
     ds.finalize()
     assert store is not None

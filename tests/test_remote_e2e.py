@@ -204,17 +204,17 @@ def test_push_stats_of_a_repeated_push(
     ds.add_files(str(src))
     tree = ds._refresh().tree
     remote = remote_of(store)
-    first = remote.push_tree(store, tree, show_progress=False, pack_size_mb=1)
+    first = remote.push_tree(tree, show_progress=False, pack_size_mb=1)
     assert first.packs >= 3  # 1 MiB packs: several
     assert first.chunks > 0 and first.objects > 0
     assert first.bytes_sent == sum(remote_objects(fs3_spec, "packs/").values())
-    second = remote.push_tree(store, tree, show_progress=False, pack_size_mb=1)
+    second = remote.push_tree(tree, show_progress=False, pack_size_mb=1)
     assert (second.packs, second.bytes_sent, second.chunks, second.objects) == (0, 0, 0, 0)
     # a second store holding the same content sends nothing either (the index is remote)
     other = machine(monkeypatch, tmp_path / "home-2", fs3_spec)
     ds2 = Dataset.create(dataset_name="data", dataset_project="proj")
     ds2.add_files(str(src))
-    third = remote_of(other).push_tree(other, ds2._refresh().tree, show_progress=False)
+    third = remote_of(other).push_tree(ds2._refresh().tree, show_progress=False)
     assert third.bytes_sent == 0
 
 

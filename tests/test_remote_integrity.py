@@ -117,7 +117,7 @@ def test_push_does_not_trust_its_cache_of_a_remote_that_was_emptied(
     ds.add_files(str(write_tree(tmp_path / "src", files)))
     ds.upload(show_progress=False)
     ds.finalize()
-    assert remote_of(store).get_record(store, ds.id) is not None  # cached now
+    assert remote_of(store).get_record(ds.id) is not None  # cached now
 
     shutil.rmtree(tmp_path / "remote")
     if how == "recreated":  # someone else starts a new repository at the same URL
@@ -159,12 +159,12 @@ def test_the_remote_has_an_identity_and_a_changed_one_drops_the_cache(
     b.compare_and_swap("dsvc.json", json.dumps(old).encode(), got[1])
     r = remote_of(store)
     r._checked = False
-    r.ensure_repo(store, create=True)
+    r.ensure_repo(create=True)
     new_id = json.loads(backend(spec).get("dsvc.json"))["id"]
     assert len(new_id) == 32 and new_id != doc["id"]
     # the cache was dropped with the identity change: the record is read again
     assert not list(store.scan_prefix("remote", r.index.prefix + b"r/"))
-    assert r.get_record(store, ds.id) is not None
+    assert r.get_record(ds.id) is not None
 
 
 # ---------------------------------------------------------------------- item 15
@@ -213,7 +213,7 @@ def test_a_sweep_never_deletes_a_pack_that_a_pusher_rescued(
     gc_store = machine(monkeypatch, tmp_path / "gc", spec)
     gc_remote = remote_of(gc_store)
     time.sleep(0.3)
-    assert gc_remote.gc(gc_store, grace_seconds=0.2)["packs_marked"] >= 2
+    assert gc_remote.gc(grace_seconds=0.2)["packs_marked"] >= 2
     time.sleep(0.3)
     # before the fix the pusher waited RESCUE_WAIT for the sweep, then cancelled it
     monkeypatch.setattr(push, "RESCUE_WAIT", 0.2, raising=False)
@@ -224,7 +224,7 @@ def test_a_sweep_never_deletes_a_pack_that_a_pusher_rescued(
         ds.finalize()
 
     deleted = _hook_first_delete(gc_remote, pusher_comes_back)
-    gc_remote.gc(gc_store, grace_seconds=0.2)
+    gc_remote.gc(grace_seconds=0.2)
     assert deleted and deleted[0] == "<hook>"
 
     machine(monkeypatch, tmp_path / "fresh", spec)
@@ -245,7 +245,7 @@ def test_the_sweep_rechecks_the_marks_before_each_delete(
     gc_store = machine(monkeypatch, tmp_path / "gc", spec)
     gc_remote = remote_of(gc_store)
     time.sleep(0.3)
-    gc_remote.gc(gc_store, grace_seconds=0.2)
+    gc_remote.gc(grace_seconds=0.2)
     time.sleep(0.3)
     b = backend(spec)
     spared: list[str] = []
@@ -260,7 +260,7 @@ def test_the_sweep_rechecks_the_marks_before_each_delete(
         b.compare_and_swap(repo.GC_MARKS, msgpack.packb(doc, use_bin_type=True), ver)
 
     deleted = _hook_first_delete(gc_remote, someone_takes_marks_off)
-    gc_remote.gc(gc_store, grace_seconds=0.2)
+    gc_remote.gc(grace_seconds=0.2)
     assert len(spared) >= 2
     left = remote_objects(spec, "packs/")
     # at most the pack whose delete was already under way is gone; every other spared
@@ -378,7 +378,7 @@ def test_metadata_changes_travel_through_the_remote_field_by_field(
     v1.set_description("d1")
     v1.add_tags("gold")
     Dataset.rename("renamed", dataset_project="proj", dataset_name="data")
-    remote_of(store_a).push_dataset(store_a, v1.id, show_progress=False)
+    remote_of(store_a).push_dataset(v1.id, show_progress=False)
 
     # a fresh clone sees all of it
     machine(monkeypatch, tmp_path / "fresh", fs3_spec)
@@ -389,7 +389,7 @@ def test_metadata_changes_travel_through_the_remote_field_by_field(
 
     # B, which imported it before, takes the changes on fetch
     machine(monkeypatch, tmp_path / "home-b", fs3_spec)
-    rec = remote_of(store_b).sync_meta(store_b, v1.id)
+    rec = remote_of(store_b).sync_meta(v1.id)
     assert rec is not None
     assert (rec.description, rec.name, rec.status) == ("d1", "renamed", "published")
 
@@ -399,11 +399,11 @@ def test_metadata_changes_travel_through_the_remote_field_by_field(
     machine(monkeypatch, tmp_path / "home-b", fs3_spec)
     Dataset.get(dataset_id=v1.id).tags = ["b-tag"]
     machine(monkeypatch, tmp_path / "home-a", fs3_spec)
-    remote_of(store_a).sync_meta(store_a, v1.id)
+    remote_of(store_a).sync_meta(v1.id)
     machine(monkeypatch, tmp_path / "home-b", fs3_spec)
-    rec_b = remote_of(store_b).sync_meta(store_b, v1.id)
+    rec_b = remote_of(store_b).sync_meta(v1.id)
     machine(monkeypatch, tmp_path / "home-a", fs3_spec)
-    rec_a = remote_of(store_a).sync_meta(store_a, v1.id)
+    rec_a = remote_of(store_a).sync_meta(v1.id)
     for rec in (rec_a, rec_b):
         assert rec is not None
         assert (rec.description, rec.tags) == ("d2", ["b-tag"]), rec

@@ -459,7 +459,7 @@ def remote_ids(store: Store) -> list[str]:
 
     try:
         r = remote_for(store, None)
-        return [] if r is None else [x.id for x in r.list_records(store)]
+        return [] if r is None else [x.id for x in r.list_records()]
     except DsvcError:
         return []
 

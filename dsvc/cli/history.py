@@ -97,7 +97,7 @@ def _record(store: Store, dataset_id: str, remote: Remote | None) -> Record | No
     rec = reg.get(store, dataset_id)
     if rec is None and remote is not None:
         try:
-            rec = remote.get_record(store, dataset_id)
+            rec = remote.get_record(dataset_id)
         except DsvcError:
             rec = None
     return rec
@@ -324,7 +324,7 @@ def log(
     remote_only: set[str] = set()
     if remote is not None:
         try:
-            for r in reg.filter_records(remote.list_records(store), project=project, name=name):
+            for r in reg.filter_records(remote.list_records(), project=project, name=name):
                 if r.id not in recs:
                     recs[r.id] = r
                     remote_only.add(r.id)

@@ -77,8 +77,8 @@ def _unpushed(store: Store) -> tuple[str | None, list[Record] | None, str | None
             return None, None, None
         name = getattr(r, "name", None) or r.url
         there = (
-            {x.id for x in r.list_records(store)}
-            if r.ensure_repo(store, create=False)
+            {x.id for x in r.list_records()}
+            if r.ensure_repo(create=False)
             else set()
         )
     except DsvcError as e:
@@ -222,7 +222,7 @@ def show(
     for row in config.list_remotes(store):
         try:
             held: bool | None = (
-                remote_for(store, row["name"], required=True).get_record(store, rec.id)
+                remote_for(store, row["name"], required=True).get_record(rec.id)
                 is not None
             )
         except DsvcError:

@@ -115,9 +115,9 @@ def remote_add(
     if init:
         try:
             r = remote_for(store, name)
-            existed = r.ensure_repo(store, create=False)
+            existed = r.ensure_repo(create=False)
             if not existed:
-                r.ensure_repo(store, create=True)
+                r.ensure_repo(create=True)
         except BaseException:
             config.remove_remote(store, name)  # so the same command can be retried
             raise
@@ -136,7 +136,7 @@ def _absolute(url: str) -> str:
 
 def _require_repo(store: Store, r: Remote, init_hint: str) -> None:
     """Refuse a remote that holds no dsvc repository (a typo, or a remote never started)."""
-    if not r.ensure_repo(store, create=False):
+    if not r.ensure_repo(create=False):
         raise NotFoundError(
             f"no dsvc repository at {r.url} (no dsvc.json there): check the URL; {init_hint}"
         )
@@ -210,10 +210,10 @@ def remote_show(name: str, as_json: bool) -> None:
     recs: list[Record] = []
     try:
         r = remote_for(store, name)
-        info["repository"] = bool(r.ensure_repo(store, create=False))
+        info["repository"] = bool(r.ensure_repo(create=False))
         info["reachable"] = True
         if info["repository"]:
-            recs = sorted(r.list_records(store), key=lambda x: x.created)
+            recs = sorted(r.list_records(), key=lambda x: x.created)
     except DsvcError as e:  # unreachable, refused: say so, the rest still shows
         info["error"] = e.cli_message()
     info["datasets"] = [
@@ -361,7 +361,7 @@ def push(
     t0 = time.monotonic()
     packs = objects = chunks = sent = 0
     for rec in recs:
-        st = r.push_dataset(store, rec.id, show_progress=not is_quiet())
+        st = r.push_dataset(rec.id, show_progress=not is_quiet())
         packs += st.packs
         objects += st.objects
         chunks += st.chunks
@@ -396,8 +396,8 @@ def push(
 
 def _push_dry_run(store: Store, r: Remote, ids: list[str], as_json: bool) -> None:
     """``push --dry-run``: what would be sent, from the remote's indexes; nothing written."""
-    exists = r.ensure_repo(store, create=False)
-    plan = r.plan_push(store, ids)
+    exists = r.ensure_repo(create=False)
+    plan = r.plan_push(ids)
     if as_json:
         emit_json(
             {
@@ -430,13 +430,13 @@ def _push_dry_run(store: Store, r: Remote, ids: list[str], as_json: bool) -> Non
 def _fetch_records(store: Store, r: Remote) -> tuple[list[Record], list[Record]]:
     """Import the remote's records missing locally; returns (all remote, newly imported)."""
     _require_repo(store, r, "a new repository is started with `dsvc push --init`")
-    remote_recs = r.list_records(store)
+    remote_recs = r.list_records()
     new = []
     for rec in remote_recs:
         if reg.get(store, rec.id) is None:
-            new.append(r.import_record(store, rec))
+            new.append(r.import_record(rec))
         elif rec.commit is not None:
-            r.sync_meta(store, rec.id)  # tags, description, status... (per field)
+            r.sync_meta(rec.id)  # tags, description, status... (per field)
     return remote_recs, new
 
 
@@ -513,13 +513,13 @@ def pull(
     for did in wanted:
         rec = reg.get(store, did)
         if rec is None:
-            rec = r.get_record(store, did)
+            rec = r.get_record(did)
             if rec is None:
                 raise NotFoundError(f"dataset {did} is not on remote {_remote_name(r)}")
-            rec = r.import_record(store, rec)
+            rec = r.import_record(rec)
         missing = _missing_entries(store, rec.tree)
         if missing:
-            r.fetch_files(store, missing, max_workers=max_workers, show_progress=not is_quiet())
+            r.fetch_files(missing, max_workers=max_workers, show_progress=not is_quiet())
             files += len(missing)
             nbytes += sum(e.size for e in missing)
     took = time.monotonic() - t0
@@ -611,7 +611,7 @@ def fsck_remote(remote_spec: str | None, as_json: bool) -> None:
     store = open_store()
     r = remote_for(store, remote_spec)
     t0 = time.monotonic()
-    rep = r.fsck(store, mark=True, show_progress=not is_quiet())
+    rep = r.fsck(mark=True, show_progress=not is_quiet())
     if as_json:
         emit_json(rep)
     else:

@@ -94,7 +94,7 @@ def gc(remote_spec: str | None, dry_run: bool, grace: int, wait: float, as_json:
     store = open_store(create=False)
     t0 = time.monotonic()
     if remote_spec:
-        counts = remote_for(store, remote_spec).gc(store, grace_seconds=grace, dry_run=dry_run)
+        counts = remote_for(store, remote_spec).gc(grace_seconds=grace, dry_run=dry_run)
     else:
         from dsvc.maintenance import local_gc
 

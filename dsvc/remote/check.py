@@ -25,7 +25,6 @@ from dsvc.remote.packs import (
 from dsvc.remote.refs import RemoteRefs
 from dsvc.remote.repo import DAMAGE, DEFAULT_WORKERS, _encode
 from dsvc.retry import cas_retry
-from dsvc.store import Store
 
 
 def _references(value: bytes | memoryview, payload: Any, oid: bytes) -> set[bytes]:
@@ -46,7 +45,7 @@ class RemoteCheck(RemoteRefs):
     """fsck of a remote."""
 
     def fsck(
-        self, store: Store, *, mark: bool = True, show_progress: bool = False
+        self, *, mark: bool = True, show_progress: bool = False
     ) -> dict[str, Any]:
         """Read and verify every value of every pack, and find what is not complete.
 
@@ -72,7 +71,7 @@ class RemoteCheck(RemoteRefs):
             "datasets": [],
             "ok": True,
         }
-        if not self.ensure_repo(store, create=False):
+        if not self.ensure_repo(create=False):
             return out
         infos = {i.key: i for i in self.backend.list("packs/")}
         jobs = []
@@ -156,14 +155,14 @@ class RemoteCheck(RemoteRefs):
         out["damaged"] = [{"pack": pack_name(p), "object": to_hex(o)} for p, o in sorted(damaged)]
         out["absent"] = sorted(to_hex(o) for o in absent)
         out["incomplete"] = len(incomplete)
-        for rec in self.list_records(store):
+        for rec in self.list_records():
             if rec.commit in above or rec.commit in absent or rec.tree in above:
                 out["datasets"].append(rec.id)
         out["ok"] = not (absent or out["bad_indexes"])
         if mark:
-            self.ensure_repo(store, create=True)
+            self.ensure_repo(create=True)
             if self._add_damage(damaged, incomplete):
-                self.refresh_index(store)
+                self.refresh_index()
         return out
 
     def _add_damage(

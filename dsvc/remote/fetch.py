@@ -21,7 +21,6 @@ from dsvc.remote.packs import (
     pack_name,
 )
 from dsvc.remote.repo import DEFAULT_WORKERS, RemoteRepo
-from dsvc.store import Store
 
 #: ranges closer than this are read with one request
 COALESCE_GAP = 1 << 20
@@ -83,7 +82,6 @@ class RemoteFetch(RemoteRepo):
 
     def _fetch_values(
         self,
-        store: Store,
         ids: Iterable[bytes],
         *,
         workers: int | None = None,
@@ -94,27 +92,28 @@ class RemoteFetch(RemoteRepo):
         A pack that vanished since its index was cached (``gc`` swept it; the objects
         may have been pushed again in another pack) gets one retry on fresh indexes.
         """
+        store = self.store
         want = list(dict.fromkeys(ids))
         try:
-            return self._fetch_once(store, want, workers=workers, bar=bar)
+            return self._fetch_once(want, workers=workers, bar=bar)
         except NotFoundError:
-            self.refresh_index(store)
+            self.refresh_index()
             chunks = set(store.missing("chunks", want))
             rest = [i for i in store.missing("objects", want) if i in chunks]
-            return self._fetch_once(store, rest, workers=workers, bar=bar)
+            return self._fetch_once(rest, workers=workers, bar=bar)
 
     def _fetch_once(
         self,
-        store: Store,
         want: list[bytes],
         *,
         workers: int | None = None,
         bar: Progress | None = None,
     ) -> FetchStats:
+        store = self.store
         stats = FetchStats()
         if not want:
             return stats
-        locs = self._locate(store, want)
+        locs = self._locate(want)
         jobs = _range_jobs(locs)
         run = self._read_range
 
@@ -146,15 +145,15 @@ class RemoteFetch(RemoteRepo):
                     bar.update(nbytes)
         return stats
 
-    def _locate(self, store: Store, want: list[bytes]) -> dict[bytes, Any]:
+    def _locate(self, want: list[bytes]) -> dict[bytes, Any]:
         """Where each of ``want`` is on the remote (NotFoundError if anything is not)."""
         locs = self.index.locate(want)
         if len(locs) < len(want):
-            self.refresh_index(store)
+            self.refresh_index()
             locs = self.index.locate(want)
         if len(locs) < len(want):  # a cached location may have been forgotten: reload all
             self.index.reset_packs()
-            self.refresh_index(store)
+            self.refresh_index()
             locs = self.index.locate(want)
         missing = [i for i in want if i not in locs]
         damaged = {oid for _, oid in self._damaged} & set(missing)
@@ -200,7 +199,7 @@ class RemoteFetch(RemoteRepo):
                 del payload
         return values, end - start
 
-    def read_chunks(self, store: Store, ids: Sequence[bytes]) -> dict[bytes, Any]:
+    def read_chunks(self, ids: Sequence[bytes]) -> dict[bytes, Any]:
         """Verified payloads of the chunks ``ids``, read from the remote into memory (not
         into the store): for writing files straight from the remote. The caller bounds
         how much it asks for at once."""
@@ -208,24 +207,25 @@ class RemoteFetch(RemoteRepo):
         want = list(dict.fromkeys(ids))
         if not want:
             return out
-        for job in _range_jobs(self._locate(store, want)):
+        for job in _range_jobs(self._locate(want)):
             values, _ = self._read_range(job, keep=True)
             for oid, _kind, _frame, payload in values:
                 out[oid] = payload
         return out
 
     def fetch_chunks(
-        self, store: Store, ids: Sequence[bytes], *, workers: int | None = None
+        self, ids: Sequence[bytes], *, workers: int | None = None
     ) -> tuple[dict[bytes, bytes], FetchStats]:
         """Ranged reads for streaming: the verified payloads of the chunks ``ids`` (those
         adjacent in a pack coalesced into one request, requests run in parallel), each
         also kept in the local store so later reads and local copies reuse it."""
+        store = self.store
         out: dict[bytes, bytes] = {}
         stats = FetchStats()
         want = list(dict.fromkeys(ids))
         if not want:
             return out, stats
-        jobs = _range_jobs(self._locate(store, want))
+        jobs = _range_jobs(self._locate(want))
         with (
             ThreadPoolExecutor(
                 min(len(jobs), workers or DEFAULT_WORKERS), thread_name_prefix="dsvc-range"
@@ -241,20 +241,22 @@ class RemoteFetch(RemoteRepo):
                 stats.requests += 1
         return out, stats
 
-    def fetch_objects(self, store: Store, ids: Sequence[bytes]) -> FetchStats:
+    def fetch_objects(self, ids: Sequence[bytes]) -> FetchStats:
         """Fetch the objects ``ids`` (trees, blobs, commits) not yet local, and only those:
         for reading one path of a version without its whole metadata."""
-        return self._fetch_values(store, store.missing("objects", list(ids)))
+        store = self.store
+        return self._fetch_values(store.missing("objects", list(ids)))
 
-    def fetch_metadata(self, store: Store, tree: bytes, extra: Sequence[bytes] = ()) -> FetchStats:
+    def fetch_metadata(self, tree: bytes, extra: Sequence[bytes] = ()) -> FetchStats:
         """Fetch every tree and blob below ``tree`` (and ``extra`` objects) not yet local."""
+        store = self.store
         total = FetchStats()
         level = [tree]
         first = True
         while level:
             need = store.missing("objects", level + (list(extra) if first else []))
             first = False
-            s = self._fetch_values(store, need)
+            s = self._fetch_values(need)
             total.objects += s.objects
             total.bytes_received += s.bytes_received
             nxt: list[bytes] = []
@@ -265,26 +267,27 @@ class RemoteFetch(RemoteRepo):
                         nxt.append(e.id)
                     elif e.kind == KIND_FILE:
                         blobs.append(e.id)
-            s = self._fetch_values(store, store.missing("objects", blobs))
+            s = self._fetch_values(store.missing("objects", blobs))
             total.objects += s.objects
             level = list(dict.fromkeys(nxt))
         return total
 
-    def fetch_blobs(self, store: Store, entries: Sequence[Entry]) -> None:
+    def fetch_blobs(self, entries: Sequence[Entry]) -> None:
         """Fetch the blob objects (chunk lists) of ``entries`` that are not local."""
+        store = self.store
         blobs = [e.id for e in entries if e.kind == KIND_FILE]
-        self._fetch_values(store, store.missing("objects", blobs))
+        self._fetch_values(store.missing("objects", blobs))
 
     def fetch_files(
         self,
-        store: Store,
         entries: Sequence[Entry],
         *,
         max_workers: int | None = None,
         show_progress: bool = True,
     ) -> FetchStats:
         """Fetch the chunks of ``entries`` that are not local, verifying each."""
-        self.fetch_blobs(store, entries)
+        store = self.store
+        self.fetch_blobs(entries)
         chunks: list[bytes] = []
         for e in entries:
             chunks.extend(c for c, _ in store.file_chunks(e))
@@ -292,10 +295,11 @@ class RemoteFetch(RemoteRepo):
         locs = self.index.locate(need)
         total = sum(loc.length for loc in locs.values())
         with Progress(f"fetch {self.url}", total or None, enabled=show_progress) as bar:
-            return self._fetch_values(store, need, workers=max_workers, bar=bar)
+            return self._fetch_values(need, workers=max_workers, bar=bar)
 
-    def fetch_commit(self, store: Store, commit_id: bytes) -> Commit:
+    def fetch_commit(self, commit_id: bytes) -> Commit:
         """The commit ``commit_id``, fetched (verified) into the store if not local."""
+        store = self.store
         if not store.has_object(commit_id):
-            self._fetch_values(store, [commit_id])
+            self._fetch_values([commit_id])
         return store.get_commit(commit_id)

@@ -42,7 +42,7 @@ class RemoteGc(RemoteRefs):
     """Garbage collection of a remote's packs."""
 
     def gc(
-        self, store: Store, *, grace_seconds: float = 86400, dry_run: bool = False
+        self, *, grace_seconds: float = 86400, dry_run: bool = False
     ) -> dict[str, Any]:
         """Delete packs that no dataset record reaches: mark, then sweep after a grace period.
 
@@ -55,20 +55,21 @@ class RemoteGc(RemoteRefs):
         as it finishes within the grace period. ``grace_seconds=0`` marks and sweeps in
         one run (only when nobody else is pushing).
         """
+        store = self.store
         zero = {"packs_deleted": 0, "bytes_deleted": 0, "packs_kept": 0, "packs_marked": 0}
-        if not self.ensure_repo(store, create=False):
+        if not self.ensure_repo(create=False):
             return {**zero, "packs_too_young": 0, "dry_run": dry_run}
         if not dry_run:
-            self.ensure_repo(store, create=True)  # probes conditional writes once
-        self.refresh_index(store)
+            self.ensure_repo(create=True)  # probes conditional writes once
+        self.refresh_index()
         bad = self._damaged
         reachable: set[bytes] = set()
         # metadata fetched here may be named by no local record: the lease keeps a local
         # gc from sweeping it before _reach has read it
         with store.lease(f"gc {self.url}", announce=False):
-            for rec in self.list_records(store, strict=True):
+            for rec in self.list_records(strict=True):
                 commits = [rec.commit] if rec.commit else []
-                self.fetch_metadata(store, rec.tree, commits)
+                self.fetch_metadata(rec.tree, commits)
                 reachable.update(commits)
                 _reach(store, rec.tree, reachable)
 

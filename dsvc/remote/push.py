@@ -132,8 +132,9 @@ def _damage_error(
 class RemotePush(RemoteRefs):
     """Pushing content and publishing versions to a remote."""
 
-    def _plan(self, store: Store, roots: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    def _plan(self, roots: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
         """Objects (children first) and chunks the remote lacks below ``roots``."""
+        store = self.store
         objects: list[bytes] = []
         chunks: dict[bytes, None] = {}
         doomed = self._doomed  # packs gc marked: their content does not count
@@ -174,7 +175,6 @@ class RemotePush(RemoteRefs):
 
     def push_tree(
         self,
-        store: Store,
         tree: bytes,
         *,
         show_progress: bool = True,
@@ -196,9 +196,9 @@ class RemotePush(RemoteRefs):
         ``refresh=False`` skips re-reading the remote's identity and indexes (for a caller
         that just did, e.g. :meth:`push_dataset`).
         """
+        store = self.store
         try:
             return self._push_tree(
-                store,
                 tree,
                 show_progress=show_progress,
                 verbose=verbose,
@@ -212,7 +212,6 @@ class RemotePush(RemoteRefs):
 
     def _push_tree(
         self,
-        store: Store,
         tree: bytes,
         *,
         show_progress: bool,
@@ -222,12 +221,13 @@ class RemotePush(RemoteRefs):
         extra_objects: Sequence[bytes],
         refresh: bool,
     ) -> PushStats:
+        store = self.store
         if refresh:
-            self.ensure_repo(store, create=True, recheck=True)
-            self.refresh_index(store)
+            self.ensure_repo(create=True, recheck=True)
+            self.refresh_index()
         stats = PushStats()
         try:
-            objects, chunks = self._plan(store, [tree])
+            objects, chunks = self._plan([tree])
         except IntegrityError as e:  # a damaged tree or blob met while planning
             if e.object_id is None:
                 raise
@@ -301,7 +301,6 @@ class RemotePush(RemoteRefs):
 
     def publish(
         self,
-        store: Store,
         record: Record,
         *,
         show_progress: bool = False,
@@ -310,9 +309,9 @@ class RemotePush(RemoteRefs):
         """Make a finalized version visible: content and commit (whatever the remote lacks
         of them), record (create-only), then its ref. Idempotent: nothing is skipped on
         the word of the local cache alone (the record's presence is asked of the remote)."""
+        store = self.store
         commit = record.commit
         stats = self.push_tree(
-            store,
             record.tree,
             show_progress=show_progress,
             extra_objects=[commit] if commit is not None else [],  # none: refused below
@@ -335,34 +334,36 @@ class RemotePush(RemoteRefs):
         return stats
 
     def push_dataset(
-        self, store: Store, dataset_id: str, *, show_progress: bool = True
+        self, dataset_id: str, *, show_progress: bool = True
     ) -> PushStats:
         """Push a finalized local version, its parents first; idempotent.
 
         Every version is checked against the remote itself (identity, indexes, record),
         never skipped because the local cache says it was pushed before: after the remote
         was emptied or replaced, this sends everything again."""
+        store = self.store
         total = PushStats()
         order = _push_order(store, [dataset_id])
-        self.ensure_repo(store, create=True, recheck=True)
-        self.refresh_index(store)
+        self.ensure_repo(create=True, recheck=True)
+        self.refresh_index()
         for rec in order:
-            s = self.publish(store, rec, show_progress=show_progress, refresh=False)
-            self.sync_meta(store, rec.id)  # tags, description, status... changed since
+            s = self.publish(rec, show_progress=show_progress, refresh=False)
+            self.sync_meta(rec.id)  # tags, description, status... changed since
             total.packs += s.packs
             total.objects += s.objects
             total.chunks += s.chunks
             total.bytes_sent += s.bytes_sent
         return total
 
-    def plan_push(self, store: Store, dataset_ids: Sequence[str]) -> PushPlan:
+    def plan_push(self, dataset_ids: Sequence[str]) -> PushPlan:
         """What :meth:`push_dataset` of each of ``dataset_ids`` would send (their local
         parents included), without writing anything: the versions the remote has no
         record of, and the objects and chunks it lacks with their stored size."""
+        store = self.store
         order = _push_order(store, dataset_ids)
-        if self.ensure_repo(store, create=False):
-            self.refresh_index(store)
-        objects, chunks = self._plan(store, [r.tree for r in order])
+        if self.ensure_repo(create=False):
+            self.refresh_index()
+        objects, chunks = self._plan([r.tree for r in order])
         commits = [r.commit for r in order if r.commit is not None]  # _push_order checks
         objects += [c for c in commits if not self.index.has(c, self._doomed, self._incomplete)]
         size = 0
@@ -370,7 +371,7 @@ class RemotePush(RemoteRefs):
             size += sum(r.chunk_size(c) or 0 for c in chunks)
             size += sum(len(r.object_frame(o) or b"") for o in dict.fromkeys(objects))
         return PushPlan(
-            datasets=[r.id for r in order if self.get_record(store, r.id) is None],
+            datasets=[r.id for r in order if self.get_record(r.id) is None],
             objects=len(dict.fromkeys(objects)),
             chunks=len(chunks),
             bytes=size,

@@ -118,9 +118,10 @@ class RemoteRefs(RemoteFetch):
     def _record_cache_key(self, dataset_id: str) -> bytes:
         return self.index.prefix + b"r/" + dataset_id.encode()
 
-    def get_record(self, store: Store, dataset_id: str, meta_etag: Any = None) -> Record | None:
+    def get_record(self, dataset_id: str, meta_etag: Any = None) -> Record | None:
         """The remote's record of ``dataset_id`` (records are immutable: cached), checked
         field by field (:class:`~dsvc.record.Record`): IntegrityError names a bad one."""
+        store = self.store
         if not is_dataset_id(dataset_id):
             return None  # not an id: never becomes a key (no "datasets/../x")
         key = f"datasets/{dataset_id}"
@@ -128,7 +129,7 @@ class RemoteRefs(RemoteFetch):
             raw = r.remote(self._record_cache_key(dataset_id))
         cached = raw is not None
         if raw is None:
-            if not self.ensure_repo(store, create=False):
+            if not self.ensure_repo(create=False):
                 return None
             got = self.backend.get_versioned(key, limit=MAX_RECORD_BYTES)
             if got is None:
@@ -138,17 +139,18 @@ class RemoteRefs(RemoteFetch):
         if not cached:  # only checked records are cached
             with store.batch() as b:
                 b.put_remote(self._record_cache_key(dataset_id), raw)
-        meta = self._read_meta(store, dataset_id, meta_etag)[0]
+        meta = self._read_meta(dataset_id, meta_etag)[0]
         if meta.get("deleted", (False, 0))[0]:
             return None  # deleted from this remote (Remote.delete_dataset)
         return _apply_meta(rec.replace(remote=self.url), meta, f"meta/{dataset_id}")
 
     def _read_meta(
-        self, store: Store, dataset_id: str, etag: Any = None
+        self, dataset_id: str, etag: Any = None
     ) -> tuple[dict[str, tuple[Any, int]], Any]:
         """``meta/<id>`` as ``{field: (value, time ns)}`` and its version (None: absent).
         ``etag``: the version a listing showed (``False``: the listing had none), so an
         unchanged document is taken from the local cache without a request."""
+        store = self.store
         key = f"meta/{dataset_id}"
         ck = self.index.prefix + b"M/" + dataset_id.encode()
         if etag is False:
@@ -169,14 +171,14 @@ class RemoteRefs(RemoteFetch):
         return doc, got[1]
 
     def _write_meta(
-        self, store: Store, dataset_id: str, change: dict[str, tuple[Any, int]]
+        self, dataset_id: str, change: dict[str, tuple[Any, int]]
     ) -> dict[str, tuple[Any, int]]:
         """Merge ``change`` into ``meta/<id>`` (per field, the later time wins) by
         compare-and-swap; returns the merged document."""
         key = f"meta/{dataset_id}"
 
         def attempt() -> dict[str, tuple[Any, int]]:
-            cur, ver = self._read_meta(store, dataset_id)
+            cur, ver = self._read_meta(dataset_id)
             merged = _merge_meta(cur, change)
             if merged == cur and ver is not None:
                 return merged
@@ -186,19 +188,20 @@ class RemoteRefs(RemoteFetch):
 
         return cas_retry(attempt, f"remote {self.url}: {key} is too contended; try again")
 
-    def sync_meta(self, store: Store, dataset_id: str) -> Record | None:
+    def sync_meta(self, dataset_id: str) -> Record | None:
         """Exchange the mutable metadata (name, project, version, tags, description,
         status) of a finalized version with the remote: fields changed locally since
         the last exchange are written (stamped with the local record's ``modified``
         time), then every field takes the value with the later time, locally and on the
         remote. Returns the local record (None if there is none)."""
-        self.ensure_repo(store, create=True)
+        store = self.store
+        self.ensure_repo(create=True)
         lkey = RECORD_PREFIX + dataset_id
         local = store.get_record(lkey)
         if local is None or local.get("commit") is None:
             return None if local is None else Record.from_dict(local, lkey)
-        remote_rec = self.get_record(store, dataset_id)
-        base = self._meta_base(store, dataset_id)
+        remote_rec = self.get_record(dataset_id)
+        base = self._meta_base(dataset_id)
         if base is None and remote_rec is not None:
             base = {f: (getattr(remote_rec, f), 0) for f in META_FIELDS if f != "deleted"}
         base = base or {}
@@ -208,7 +211,7 @@ class RemoteRefs(RemoteFetch):
             for f in META_FIELDS
             if f != "deleted" and f in local and (f not in base or base[f][0] != local.get(f))
         }
-        merged = self._write_meta(store, dataset_id, change)
+        merged = self._write_meta(dataset_id, change)
         new = {f: v for f, (v, _t) in merged.items() if f != "deleted"}
 
         def adopt() -> bool:  # the merged values, locally (compare-and-swap)
@@ -222,33 +225,33 @@ class RemoteRefs(RemoteFetch):
 
         if not cas_retry(adopt, f"dataset {dataset_id}: too many concurrent updates, try again"):
             return None
-        self._save_base(store, dataset_id, merged)
+        self._save_base(dataset_id, merged)
         out = local_record(store, dataset_id)
         if out is not None and ({"name", "project", "version"} & change.keys()):
             # list it under its new name (or version) too: lookups by name read the ref
             self.update_ref(out.project, out.name, dataset_id, out.version)
         return out
 
-    def _save_base(self, store: Store, dataset_id: str, meta: dict[str, tuple[Any, int]]) -> None:
+    def _save_base(self, dataset_id: str, meta: dict[str, tuple[Any, int]]) -> None:
         self.index.set_meta(
             b"B/" + dataset_id.encode(), _encode({f: [v, t] for f, (v, t) in meta.items()})
         )
 
-    def _meta_base(self, store: Store, dataset_id: str) -> dict[str, tuple[Any, int]] | None:
+    def _meta_base(self, dataset_id: str) -> dict[str, tuple[Any, int]] | None:
         raw = self.index.get_meta(b"B/" + dataset_id.encode())
         if raw is None:
             return None
         return {f: (v, t) for f, (v, t) in msgpack.unpackb(raw, raw=False).items()}
 
-    def delete_dataset(self, store: Store, dataset_id: str) -> None:
+    def delete_dataset(self, dataset_id: str) -> None:
         """Delete a version from the remote: a tombstone in ``meta/<id>`` (so listings,
         lookups and fetch no longer see it); its content is left for ``gc``."""
-        self.ensure_repo(store, create=True)
-        if self.get_record(store, dataset_id) is None:
+        self.ensure_repo(create=True)
+        if self.get_record(dataset_id) is None:
             raise NotFoundError(f"dataset {dataset_id} is not on remote {self.url}")
-        self._write_meta(store, dataset_id, {"deleted": (True, time.time_ns())})
+        self._write_meta(dataset_id, {"deleted": (True, time.time_ns())})
 
-    def list_records(self, store: Store, *, strict: bool = False) -> list[Record]:
+    def list_records(self, *, strict: bool = False) -> list[Record]:
         """Every dataset record on the remote (new ones fetched in parallel).
 
         A malformed record (or a key under ``datasets/`` that is not a dataset id) is
@@ -256,7 +259,7 @@ class RemoteRefs(RemoteFetch):
         break listing for every client. ``strict`` (gc) raises IntegrityError instead,
         since skipping a record there would delete what it references.
         """
-        if not self.ensure_repo(store, create=False):
+        if not self.ensure_repo(create=False):
             return []
         ids = [i.key[len("datasets/") :] for i in self.backend.list("datasets/")]
         # one listing tells which metadata documents changed since they were cached
@@ -268,7 +271,7 @@ class RemoteRefs(RemoteFetch):
                     raise IntegrityError(
                         f"record datasets/{did} is malformed: the key is not a dataset id"
                     )
-                return self.get_record(store, did, metas.get(did, False))
+                return self.get_record(did, metas.get(did, False))
             except IntegrityError as e:
                 if strict:
                     raise IntegrityError(
@@ -281,23 +284,24 @@ class RemoteRefs(RemoteFetch):
             recs = list(pool.map(one, ids))
         return [r for r in recs if r is not None]
 
-    def import_record(self, store: Store, record: Record) -> Record:
+    def import_record(self, record: Record) -> Record:
         """Copy a remote record and its metadata (commit, trees, blobs) into the local store
         so the version can be looked up and listed offline; content stays remote until
         a local copy needs it. Returns the local record."""
+        store = self.store
         key = RECORD_PREFIX + record.id
         # the local record's id names folders (the cached copy): only a checked one lands
         # (finalized: what a remote may hold)
         Record.from_dict(record.to_dict(), f"datasets/{record.id}", finalized=True)
         # the lease keeps local gc from sweeping the metadata before the record names it
         with store.lease(f"import {record.id}", announce=False):
-            self.fetch_metadata(store, record.tree, [record.commit] if record.commit else [])
+            self.fetch_metadata(record.tree, [record.commit] if record.commit else [])
             local = record.replace(remote=self.url, uploaded_tree=record.tree)
             try:
                 store.cas_record(key, None, local.to_dict())
                 # the metadata as imported is what later local edits are compared with
                 self._save_base(
-                    store, record.id, {f: (getattr(record, f, None), 0) for f in META_FIELDS}
+                    record.id, {f: (getattr(record, f, None), 0) for f in META_FIELDS}
                 )
             except ConflictError:
                 pass  # already imported (by us or a concurrent process)

@@ -171,6 +171,8 @@ class RemoteRepo:
         self, store: Store, name: str | None, url: str, options: dict[str, str], retries: int = 3
     ) -> None:
         self.backend = Backend.from_url(url, options, retries=retries)
+        #: the local store this remote is seen from (every method works with it)
+        self.store = store
         self.name = name
         self.url = self.backend.url
         self.index = RemoteIndex(store, "r" + xxhash.xxh3_64_hexdigest(self.url.encode()))
@@ -188,7 +190,7 @@ class RemoteRepo:
     def __repr__(self) -> str:
         return f"Remote({self.name or ''!r}, {self.url!r})"
 
-    def ensure_repo(self, store: Store, *, create: bool, recheck: bool = False) -> bool:
+    def ensure_repo(self, *, create: bool, recheck: bool = False) -> bool:
         """Check (or create) ``dsvc.json``; False when absent and not ``create``.
 
         ``create`` means "about to write": the first write through this client also
@@ -201,6 +203,7 @@ class RemoteRepo:
         created without it). The local cache of the remote (indexes, records) belongs
         to one id: when the remote's id differs from the cached one, the cache is dropped.
         """
+        store = self.store
         with self._lock:
             if create and not self._cas_checked:
                 self.backend.check_conditional_writes()
@@ -256,7 +259,7 @@ class RemoteRepo:
         with self.index.store.batch() as b:
             b.put_remote(key, now)
 
-    def refresh_index(self, store: Store, *, forget_gone: bool = True) -> None:
+    def refresh_index(self, *, forget_gone: bool = True) -> None:
         """Load the indexes of packs we have not seen yet (in parallel), forget packs that
         are gone, and note the packs ``gc`` has marked for deletion (see :meth:`gc`)."""
         self._load_damage()
