@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal, overload
 
 from dsvc import registry as reg
-from dsvc.errors import LIST_DATASETS, DsvcError, NotFoundError, RemoteError
+from dsvc.errors import LIST_DATASETS, DsvcError, IntegrityError, NotFoundError, RemoteError
 from dsvc.record import Listed, Record, Summary
 from dsvc.store import Store
 
@@ -100,7 +100,18 @@ def remote_named(
     versions the ref lists as that string."""
     if not remote.ensure_repo(create=False):
         return []
-    ref = remote.read_ref(project, name)
+    try:
+        ref = remote.read_ref(project, name)
+    except IntegrityError as e:  # one bad object must not break lookups: list them all
+        warn(f"warning: {e}; reading every record of remote {remote.url} instead")
+        return [
+            r
+            for r in remote.list_records()
+            if (r.project, r.name) == (project, name)
+            and r.id not in skip
+            and (version is None or r.version == version)
+            and keep(r)
+        ]
     groups: dict[Version | None, list[str]] = defaultdict(list)
     for did, ver in ((ref or {}).get("versions") or {}).items():
         if did not in skip and (version is None or ver == version):
@@ -111,7 +122,7 @@ def remote_named(
         for ver in sorted(groups, key=lambda v: (v is not None, v or 0), reverse=True):
             if found:
                 break
-            for rec in pool.map(lambda d: remote.get_record(d), groups[ver]):
+            for rec in pool.map(remote.readable_record, groups[ver]):
                 # a renamed version stays listed under its old name: check the record
                 if rec is None or (rec.project, rec.name) != (project, name):
                     continue

@@ -198,6 +198,11 @@ def test_dsvc_create_on_the_cli_survives_a_malformed_record(
     spec = {"url": f"file://{tmp_path / 'remote'}", "options": {}}
     honest_setup(spec, tmp_path, monkeypatch)
     backend(spec).put(f"datasets/{'f' * 32}", b"\x92\x01")
+    # listed in the name's ref too: lookups by name read the ref's records, not every one
+    (ref_key,) = [k for k in remote_objects(spec, "refs/")]
+    ref = msgpack.unpackb(backend(spec).get(ref_key), raw=False)
+    ref["versions"]["f" * 32] = "9.9.9"
+    backend(spec).put(ref_key, msgpack.packb(ref))
     home = victim(spec, tmp_path, monkeypatch)
     env = {**os.environ, "DSVC_HOME": str(home), "PYTHONPATH": str(HERE.parent)}
     out = subprocess.run(

@@ -251,6 +251,16 @@ class RemoteRefs(RemoteFetch):
             raise NotFoundError(f"dataset {dataset_id} is not on remote {self.url}")
         self._write_meta(dataset_id, {"deleted": (True, time.time_ns())})
 
+    def readable_record(self, dataset_id: str, meta_etag: Any = None) -> Record | None:
+        """:meth:`get_record`, except that a malformed record is reported once on stderr,
+        naming its key, and skipped (None): one bad object must not break listing or
+        lookup for every client."""
+        try:
+            return self.get_record(dataset_id, meta_etag)
+        except IntegrityError as e:
+            _warn_once((self.url, dataset_id), f"remote {self.url}: skipping {e}")
+            return None
+
     def list_records(self, *, strict: bool = False) -> list[Record]:
         """Every dataset record on the remote (new ones fetched in parallel).
 
