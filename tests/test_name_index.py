@@ -25,6 +25,7 @@ from remote_helpers import machine
 
 from dsvc import maintenance, registry
 from dsvc.dataset import Dataset
+from dsvc.record import Record
 from dsvc.remote.refs import RemoteRefs, _ref_key
 from dsvc.store import (
     NAME_INDEX_PREFIX,
@@ -72,10 +73,10 @@ def finalized_record(project: str, name: str, version: str, **kw: Any) -> dict[s
         "status": registry.FINAL,
         "parents": [],
         "parent_commits": [],
-        "base_tree": None,
-        "tree": None,
+        "base_tree": b"t" * 16,
+        "tree": b"t" * 16,
         "uploaded_tree": None,
-        "commit": None,
+        "commit": b"c" * 16,
         "created": now,
         "modified": now,
         "finalized": now,
@@ -86,6 +87,10 @@ def finalized_record(project: str, name: str, version: str, **kw: Any) -> dict[s
         "removed_any": False,
         **kw,
     }
+
+
+def insert(store: Store, rec: dict[str, Any]) -> None:
+    registry.insert(store, Record.from_dict(rec, RECORD_PREFIX + rec["id"]))
 
 
 class CountingStore:
@@ -113,8 +118,8 @@ def test_create_and_get_by_name_read_only_that_names_top_record(
 ) -> None:
     store = machine(monkeypatch, tmp_path / "home", None)
     for i in range(300):  # other datasets, and many versions of this one
-        registry.insert(store, finalized_record("p", f"other{i % 30}", f"1.0.{i}"))
-        registry.insert(store, finalized_record("p", "many", f"1.{i}.0"))
+        insert(store, finalized_record("p", f"other{i % 30}", f"1.0.{i}"))
+        insert(store, finalized_record("p", "many", f"1.{i}.0"))
     counter = CountingStore(monkeypatch)
     ds = Dataset.create(dataset_name="many", dataset_project="p")
     assert ds.version == "1.299.1"  # the bump of the highest version
@@ -133,13 +138,13 @@ def test_lookup_by_name_follows_renames_edits_and_deletes(
     store = machine(monkeypatch, tmp_path / "home", None)
     a = finalized_record("p", "n", "2.0.0")
     b = finalized_record("p", "n", "1.0.0")
-    registry.insert(store, a)
-    registry.insert(store, b)
+    insert(store, a)
+    insert(store, b)
     assert Dataset.get(dataset_project="p", dataset_name="n").id == a["id"]
-    registry.update(store, a["id"], lambda r: {**r, "name": "m"})  # renamed away
+    registry.update(store, a["id"], lambda r: r.replace(name="m"))  # renamed away
     assert Dataset.get(dataset_project="p", dataset_name="n").id == b["id"]
     assert Dataset.get(dataset_project="p", dataset_name="m").id == a["id"]
-    registry.update(store, b["id"], lambda r: {**r, "archived": True})
+    registry.update(store, b["id"], lambda r: r.replace(archived=True))
     with pytest.raises(Exception, match="no dataset found"):
         Dataset.get(dataset_project="p", dataset_name="n")
     assert Dataset.get(dataset_project="p", dataset_name="n", include_archived=True).id == b["id"]
@@ -170,7 +175,7 @@ def test_index_equals_a_scan_of_the_records(tmp_path_factory: Any, steps: list) 
         for op, i, project, name in steps:
             if op == "create" or not ids:
                 rec = finalized_record(project, name, f"1.0.{i}")
-                registry.insert(store, rec)
+                insert(store, rec)
                 ids.append(rec["id"])
             elif op == "draft":
                 os.environ["DSVC_HOME"] = str(home)
@@ -183,7 +188,7 @@ def test_index_equals_a_scan_of_the_records(tmp_path_factory: Any, steps: list) 
                 else:
                     change = {"version": f"9.{i}", "tags": [name], "archived": i % 2 == 0}
                 if op in ("rename", "edit"):
-                    registry.update(store, did, lambda r, c=change: {**r, **c})
+                    registry.update(store, did, lambda r, c=change: r.replace(**c))
                 else:
                     registry.remove(store, did)
                     ids.remove(did)
@@ -199,7 +204,7 @@ def test_a_store_without_the_index_gets_it_built_and_fsck_checks_it(
     store = machine(monkeypatch, tmp_path / "home", None)
     recs = [finalized_record("p", "n", f"1.0.{i}") for i in range(5)]
     for r in recs:
-        registry.insert(store, r)
+        insert(store, r)
     # as an older dsvc left it: records, no index, no marker
     for k, _ in list(store.iter_records(NAME_INDEX_PREFIX)):
         store._apply([("records", k.encode(), None)])
@@ -230,8 +235,8 @@ ids = []
 for i in range(4):
     ds = Dataset.create(dataset_name="n", dataset_project="p")
     ids.append(ds.id)
-registry.update(store, ids[0], lambda r: {**r, "name": "m"})
-registry.update(store, ids[1], lambda r: {**r, "version": "7.0"})
+registry.update(store, ids[0], lambda r: r.replace(name="m"))
+registry.update(store, ids[1], lambda r: r.replace(version="7.0"))
 registry.remove(store, ids[2])
 """
 
@@ -274,7 +279,7 @@ def test_lookup_on_a_remote_reads_the_ref_not_every_record(
     ds = Dataset.create(dataset_name="n", dataset_project="p", dataset_version="1.0.0")
     ds.add_files(str(src))
     ds.finalize(auto_upload=True)
-    first = dict(registry.require(registry.open_store(), ds.id))
+    first = registry.require(registry.open_store(), ds.id).to_dict()
     be = backend(spec)
     ref = msgpack.unpackb(be.get(_ref_key("p", "n")), raw=False)
     for i in range(1, 60):  # as after 60 pushes of this name (and 20 of another)
