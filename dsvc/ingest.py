@@ -450,6 +450,8 @@ QUEUE_BYTES = 16 << 20
 #: 8 MiB keeps a 4 GiB ingest at ~260 MB peak RSS against ~380 MB with 32 MiB, for no
 #: measurable change in CPU time.
 WRITE_BATCH_BYTES = 8 << 20
+#: chunk ids an ingest remembers as queued (so it frames each new chunk once)
+QUEUED_IDS = 200_000
 #: windows (of ``Chunker.window`` bytes) in flight per streamed file
 WINDOWS_PER_FILE = 3
 
@@ -785,6 +787,10 @@ class Ingestor:
     def _queue(self, writer: _Writer, sink: list[tuple], size: int) -> None:
         writer.put(sink, size)
         # only now may others skip these chunks: what they queue comes after
+        if len(self._queued) > QUEUED_IDS:
+            # long since committed, most of them: forgetting them costs at worst a chunk
+            # framed twice (the store keeps one), and memory stays bounded (1M files)
+            self._queued = set()
         self._queued.update(k for kind, k, _ in sink if kind == "c")
 
     def _window_job(self, chunks: list[memoryview], writer: _Writer) -> list[tuple[bytes, int]]:
