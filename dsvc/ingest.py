@@ -452,6 +452,10 @@ QUEUE_BYTES = 16 << 20
 WRITE_BATCH_BYTES = 8 << 20
 #: chunk ids an ingest remembers as queued (so it frames each new chunk once)
 QUEUED_IDS = 200_000
+#: ... or once it holds this many writes: each put of a random key (chunk index, stat
+#: cache) dirties its own 4 KiB leaf page, which LMDB keeps in memory until the commit:
+#: 8 MiB of small files (16k chunks, 32k puts) held ~130 MB at 300k files
+WRITE_BATCH_OPS = 8192
 #: windows (of ``Chunker.window`` bytes) in flight per streamed file
 WINDOWS_PER_FILE = 3
 
@@ -480,6 +484,7 @@ class _Writer(threading.Thread):
                 put_chunk = b.put_chunk_frame
                 put_stat = b.put_statcache
                 trimmer = _MapTrimmer(self.store)
+                ops = 0  # writes queued since the last commit
                 while True:
                     with self.cv:
                         while not self.q:
@@ -491,6 +496,7 @@ class _Writer(threading.Thread):
                         break
                     before = b.pending_bytes
                     for kind, key, value in items:
+                        ops += 1
                         if kind == "c":
                             if not b.has(key):
                                 put_chunk(key, value)
@@ -506,7 +512,11 @@ class _Writer(threading.Thread):
                             b.put_object(TAG_BLOB, value)
                         if b.pending_bytes < before:  # the batch committed
                             trimmer.trim()
-                            before = 0
+                            before = ops = 0
+                        elif ops >= WRITE_BATCH_OPS:
+                            b.flush()
+                            trimmer.trim()
+                            before = ops = 0
                         else:
                             before = b.pending_bytes
         except BaseException as e:  # reported to the caller by finish()
