@@ -36,11 +36,14 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
+
+if TYPE_CHECKING:
+    from dsvc.record import Record
 
 PROJECT, NAME = "bench", "many-versions"
 BUCKET = "dsvc-bench-versions"
@@ -63,26 +66,25 @@ def _first_version(src: Path) -> Any:
     return ds
 
 
-def _synthetic_records(first: dict[str, Any], n: int) -> list[dict[str, Any]]:
+def _synthetic_records(first: Record, n: int) -> list[Record]:
     """``n`` finalized records of the same dataset, like ``first`` (its tree and commit),
     versions 1.0.1, 1.0.2, ..."""
     out = []
-    t0 = int(first.get("created") or time.time_ns())
+    t0 = first.created or time.time_ns()
     for i in range(1, n + 1):
         t = t0 + i * 1000
         out.append(
-            {
-                **first,
-                "id": uuid.uuid4().hex,
-                "version": f"1.0.{i}",
-                "created": t,
-                "modified": t,
-                "finalized": t,
-                "parents": [],
-                "parent_commits": [],
-                "uploaded_tree": None,
-                "remote": None,
-            }
+            first.replace(
+                id=uuid.uuid4().hex,
+                version=f"1.0.{i}",
+                created=t,
+                modified=t,
+                finalized=t,
+                parents=[],
+                parent_commits=[],
+                uploaded_tree=None,
+                remote=None,
+            )
         )
     return out
 
@@ -156,13 +158,11 @@ def bench_s3(versions: int, work: Path) -> dict[str, Any]:
         first = reg.require(store, ds.id).to_dict()
         recs = _synthetic_records(first, versions - 1)
         be = Backend.from_url(url, options)
-        local = ("uploaded_tree", "remote")
         t0 = time.perf_counter()
         from concurrent.futures import ThreadPoolExecutor
 
-        def put(r: dict[str, Any]) -> None:
-            clean = {k: v for k, v in r.items() if k not in local}
-            be.put(f"datasets/{r['id']}", msgpack.packb(clean, use_bin_type=True))
+        def put(r: Record) -> None:
+            be.put(f"datasets/{r.id}", msgpack.packb(r.published(), use_bin_type=True))
 
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(put, recs))
@@ -170,7 +170,7 @@ def bench_s3(versions: int, work: Path) -> dict[str, Any]:
 
         key = _ref_key(PROJECT, NAME)
         doc = msgpack.unpackb(be.get(key), raw=False)
-        doc["versions"].update({r["id"]: r["version"] for r in recs})
+        doc["versions"].update({r.id: r.version for r in recs})
         be.put(key, msgpack.packb(doc, use_bin_type=True))
         out: dict[str, Any] = {"versions": versions, "setup_s": round(time.perf_counter() - t0, 1)}
         reg.close_all()
