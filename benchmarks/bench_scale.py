@@ -595,9 +595,11 @@ def compare(paths: list[str]) -> str:
                 line += f" {run_['skipped'].get(row, 'not run')} |"
                 continue
             extra = note(row, r)
+            wall = f" ({r['wall_s']:.1f})" if "wall_s" in r else ""
+            rss = f"{r['maxrss'] / MB:,.0f}" if "maxrss" in r else "-"
+            wb = f"{r['write_bytes'] / MB:,.0f}" if "write_bytes" in r else "-"
             line += (
-                f" {r.get('call_s', r['wall_s']):.2f} ({r['wall_s']:.1f}) / "
-                f"{r['maxrss'] / MB:,.0f} / {r['write_bytes'] / MB:,.0f}"
+                f" {r.get('call_s', r.get('wall_s', 0)):.2f}{wall} / {rss} / {wb}"
                 f"{' — ' + extra if extra and row.startswith(('ingest', 'small')) else ''} |"
             )
         out.append(line)
