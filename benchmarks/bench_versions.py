@@ -92,19 +92,15 @@ def _synthetic_records(first: Record, n: int) -> list[Record]:
 def bench_local(versions: int, work: Path) -> dict[str, Any]:
     from dsvc import registry as reg
     from dsvc.dataset import Dataset
-    from dsvc.record import Record
 
     os.environ["DSVC_HOME"] = str(work / "home")
     os.environ.pop("DSVC_REMOTE", None)
     ds = _first_version(work / "src")
     ds.finalize()
     store = reg.open_store()
-    first = reg.require(store, ds.id).to_dict()
+    first = reg.require(store, ds.id)
     t_setup, _ = _timed(
-        lambda: [
-            reg.insert(store, Record.from_dict(r, "ds/" + r["id"]))
-            for r in _synthetic_records(first, versions - 1)
-        ]
+        lambda: [reg.insert(store, r) for r in _synthetic_records(first, versions - 1)]
     )
     out: dict[str, Any] = {"versions": versions, "setup_s": round(t_setup, 2)}
     t, d = _timed(lambda: Dataset.create(dataset_name=NAME, dataset_project=PROJECT))
@@ -155,7 +151,7 @@ def bench_s3(versions: int, work: Path) -> dict[str, Any]:
         store = machine(work / "pusher")
         ds = _first_version(work / "src-s3")
         ds.finalize(auto_upload=True)
-        first = reg.require(store, ds.id).to_dict()
+        first = reg.require(store, ds.id)
         recs = _synthetic_records(first, versions - 1)
         be = Backend.from_url(url, options)
         t0 = time.perf_counter()
