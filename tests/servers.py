@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -56,8 +57,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent(parent: int) -> Any:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when the test run dies.
+
+    Without it a test run killed by a timeout (no fixture teardown) leaves its servers
+    running for good, each holding its temp folder (seen: 21 orphans and 30 GB of /tmp).
+    """
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+    def preexec() -> None:
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 class Server:
-    """A child process serving on ``port``; stopped (and its log closed) by :meth:`stop`."""
+    """A child process serving on ``port``; stopped (and its log closed) by :meth:`stop`,
+    and killed by the kernel if the test run dies first (Linux)."""
 
     def __init__(self, name: str, argv: list[str], port: int, log_dir: Path, **kw: Any) -> None:
         self.name, self.port = name, port
@@ -69,6 +91,7 @@ class Server:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
             **kw,
         )
 
