@@ -734,7 +734,10 @@ class Dataset:
         max_workers: int | None,
         desc: str,
     ) -> TreeResult:
-        with Progress(desc, None, enabled=True) as bar:
+        # A folder is walked once, folder by folder, so its total is not known up front
+        # (the bar shows bytes and rate); a single file's is, so its bar shows a percentage.
+        total = os.path.getsize(src) if os.path.isfile(src) else None
+        with Progress(desc, total, enabled=True) as bar:
             res = ingest_tree(
                 self._store,
                 src,
@@ -1207,17 +1210,9 @@ class Dataset:
         rec = self._refresh()
         if rec.status != reg.DRAFT:
             raise StateError(f"dataset {rec.id} is finalized; nothing to upload")
-        if preview:  # before links replace the files: previews read stored content
-            reports.set_preview(
-                self._store,
-                rec.id,
-                (
-                    (c.path_str, c.new)
-                    for c in diff(self._trees(), rec.base, rec.tree)
-                    if c.new is not None and c.new.kind != KIND_EXTERNAL
-                ),
-            )
         if upload_as_external_links:
+            if preview:  # before links replace the files: previews read stored content
+                self._store_preview(rec)
             self._upload_as_links(output_url, max_workers)
             rec = self._refresh()
         spec = output_url or rec.output_uri
@@ -1235,9 +1230,23 @@ class Dataset:
                 label=f"dataset {rec.project}/{rec.name} ({rec.id})",
             )
             where = remote.url
+        if preview and not upload_as_external_links:
+            # after the push, whose checks name the file and dataset of damaged content
+            self._store_preview(rec)
         self._update(
             lambda r: r.replace(uploaded_tree=tree, remote=where or r.remote),
             allow_frozen=True,  # a retried `dsvc close` uploads before finalizing again
+        )
+
+    def _store_preview(self, rec: Record) -> None:
+        reports.set_preview(
+            self._store,
+            rec.id,
+            (
+                (c.path_str, c.new)
+                for c in diff(self._trees(), rec.base, rec.tree)
+                if c.new is not None and c.new.kind != KIND_EXTERNAL
+            ),
         )
 
     def _upload_as_links(self, output_url: str | None, max_workers: int | None) -> None:

@@ -49,7 +49,8 @@ def test_add_draws_a_progress_bar_in_a_terminal(tmp_path: Path, big_file: Path) 
     rc, _ = _run(home, "create", "--project", "p", "--name", "n")
     assert rc == 0
     child = _spawn(home, "add", "--files", str(big_file))
-    # tqdm's bar: "add big.bin:  37%|████      | 37.0M/100M [...]", redrawn with \r
+    # tqdm's bar: "add big.bin:  37%|████      | 37.0M/100M [...]", redrawn with \r (a
+    # single file's size is known up front; a folder's bar shows bytes and rate)
     child.expect(r"add big\.bin:\s+\d+%\|", timeout=60)
     rest = child.before + child.after + child.read()
     child.close()
