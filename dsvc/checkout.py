@@ -683,7 +683,7 @@ def serve_copy(
     cache: ContentCache,
     name: str,
     entries: Callable[[], Sequence[tuple[RelPath, Entry]]],
-    ensure_content: Callable[[list[Entry]], None] | None = None,
+    ensure_content: Callable[[list[tuple[tuple[str, ...], Entry]]], None] | None = None,
 ) -> int:
     """Check the cached copy ``name`` (:class:`CacheLayout`) before it is handed out, and
     repair what differs. ``entries`` lists the copy's files; it is called only when the
@@ -697,7 +697,7 @@ def serve_copy(
         man, bad = _stat_copy(store, cache, root, list(entries()), hash_check=True)
         if bad:
             if ensure_content is not None:
-                ensure_content([man.entry(i) for i in bad])
+                ensure_content([(tuple(man.paths[i].split("/")), man.entry(i)) for i in bad])
             repair_copy(store, cache, root, man, bad)
         write_manifest(mpath, man)
         return len(bad)
@@ -710,7 +710,7 @@ def serve_copy(
             bad, changed = check_copy(store, root, man)
             if bad:
                 if ensure_content is not None:
-                    ensure_content([man.entry(i) for i in bad])
+                    ensure_content([(tuple(man.paths[i].split("/")), man.entry(i)) for i in bad])
                 repair_copy(store, cache, root, man, bad)
                 repaired += len(bad)
             changed_any = changed_any or changed or bool(bad)
@@ -913,7 +913,7 @@ def build_copy(
     target: str | os.PathLike[str],
     *,
     content_cache: ContentCache,
-    ensure_content: Callable[[list[Entry]], None] | None = None,
+    ensure_content: Callable[[list[tuple[tuple[str, ...], Entry]]], None] | None = None,
     resolve: ResolveFn | None = None,
     max_workers: int | None = None,
     progress: ProgressFn | None = None,
@@ -974,7 +974,7 @@ def _fill_folders(
     root: bytes,
     top: str,
     cache: ContentCache,
-    ensure_content: Callable[[list[Entry]], None] | None,
+    ensure_content: Callable[[list[tuple[tuple[str, ...], Entry]]], None] | None,
     resolve: ResolveFn | None,
     max_workers: int | None,
     progress: ProgressFn | None,
@@ -1008,7 +1008,8 @@ def _fill_folders(
         if absent:  # content not in the local store: fetched first, then written
             if ensure_content is not None:
                 with content_lock:
-                    ensure_content([files[i][1] for i in absent])
+                    at = tuple(rel.split("/")) if rel else ()  # full paths: errors name the file
+                    ensure_content([((*at, files[i][0]), files[i][1]) for i in absent])
             still = _write_missing(store, cache, files, dests, absent, written)
             if still:  # raises, naming the content
                 _write_missing(store, cache, files, dests, still[:1], written, strict=True)

@@ -1448,7 +1448,7 @@ class Dataset:
                     cache,
                     name,
                     lambda: self._resolve_links(self._selected(part, num_parts, files), max_workers),
-                    lambda es: self._ensure_content([((), e) for e in es], max_workers),
+                    lambda es: self._ensure_content(es, max_workers),
                 )
                 return str(target)
             if not files and part is None and num_parts is None:
@@ -1459,9 +1459,7 @@ class Dataset:
                         rec.tree,
                         target,
                         content_cache=cache,
-                        ensure_content=lambda es: self._ensure_content(
-                            [((), e) for e in es], max_workers
-                        ),
+                        ensure_content=lambda es: self._ensure_content(es, max_workers),
                         resolve=lambda es: self._resolve_links(es, max_workers),
                         max_workers=max_workers,
                         progress=bar.update,

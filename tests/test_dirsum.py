@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,20 +271,33 @@ def test_sigkill_during_sync_loses_nothing_committed(tmp_path: Path, home: Path)
         changed[k] = rng.randbytes(len(files[k]) + 1)
         write_file(src / k, changed[k])
     env = {**os.environ, "PYTHONPATH": REPO}
+    # Kill at fault points (every LMDB commit and pack append), not after a delay: how
+    # far a sync gets in 0.3 s depends on the machine's load (on a quiet one it had
+    # finished, and nothing was killed). Enumerate the points on a copy of the store.
+    shutil.copytree(home, tmp_path / "count-home")
+    log = tmp_path / "points.log"
+    subprocess.run(
+        [sys.executable, "-c", CHILD, str(src), v1.id],
+        env={
+            **env,
+            "DSVC_HOME": str(tmp_path / "count-home"),
+            "DSVC_FAULT_POINTS": "count",
+            "DSVC_FAULT_LOG": str(log),
+        },
+        capture_output=True,
+        check=True,
+    )
+    n_points = len(log.read_text().splitlines())
+    assert n_points >= 6, n_points
     killed = 0
-    for delay in (0.3, 0.6, 0.9, 1.3, 1.8, 2.5):
-        p = subprocess.Popen(
+    for k in range(1, 7):  # six points spread over the whole sync + finalize
+        p = subprocess.run(
             [sys.executable, "-c", CHILD, str(src), v1.id],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            env={**env, "DSVC_FAULT_POINTS": f"kill:{k * n_points // 7}"},
+            capture_output=True,
+            timeout=120,
         )
-        try:
-            p.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)
-            killed += 1
-        p.communicate(timeout=60)
+        killed += p.returncode == -signal.SIGKILL
         _check_summaries(open_store())
         # the version committed before stays whole
         got = Path(Dataset.get(dataset_id=v1.id).get_local_copy())
