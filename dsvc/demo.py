@@ -38,6 +38,7 @@ from dsvc.errors import DsvcError, IntegrityError, StateError
 from dsvc.remote import client
 from dsvc.remote import config as rconfig
 from dsvc.store import Store
+from dsvc.usage import chunk_totals
 
 PROJECT = "dsvc-demo"
 NAME = "sample"
@@ -134,16 +135,6 @@ def _same_tree(a: Path, b: Path) -> tuple[int, list[str]]:
 # -- store helpers ----------------------------------------------------------------------
 
 
-def _chunk_stats(store: Store) -> tuple[int, int]:
-    """(number of chunks, stored bytes of chunks) in a store."""
-    n = total = 0
-    with store.reader() as r:
-        for _, size in r.chunk_sizes():
-            n += 1
-            total += size
-    return n, total
-
-
 @contextmanager
 def _scratch_env() -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in ("DSVC_HOME", "DSVC_REMOTE")}
@@ -226,7 +217,7 @@ def run_demo(
             v1.add_files(data)
             v1.upload(show_progress=False)
             v1.finalize()
-            n1, stored1 = _chunk_stats(store)
+            n1, stored1 = chunk_totals(store)
             step(
                 2,
                 "version 1",
@@ -243,7 +234,7 @@ def run_demo(
             removed, added, modified = v2.sync_folder(data)
             v2.upload(show_progress=False)
             v2.finalize()
-            n2, stored2 = _chunk_stats(store)
+            n2, stored2 = chunk_totals(store)
             new = stored2 - stored1
             saved = 1 - new / v2_bytes if v2_bytes else 0.0
             step(
@@ -268,7 +259,7 @@ def run_demo(
             # 4. squash
             t = time.monotonic()
             sq = Dataset.squash(dataset_name=f"{NAME}-squashed", dataset_ids=[v1.id, v2.id])
-            n3, stored3 = _chunk_stats(store)
+            n3, stored3 = chunk_totals(store)
             step(
                 4,
                 "squash v1+v2",
@@ -320,7 +311,7 @@ def run_demo(
             bad = got.verify_dataset_hash(str(copy))
             if bad:
                 raise IntegrityError(f"demo: {len(bad)} files fail their hash, e.g. {bad[0]}")
-            fetched = _chunk_stats(store_b)[1]
+            fetched = chunk_totals(store_b)[1]
             step(
                 6,
                 "clone + get",

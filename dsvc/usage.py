@@ -123,7 +123,7 @@ def _frame_sizes(store: Store, ids: Iterable[bytes]) -> dict[bytes, int | None]:
     return out
 
 
-def _chunk_totals(store: Store) -> tuple[int, int]:
+def chunk_totals(store: Store) -> tuple[int, int]:
     """(chunks, their stored bytes) in the whole store."""
     n = total = 0
     with store.reader() as r:
@@ -213,7 +213,7 @@ def store_usage(store: Store) -> StoreUsage:
     out.stored_bytes = sum(s for s in sizes.values() if s is not None)
     out.shared_chunks = len(shared)
     out.shared_bytes = sum(sizes[c] or 0 for c in shared)
-    total_chunks, total_bytes = _chunk_totals(store)
+    total_chunks, total_bytes = chunk_totals(store)
     out.unreferenced_chunks = max(0, total_chunks - out.chunks)
     out.unreferenced_bytes = max(0, total_bytes - out.stored_bytes)
     return out
