@@ -12,7 +12,8 @@ names it.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dsvc import registry as reg
 from dsvc import reports
@@ -23,8 +24,30 @@ from dsvc.objects import Commit
 from dsvc.record import Record
 
 if TYPE_CHECKING:
-    from dsvc.dataset import Dataset
     from dsvc.remote.client import Remote
+    from dsvc.store import Store
+
+
+class Dataset(Protocol):
+    """What the protocol needs of a version (:class:`dsvc.dataset.Dataset` has it); named
+    here so that this module does not import the class that calls it."""
+
+    _store: Store
+
+    @property
+    def id(self) -> str: ...
+
+    def _refresh(self) -> Record: ...
+
+    def _update(
+        self,
+        change: Callable[[Record], Record],
+        *,
+        allow_final: bool = False,
+        allow_frozen: bool = False,
+    ) -> Record: ...
+
+    def upload(self, show_progress: bool = True, verbose: bool = False) -> None: ...
 
 
 def run(
@@ -65,6 +88,7 @@ def published_record(
             ) from None
         raise
 
+
 def freeze(ds: Dataset, remote: Remote | None, auto_upload: bool, verbose: bool) -> Record:
     """Fix the draft's commit in its record (``finalizing``) unless already fixed.
 
@@ -78,9 +102,7 @@ def freeze(ds: Dataset, remote: Remote | None, auto_upload: bool, verbose: bool)
             return rec
         if remote is not None and rec.uploaded_tree != rec.tree:
             if not auto_upload:
-                raise PendingUploadError(
-                    not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST
-                )
+                raise PendingUploadError(not_uploaded_message(rec, remote), remedy=UPLOAD_FIRST)
             ds.upload(show_progress=verbose, verbose=verbose)
 
         def freeze(r: Record) -> Record:
@@ -89,9 +111,7 @@ def freeze(ds: Dataset, remote: Remote | None, auto_upload: bool, verbose: bool)
             if remote is not None and r.uploaded_tree != r.tree:
                 raise EditedMeanwhile
             meta = reports.commit_meta(ds._store, r.id, commit_meta(r))
-            commit = Commit(
-                tree=r.tree, parents=tuple(r.parent_commits or ()), meta=meta
-            )
+            commit = Commit(tree=r.tree, parents=tuple(r.parent_commits or ()), meta=meta)
             return r.replace(finalizing={"commit": commit.id, "meta": meta})
 
         try:
@@ -102,13 +122,12 @@ def freeze(ds: Dataset, remote: Remote | None, auto_upload: bool, verbose: bool)
         f"dataset {ds.id} kept changing while finalizing; stop editing it and retry"
     )
 
+
 def frozen_commit(ds: Dataset, rec: Record) -> bytes:
     """Write the frozen commit (again, if a crash or gc lost it) and return its id."""
     fin = rec.finalizing
     assert fin is not None  # rec comes from _freeze, which returns a frozen record
-    commit = Commit(
-        tree=rec.tree, parents=tuple(rec.parent_commits or ()), meta=fin["meta"]
-    )
+    commit = Commit(tree=rec.tree, parents=tuple(rec.parent_commits or ()), meta=fin["meta"])
     cid = ds._store.put_commit(commit)
     if cid != fin["commit"]:
         raise IntegrityError(
@@ -117,6 +136,7 @@ def frozen_commit(ds: Dataset, rec: Record) -> bytes:
             fin["commit"],
         )
     return cid
+
 
 def mark_final(ds: Dataset, cid: bytes) -> Record:
     def done(r: Record) -> Record:
@@ -131,15 +151,14 @@ def mark_final(ds: Dataset, cid: bytes) -> Record:
 
     return ds._update(done, allow_final=True)
 
+
 def adopt(ds: Dataset, remote: Remote, published: Record, cid: bytes) -> Record:
     """The remote already publishes this id (a finalize that was killed after its
     remote record, possibly by an older dsvc): the version *is* what was published.
     Completes the remote side (ref) and records the published commit (``cid``)
     locally."""
     remote.fetch_metadata(published.tree, [cid])  # no-op when local
-    remote.update_ref(
-        published.project, published.name, ds.id, published.version
-    )
+    remote.update_ref(published.project, published.name, ds.id, published.version)
     before = ds._refresh()
     if before.tree != published.tree:
         warn(
@@ -178,6 +197,7 @@ def not_uploaded_message(rec: Record, remote: Remote) -> str:
 def _published(rec: Record, cid: bytes) -> Record:
     """The record as the remote publishes it: final, with its commit."""
     return rec.replace(status=reg.FINAL, commit=cid, finalizing=None)
+
 
 def published(rec: Record, cid: bytes) -> Record:
     """The record as the remote publishes it: final, with its commit."""
