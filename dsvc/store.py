@@ -138,7 +138,9 @@ def _index_key(rec: dict[str, Any]) -> bytes:
     return name_index_prefix(rec["project"], rec["name"]) + rec["id"].encode()
 
 
-def _index_ops(key: bytes, old_raw: bytes | None, new: Any) -> list[tuple[bytes, bytes | None]]:
+def _index_ops(
+    key: bytes, old_raw: bytes | memoryview | None, new: Any
+) -> list[tuple[bytes, bytes | None]]:
     """The name-index writes that go with replacing record ``key`` (``old_raw``, packed;
     None: absent) by ``new`` (None: deleted): the old entry out, the new one in."""
     if not key.startswith(RECORD_PREFIX.encode()):
@@ -157,7 +159,7 @@ def _pack(v: Any) -> bytes:
     return msgpack.packb(v, use_bin_type=True)
 
 
-def _unpack(b: bytes) -> Any:
+def _unpack(b: bytes | memoryview) -> Any:
     return msgpack.unpackb(b, raw=False)
 
 
@@ -182,7 +184,7 @@ class StatEntry(NamedTuple):
         return _pack(list(self))
 
     @classmethod
-    def decode(cls, raw: bytes) -> StatEntry | None:
+    def decode(cls, raw: bytes | memoryview) -> StatEntry | None:
         """The entry, or None for a value of another layout (an older format)."""
         try:
             v = _unpack(raw)
@@ -509,8 +511,8 @@ class StoreReader:
         """Every ``(chunk id, stored bytes)``, without reading payloads."""
         for k, loc, _ in self.chunk_locations():
             yield k, loc[2]
-        for k, v in self._txn.cursor(db=self._dbs["chunks"]):
-            yield bytes(k), len(v)
+        for ck, cv in self._txn.cursor(db=self._dbs["chunks"]):
+            yield bytes(ck), len(cv)
 
     # -- objects -----------------------------------------------------------------
 
@@ -837,7 +839,7 @@ class Store:
             frame = r.chunk_frame(cid)
         if frame is None:
             raise ObjectNotFoundError(f"chunk {to_hex(cid)} is not in the store {self.path}", cid)
-        return frame
+        return bytes(frame)  # a reader without buffers gives bytes: no copy
 
     def get_chunk(self, cid: bytes) -> bytes:
         """A chunk's bytes, verified against its id."""
@@ -846,7 +848,8 @@ class Store:
     def get_object_frame(self, oid: bytes) -> bytes | None:
         """``tag + frame`` of an object, or None."""
         with self.reader() as r:
-            return r.object_frame(oid)
+            frame = r.object_frame(oid)
+        return None if frame is None else bytes(frame)  # bytes already: no copy
 
     def get_object(self, oid: bytes, tag: bytes) -> bytes:
         with self.reader() as r:
@@ -917,9 +920,10 @@ class Store:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for k, v in cur:
-                    if not k.startswith(prefix):
+                    key, value = bytes(k), bytes(v)  # bytes already (no buffers): no copy
+                    if not key.startswith(prefix):
                         break
-                    out.append((k, v))
+                    out.append((key, value))
         return out
 
     def get_record(self, key: str) -> Any:
@@ -1331,7 +1335,7 @@ class Store:
         with self._attached_lock:
             if key not in self._attached:
                 self._attached[key] = make()
-            return self._attached[key]  # type: ignore[no-any-return]
+            return self._attached[key]
 
     def detach_all(self, *, after_fork: bool = False) -> list[Any]:
         """Forget (and return) every attached object. ``after_fork``: in a forked child,
