@@ -168,17 +168,17 @@ def cmd_check(a: dict[str, Any]) -> dict[str, Any]:
         finals.append(rec.id)
         want = a["expect"].get(rec.id)
         if want is None:
-            problems.append(f"the remote lists {rec['id']} ({rec.get('name')}), not expected")
+            problems.append(f"the remote lists {rec.id} ({rec.name}), not expected")
             continue
         try:
-            got = _files(Path(Dataset.get(dataset_id=rec["id"]).get_local_copy()))
+            got = _files(Path(Dataset.get(dataset_id=rec.id).get_local_copy()))
         except Exception as e:  # noqa: BLE001 - reported with the record it concerns
-            problems.append(f"{rec['name']} {rec['id']}: {type(e).__name__}: {e}")
+            problems.append(f"{rec.name} {rec.id}: {type(e).__name__}: {e}")
             continue
         want_files = _files(Path(want))
         if got != want_files:
             diff = sorted(k for k in set(got) | set(want_files) if got.get(k) != want_files.get(k))
-            problems.append(f"{rec['name']} {rec['id']} reads back different: {diff[:5]}")
+            problems.append(f"{rec.name} {rec.id} reads back different: {diff[:5]}")
     return {"problems": problems, "finals": finals}
 
 
