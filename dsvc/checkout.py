@@ -996,9 +996,9 @@ def _fill_folders(
             os.mkdir(d)
         subs = [(f"{rel}/{n}" if rel else n, e.id) for n, e in tree.items() if e.kind == KIND_TREE]
         files = [(n, e) for n, e in tree.items() if e.kind != KIND_TREE]
+        at = tuple(rel.split("/")) if rel else ()  # full paths: errors name the file
         if resolve is not None and any(e.kind == KIND_EXTERNAL for _, e in files):
             with content_lock:
-                at = tuple(rel.split("/")) if rel else ()  # full paths: errors name the file
                 files = [(p[-1], e) for p, e in resolve([((*at, n), e) for n, e in files])]
         man = Manifest([f"{rel}/{n}" if rel else n for n, _ in files], [e for _, e in files])
         dests = [f"{d}/{n}" for n, _ in files]
@@ -1008,7 +1008,6 @@ def _fill_folders(
         if absent:  # content not in the local store: fetched first, then written
             if ensure_content is not None:
                 with content_lock:
-                    at = tuple(rel.split("/")) if rel else ()  # full paths: errors name the file
                     ensure_content([((*at, files[i][0]), files[i][1]) for i in absent])
             still = _write_missing(store, cache, files, dests, absent, written)
             if still:  # raises, naming the content

@@ -1238,15 +1238,18 @@ class Dataset:
             allow_frozen=True,  # a retried `dsvc close` uploads before finalizing again
         )
 
+    def _stored_changes(self, rec: Record) -> Iterator[tuple[RelPath, Entry]]:
+        """The files the draft added or changed over its base whose content is stored
+        (not external links): what a preview shows and what links upload."""
+        for c in diff(self._trees(), rec.base, rec.tree):
+            if c.new is not None and c.new.kind != KIND_EXTERNAL:
+                yield c.path, c.new
+
     def _store_preview(self, rec: Record) -> None:
         reports.set_preview(
             self._store,
             rec.id,
-            (
-                (c.path_str, c.new)
-                for c in diff(self._trees(), rec.base, rec.tree)
-                if c.new is not None and c.new.kind != KIND_EXTERNAL
-            ),
+            (("/".join(path), entry) for path, entry in self._stored_changes(rec)),
         )
 
     def _upload_as_links(self, output_url: str | None, max_workers: int | None) -> None:
@@ -1259,11 +1262,7 @@ class Dataset:
             )
         found = remote_lookup(self._store, dest)
         url, options = (found[1], found[2]) if found is not None else (dest, {})
-        files = [
-            (c.path, c.new)
-            for c in diff(self._trees(), rec.base, rec.tree)
-            if c.new is not None and c.new.kind != KIND_EXTERNAL
-        ]
+        files = list(self._stored_changes(rec))
         base = f"{url.rstrip('/')}/external_links/{rec.id}"
         with self._store.lease(f"upload {self.id}"):
             links = external.upload_as_links(
