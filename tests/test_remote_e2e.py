@@ -298,3 +298,37 @@ def test_finalize_refuses_unuploaded_changes(
     assert "datasets" not in {k.split("/")[0] for k in remote_objects(spec)}
     assert ds.finalize(auto_upload=True)
     assert f"datasets/{ds.id}" in remote_objects(spec)
+
+
+def test_push_of_a_version_chain_longer_than_the_recursion_limit(
+    fs3_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review bug: ``_push_order`` walked parents recursively, so planning or pushing a
+    version with more ancestors than Python's recursion limit (1,000 by default) died
+    with RecursionError. The chain is built cheaply: one real version, then records that
+    share its tree and commit, each the child of the one before."""
+    import sys
+
+    from dsvc import registry
+
+    monkeypatch.setenv("DSVC_FSYNC", "0")  # thousands of record writes; rebuildable store
+    src = write_tree(tmp_path / "src", {"a.txt": b"a" * 1000})
+    store = machine(monkeypatch, tmp_path / "home", fs3_spec)
+    root = registry.require(store, publish(src).id)
+    limit = 1000  # Python's default (the test session raises it for deep folders)
+    chain = [root]
+    for i in range(limit + 200):
+        rec = root.replace(
+            id=f"{i + 1:032x}", version=f"2.{i}", parents=[chain[-1].id], remote=None
+        )
+        registry.insert(store, rec)
+        chain.append(rec)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        plan = remote_of(store).plan_push([chain[-1].id])
+    finally:
+        sys.setrecursionlimit(old)
+    # parents first; the root is already on the remote
+    assert plan.datasets == [r.id for r in chain[1:]]
+    assert plan.chunks == 0
