@@ -379,23 +379,41 @@ class RemotePush(RemoteRefs):
 
 
 def _push_order(store: Store, dataset_ids: Sequence[str]) -> list[Record]:
-    """The local records of ``dataset_ids`` and their local ancestors, parents first."""
+    """The local records of ``dataset_ids`` and their local ancestors, parents first.
+
+    Iterative (an explicit stack), so a chain of any length works: a recursive walk died
+    with RecursionError past ~1,000 ancestors."""
     order: list[Record] = []
     seen: set[str] = set()
-
-    def visit(did: str) -> None:
-        if did in seen:
-            return
-        seen.add(did)
-        rec = local_record(store, did)
+    for top in dataset_ids:
+        if top in seen:
+            continue
+        seen.add(top)
+        rec = _pushable(store, top)
         if rec is None:
-            return  # a parent known only remotely is already there
-        if rec.commit is None:  # a state problem, not a configuration one
-            raise StateError(f"dataset {did} is a draft; finalize it before pushing")
-        for p in rec.parents:
-            visit(p)
-        order.append(rec)
-
-    for did in dataset_ids:
-        visit(did)
+            continue
+        # (record, index of the next parent to visit): a post-order walk, parents first
+        stack: list[tuple[Record, int]] = [(rec, 0)]
+        while stack:
+            cur, i = stack[-1]
+            if i < len(cur.parents):
+                stack[-1] = (cur, i + 1)
+                p = cur.parents[i]
+                if p not in seen:
+                    seen.add(p)
+                    prec = _pushable(store, p)
+                    if prec is not None:
+                        stack.append((prec, 0))
+                continue
+            stack.pop()
+            order.append(cur)
     return order
+
+
+def _pushable(store: Store, did: str) -> Record | None:
+    """The local record of ``did`` (None: known only remotely, so already there); a
+    draft is refused."""
+    rec = local_record(store, did)
+    if rec is not None and rec.commit is None:  # a state problem, not a configuration one
+        raise StateError(f"dataset {did} is a draft; finalize it before pushing")
+    return rec
