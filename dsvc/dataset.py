@@ -20,14 +20,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import msgpack
 
-from dsvc import external, reports
+from dsvc import catalog, external, reports
 from dsvc import finalize as finalize_protocol
 from dsvc import registry as reg
+from dsvc.catalog import last_used as last_used  # documented as dsvc.dataset.last_used
 from dsvc.checkout import (
     CacheLayout,
     FetchFn,
@@ -38,8 +38,6 @@ from dsvc.checkout import (
     serve_copy,
 )
 from dsvc.errors import (
-    FORCE_DELETE,
-    LIST_DATASETS,
     OVERWRITE,
     DsvcError,
     IntegrityError,
@@ -54,12 +52,14 @@ from dsvc.errors import (
 from dsvc.ids import to_hex
 from dsvc.ingest import TreeResult, content_id, ingest_tree
 from dsvc.lookup import (
+    check_get_criteria,
+    finalized_last_parent,
     find_record,
-    known_records,
     latest_named,
     not_found_error,
     remote_for,
     remote_record,
+    squash_sources,
     warn,
 )
 from dsvc.objects import (
@@ -440,19 +440,7 @@ class Dataset:
         ``dataset_id=None`` from an unset environment variable) and unknown keyword
         arguments (names not starting with ``_``) raise ``ValueError``.
         """
-        unknown = sorted(k for k in kwargs if not k.startswith("_"))
-        if unknown:
-            raise UsageError(f"Invalid 'Dataset.get' arguments: {unknown}")
-        if not any([dataset_id, dataset_project, dataset_name, dataset_tags]):
-            raise UsageError(
-                "Dataset selection criteria not met: Dataset.get needs dataset_id, "
-                "dataset_project and/or dataset_name, or dataset_tags"
-            )
-        if dataset_id and (dataset_project or dataset_name):
-            # ClearML: mutually_exclusive(dataset_id=..., dataset_project/dataset_name=...)
-            raise UsageError(
-                "Dataset.get takes dataset_id or dataset_project/dataset_name, not both"
-            )
+        check_get_criteria(dataset_id, dataset_project, dataset_name, dataset_tags, kwargs)
         store = _store()
         rec = find_record(
             store,
@@ -502,19 +490,16 @@ class Dataset:
         include_archived: bool = True,
     ) -> list[dict[str, Any]]:
         """Datasets of the local store and the default remote, newest first."""
-        store = _store()
-        found = reg.filter_records(
-            known_records(store),
-            project=dataset_project,
-            partial_name=partial_name,
-            tags=tags,
-            ids=ids,
-            only_completed=only_completed,
-            include_archived=include_archived,
-            recursive_project=recursive_project_search,
+        return catalog.list_datasets(
+            _store(),
+            dataset_project,
+            partial_name,
+            tags,
+            ids,
+            only_completed,
+            recursive_project_search,
+            include_archived,
         )
-        found.sort(key=lambda r: r.created, reverse=True)
-        return [_summary(r) for r in found]
 
     @classmethod
     def delete(
@@ -541,81 +526,28 @@ class Dataset:
         with "Multiple datasets found" and deletes nothing. Without ``force`` a version
         that is the parent of another, or is published, is kept.
         """
-        store = _store()
-        recs = reg.all_records(store)
-        if dataset_id:
-            targets = [reg.require(store, dataset_id)]
-        elif dataset_project and dataset_name:
-            if entire_dataset and not force:
-                raise UsageError(
-                    f"deleting every version of {dataset_project}/{dataset_name} "
-                    "(entire_dataset=True) needs force=True (--force)"
-                )
-            targets = reg.filter_records(
-                recs, project=dataset_project, name=dataset_name, version=dataset_version
-            )
-            if len(targets) > 1 and not entire_dataset:
-                versions = ", ".join(sorted(str(t.version) for t in targets))
-                raise UsageError(
-                    f"Multiple datasets found with dataset_project={dataset_project}, "
-                    f"dataset_name={dataset_name}, dataset_version={dataset_version} "
-                    f"(versions {versions}); nothing deleted: pass dataset_version, "
-                    "dataset_id, or entire_dataset=True with force=True"
-                )
-        else:
-            raise UsageError("Dataset.delete needs dataset_id, or dataset_project and dataset_name")
-        if not targets:
-            raise not_found_error(dataset_id, dataset_project, dataset_name, None, dataset_version)
-        doomed = {t.id for t in targets}
-        if not force:
-            for t in targets:
-                if t.status == reg.PUBLISHED:
-                    raise StateError(
-                        f"dataset {t.project}/{t.name} v{t.version} ({t.id}) is "
-                        "published",
-                        remedy=FORCE_DELETE,
-                    )
-            for r in recs:
-                if r.id not in doomed and doomed.intersection(r.parents):
-                    raise StateError(
-                        f"dataset {r.project}/{r.name} ({r.id}) uses a dataset being "
-                        "deleted as parent",
-                        remedy=FORCE_DELETE,
-                    )
-        if remote is not None and remote is not False:
-            where = remote_for(store, None if remote is True else remote or None, required=True)
-            for t in targets:
-                if t.commit is not None:
-                    where.delete_dataset(t.id)
-        for t in targets:
-            reg.remove(store, t.id)
+        catalog.delete(
+            _store(),
+            dataset_id,
+            dataset_project,
+            dataset_name,
+            force,
+            dataset_version,
+            entire_dataset,
+            remote,
+        )
 
     @classmethod
     def rename(cls, new_dataset_name: str, dataset_project: str, dataset_name: str) -> None:
         """Rename every version of ``dataset_project/dataset_name``."""
-        if not new_dataset_name:
-            raise UsageError("new_dataset_name must not be empty")
-        reg.check_label("name", new_dataset_name)
-        cls._relabel(dataset_project, dataset_name, {"name": str(new_dataset_name)})
+        catalog.rename(new_dataset_name, dataset_project, dataset_name, _store)
 
     @classmethod
     def move_to_project(
         cls, new_dataset_project: str, dataset_project: str, dataset_name: str
     ) -> None:
         """Move every version of ``dataset_project/dataset_name`` to another project."""
-        if not new_dataset_project:
-            raise UsageError("new_dataset_project must not be empty")
-        reg.check_label("project", new_dataset_project)
-        cls._relabel(dataset_project, dataset_name, {"project": str(new_dataset_project)})
-
-    @classmethod
-    def _relabel(cls, project: str, name: str, fields: dict[str, Any]) -> None:
-        store = _store()
-        targets = reg.filter_records(reg.all_records(store), project=project, name=name)
-        if not targets:
-            raise NotFoundError(f"no dataset {project}/{name}", remedy=LIST_DATASETS)
-        for t in targets:
-            reg.update(store, t.id, lambda r: r.replace(**fields))
+        catalog.move_to_project(new_dataset_project, dataset_project, dataset_name, _store)
 
     # -- content -------------------------------------------------------------------
 
@@ -1614,36 +1546,17 @@ class Dataset:
         or finalized), as in ClearML.
         """
         store = _store()
-        if dataset_ids:
-            recs = [
-                find_record(store, _id_of(d), None, None, None, None, False, False, True)
-                for d in dataset_ids
-            ]
-            if any(r is None for r in recs):
-                raise NotFoundError(
-                    f"squash: dataset {[_id_of(d) for d in dataset_ids]} not all found"
-                )
-        elif dataset_project_name_pairs:
-            recs = [
-                find_record(store, None, p, n, None, None, True, False, True)
-                for p, n in dataset_project_name_pairs
-            ]
-            if any(r is None for r in recs):
-                raise NotFoundError(
-                    f"squash: not every (project, name) in {dataset_project_name_pairs} exists"
-                )
-        else:
-            raise UsageError("Dataset.squash needs dataset_ids or dataset_project_name_pairs")
+        ids = [_id_of(d) for d in dataset_ids] if dataset_ids else None
+        found = squash_sources(store, ids, dataset_project_name_pairs)
         if not dataset_name:
             raise UsageError("Dataset.squash needs a non-empty dataset_name")
-        found = [r for r in recs if r is not None]  # every one (checked above)
         for r in found:
             if r.status not in reg.COMPLETED_STATES:
                 raise StateError(f"squash: dataset {r.id} is not finalized")
         trees = Trees(store)
         with store.batch() as b:
             trees.batch = b
-            root = squash_tree(trees, found, _finalized_last_parent(store))
+            root = squash_tree(trees, found, finalized_last_parent(store))
         ds = cls.create(
             dataset_name=dataset_name, dataset_project=found[0].project, output_uri=output_url
         )
@@ -1690,35 +1603,9 @@ def _frozen_message(r: Record) -> str:
 
 
 
-def last_used(store: Store) -> str | None:
-    """The id of the dataset the last ``dsvc`` command acted on (clearml-data's rule).
-
-    Only CLI commands set it (``dsvc.cli.core.remember``); Python calls never do, so a
-    script cannot change what a bare ``dsvc add`` or ``dsvc close`` acts on.
-    """
-    return store.get_record(reg.LAST_USED)
-
-
-
-#: the task status ClearML's ``list_datasets`` reports for each dsvc state
-CLEARML_STATUS = {reg.DRAFT: "in_progress", reg.FINAL: "completed", reg.PUBLISHED: "published"}
-
-
 def _is_ndarray(v: Any) -> bool:
     """A numpy array, recognised without importing numpy when the caller did not."""
     return type(v).__module__ == "numpy" and type(v).__name__ == "ndarray"
-
-
-def _summary(r: Record) -> dict[str, Any]:
-    return {
-        "name": r.name,
-        "project": r.project,
-        "id": r.id,
-        "tags": list(r.tags or []),
-        "version": r.version,
-        "created": datetime.fromtimestamp(r.created / 1e9, tz=UTC),
-        "status": CLEARML_STATUS.get(r.status, r.status),
-    }
 
 
 _NO_UPLOAD = Entry(0, b"", 0, 0)  # the draft was never uploaded (no uploaded tree)
@@ -1897,13 +1784,3 @@ def _common_files(trees: Trees, a: bytes, b: bytes, prefix: RelPath) -> Iterator
             elif ex.kind != KIND_TREE and ey.kind != KIND_TREE:
                 yield (*p, name)
 
-
-def _finalized_last_parent(store: Store) -> Callable[[Record], Record | None]:
-    """For ``treeops.squash_tree``: a record's last parent, if that version is finalized."""
-
-    def last(r: Record) -> Record | None:
-        parents = r.parents or []
-        p = reg.get(store, parents[-1]) if parents else None
-        return p if p is not None and p.status in reg.COMPLETED_STATES else None
-
-    return last

@@ -12,10 +12,17 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from dsvc import registry as reg
-from dsvc.errors import LIST_DATASETS, DsvcError, IntegrityError, NotFoundError, RemoteError
+from dsvc.errors import (
+    LIST_DATASETS,
+    DsvcError,
+    IntegrityError,
+    NotFoundError,
+    RemoteError,
+    UsageError,
+)
 from dsvc.record import Listed, Record, Summary
 from dsvc.store import Store
 
@@ -273,3 +280,62 @@ def not_found_message(
         if not (dataset_id or project or name or tags):
             return "Dataset.get needs dataset_id, dataset_project/dataset_name or dataset_tags"
     return f"no dataset found with {what} (locally or on the default remote)"
+
+
+def check_get_criteria(
+    dataset_id: str | None,
+    project: str | None,
+    name: str | None,
+    tags: Sequence[str] | None,
+    kwargs: dict[str, Any],
+) -> None:
+    """``Dataset.get``'s criteria checked as ClearML checks them, before any lookup."""
+    unknown = sorted(k for k in kwargs if not k.startswith("_"))
+    if unknown:
+        raise UsageError(f"Invalid 'Dataset.get' arguments: {unknown}")
+    if not any([dataset_id, project, name, tags]):
+        raise UsageError(
+            "Dataset selection criteria not met: Dataset.get needs dataset_id, "
+            "dataset_project and/or dataset_name, or dataset_tags"
+        )
+    if dataset_id and (project or name):
+        # ClearML: mutually_exclusive(dataset_id=..., dataset_project/dataset_name=...)
+        raise UsageError("Dataset.get takes dataset_id or dataset_project/dataset_name, not both")
+
+
+def squash_sources(
+    store: Store,
+    dataset_ids: Sequence[str] | None,
+    project_name_pairs: Sequence[tuple[str, str]] | None,
+) -> list[Record]:
+    """The finalized versions ``Dataset.squash`` merges, in order: by id (any state
+    found, then checked), or the latest completed version of each (project, name)."""
+    if dataset_ids:
+        recs = [
+            find_record(store, d, None, None, None, None, False, False, True) for d in dataset_ids
+        ]
+        if any(r is None for r in recs):
+            raise NotFoundError(f"squash: dataset {list(dataset_ids)} not all found")
+    elif project_name_pairs:
+        recs = [
+            find_record(store, None, p, n, None, None, True, False, True)
+            for p, n in project_name_pairs
+        ]
+        if any(r is None for r in recs):
+            raise NotFoundError(
+                f"squash: not every (project, name) in {project_name_pairs} exists"
+            )
+    else:
+        raise UsageError("Dataset.squash needs dataset_ids or dataset_project_name_pairs")
+    return [r for r in recs if r is not None]  # every one (checked above)
+
+
+def finalized_last_parent(store: Store) -> Callable[[Record], Record | None]:
+    """For ``treeops.squash_tree``: a record's last parent, if that version is finalized."""
+
+    def last(r: Record) -> Record | None:
+        parents = r.parents or []
+        p = reg.get(store, parents[-1]) if parents else None
+        return p if p is not None and p.status in reg.COMPLETED_STATES else None
+
+    return last

@@ -30,6 +30,7 @@ MODULES = {
     "dsvc.registry": "dataset",
     "dsvc.maintenance": "dataset",
     "dsvc.lookup": "dataset",
+    "dsvc.catalog": "dataset",
     "dsvc.selection": "dataset",
     "dsvc.stream": "dataset",
     "dsvc.reports": "dataset",

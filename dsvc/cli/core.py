@@ -470,7 +470,7 @@ def dataset_id_or_last(
     """``--id`` (expanded), else the last used dataset; a usage error when neither.
 
     ``how`` is how this command takes an id (``--id ID``, or ``ID`` when positional)."""
-    from dsvc.dataset import last_used
+    from dsvc.catalog import last_used
 
     if given:
         return expand_id(store, given)

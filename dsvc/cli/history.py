@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 @contextmanager
 def keep_last_used(store: Store) -> Iterator[None]:
-    from dsvc.dataset import last_used
+    from dsvc.catalog import last_used
 
     before = last_used(store)
     try:
