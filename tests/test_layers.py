@@ -40,6 +40,7 @@ MODULES = {
     "dsvc.external": "work",
     "dsvc.checkout": "work",
     "dsvc.treeops": "work",
+    "dsvc.graft": "work",
     "dsvc.remote": "transport",
     "dsvc.store": "store",
     "dsvc.storecheck": "store",
