@@ -1102,8 +1102,8 @@ class DirSummary(NamedTuple):
 
 
 def dirsum_key(path: bytes) -> bytes:
-    """The ``dirsum`` key of a folder's absolute path (file-system bytes)."""
-    return statcache_key(path)
+    """The ``dirsum`` key of a folder's absolute path (file-system bytes): its xxh3-128."""
+    return xxhash.xxh3_128_digest(path)
 
 
 @dataclass

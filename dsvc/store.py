@@ -8,7 +8,7 @@ Named databases (keys and values are documented in docs/format.md):
 ``chunks``    chunk id -> frame, chunks written before format 2 (read, never written)
 ``objects``   object id -> type tag + frame, for blobs, trees and commits
 ``records``   record key (utf-8) -> msgpack map (dataset records, drafts, remote state)
-``statcache`` xxh3-128 of the absolute path -> msgpack [size, mtime_ns, ino, kind, id, mode,
+``statcache`` xxh3-64 of a file's folder + xxh3-64 of its name -> msgpack [size, mtime_ns, ino, kind, id, mode,
               ctime_ns, dev, path] (see :class:`StatEntry`)
 ``config``    key (utf-8) -> msgpack value (format version, chunker parameters...)
 ``remote``    per-remote caches (pack indexes) kept by the transport layer
@@ -101,14 +101,16 @@ NAME_INDEX_READY = "name_index"
 #: the record fields a summary keeps: what lookups filter and order versions by
 SUMMARY_FIELDS = ("id", "project", "name", "version", "status", "tags", "archived", "created", "modified")
 LEASE_PREFIX = "lease/"
-#: config key marking that the stat cache is keyed by path hash (issue 9.18); stores
-#: without it have path-keyed entries, which are dropped once (the stat cache is a cache)
+#: config key naming the stat cache's key layout: absent, keyed by the path itself;
+#: 2, by the xxh3-128 of the path (issue 9.18); 3, by folder hash + name hash (issue
+#: 11, :func:`statcache_key`). A store of another layout has its stat cache dropped
+#: once when opened (it is a cache: the next add refills it)
 STATCACHE_FORMAT_KEY = b"statcache_format"
 #: config key counting the write batches that deleted chunks or objects: content only
 #: leaves the store through one, so a cache that recorded the count when it saw its
 #: content present may trust it while the count is the same (docs/format.md section 6)
 CONTENT_EPOCH_KEY = b"content_epoch"
-STATCACHE_FORMAT = 2
+STATCACHE_FORMAT = 3
 #: file in ``store.lmdb/`` whose flock keeps local gc and content writers apart
 GC_LOCK = "gc.lock"
 
@@ -196,9 +198,22 @@ class StatEntry(NamedTuple):
 
 
 def statcache_key(path: bytes) -> bytes:
-    """The stat-cache key of an absolute path (file-system bytes): its xxh3-128, so a
-    key stays far below LMDB's 511-byte key limit whatever the path's length."""
-    return xxhash.xxh3_128_digest(path)
+    """The stat-cache key of an absolute path (file-system bytes): the xxh3-64 of its
+    folder followed by the xxh3-64 of its name (16 bytes, far below LMDB's 511-byte key
+    limit whatever the path's length).
+
+    The folder first (issue 11): a folder's entries are contiguous in the B-tree, so
+    writing them dirties a few pages per folder instead of one page per file (a random
+    key each made the first add of 1M tiny files rewrite ~70 MB per commit), and
+    :func:`statcache_folder_prefix` finds them by one range scan."""
+    folder, _, name = path.rpartition(b"/")
+    return xxhash.xxh3_64_digest(folder or b"/") + xxhash.xxh3_64_digest(name)
+
+
+def statcache_folder_prefix(folder: bytes) -> bytes:
+    """The first 8 bytes of the stat-cache key of every file directly in ``folder``
+    (an absolute path without a trailing slash, file-system bytes)."""
+    return xxhash.xxh3_64_digest(folder.rstrip(b"/") or b"/")
 
 
 #: LMDB errors that mean the file itself is damaged (not a bug, not a full disk)
@@ -694,8 +709,9 @@ class Store:
                 # a new store's name index is complete from its first record on
                 txn.put(NAME_INDEX_READY.encode(), _pack(1), db=cfg)
                 return chosen
-            if txn.get(STATCACHE_FORMAT_KEY, db=cfg) is None:
-                txn.drop(self._dbs["statcache"], delete=False)  # path-keyed entries
+            if txn.get(STATCACHE_FORMAT_KEY, db=cfg) != _pack(STATCACHE_FORMAT):
+                # entries of another key layout would never be found (nor overwritten)
+                txn.drop(self._dbs["statcache"], delete=False)
                 txn.put(STATCACHE_FORMAT_KEY, _pack(STATCACHE_FORMAT), db=cfg)
             version = _unpack(txn.get(b"format_version", db=cfg) or _pack(FORMAT_VERSION))
             if version > FORMAT_VERSION:

@@ -803,3 +803,57 @@ def test_dsvcignore_can_leave_itself_out_and_unreadable_is_an_error(tmp_path):
     make_tree(tmp_path / "e", {".dsvcignore": b"\xff\xfe bad", "a": b"a"})
     with pytest.raises(InvalidPathError, match=r"\.dsvcignore"):
         scan(tmp_path / "e")
+
+
+def test_stat_cache_keys_of_a_folder_are_contiguous(tmp_path, store):
+    # issue 11: a folder's entries sit next to each other in the stat cache, so a first
+    # add dirties a few pages per folder (not one per file) and a folder's entries can
+    # be read by one range scan
+    from dsvc.store import statcache_key
+
+    files = {f"d{i}/f{j:03d}.txt": b"%d-%d" % (i, j) for i in range(4) for j in range(50)}
+    make_tree(tmp_path / "data", files)
+    ingest_path(store, tmp_path / "data")
+    with store.env.begin() as txn:
+        keys = [bytes(k) for k, _ in txn.cursor(db=store._dbs["statcache"])]
+    assert len(keys) == 200
+    folder_of = {statcache_key(os.fsencode(tmp_path / "data" / p)): p.split("/")[0] for p in files}
+    order = [folder_of[k] for k in keys]
+    runs = [d for i, d in enumerate(order) if i == 0 or order[i - 1] != d]
+    assert sorted(runs) == ["d0", "d1", "d2", "d3"]  # each folder one run of keys
+    # the key's first half names the folder, so a prefix scan finds its entries
+    prefix = statcache_key(os.fsencode(tmp_path / "data" / "d2" / "x"))[:8]
+    assert [folder_of[k] for k in keys if k.startswith(prefix)] == ["d2"] * 50
+
+
+def test_stat_cache_of_a_format_2_store_is_dropped(tmp_path):
+    # format 2 keyed an entry by the xxh3-128 of the whole path: such entries would never
+    # be found again (and never overwritten), so opening drops them once
+    import xxhash
+
+    from dsvc.store import STATCACHE_FORMAT_KEY, StatEntry
+
+    home = tmp_path / "home"
+    s = open_store(home)
+    folder = tmp_path / "data"
+    make_tree(folder, {"a.bin": b"A" * 100})
+    ingest_path(s, folder)
+    path = os.fsencode(folder / "a.bin")
+    with s.env.begin(write=True) as txn:  # the layout of format 2
+        db = s._dbs["statcache"]
+        (raw,) = [bytes(v) for _, v in txn.cursor(db=db)]
+        txn.drop(db, delete=False)
+        assert StatEntry.decode(raw).path == path
+        txn.put(xxhash.xxh3_128_digest(path), raw, db=db)
+        txn.put(STATCACHE_FORMAT_KEY, msgpack.packb(2), db=s._dbs["config"])
+    s.close()
+    s = open_store(home)
+    try:
+        assert s.stats()["statcache"] == 0
+        assert s.get_config("statcache_format") == 3
+        _, stats = ingest_path(s, folder)
+        assert stats.cached_files == 0
+        _, stats = ingest_path(s, folder)
+        assert stats.cached_files == 1
+    finally:
+        s.close()
