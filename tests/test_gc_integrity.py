@@ -373,3 +373,89 @@ def test_ingest_path_holds_a_lease_against_gc(
     entries, _ = ingest_path(store, src, progress=None)
     assert raced == ["refused"]
     assert store.missing("chunks", [e.id for e in entries.values()]) == []
+
+
+# -- review bug: a forced delete of a parent, then gc, keeps its children whole -----------
+
+
+def _parent_and_child(tmp_path: Path, upload: bool) -> tuple[Dataset, Dataset, dict, dict]:
+    """A parent with ``old.bin`` and ``d/kept.txt``; its child removes ``old.bin`` and adds
+    ``new.txt``, so the parent's root tree and ``old.bin`` are reached only through the
+    child's history."""
+    base = {"old.bin": os.urandom(300_000), "d/kept.txt": b"parent " * 300}
+    write_tree(tmp_path / "p", base)
+    parent = _version(tmp_path / "p")
+    if upload:
+        parent.upload(show_progress=False)
+    parent.finalize()
+    write_tree(tmp_path / "c", {"new.txt": b"child only"})
+    child = Dataset.create(dataset_name="n", dataset_project="p", parent_datasets=[parent.id])
+    child.add_files(tmp_path / "c")
+    child.remove_files("old.bin")
+    if upload:
+        child.upload(show_progress=False)
+    child.finalize()
+    return parent, child, base, {"d/kept.txt": base["d/kept.txt"], "new.txt": b"child only"}
+
+
+def _history_is_whole(ds: Dataset, parent: Dataset) -> None:
+    assert ds.list_added_files() == ["new.txt"]
+    assert ds.list_removed_files() == ["old.bin"]
+    assert ds.get_dependency_graph() == {ds.id: [parent.id], parent.id: []}
+
+
+def test_child_survives_forced_delete_of_its_parent_and_gc(tmp_path: Path, home: Path) -> None:
+    """As in git, a forced delete removes the parent's record, not what its children
+    need: after gc the child reads back byte for byte, its diff against its parents
+    works, and its history (the parent's commit and tree) is still in the store."""
+    parent, child, base, want = _parent_and_child(tmp_path, upload=False)
+    with pytest.raises(StateError):
+        Dataset.delete(parent.id)  # without force a parent is kept
+    Dataset.delete(parent.id, force=True)
+    store = registry.open_store()
+    local_gc(store)
+    assert fsck(store, progress=False)["missing"] == []
+    got = Dataset.get(dataset_id=child.id)
+    assert read_tree(got.get_local_copy()) == want
+    _history_is_whole(got, parent)
+    commit = store.get_commit(registry.require(store, child.id).commit)
+    (parent_commit,) = commit.parents
+    assert store.get_tree(store.get_commit(parent_commit).tree).keys() == {"old.bin", "d"}
+    with pytest.raises(Exception, match=parent.id):
+        Dataset.get(dataset_id=parent.id)  # the record is gone
+
+
+def test_child_survives_forced_delete_of_its_parent_and_remote_gc(
+    fs3_spec: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on a remote: the parent deleted there with force, remote gc (no grace)
+    and local gc; a fresh clone reads the child byte for byte with its diff, and a push
+    of the child to a new remote (from the store that lost the parent) is complete."""
+    from remote_helpers import machine, remote_of
+
+    from dsvc.lookup import remote_for
+    from dsvc.remote.config import add_remote
+
+    store = machine(monkeypatch, tmp_path / "home-a", fs3_spec)
+    parent, child, base, want = _parent_and_child(tmp_path, upload=True)
+    Dataset.delete(parent.id, force=True, remote=True)
+    for _ in range(2):
+        remote_of(store).gc(grace_seconds=0)
+    local_gc(store)
+
+    machine(monkeypatch, tmp_path / "home-b", fs3_spec)
+    got = Dataset.get(dataset_id=child.id)
+    assert read_tree(got.get_local_copy()) == want
+    _history_is_whole(got, parent)
+    with pytest.raises(Exception, match=parent.id):
+        Dataset.get(dataset_id=parent.id)  # the record is gone
+
+    # the first store lost the parent's record: a push of the child elsewhere is whole
+    other = {"url": f"file://{tmp_path / 'other'}", "options": {}}
+    store = machine(monkeypatch, tmp_path / "home-a", None)
+    add_remote(store, "other", other["url"], {})
+    remote_for(store, "other", required=True).push_dataset(child.id, show_progress=False)
+    machine(monkeypatch, tmp_path / "home-c", other)
+    got = Dataset.get(dataset_id=child.id)
+    assert read_tree(got.get_local_copy()) == want
+    _history_is_whole(got, parent)
