@@ -1,7 +1,9 @@
 """Store maintenance: local garbage collection, verification and repair (``gc``, ``fsck``).
 
 Local gc marks everything a dataset record reaches (the staged, base and uploaded
-trees of drafts; the tree and commit of versions), sweeps the rest from the ``chunks``
+trees of drafts; the tree, base tree and commit of versions, and, as in git, the
+commits of their ancestry with their trees, so a forced delete of a parent leaves its
+children whole), sweeps the rest from the ``chunks``
 and ``objects`` databases, purges the stat-cache entries that named swept content,
 then drops cached copies of deleted versions, content-cache files no copy links to any
 more, and temporary folders left by killed copies.
@@ -86,6 +88,14 @@ class _Reader:
             return None
         return codec.decode_frame(raw[1:], tag, oid)
 
+    def commit(self, oid: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
+        """``(tree, parents)`` of a stored commit, or None."""
+        data = self.payload(oid, TAG_COMMIT)
+        if data is None:
+            return None
+        c = Commit.decode(data, oid)
+        return c.tree, c.parents
+
 
 def reachable(store: Store, txn: StoreReader | None = None) -> set[bytes]:
     """Ids of every object and chunk some dataset record reaches (absent ones included:
@@ -99,12 +109,11 @@ def reachable(store: Store, txn: StoreReader | None = None) -> set[bytes]:
         for root in (rec.tree, rec.base_tree, rec.uploaded_tree):
             if root:
                 _mark_tree(rd, root, out)
-        c = rec.commit
-        if c:
-            out.add(c)
-            data = rd.payload(c, TAG_COMMIT)
-            if data is not None:
-                _mark_tree(rd, Commit.decode(data, c).tree, out)
+        # the commit and its ancestry (git: a child keeps its history reachable, so a
+        # forced delete of a parent never takes what the child's diff and graph read)
+        for _c, tree in walk.history([rec.commit] if rec.commit else [], rd.commit, out):
+            if tree is not None:
+                _mark_tree(rd, tree, out)
     return out
 
 

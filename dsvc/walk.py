@@ -60,3 +60,28 @@ def reach(
             else:
                 stack.pop()
                 yield TREE, tid
+
+
+def history(
+    commits: Iterable[bytes],
+    read_commit: Callable[[bytes], tuple[bytes, Iterable[bytes]] | None],
+    seen: set[bytes],
+) -> Iterator[tuple[bytes, bytes | None]]:
+    """Yield ``(commit id, its root tree or None)`` for ``commits`` and every ancestor
+    not in ``seen`` (each once; ``seen`` grows). As in git, a version keeps its history
+    reachable: a forced delete of a parent's record leaves the parent's commit and tree
+    to its children. ``read_commit(id)`` returns ``(tree, parents)`` or None for a commit
+    that is not there (yielded with tree None; the walk stops there). Iterative."""
+    todo = [c for c in commits]
+    while todo:
+        cid = todo.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        got = read_commit(cid)
+        if got is None:
+            yield cid, None
+            continue
+        tree, parents = got
+        yield cid, tree
+        todo.extend(p for p in parents if p not in seen)

@@ -68,10 +68,20 @@ class RemoteGc(RemoteRefs):
         # gc from sweeping it before _reach has read it
         with store.lease(f"gc {self.url}", announce=False):
             for rec in self.list_records(strict=True):
-                commits = [rec.commit] if rec.commit else []
-                self.fetch_metadata(rec.tree, commits)
-                reachable.update(commits)
+                self.fetch_metadata(rec.tree)
                 _reach(store, rec.tree, reachable)
+                # what the version's diff reads (the merge of its parents) and, as in
+                # git, its history: a forced delete of a parent drops the parent's
+                # record, never what its children need
+                trees = [rec.base_tree] if rec.base_tree is not None else []
+                for _c, tree in walk.history(
+                    [rec.commit] if rec.commit else [], self._gc_commit, reachable
+                ):
+                    trees += [tree] if tree is not None else []
+                for tree in trees:
+                    if tree not in reachable and self.index.has(tree):
+                        self.fetch_metadata(tree)
+                        _reach(store, tree, reachable)
 
         def mark() -> tuple[GcStats, int, dict[str, tuple[Any, Any, list]]]:
             """Mark and plan the sweep, then commit marks and the sweep list by CAS
@@ -155,6 +165,16 @@ class RemoteGc(RemoteRefs):
             "packs_too_young": stats.packs_too_young,
             "dry_run": dry_run,
         }
+
+    def _gc_commit(self, cid: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
+        """``(tree, parents)`` of a commit the remote holds (fetched into the store), or
+        None when it holds none (a parent that was never pushed)."""
+        if not self.store.has_object(cid):
+            if not self.index.has(cid):
+                return None
+            self._fetch_values([cid])
+        c = self.store.get_commit(cid)
+        return c.tree, c.parents
 
     def _claim(self, name: str) -> bool:
         """Right before deleting a pack: check by compare-and-swap that it is still on the

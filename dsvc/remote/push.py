@@ -185,9 +185,11 @@ class RemotePush(RemoteRefs):
         extra_objects: Sequence[bytes] = (),
         label: str | None = None,
         refresh: bool = True,
+        extra_trees: Sequence[bytes] = (),
     ) -> PushStats:
-        """Upload what the remote lacks of ``tree`` (and ``extra_objects``, e.g. a commit,
-        which go last). A second push of the same content sends nothing.
+        """Upload what the remote lacks of ``tree`` and ``extra_trees`` (and
+        ``extra_objects``, e.g. a commit, which go last). A second push of the same
+        content sends nothing.
 
         Every value is decoded and hashed against its id before it goes into a pack: a
         value damaged in the local store is an ``IntegrityError`` naming it, the file or
@@ -206,6 +208,7 @@ class RemotePush(RemoteRefs):
                 max_workers=max_workers,
                 extra_objects=extra_objects,
                 refresh=refresh,
+                extra_trees=extra_trees,
             )
         except _Damaged as d:
             raise _damage_error(store, self.url, tree, d.oid, d.error, label) from None
@@ -220,6 +223,7 @@ class RemotePush(RemoteRefs):
         max_workers: int | None,
         extra_objects: Sequence[bytes],
         refresh: bool,
+        extra_trees: Sequence[bytes] = (),
     ) -> PushStats:
         store = self.store
         if refresh:
@@ -227,7 +231,7 @@ class RemotePush(RemoteRefs):
             self.refresh_index()
         stats = PushStats()
         try:
-            objects, chunks = self._plan([tree])
+            objects, chunks = self._plan([tree, *extra_trees])
         except IntegrityError as e:  # a damaged tree or blob met while planning
             if e.object_id is None:
                 raise
@@ -311,12 +315,16 @@ class RemotePush(RemoteRefs):
         the word of the local cache alone (the record's presence is asked of the remote)."""
         store = self.store
         commit = record.commit
+        # the base tree (the merge of the parents) goes too: the version's diff reads it,
+        # and a parent deleted (or never pushed) must not take it along
+        base = record.base_tree
         stats = self.push_tree(
             record.tree,
             show_progress=show_progress,
             extra_objects=[commit] if commit is not None else [],  # none: refused below
             label=_label(record),
             refresh=refresh,
+            extra_trees=[base] if base is not None and store.has_object(base) else [],
         )
         rec = record.published()
         key = f"datasets/{record.id}"
@@ -363,7 +371,8 @@ class RemotePush(RemoteRefs):
         order = _push_order(store, dataset_ids)
         if self.ensure_repo(create=False):
             self.refresh_index()
-        objects, chunks = self._plan([r.tree for r in order])
+        bases = [r.base_tree for r in order if r.base_tree and store.has_object(r.base_tree)]
+        objects, chunks = self._plan([*(r.tree for r in order), *bases])  # as publish sends
         commits = [r.commit for r in order if r.commit is not None]  # _push_order checks
         objects += [c for c in commits if not self.index.has(c, self._doomed, self._incomplete)]
         size = 0

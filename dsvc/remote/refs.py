@@ -306,6 +306,12 @@ class RemoteRefs(RemoteFetch):
         # the lease keeps local gc from sweeping the metadata before the record names it
         with store.lease(f"import {record.id}", announce=False):
             self.fetch_metadata(record.tree, [record.commit] if record.commit else [])
+            base = record.base_tree
+            if base is not None and not store.has_object(base):
+                try:  # the version's diff reads it (list_added_files, dsvc diff)
+                    self.fetch_metadata(base)
+                except NotFoundError:
+                    pass  # pushed by an older dsvc, which did not send a merged base
             local = record.replace(remote=self.url, uploaded_tree=record.tree)
             try:
                 store.cas_record(key, None, local.to_dict())
