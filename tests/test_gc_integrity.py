@@ -24,6 +24,7 @@ from dsvc import registry
 from dsvc.dataset import Dataset
 from dsvc.errors import StateError
 from dsvc.maintenance import fsck, local_gc
+from dsvc.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -460,3 +461,53 @@ def test_child_survives_forced_delete_of_its_parent_and_remote_gc(
     got = Dataset.get(dataset_id=child.id)
     assert read_tree(got.get_local_copy()) == want
     _history_is_whole(got, parent)
+
+
+# -- review bug: gc drops the draft reports and external-file cache of gone datasets -------
+
+
+def _keys(store: Store, prefix: str) -> set[str]:
+    return {k for k, _ in store.iter_records(prefix)}
+
+
+def test_gc_drops_reports_and_external_cache_of_gone_datasets(
+    tmp_path: Path, home: Path
+) -> None:
+    """``reports/<id>`` (a draft's reports) and ``ext/<link>`` (the content a copy
+    downloaded for an external file) outlived their dataset. gc now drops them when no
+    dataset needs them and keeps them (with the downloaded content) otherwise."""
+    store = registry.open_store()
+    live = Dataset.create(dataset_name="live", dataset_project="p")  # a draft, never final
+    live.get_logger().report_text("kept", print_console=False)
+    gone = Dataset.create(dataset_name="gone", dataset_project="p")
+    gone.get_logger().report_text("dropped", print_console=False)
+    Dataset.delete(gone.id)
+
+    keep_src = write_tree(tmp_path / "keep", {"k.bin": os.urandom(200_000)})
+    keep = Dataset.create(dataset_name="ext-keep", dataset_project="p")
+    keep.add_external_files(keep_src.as_uri())
+    keep.finalize()
+    keep.get_local_copy()  # downloads k.bin into the store: ext/<link>
+    drop_src = write_tree(tmp_path / "drop", {"d.bin": os.urandom(200_000)})
+    drop = Dataset.create(dataset_name="ext-drop", dataset_project="p")
+    drop.add_external_files(drop_src.as_uri())
+    drop.finalize()
+    drop.get_local_copy()
+    ext_before = _keys(store, "ext/")
+    assert len(ext_before) == 2 and {"reports/" + live.id, "reports/" + gone.id} <= _keys(
+        store, "reports/"
+    )
+    Dataset.delete(drop.id)
+
+    local_gc(store)
+    assert _keys(store, "reports/") & {"reports/" + live.id, "reports/" + gone.id} == {
+        "reports/" + live.id
+    }
+    assert [e["text"] for e in live.get_reports()] == ["kept"]
+    ext_after = _keys(store, "ext/")
+    assert len(ext_after) == 1 and ext_after < ext_before
+    # the kept download is whole: a new copy needs no source any more
+    (keep_src / "k.bin").rename(tmp_path / "moved.bin")
+    copy = read_tree(keep.get_mutable_local_copy(tmp_path / "copy"))
+    assert copy == {"k.bin": (tmp_path / "moved.bin").read_bytes()}
+    assert fsck(store, progress=False)["missing"] == []
