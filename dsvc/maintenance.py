@@ -40,7 +40,7 @@ from typing import Any
 
 import msgpack
 
-from dsvc import codec, walk
+from dsvc import codec, external, reports, walk
 from dsvc import registry as reg
 from dsvc.checkout import CacheLayout, remove_tree, temp_in_use, verify_cache
 from dsvc.errors import DsvcError, IntegrityError
@@ -133,6 +133,36 @@ def _mark_tree(rd: _Reader, tree: bytes, out: set[bytes]) -> None:
         pass  # the walk adds what it yields to ``out``
 
 
+def _side_records(store: Store, txn: StoreReader, keep: set[bytes]) -> list[str]:
+    """Keys of the records kept beside datasets that no dataset needs any more: the
+    reports of a draft (``reports/<id>``) once no draft has that id (deleted, or
+    finalized: the commit carries them), and the content a copy downloaded for an
+    external file (``ext/<link id>``) once no version links it. The download of a link
+    some version still reaches is marked in ``keep``, with its chunks: the source may
+    be gone by the next copy."""
+    drafts = {r.id for r in all_records(store) if r.status == reg.DRAFT}
+    drop = [
+        k for k, _ in store.iter_records(reports.PREFIX) if k[len(reports.PREFIX) :] not in drafts
+    ]
+    rd = _Reader(store, txn)
+    for k, v in store.iter_records(external.CACHE_PREFIX):
+        try:
+            lid = bytes.fromhex(k[len(external.CACHE_PREFIX) :])
+            kind, cid = int(v[0]), bytes(v[1])
+        except (TypeError, ValueError, IndexError):
+            drop.append(k)  # not an entry of ours: nothing reads it
+            continue
+        if lid not in keep:
+            drop.append(k)
+            continue
+        keep.add(cid)
+        if kind not in CHUNK_REF_KINDS:  # a blob: its chunks too
+            data = rd.payload(cid, TAG_BLOB)
+            if data is not None:
+                keep.update(c for c, _ in Blob.decode(data, cid).chunks)
+    return drop
+
+
 def _statcache_target(raw: bytes) -> tuple[int, bytes, str | None] | None:
     """``(kind, id, path)`` of a stat-cache value (docs/format.md: a msgpack array whose
     fields 3 and 4 are the tree entry's kind and id, and field 8, when there, the file's
@@ -204,12 +234,14 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
         "packs_deleted": 0,
         "packs_rewritten": 0,
         "pack_bytes_freed": 0,
+        "side_records_dropped": 0,
         "dry_run": dry_run,
     }
     with store.exclusive("gc", wait=wait):
         doomed: dict[str, list[bytes]] = {}
         with store.reader() as txn:  # mark and list the garbage in one snapshot
             keep = reachable(store, txn)
+            side = _side_records(store, txn, keep)
             listings = (
                 ("chunks", "chunks_deleted", txn.chunk_sizes()),
                 ("objects", "objects_deleted", ((k, len(v)) for k, v in txn.objects())),
@@ -223,6 +255,10 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
                 stats[counter] = len(doomed[db])
         # folder summaries of swept trees go first: a re-add must not reuse those trees
         stats["summaries_purged"] = _purge_dirsum(store, lambda t: t not in keep, dry_run)
+        stats["side_records_dropped"] = len(side)
+        if not dry_run:  # before the sweep: an entry never names swept content
+            for k in side:
+                store.delete_record(k)
         if dry_run:
             stats.update(store.compact_packs(dry_run=True, dropping=set(doomed["chunks"])))
             with store.reader() as txn:
