@@ -257,8 +257,8 @@ def local_gc(store: Store, *, dry_run: bool = False, wait: float = 0.0) -> dict[
         stats["summaries_purged"] = _purge_dirsum(store, lambda t: t not in keep, dry_run)
         stats["side_records_dropped"] = len(side)
         if not dry_run:  # before the sweep: an entry never names swept content
-            for k in side:
-                store.delete_record(k)
+            for key in side:
+                store.delete_record(key)
         if dry_run:
             stats.update(store.compact_packs(dry_run=True, dropping=set(doomed["chunks"])))
             with store.reader() as txn:
