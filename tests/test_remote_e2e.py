@@ -332,3 +332,52 @@ def test_push_of_a_version_chain_longer_than_the_recursion_limit(
     # parents first; the root is already on the remote
     assert plan.datasets == [r.id for r in chain[1:]]
     assert plan.chunks == 0
+
+
+def test_a_mistyped_output_url_fails_clearly_and_leaves_nothing(
+    fs3_spec: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review bug: ``output_uri``/``output_url`` naming no configured remote was taken
+    as a new remote without a word: ``create`` kept a draft bound to a bucket that does
+    not exist (every later upload failed), and a mistyped folder became a new
+    repository. A destination that is not a configured remote is now reached first: if
+    it cannot be, the call fails naming it and the configured remotes, and writes
+    nothing; if it can, the first upload starts a repository there (as ClearML's
+    output_url does) and says so."""
+    from dsvc import registry
+    from dsvc.errors import RemoteError
+
+    store = machine(monkeypatch, tmp_path / "home", fs3_spec)
+    if fs3_spec["kind"] == "s3":  # the typo'd bucket's client: same server, no remote
+        for k, v in fs3_spec["options"].items():
+            monkeypatch.setenv(f"AWS_{k.upper()}", v)
+        typo = fs3_spec["url"].replace("dsvc-test", "dsvc-tset")
+        fresh = fs3_spec["url"] + "-new"
+    else:
+        typo = f"file://{tmp_path}/no-such-folder/remote"
+        fresh = f"file://{tmp_path}/new-remote"
+    remotes = store.get_config("remotes")
+
+    with pytest.raises(RemoteError, match="not a configured remote") as e:
+        Dataset.create(dataset_name="n", dataset_project="p", output_uri=typo)
+    assert typo in str(e.value) and fs3_spec["url"] in str(e.value)  # names both
+    assert list(store.iter_records("ds/")) == []  # no draft left bound to the typo
+
+    ds = Dataset.create(dataset_name="n", dataset_project="p")
+    ds.add_files(write_tree(tmp_path / "src", {"a.txt": b"a"}))
+    before = registry.require(store, ds.id)
+    with pytest.raises(RemoteError, match="not a configured remote"):
+        ds.upload(show_progress=False, output_url=typo)
+    assert registry.require(store, ds.id) == before
+    assert store.get_config("remotes") == remotes
+    assert not (tmp_path / "no-such-folder").exists()
+
+    capsys.readouterr()
+    ds.upload(show_progress=False, output_url=fresh)  # reachable: ClearML's behaviour
+    assert "new dsvc repository" in capsys.readouterr().err
+    ds.finalize()
+    assert registry.require(store, ds.id).remote == fresh
+    assert store.get_config("remotes") == remotes  # an ad hoc URL is never configured
