@@ -58,6 +58,7 @@ from dsvc.lookup import (
     find_record,
     latest_named,
     not_found_error,
+    reach_destination,
     remote_for,
     remote_record,
     squash_sources,
@@ -377,6 +378,8 @@ class Dataset:
         # the version's record was created there
         dataset_name = reg.check_label("name", str(dataset_name))
         dataset_project = reg.check_label("project", str(dataset_project))
+        if output_uri is not None:  # reached before the draft is written: a typo fails now
+            reach_destination(store, output_uri, "output_uri", starting=False)
         # ClearML allows an explicit version twice (its lookup then picks the most
         # recently updated of the two); only a missing version is numbered for you
         dataset_version = str(dataset_version).strip() if dataset_version is not None else ""
@@ -1144,6 +1147,9 @@ class Dataset:
         rec = self._refresh()
         if rec.status != reg.DRAFT:
             raise StateError(f"dataset {rec.id} is finalized; nothing to upload")
+        dest = output_url or rec.output_uri
+        if dest:  # a destination no remote names is reached first (a typo fails here)
+            reach_destination(self._store, dest, "output_url", starting=True)
         if upload_as_external_links:
             if preview:  # before links replace the files: previews read stored content
                 self._store_preview(rec)

@@ -57,6 +57,41 @@ def remote_for(
     return client.resolve(store, spec, required=required, retries=retries)
 
 
+def reach_destination(store: Store, spec: str, what: str, *, starting: bool) -> None:
+    """Check an ``output_uri``/``output_url`` before anything depends on it.
+
+    A configured remote (by name or URL) is used as configured. Any other URL is
+    reached now: one that cannot be (a bucket that does not exist, no access, the parent
+    of a folder that does not exist: most likely a typo) is a :class:`RemoteError`
+    naming it and the configured remotes, raised before anything is written. One that
+    can be but holds no repository yet is where the first upload starts one (as
+    ClearML's ``output_url`` does); ``starting`` says so on stderr, so a mistyped
+    prefix never silently becomes a new repository."""
+    from dsvc.remote import config
+
+    found = config.lookup(store, spec)  # checks the URL's syntax
+    if found is None or found[0] is not None:
+        return
+    url = found[1]
+    names = ", ".join(f"{r['name']} ({r['url']})" for r in config.list_remotes(store))
+    head = f"{what} {url} is not a configured remote (configured: {names or 'none'})"
+    fix = "fix the URL, or add the remote with `dsvc remote add NAME URL`"
+    remote = remote_for(store, url, required=True)
+    try:
+        exists = remote.ensure_repo(create=False)
+    except RemoteError as e:
+        raise RemoteError(f"{head} and cannot be reached: {e}; {fix}") from None
+    if exists:
+        return
+    root = remote.backend.local_root
+    if root is not None and not root.parent.is_dir():
+        raise RemoteError(
+            f"{head} and cannot be reached: the folder {root.parent} does not exist; {fix}"
+        )
+    if starting:
+        warn(f"{head}: starting a new dsvc repository there")
+
+
 def known_records(store: Store) -> list[Record]:
     """Local records plus the default remote's (local only if it cannot be reached)."""
     recs = {r.id: r for r in reg.all_records(store)}

@@ -228,6 +228,11 @@ class Backend:
     def __repr__(self) -> str:
         return f"Backend({self.url!r})"
 
+    @property
+    def local_root(self) -> Path | None:
+        """The folder of a folder remote (``file://`` or a path); None for others."""
+        return self._local_root
+
     # ------------------------------------------------------------------ construction
 
     @classmethod
