@@ -1,5 +1,5 @@
 """The catalogue of dataset versions: listing them, deleting them, renaming them and
-moving them to another project, and the version the last CLI command acted on.
+moving them to another project.
 
 These are ClearML's ``Dataset`` class methods that act on many versions, or on a
 version by its labels, rather than on one version being built or read; ``Dataset``
@@ -151,8 +151,7 @@ def _refuse_needed(targets: list[Record], recs: list[Record]) -> None:
     for r in recs:
         if r.id not in doomed and doomed.intersection(r.parents):
             raise StateError(
-                f"dataset {r.project}/{r.name} ({r.id}) uses a dataset being deleted as "
-                "parent",
+                f"dataset {r.project}/{r.name} ({r.id}) uses a dataset being deleted as parent",
                 remedy=FORCE_DELETE,
             )
 
@@ -192,12 +191,3 @@ def relabel(store: Store, project: str, name: str, fields: dict[str, Any]) -> No
         raise NotFoundError(f"no dataset {project}/{name}", remedy=LIST_DATASETS)
     for t in targets:
         reg.update(store, t.id, lambda r: r.replace(**fields))
-
-
-def last_used(store: Store) -> str | None:
-    """The id of the dataset the last ``dsvc`` command acted on (clearml-data's rule).
-
-    Only CLI commands set it (``dsvc.cli.core.remember``); Python calls never do, so a
-    script cannot change what a bare ``dsvc add`` or ``dsvc close`` acts on.
-    """
-    return store.get_record(reg.LAST_USED)

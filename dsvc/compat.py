@@ -39,7 +39,7 @@ import msgpack
 from dsvc import registry
 from dsvc.dataset import Dataset
 from dsvc.errors import NotFoundError, UsageError
-from dsvc.external import is_url, list_links
+from dsvc.external import backend_for, download_url, is_url, list_links
 
 __all__ = ["Dataset", "StorageManager", "Task"]
 
@@ -116,8 +116,6 @@ class StorageManager:
     ) -> str:
         """Write ``local_file`` to ``remote_url`` (an object-store URL or a folder path);
         returns ``remote_url``."""
-        from dsvc.external import backend_for
-
         if urlsplit(remote_url).scheme in ("http", "https"):
             raise UsageError(f"cannot upload to {remote_url}: http(s) URLs are read-only here")
         backend, key = backend_for(registry.open_store(), str(remote_url))
@@ -153,8 +151,6 @@ class StorageManager:
 
 def _download(url: str, target: Path) -> None:
     """Fetch ``url`` into ``target`` (temp file, then rename: never a partial file)."""
-    from dsvc.external import download_url
-
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".part-", delete=False) as f:
         tmp = f.name
     try:
@@ -212,12 +208,12 @@ def _encode(obj: Any) -> Any:
 
 def _decode(v: Any) -> Any:
     if isinstance(v, dict) and "__dataframe__" in v:
-        import pandas as pd
+        import pandas as pd  # optional: only a stored DataFrame needs it
 
         d = v["__dataframe__"]
         return pd.DataFrame(d["data"], index=d["index"], columns=d["columns"])
     if isinstance(v, dict) and "__ndarray__" in v:
-        import numpy as np
+        import numpy as np  # optional: only a stored array needs it
 
         dtype, shape, data = v["__ndarray__"]
         return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()

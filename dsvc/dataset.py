@@ -20,14 +20,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, Any, cast
 
 import msgpack
 
 from dsvc import catalog, external, reports
 from dsvc import finalize as finalize_protocol
 from dsvc import registry as reg
-from dsvc.catalog import last_used as last_used  # documented as dsvc.dataset.last_used
 from dsvc.checkout import (
     CacheLayout,
     FetchFn,
@@ -74,6 +73,7 @@ from dsvc.objects import (
 )
 from dsvc.progress import Progress
 from dsvc.record import Record
+from dsvc.registry import last_used as last_used  # documented as dsvc.dataset.last_used
 from dsvc.remote.config import lookup as remote_lookup
 from dsvc.selection import (
     clean_dataset_path,
@@ -100,9 +100,6 @@ from dsvc.treeops import (
     walk,
 )
 from dsvc.usage import VersionUsage, version_usage
-
-if TYPE_CHECKING:  # the transport is loaded only when a remote is used (lookup.remote_for)
-    pass
 
 #: largest file a writable copy reads from a remote straight into memory and then the
 #: file (larger ones go through the store, chunk by chunk)
@@ -1103,13 +1100,13 @@ class Dataset:
         """The metadata stored under ``metadata_name`` (None if absent)."""
         value = (self._refresh().metadata or {}).get(metadata_name)
         if isinstance(value, dict) and "__ndarray__" in value:
-            import numpy as np
+            import numpy as np  # optional: only metadata that holds an array needs it
 
             a = value["__ndarray__"]
             return np.frombuffer(a["data"], dtype=np.dtype(a["dtype"])).reshape(a["shape"]).copy()
         if isinstance(value, dict) and "__dataframe__" in value:
             try:
-                import pandas as pd
+                import pandas as pd  # optional: only metadata that holds a DataFrame
 
                 d = value["__dataframe__"]
                 return pd.DataFrame(d["data"], index=d["index"], columns=d["columns"])

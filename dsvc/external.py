@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from obstore.store import HTTPStore
+
 from dsvc.errors import (
     ConflictError,
     DsvcError,
@@ -132,8 +134,6 @@ def _local_link(path: str, st: os.stat_result) -> Link:
 
 
 def _http_backend(url: str) -> tuple[Backend, str]:
-    from obstore.store import HTTPStore
-
     parts = urlsplit(url)
     base = f"{parts.scheme}://{parts.netloc}/"
     if parts.query:

@@ -191,4 +191,3 @@ def common_files(trees: Trees, a: bytes, b: bytes, prefix: RelPath) -> Iterator[
                 stack.append(((*p, name), ex.id, ey.id))
             elif ex.kind != KIND_TREE and ey.kind != KIND_TREE:
                 yield (*p, name)
-

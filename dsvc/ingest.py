@@ -26,6 +26,7 @@ files and the cache) wherever it lies below the added folder, and whatever the
 from __future__ import annotations
 
 import collections
+import ctypes
 import fnmatch
 import operator
 import os
@@ -595,8 +596,6 @@ class _MapTrimmer:
 
     def _trim(self) -> None:
         if self._madvise is None:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             self._madvise = libc.madvise

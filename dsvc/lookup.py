@@ -52,7 +52,7 @@ def remote_for(
 
     The transport layer is imported lazily so local work never loads it.
     """
-    from dsvc.remote import client
+    from dsvc.remote import client  # the transport (obstore) loads when a remote is used
 
     return client.resolve(store, spec, required=required, retries=retries)
 

@@ -336,7 +336,7 @@ def _pwritev_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:
 def _punch(fd: int, offset: int, length: int) -> bool:
     """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; False where unsupported."""
     try:
-        import ctypes
+        import ctypes  # only when a pack is punched: packfile loads at every CLI start
 
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.fallocate

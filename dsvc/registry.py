@@ -103,6 +103,15 @@ def _close(s: Store) -> None:
     s.close()  # its open remotes go with it (Store.attached)
 
 
+def last_used(store: Store) -> str | None:
+    """The id of the dataset the last ``dsvc`` command acted on (clearml-data's rule).
+
+    Only CLI commands set it (``dsvc.cli.core.remember``); Python calls never do, so a
+    script cannot change what a bare ``dsvc add`` or ``dsvc close`` acts on.
+    """
+    return store.get_record(LAST_USED)
+
+
 def key(dataset_id: str) -> str:
     return PREFIX + dataset_id
 

@@ -379,7 +379,7 @@ def _image_png(image: Any) -> bytes:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return buf.getvalue()
-    import numpy as np
+    import numpy as np  # optional: only an image given as an array needs it
 
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[2] == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,22 @@ def test_interface_rule_catches_a_raw_transaction(tmp_path: Path) -> None:
             test_store_used_only_through_its_interface(bad)
     finally:
         bad.unlink(missing_ok=True)
+
+
+def test_the_command_line_starts_without_loading_the_library() -> None:
+    """The function-level imports in ``dsvc/cli/`` are deliberate (cli/core.py): ``dsvc
+    --help`` and shell completion load click and the record store, not the dataset, work
+    or transport layers (obstore alone costs ~0.3 s)."""
+    import subprocess
+    import sys
+
+    code = "import sys, dsvc.cli; print('\\n'.join(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    loaded = set(out)
+    assert "dsvc.cli" in loaded and "dsvc.store" in loaded
+    heavy = {"dsvc.dataset", "dsvc.ingest", "dsvc.checkout", "dsvc.lookup", "dsvc.remote"}
+    heavy |= {"dsvc.maintenance", "dsvc.stream", "obstore", "numpy", "pandas", "fsspec"}
+    assert not loaded & heavy, sorted(loaded & heavy)

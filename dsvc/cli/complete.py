@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
+from dsvc import registry
+from dsvc.errors import UsageError
+from dsvc.store import default_home
+
 if TYPE_CHECKING:
     from dsvc.record import Record
 
@@ -33,9 +37,6 @@ REMOTE_PARAMS = frozenset({"remote_spec", "storage"})
 def _store_of(ctx: click.Context) -> Iterator[Any]:
     """The store of ``--home`` (parsed, not yet applied while completing) or
     ``$DSVC_HOME``; None when there is none (completion never creates a store)."""
-    from dsvc import registry
-    from dsvc.store import default_home
-
     home = ctx.find_root().params.get("home")
     saved = os.environ.get("DSVC_HOME")
     if home:
@@ -52,8 +53,6 @@ def _store_of(ctx: click.Context) -> Iterator[Any]:
 
 
 def _records(ctx: click.Context) -> list[Record]:
-    from dsvc import registry
-
     try:
         with _store_of(ctx) as store:
             return [] if store is None else list(registry.all_records(store))
@@ -98,7 +97,7 @@ def complete_names(
 def complete_remotes(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    from dsvc.remote import config
+    from dsvc.remote import config  # the transport loads only when completing remotes
 
     try:
         with _store_of(ctx) as store:
@@ -151,8 +150,6 @@ _LINES = {
 def install(shell: str | None = None) -> tuple[str, Path, bool]:
     """Add the completion line for ``shell`` (default: ``$SHELL``'s) to its start-up
     file; returns ``(shell, file, added)`` (``added`` False: the line was there)."""
-    from dsvc.errors import UsageError
-
     shell = shell or os.path.basename(os.environ.get("SHELL", ""))
     if shell not in _LINES:
         raise UsageError(

@@ -33,11 +33,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dsvc import __version__, registry
+from dsvc.cli.complete import install_callback
 from dsvc.cli.render import printable, short  # noqa: F401  (short: re-exported)
 from dsvc.errors import DsvcError, NotFoundError, UsageError
 from dsvc.ids import to_hex
 from dsvc.store import BackendError, default_home, disk_error, lmdb_error
 
+# Imports inside functions here and in the other command modules are deliberate: `dsvc
+# --help` and completion load only the record store (registry, store) and click; the
+# dataset layer, the work layer and the transport (obstore) load when a command uses them.
 if TYPE_CHECKING:  # imported where used: `dsvc --help` does not load the library
     from dsvc.dataset import Dataset
     from dsvc.record import Record
@@ -222,8 +226,6 @@ def cli(home: str | None, quiet: bool, debug: bool) -> None:
 
 
 def _install_completion(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    from dsvc.cli.complete import install_callback
-
     install_callback(ctx, param, value)
 
 
@@ -470,11 +472,9 @@ def dataset_id_or_last(
     """``--id`` (expanded), else the last used dataset; a usage error when neither.
 
     ``how`` is how this command takes an id (``--id ID``, or ``ID`` when positional)."""
-    from dsvc.catalog import last_used
-
     if given:
         return expand_id(store, given)
-    last = last_used(store)
+    last = registry.last_used(store)
     if not last:
         raise UsageError(
             f"{what} needs a dataset: pass {how} (or run `dsvc create` first; the last "
@@ -521,9 +521,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 def check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A ``--version`` value that is a version (PEP 440, as ClearML compares them)."""
-    from dsvc.registry import parse_version
-
-    if value is not None and parse_version(value) is None:
+    if value is not None and registry.parse_version(value) is None:
         raise click.BadParameter(
             f"{value!r} is not a version; use numbers like 1.0.0 (PEP 440, as ClearML)"
         )

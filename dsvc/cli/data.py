@@ -31,6 +31,7 @@ from dsvc.cli.core import (
 )
 from dsvc.errors import NotFoundError, UsageError
 
+# dsvc.dataset is imported inside the commands that use it (`dsvc --help` loads no library: cli/core.py)
 if TYPE_CHECKING:
     from dsvc.dataset import Dataset
 
@@ -283,13 +284,13 @@ def sync(
       dsvc sync --project demo --name images --parents 3f2a1b2c --folder ./images
       dsvc sync --folder ./images --skip-close     # into the last used draft
     """
-    from dsvc.dataset import Dataset, last_used
+    from dsvc.dataset import Dataset
 
     store = open_store()
     if not os.path.isdir(folder):
         raise NotFoundError(f"cannot sync from {os.path.abspath(folder)!r}: not a folder")
     created = False
-    previous = last_used(store)
+    previous = reg.last_used(store)
     if parents or (project and name):
         ds = Dataset.create(
             dataset_name=name,
@@ -528,7 +529,7 @@ def delete(
       dsvc delete --project demo --name images --version 1.0.2
       dsvc delete --project demo --name scratch --entire-dataset --force
     """
-    from dsvc.dataset import Dataset, last_used
+    from dsvc.dataset import Dataset
 
     store = open_store()
     if not dataset_id and not (project and name):
@@ -545,7 +546,7 @@ def delete(
         remote=(remote_spec or True) if remote_spec is not None else None,
     )
     gone = before - {r.id for r in reg.all_records(store)}
-    if last_used(store) in gone:
+    if reg.last_used(store) in gone:
         store.delete_record(reg.LAST_USED)
     result(f"Deleted {plural(len(gone), 'dataset version')}")
     for g in sorted(gone):

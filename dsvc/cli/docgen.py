@@ -9,11 +9,13 @@ Regenerate with::
 from __future__ import annotations
 
 import inspect
+import json
 
 import click
 
 from dsvc.cli import cli
 from dsvc.cli.core import EXIT_CODES, SECTIONS
+from dsvc.cli.schemas import SCHEMAS
 
 INTRO = """\
 # `dsvc` command reference
@@ -106,10 +108,6 @@ JSON Schema below (tests/test_cli_json.py validates every one against real outpu
 
 
 def _json_schemas() -> str:
-    import json
-
-    from dsvc.cli.schemas import SCHEMAS
-
     out = [JSON_INTRO]
     for path, schema in SCHEMAS.items():
         text = json.dumps(schema, indent=1, sort_keys=False)

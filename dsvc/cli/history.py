@@ -40,6 +40,7 @@ from dsvc.cli.core import (
 from dsvc.cli.render import printable, render_dot, render_mermaid, render_svg, render_text
 from dsvc.errors import ConfigError, DsvcError, NotFoundError, UsageError
 
+# The dataset, work and transport layers are imported inside the commands that use them (`dsvc --help` loads no library: cli/core.py)
 if TYPE_CHECKING:
     from dsvc.record import Record
     from dsvc.remote.client import Remote
@@ -50,13 +51,11 @@ if TYPE_CHECKING:
 
 @contextmanager
 def keep_last_used(store: Store) -> Iterator[None]:
-    from dsvc.catalog import last_used
-
-    before = last_used(store)
+    before = reg.last_used(store)
     try:
         yield
     finally:
-        if last_used(store) != before:
+        if reg.last_used(store) != before:
             if before:
                 store.put_record(reg.LAST_USED, before)
             else:

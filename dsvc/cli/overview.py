@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dsvc import registry as reg
 from dsvc.cli.core import (
     cli,
     dataset_id_or_last,
@@ -43,6 +44,7 @@ from dsvc.cli.render import printable
 from dsvc.cli.reports import reports_options, write_reports
 from dsvc.errors import DsvcError, NotFoundError
 
+# lookup, usage and the transport are imported inside the commands that use them (`dsvc --help` loads no library: cli/core.py)
 if TYPE_CHECKING:
     from dsvc.record import Record
     from dsvc.store import Store
@@ -68,7 +70,6 @@ def _usage_json(u: Any) -> dict[str, Any]:
 def _unpushed(store: Store) -> tuple[str | None, list[Record] | None, str | None]:
     """(default remote's name, finalized local versions it lacks, error): the list is
     None when there is no default remote or it cannot be read."""
-    from dsvc import registry as reg
     from dsvc.lookup import remote_for
 
     try:
@@ -137,8 +138,6 @@ def status(folder: str | None, dataset_id: str | None, only_stat: bool, as_json:
             }
         )
         return
-    from dsvc import registry as reg
-
     draft = rec.status == reg.DRAFT
     state = "a draft" if draft else "finalized" if rec.status == reg.FINAL else rec.status
     result(f"On {dataset_label(rec)} ({rec.id}), {state}")
@@ -196,7 +195,6 @@ def show(
       dsvc show demo/images@1.0.0 --json
       dsvc show --reports 3f2a1b2c -o reports.html
     """
-    from dsvc import registry as reg
     from dsvc.lookup import remote_for
     from dsvc.remote import config
     from dsvc.usage import version_usage

@@ -31,7 +31,11 @@ from dsvc.cli.core import (
     short,
     table,
 )
+from dsvc.cli.history import changes_json, diff_versions, print_changes, resolve_version
 from dsvc.errors import IntegrityError, StateError, UsageError
+from dsvc.selection import match_dataset_path
+
+# dsvc.dataset is imported inside each command (`dsvc --help` loads no library: cli/core.py)
 
 # -- list / search ---------------------------------------------------------------------
 
@@ -68,8 +72,6 @@ def list_cmd(
       dsvc list --id 3f2a1b2c --filter '*.csv'
       dsvc list --project demo --name images --modified --json
     """
-    from dsvc.dataset import match_dataset_path
-
     store = open_store(create=False)
     dataset_id = one_id(id_arg, dataset_id, "list")
     ds = get_dataset(store, dataset_id, project, name, version, "list")
@@ -293,8 +295,6 @@ def compare(source: str, target: str, verbose: bool, as_json: bool) -> None:
     Example:
       dsvc compare --source 3f2a1b2c --target 9d8e7f60 --verbose
     """
-    from dsvc.cli.history import changes_json, diff_versions, print_changes, resolve_version
-
     store = open_store(create=False)
     a = resolve_version(store, source)
     b = resolve_version(store, target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -31,6 +32,7 @@ from dsvc.cli.core import (
 from dsvc.errors import ConfigError, DsvcError, IntegrityError, NotFoundError, StateError
 from dsvc.store import default_home
 
+# The transport (obstore) and treeops are imported inside the commands that use them (`dsvc --help` loads no library: cli/core.py)
 if TYPE_CHECKING:
     from dsvc.objects import Entry
     from dsvc.record import Record
@@ -443,8 +445,6 @@ def _fetch_records(store: Store, r: Remote) -> tuple[list[Record], list[Record]]
 def _missing_entries(store: Store, tree: bytes) -> list[Entry]:
     """The files of ``tree`` whose content is not local (``Store.missing_content``, in
     batches: memory stays bounded by the batch, not the version)."""
-    from itertools import islice
-
     from dsvc.treeops import Trees, walk
 
     out: list[Any] = []

@@ -28,6 +28,8 @@ from dsvc.codec import DEFAULT_LEVEL
 from dsvc.errors import IntegrityError, NotFoundError, StoreCorruptError, UsageError
 from dsvc.store import Store, corrupt_message, default_home
 
+# maintenance, checkout, demo and the transport are imported inside the commands that use them (`dsvc --help` loads no library: cli/core.py)
+
 # -- init ----------------------------------------------------------------------------------
 
 

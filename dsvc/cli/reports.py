@@ -13,6 +13,8 @@ import click
 from dsvc.record import Record
 from dsvc.store import Store
 
+# dsvc.reports and dsvc.lookup are imported inside the commands that use them (`dsvc --help` loads no library: cli/core.py)
+
 #: the options ``show`` takes for this (kept here, so show's own code stays small)
 OPTIONS = [
     click.option(

@@ -17,6 +17,9 @@ from dsvc.errors import NotFoundError, UsageError
 from dsvc.ids import to_hex
 from dsvc.objects import KIND_TREE
 
+# dsvc.stream, dsvc.progress and dsvc.fs (fsspec: an optional extra) are imported inside
+# the commands that use them (`dsvc --help` loads no library: cli/core.py)
+
 #: ``cat`` copies to stdout in blocks of this size (sequential: read-ahead applies)
 CAT_BLOCK = 4 << 20
 

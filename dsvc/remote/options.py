@@ -117,7 +117,7 @@ _ENV_NAME = re.compile(r"`([A-Z][A-Z0-9_]+)`")
 
 
 def _stub_dir() -> Path:
-    import obstore
+    import obstore  # ~0.3 s; this module loads at every CLI start (see __init__.py)
 
     return Path(obstore.__file__).parent / "_store"
 
@@ -388,7 +388,7 @@ def _gcloud_adc_file() -> Path:
 
 
 def _close_match(provider: str, option: str) -> str:
-    import difflib
+    import difflib  # only on the error path of a mistyped option
 
     known = sorted(set(config_keys(provider).values()) | client_keys())
     near = difflib.get_close_matches(option.lower(), known, n=1)
