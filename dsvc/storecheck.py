@@ -153,159 +153,230 @@ def walk(
     if not p.exists() or p.stat().st_size == 0:
         return rep
     meta = read_meta(p, txnid)
-    psize, last = meta.page_size, meta.last_page
-    seen: set[int] = set()
-    free: set[int] = set()  # pages the free database lists
     fd = os.open(p, os.O_RDONLY)
     try:
-        file_pages = os.fstat(fd).st_size // psize  # after the meta: the file only grows
-
-        def page(pgno: int, where: str) -> bytes | None:
-            if pgno < 2 or pgno > last:
-                rep.problems.append(f"{where}: page {pgno} is outside the file's 2..{last}")
-                return None
-            if pgno in seen:
-                rep.problems.append(f"{where}: page {pgno} is reached twice")
-                return None
-            seen.add(pgno)
-            raw = os.pread(fd, psize, pgno * psize)
-            rep.pages += 1
-            if len(raw) < psize:
-                rep.problems.append(f"{where}: page {pgno} is cut short by the end of the file")
-                return None
-            (own,) = struct.unpack_from("<Q", raw, 0)
-            if own != pgno:
-                rep.problems.append(
-                    f"{where}: page {pgno} is overwritten (its header says page {own})"
-                )
-                return None
-            return raw
-
-        def tree(name: str, db: tuple[int, ...], subdbs: list[tuple[str, tuple[int, ...]]]) -> None:
-            _pad, _flags, depth, n_branch, n_leaf, n_over, n_entries, root = db
-            # an open reads the main and free databases whole (the free list tells a
-            # short file from a truncated one) and the root page of the others
-            full = not shallow or name in ("main", "free")
-            counts = {"branch": 0, "leaf": 0, "overflow": 0, "entries": 0}
-            if root == P_INVALID:
-                if n_entries:
-                    rep.problems.append(f"database {name!r}: no root but {n_entries} entries")
-                rep.entries[name] = 0
-                return
-            stack = [(root, 1)]
-            while stack:
-                pgno, level = stack.pop()
-                if not full and level > 1:
-                    continue
-                raw = page(pgno, f"database {name!r}")
-                if raw is None:
-                    continue
-                flags, lower, upper = struct.unpack_from("<HHH", raw, 10)
-                kind = flags & (P_BRANCH | P_LEAF | P_OVERFLOW | P_META | P_LEAF2)
-                if kind not in (P_BRANCH, P_LEAF) or not (PAGEHDRSZ <= lower <= upper <= psize):
-                    rep.problems.append(
-                        f"database {name!r}: page {pgno} has a bad header "
-                        f"(flags {flags:#x}, lower {lower}, upper {upper})"
-                    )
-                    continue
-                if level > depth:
-                    rep.problems.append(f"database {name!r}: page {pgno} is deeper than {depth}")
-                    continue
-                n = (lower - PAGEHDRSZ) >> 1
-                if kind == P_BRANCH and n < 2 and name != "free":
-                    # LMDB asserts this (mdb_page_search_root): a damaged page must be
-                    # reported here, not abort() the process
-                    rep.problems.append(f"database {name!r}: branch page {pgno} has {n} keys")
-                    continue
-                ptrs = struct.unpack_from(f"<{n}H", raw, PAGEHDRSZ)
-                rep.pages_of.setdefault(name, []).append(pgno)
-                if kind == P_BRANCH:
-                    counts["branch"] += 1
-                else:
-                    counts["leaf"] += 1
-                for ptr in ptrs:
-                    if not upper <= ptr <= psize - NODESZ:
-                        rep.problems.append(
-                            f"database {name!r}: page {pgno} has a node outside the page"
-                        )
-                        break
-                    lo, hi, nflags, ksize = struct.unpack_from("<HHHH", raw, ptr)
-                    if ptr + NODESZ + ksize > psize:
-                        rep.problems.append(
-                            f"database {name!r}: page {pgno} has a key past the page end"
-                        )
-                        break
-                    if kind == P_BRANCH:
-                        stack.append((lo | hi << 16 | nflags << 32, level + 1))
-                        continue
-                    counts["entries"] += 1
-                    dsize = lo | hi << 16
-                    doff = ptr + NODESZ + ksize
-                    if nflags & F_BIGDATA and not full:
-                        continue
-                    if nflags & F_BIGDATA:
-                        (opg,) = struct.unpack_from("<Q", raw, doff)
-                        oraw = page(opg, f"database {name!r}")
-                        if oraw is None:
-                            continue
-                        (oflags,) = struct.unpack_from("<H", oraw, 10)
-                        (npages,) = struct.unpack_from("<I", oraw, 12)
-                        if not oflags & P_OVERFLOW or npages * psize < dsize + PAGEHDRSZ:
-                            rep.problems.append(
-                                f"database {name!r}: overflow page {opg} has a bad header"
-                            )
-                            continue
-                        if opg + npages - 1 > last or opg + npages > file_pages:
-                            rep.problems.append(
-                                f"database {name!r}: overflow page {opg} runs past the file"
-                            )
-                            continue
-                        seen.update(range(opg + 1, opg + npages))
-                        counts["overflow"] += npages
-                        if name == "free":
-                            _free_ids(os.pread(fd, dsize, opg * psize + PAGEHDRSZ), free)
-                    elif doff + dsize > psize:
-                        rep.problems.append(
-                            f"database {name!r}: page {pgno} has a value past the page end"
-                        )
-                        break
-                    elif name == "free":
-                        _free_ids(raw[doff : doff + dsize], free)
-                    elif nflags & F_SUBDATA and name == "main":
-                        key = raw[ptr + NODESZ : doff].decode("utf-8", "replace")
-                        if dsize != _DB.size:
-                            rep.problems.append(f"database {key!r}: bad root record")
-                        else:
-                            subdbs.append((key, _DB.unpack_from(raw, doff)))
-            got = (counts["branch"], counts["leaf"], counts["overflow"], counts["entries"])
-            if not full:
-                pass  # counts need the whole tree
-            elif got != (n_branch, n_leaf, n_over, n_entries) and not rep.problems:
-                rep.problems.append(
-                    f"database {name!r}: pages and entries {got} differ from its root record "
-                    f"{(n_branch, n_leaf, n_over, n_entries)}"
-                )
-            rep.entries[name] = counts["entries"]
-
+        w = _Walk(fd, meta, shallow, rep)
+        # the free database first: its page list is what the truncation check needs
         subdbs: list[tuple[str, tuple[int, ...]]] = []
-        tree("free", meta.free_root, [])
-        tree("main", meta.main_root, subdbs)
+        w.tree("free", meta.free_root, [])
+        w.tree("main", meta.main_root, subdbs)
         for name, db in subdbs:
-            tree(name, db, [])
-        # LMDB's last page may lie past the end of a sound file, but only if it and
-        # every page between are free (allocated and released by one transaction,
-        # never written); a page in use past the end is a truncated file (SIGBUS)
-        for pg in range(file_pages, last + 1):
-            if pg not in free:
-                rep.problems.insert(
-                    0,
-                    f"{p} is truncated: it is {os.fstat(fd).st_size} bytes long but page {pg}, "
-                    f"in use, ends at byte {(pg + 1) * psize}",
-                )
-                break
+            w.tree(name, db, [])
+        truncated = w.truncation(p)
+        if truncated:
+            rep.problems.insert(0, truncated)
     finally:
         os.close(fd)
     return rep
+
+
+class _Walk:
+    """One :func:`walk` of a data file: the state its checks share, one check a method,
+    each with the invariant it holds written next to it (restic's checker style)."""
+
+    def __init__(self, fd: int, meta: Meta, shallow: bool, rep: Report) -> None:
+        self.fd = fd
+        self.psize = meta.page_size
+        self.last = meta.last_page
+        self.shallow = shallow
+        self.rep = rep
+        self.file_pages = os.fstat(fd).st_size // self.psize  # after the meta: it only grows
+        self.seen: set[int] = set()
+        self.free: set[int] = set()  # pages the free database lists
+
+    def problem(self, text: str) -> None:
+        self.rep.problems.append(text)
+
+    def page(self, pgno: int, where: str) -> bytes | None:
+        """Invariant: a reachable page lies in 2..last, is reached once, is whole in the
+        file, and its header carries its own number (else it was overwritten). None:
+        the page is reported and must not be read further."""
+        if pgno < 2 or pgno > self.last:
+            self.problem(f"{where}: page {pgno} is outside the file's 2..{self.last}")
+            return None
+        if pgno in self.seen:
+            self.problem(f"{where}: page {pgno} is reached twice")
+            return None
+        self.seen.add(pgno)
+        raw = os.pread(self.fd, self.psize, pgno * self.psize)
+        self.rep.pages += 1
+        if len(raw) < self.psize:
+            self.problem(f"{where}: page {pgno} is cut short by the end of the file")
+            return None
+        (own,) = struct.unpack_from("<Q", raw, 0)
+        if own != pgno:
+            self.problem(f"{where}: page {pgno} is overwritten (its header says page {own})")
+            return None
+        return raw
+
+    def tree(
+        self, name: str, db: tuple[int, ...], subdbs: list[tuple[str, tuple[int, ...]]]
+    ) -> None:
+        """Walk one database from its root record ``db``; the main database's named
+        databases are added to ``subdbs``."""
+        depth, n_entries, root = db[2], db[6], db[7]
+        # an open reads the main and free databases whole (the free list tells a
+        # short file from a truncated one) and the root page of the others
+        full = not self.shallow or name in ("main", "free")
+        counts = {"branch": 0, "leaf": 0, "overflow": 0, "entries": 0}
+        if root == P_INVALID:
+            if n_entries:
+                self.problem(f"database {name!r}: no root but {n_entries} entries")
+            self.rep.entries[name] = 0
+            return
+        stack = [(root, 1)]
+        while stack:
+            pgno, level = stack.pop()
+            if not full and level > 1:
+                continue
+            raw = self.page(pgno, f"database {name!r}")
+            if raw is None:
+                continue
+            header = self.tree_page(name, raw, pgno, level, depth)
+            if header is None:
+                continue
+            kind, upper, ptrs = header
+            self.rep.pages_of.setdefault(name, []).append(pgno)
+            counts["branch" if kind == P_BRANCH else "leaf"] += 1
+            for ptr in ptrs:
+                node = self.node(name, raw, pgno, ptr, upper)
+                if node is None:
+                    break
+                if kind == P_BRANCH:
+                    stack.append((node[0] | node[1] << 16 | node[2] << 32, level + 1))
+                    continue
+                counts["entries"] += 1
+                if not self.leaf_value(name, raw, pgno, ptr, node, full, counts, subdbs):
+                    break
+        self.check_counts(name, db, counts, full)
+
+    def tree_page(
+        self, name: str, raw: bytes, pgno: int, level: int, depth: int
+    ) -> tuple[int, int, tuple[int, ...]] | None:
+        """``(kind, upper, node offsets)`` of a branch or leaf page. Invariant: the page
+        is a branch or a leaf, its free-space bounds lie inside it, it is no deeper than
+        the root record's depth, and a branch (outside the free database) has 2 keys or
+        more. None: reported."""
+        flags, lower, upper = struct.unpack_from("<HHH", raw, 10)
+        kind = flags & (P_BRANCH | P_LEAF | P_OVERFLOW | P_META | P_LEAF2)
+        if kind not in (P_BRANCH, P_LEAF) or not (PAGEHDRSZ <= lower <= upper <= self.psize):
+            self.problem(
+                f"database {name!r}: page {pgno} has a bad header "
+                f"(flags {flags:#x}, lower {lower}, upper {upper})"
+            )
+            return None
+        if level > depth:
+            self.problem(f"database {name!r}: page {pgno} is deeper than {depth}")
+            return None
+        n = (lower - PAGEHDRSZ) >> 1
+        if kind == P_BRANCH and n < 2 and name != "free":
+            # LMDB asserts this (mdb_page_search_root): a damaged page must be
+            # reported here, not abort() the process
+            self.problem(f"database {name!r}: branch page {pgno} has {n} keys")
+            return None
+        return kind, upper, struct.unpack_from(f"<{n}H", raw, PAGEHDRSZ)
+
+    def node(
+        self, name: str, raw: bytes, pgno: int, ptr: int, upper: int
+    ) -> tuple[int, int, int, int] | None:
+        """``(lo, hi, flags, key size)`` of the node at ``ptr``. Invariant: the node
+        header and its key lie inside the page's node area. None: reported, and the
+        rest of the page is not read."""
+        if not upper <= ptr <= self.psize - NODESZ:
+            self.problem(f"database {name!r}: page {pgno} has a node outside the page")
+            return None
+        lo, hi, nflags, ksize = struct.unpack_from("<HHHH", raw, ptr)
+        if ptr + NODESZ + ksize > self.psize:
+            self.problem(f"database {name!r}: page {pgno} has a key past the page end")
+            return None
+        return lo, hi, nflags, ksize
+
+    def leaf_value(
+        self,
+        name: str,
+        raw: bytes,
+        pgno: int,
+        ptr: int,
+        node: tuple[int, int, int, int],
+        full: bool,
+        counts: dict[str, int],
+        subdbs: list[tuple[str, tuple[int, ...]]],
+    ) -> bool:
+        """Check a leaf node's value: on its overflow pages, or inside the page.
+        Invariant: an inline value ends inside its page; the free database's values are
+        page lists (collected for :meth:`truncation`); a named database's root record
+        in the main database is one ``MDB_db``. False: reported, and the rest of the
+        page is not read."""
+        lo, hi, nflags, ksize = node
+        dsize = lo | hi << 16
+        doff = ptr + NODESZ + ksize
+        if nflags & F_BIGDATA:
+            if full:
+                self.overflow(name, raw, doff, dsize, counts)
+            return True
+        if doff + dsize > self.psize:
+            self.problem(f"database {name!r}: page {pgno} has a value past the page end")
+            return False
+        if name == "free":
+            _free_ids(raw[doff : doff + dsize], self.free)
+        elif nflags & F_SUBDATA and name == "main":
+            key = raw[ptr + NODESZ : doff].decode("utf-8", "replace")
+            if dsize != _DB.size:
+                self.problem(f"database {key!r}: bad root record")
+            else:
+                subdbs.append((key, _DB.unpack_from(raw, doff)))
+        return True
+
+    def overflow(
+        self, name: str, raw: bytes, doff: int, dsize: int, counts: dict[str, int]
+    ) -> None:
+        """A value on overflow pages. Invariant: its first page is an overflow page
+        whose run holds the value, and the run ends inside the file and before its last
+        page; the run's pages count as reached."""
+        (opg,) = struct.unpack_from("<Q", raw, doff)
+        oraw = self.page(opg, f"database {name!r}")
+        if oraw is None:
+            return
+        (oflags,) = struct.unpack_from("<H", oraw, 10)
+        (npages,) = struct.unpack_from("<I", oraw, 12)
+        if not oflags & P_OVERFLOW or npages * self.psize < dsize + PAGEHDRSZ:
+            self.problem(f"database {name!r}: overflow page {opg} has a bad header")
+            return
+        if opg + npages - 1 > self.last or opg + npages > self.file_pages:
+            self.problem(f"database {name!r}: overflow page {opg} runs past the file")
+            return
+        self.seen.update(range(opg + 1, opg + npages))
+        counts["overflow"] += npages
+        if name == "free":
+            _free_ids(os.pread(self.fd, dsize, opg * self.psize + PAGEHDRSZ), self.free)
+
+    def check_counts(
+        self, name: str, db: tuple[int, ...], counts: dict[str, int], full: bool
+    ) -> None:
+        """Invariant: a database walked whole has the branch, leaf, overflow page and
+        entry counts its root record says (checked only while nothing else is wrong:
+        a damaged page already explains a difference)."""
+        n_branch, n_leaf, n_over, n_entries = db[3], db[4], db[5], db[6]
+        got = (counts["branch"], counts["leaf"], counts["overflow"], counts["entries"])
+        if full and got != (n_branch, n_leaf, n_over, n_entries) and not self.rep.problems:
+            self.problem(
+                f"database {name!r}: pages and entries {got} differ from its root record "
+                f"{(n_branch, n_leaf, n_over, n_entries)}"
+            )
+        self.rep.entries[name] = counts["entries"]
+
+    def truncation(self, p: Path) -> str | None:
+        """Invariant: LMDB's last page may lie past the end of a sound file, but only
+        if it and every page between are free (allocated and released by one
+        transaction, never written); a page in use past the end is a truncated file
+        (SIGBUS)."""
+        for pg in range(self.file_pages, self.last + 1):
+            if pg not in self.free:
+                return (
+                    f"{p} is truncated: it is {os.fstat(self.fd).st_size} bytes long but "
+                    f"page {pg}, in use, ends at byte {(pg + 1) * self.psize}"
+                )
+        return None
 
 
 def _free_ids(value: bytes, out: set[int]) -> None:
