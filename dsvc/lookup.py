@@ -67,7 +67,7 @@ def reach_destination(store: Store, spec: str, what: str, *, starting: bool) -> 
     can be but holds no repository yet is where the first upload starts one (as
     ClearML's ``output_url`` does); ``starting`` says so on stderr, so a mistyped
     prefix never silently becomes a new repository."""
-    from dsvc.remote import config
+    from dsvc.remote import config  # the transport loads only when a remote is used
 
     found = config.lookup(store, spec)  # checks the URL's syntax
     if found is None or found[0] is not None:
