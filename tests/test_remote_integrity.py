@@ -414,3 +414,48 @@ def test_metadata_changes_travel_through_the_remote_field_by_field(
     assert v1.id not in [d["id"] for d in Dataset.list_datasets()]
     with pytest.raises(NotFoundError):
         Dataset.get(dataset_id=v1.id)
+
+
+@pytest.mark.parametrize("how", ["rename", "move"])
+def test_after_a_rename_the_old_name_is_gone_locally_and_on_the_remote(
+    how: str, fs3_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review bug: a renamed (or moved) dataset still answered to its old name: the
+    remote's ref of the old name kept listing its versions after the push. Now the old
+    name fails clearly and is not listed, locally, on the remote and in a fresh clone,
+    and the new name resolves everywhere."""
+    from dsvc.errors import NotFoundError
+
+    store_a = machine(monkeypatch, tmp_path / "home-a", fs3_spec)
+    versions = []
+    for i in range(2):
+        v = Dataset.create(dataset_name="data", dataset_project="proj")
+        v.add_files(str(write_tree(tmp_path / f"src{i}", {"a.txt": b"a" * (i + 1)})))
+        v.finalize(auto_upload=True)
+        versions.append(v.id)
+    if how == "rename":
+        Dataset.rename("renamed", dataset_project="proj", dataset_name="data")
+        new = ("proj", "renamed")
+    else:
+        Dataset.move_to_project("elsewhere", dataset_project="proj", dataset_name="data")
+        new = ("elsewhere", "data")
+
+    def check() -> None:
+        with pytest.raises(NotFoundError, match="proj.*data"):
+            Dataset.get(dataset_project="proj", dataset_name="data")
+        listed = {(d["project"], d["name"]) for d in Dataset.list_datasets()}
+        assert listed == {new}
+        got = Dataset.get(dataset_project=new[0], dataset_name=new[1])
+        assert got.id == versions[-1]
+
+    check()  # locally, before any push
+    for vid in versions:
+        remote_of(store_a).push_dataset(vid, show_progress=False)
+    check()  # with the remote consulted
+    old = remote_of(store_a).read_ref("proj", "data")
+    assert old is None or old["versions"] == {}  # the old name lists nothing
+    ref = remote_of(store_a).read_ref(*new)
+    assert ref is not None and set(ref["versions"]) == set(versions)
+
+    machine(monkeypatch, tmp_path / "fresh", fs3_spec)  # another machine
+    check()
