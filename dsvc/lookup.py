@@ -139,9 +139,14 @@ def remote_named(
     version first, a group of equal versions at a time, stopping below the first group
     that has a match. So a lookup costs the ref and the records at the top, not every
     record of the remote (issue 11). ``skip``: ids known locally; ``version``: only
-    versions the ref lists as that string."""
+    versions the ref lists as that string. A version this store has a record of is
+    never taken from the remote: the local record (which may have been renamed or
+    moved since, not yet pushed) says which name it answers to."""
     if not remote.ensure_repo(create=False):
         return []
+
+    def local(did: str) -> bool:
+        return did in skip or store.get_record(reg.key(did)) is not None
     try:
         ref = remote.read_ref(project, name)
     except IntegrityError as e:  # one bad object must not break lookups: list them all
@@ -150,13 +155,13 @@ def remote_named(
             r
             for r in remote.list_records()
             if (r.project, r.name) == (project, name)
-            and r.id not in skip
+            and not local(r.id)
             and (version is None or r.version == version)
             and keep(r)
         ]
     groups: dict[Version | None, list[str]] = defaultdict(list)
     for did, ver in ((ref or {}).get("versions") or {}).items():
-        if did not in skip and (version is None or ver == version):
+        if (version is None or ver == version) and not local(did):
             groups[reg.parse_version(ver)].append(did)
     found: list[Record] = []
     with ThreadPoolExecutor(8, thread_name_prefix="dsvc-lookup") as pool:

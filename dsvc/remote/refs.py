@@ -228,9 +228,40 @@ class RemoteRefs(RemoteFetch):
         self._save_base(dataset_id, merged)
         out = local_record(store, dataset_id)
         if out is not None and ({"name", "project", "version"} & change.keys()):
-            # list it under its new name (or version) too: lookups by name read the ref
+            # list it under its new name (or version): lookups by name read the ref
             self.update_ref(out.project, out.name, dataset_id, out.version)
+            # then off the name(s) it was listed under (refs last: never listed nowhere)
+            old = set()
+            if "project" in base and "name" in base:
+                old.add((base["project"][0], base["name"][0]))
+            if remote_rec is not None:
+                old.add((remote_rec.project, remote_rec.name))
+            for project, name in old - {(out.project, out.name)}:
+                self._drop_from_ref(project, name, dataset_id)
         return out
+
+    def _drop_from_ref(self, project: str, name: str, dataset_id: str) -> None:
+        """Take a version off the ref of ``project/name`` (it was renamed or moved), by
+        compare-and-swap. The document stays (an unconditional delete could lose a
+        concurrent add); a ref without versions lists nothing. If the version's merged
+        metadata carries that name again (a concurrent rename back), it is put back."""
+        key = _ref_key(project, name)
+
+        def attempt() -> None:
+            cur = self.backend.get_versioned(key, limit=MAX_REF_BYTES)
+            if cur is None:
+                return
+            doc = parse_ref(cur[0], key).to_dict()
+            if dataset_id not in doc["versions"]:
+                return
+            del doc["versions"][dataset_id]
+            self.backend.compare_and_swap(key, _encode(doc), cur[1])
+
+        cas_retry(attempt, f"remote {self.url}: ref {key} is too contended; try again")
+        now = self._read_meta(dataset_id)[0]
+        if (now.get("project", (None,))[0], now.get("name", (None,))[0]) == (project, name):
+            version = now.get("version", (None,))[0]
+            self.update_ref(project, name, dataset_id, version)
 
     def _save_base(self, dataset_id: str, meta: dict[str, tuple[Any, int]]) -> None:
         self.index.set_meta(
