@@ -109,6 +109,39 @@ def test_status_shows_staged_changes_and_versions_not_on_the_remote(tmp_path: Pa
     assert folder["changes"]["to"] == str(data)
 
 
+def test_status_counts_a_version_pushed_only_once_its_name_lists_it(tmp_path: Path) -> None:
+    """Review bug: `dsvc status` took a version as pushed when the remote had its record,
+    but a push killed between the record and the ref (refs last) leaves the version
+    unknown to every lookup by name on other machines (`dsvc get --project --name`,
+    `Dataset.get`). Status now also reads the name's ref, as those lookups do, and lists
+    the version as not pushed until a push completes it."""
+    import msgpack
+
+    from dsvc.remote.backend import Backend
+
+    home, data, remote = tmp_path / "h", _data(tmp_path / "d"), tmp_path / "remote"
+    dsvc(home, "remote", "add", "origin", str(remote), "--init")
+    v1 = _version(home, data, "--project", "p", "--name", "n")
+    dsvc(home, "push")
+    assert js(home, "status")["unpushed"] == []
+    # the state a push killed right after writing the record leaves: no ref entry
+    b = Backend.from_url(str(remote))
+    ref = msgpack.unpackb(b.get("refs/names/p/n"), raw=False)
+    del ref["versions"][v1]
+    b.put("refs/names/p/n", msgpack.packb(ref, use_bin_type=True))
+    other = tmp_path / "other"  # a machine that reads the remote without cloning it
+    dsvc(other, "remote", "add", "origin", str(remote))
+    dsvc(other, "get", "--project", "p", "--name", "n", rc=3)  # not found by name there
+
+    assert js(home, "status")["unpushed"] == [v1]
+    out = dsvc(home, "status").stdout
+    assert "Not on origin yet (1 version;" in out and v1[:8] in out
+    dsvc(home, "push")  # completes it: the ref lists it again
+    assert js(home, "status")["unpushed"] == []
+    assert "Every finalized version is on origin." in dsvc(home, "status").stdout
+    dsvc(other, "get", "--project", "p", "--name", "n")
+
+
 def test_show_prints_the_library_numbers(tmp_path: Path) -> None:
     from dsvc.dataset import Dataset
 
