@@ -69,9 +69,15 @@ def _usage_json(u: Any) -> dict[str, Any]:
 
 def _unpushed(store: Store) -> tuple[str | None, list[Record] | None, str | None]:
     """(default remote's name, finalized local versions it lacks, error): the list is
-    None when there is no default remote or it cannot be read."""
+    None when there is no default remote or it cannot be read.
+
+    A version is on the remote once a push completed it: its record is there *and* the
+    ref of its name lists it (refs are written last; a lookup by name on another
+    machine reads the ref). A push killed in between, or a rename not pushed yet, is
+    still listed: `dsvc push` completes it."""
     from dsvc.lookup import remote_for
 
+    local = [x for x in reg.all_records(store) if x.status in reg.COMPLETED_STATES]
     try:
         r = remote_for(store, None)
         if r is None:
@@ -82,12 +88,17 @@ def _unpushed(store: Store) -> tuple[str | None, list[Record] | None, str | None
             if r.ensure_repo(create=False)
             else set()
         )
+        named: dict[tuple[str, str], set[str]] = {}  # one ref read per name
+        for x in local:
+            if x.id in there and (x.project, x.name) not in named:
+                ref = r.read_ref(x.project, x.name)
+                named[(x.project, x.name)] = set((ref or {}).get("versions") or {})
     except DsvcError as e:
         return None, None, e.cli_message()
-    local = [x for x in reg.all_records(store) if x.status in reg.COMPLETED_STATES]
+    pushed = {x.id for x in local if x.id in there and x.id in named[(x.project, x.name)]}
     return (
         name,
-        sorted((x for x in local if x.id not in there), key=lambda x: x.created),
+        sorted((x for x in local if x.id not in pushed), key=lambda x: x.created),
         None,
     )
 
