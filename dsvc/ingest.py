@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import fnmatch
+import itertools
 import operator
 import os
 import stat as statmod
@@ -275,12 +276,13 @@ def scan(
         return out
     if not statmod.S_ISDIR(st.st_mode):
         raise InvalidPathError(f"cannot add {root!r}: not a regular file or folder")
-    ctx = _ScanCtx(root, os.path.realpath(root), store_dirs, patterns, recursive, out.skipped)
+    ctx = _ScanCtx(root, os.path.realpath(root), store_dirs, patterns, recursive)
     stack: list[tuple[str, RelPath, _Ignores]] = [(root, (), ())]
     while stack:
-        files, subdirs = _list_folder(ctx, *stack.pop())
-        out.items += files
-        stack += subdirs
+        ls = _list_folder(ctx, *stack.pop())
+        out.items += ls.items()
+        out.skipped += ls.skipped
+        stack += ls.subdirs
     if not recursive and not patterns:
         out.items = [i for i in out.items if len(i.rel) == 1]
     out.items.sort(key=_rel_key)
@@ -296,37 +298,135 @@ class _ScanCtx:
     store_dirs: frozenset[str]
     patterns: list[str]
     recursive: bool
-    skipped: list[tuple[str, str]]
 
 
-def _list_folder(
-    ctx: _ScanCtx, d: str, rel: RelPath, ignores: _Ignores
-) -> tuple[list[ScanItem], list[tuple[str, RelPath, _Ignores]]]:
-    """One folder of a scan: its selected files (with their ``stat``) and the subfolders
-    to enter, as ``(path, relative path, ignore rules)``; what is left out with a reason
-    goes to ``ctx.skipped``."""
-    files: list[ScanItem] = []
-    subdirs: list[tuple[str, RelPath, _Ignores]] = []
-    skipped = ctx.skipped
-    patterns = ctx.patterns
+#: what a scan keeps of a file's ``lstat`` (of its target's, for a link): size,
+#: mtime_ns, ctime_ns, ino, dev -- the order :func:`same_stat` compares -- and st_mode.
+#: Kept as the plain tuple ``attrgetter`` builds in C: a folder of unchanged files is
+#: answered by its summary without one Python object made per file.
+Sig = tuple[int, int, int, int, int, int]
+_SIG = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev", "st_mode")
+_NAME = operator.attrgetter("name")
+_IS_FILE = operator.methodcaller("is_file", follow_symlinks=False)
+_LSTAT = operator.methodcaller("stat", follow_symlinks=False)
+_SIG_SIZE = operator.itemgetter(0)
+_SIG_MTIME = operator.itemgetter(1)
+_SIG_MODE = operator.itemgetter(5)
+
+
+class _Listing:
+    """One folder as a scan lists it: its selected files as two parallel lists,
+    ``names`` and ``sigs`` (in the order the file system lists them); ``subdirs``, the
+    subfolders to enter as ``(path, relative path, ignore rules)``; ``skipped``, what
+    was left out with a reason; ``nbytes``, the files' total size."""
+
+    __slots__ = ("names", "nbytes", "path", "rel", "sigs", "skipped", "subdirs")
+
+    def __init__(self, path: str, rel: RelPath) -> None:
+        self.path = path
+        self.rel = rel
+        self.names: list[str] = []
+        self.sigs: list[Sig] = []
+        self.subdirs: list[tuple[str, RelPath, _Ignores]] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.nbytes = 0
+
+    def item(self, name: str, sig: Sig) -> ScanItem:
+        """The :class:`ScanItem` of the file ``name`` of this folder."""
+        size, mtime_ns, ctime_ns, ino, dev, mode = sig
+        return ScanItem(
+            os.path.join(self.path, name),
+            (*self.rel, name),
+            size,
+            mtime_ns,
+            ino,
+            _mode(mode),
+            ctime_ns,
+            dev,
+        )
+
+    def items(self) -> list[ScanItem]:
+        return list(map(self.item, self.names, self.sigs))
+
+
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _list_folder(ctx: _ScanCtx, d: str, rel: RelPath, ignores: _Ignores) -> _Listing:
+    """One folder of a scan (its files with their ``lstat``, see :class:`_Listing`).
+
+    Safe to run on another thread than the walk's: it only reads ``ctx``."""
+    out = _Listing(d, rel)
     try:
-        with os.scandir(d) as it:
-            listing = list(it)
+        # listed through a descriptor: each entry's lstat is then an ``fstatat`` of
+        # its name, not a walk of its whole path (~15% of a scan's system time)
+        fd = os.open(d, _O_DIR)
     except PermissionError as e:
         raise InvalidPathError(f"cannot read folder {d!r}: {e.strerror}") from e
     except FileNotFoundError:
-        skipped.append((d, "folder vanished during the scan"))
-        return files, subdirs
-    for de in listing:
-        if de.name == IGNORE_FILE and de.is_file():
-            ignores = (*ignores, (len(rel), _load_ignore(de.path)))
-            break
+        out.skipped.append((d, "folder vanished during the scan"))
+        return out
+    try:
+        try:
+            with os.scandir(fd) as it:
+                listing = list(it)
+        except PermissionError as e:
+            raise InvalidPathError(f"cannot read folder {d!r}: {e.strerror}") from e
+        _list_entries(ctx, out, listing, ignores)
+    finally:
+        os.close(fd)
+    out.nbytes = sum(map(_SIG_SIZE, out.sigs))
+    return out
+
+
+def _list_entries(
+    ctx: _ScanCtx, out: _Listing, listing: list[os.DirEntry[str]], ignores: _Ignores
+) -> None:
+    """Sort the entries of one folder's listing (made through a descriptor: an entry's
+    ``path`` is its name) into ``out``."""
+    d = out.path
+    rel = out.rel
+    names = out.names
+    sigs = out.sigs
+    subdirs = out.subdirs
+    skipped = out.skipped
+    patterns = ctx.patterns
+    all_names = list(map(_NAME, listing))
+    if IGNORE_FILE in all_names:
+        de = listing[all_names.index(IGNORE_FILE)]
+        if de.is_file():
+            ignores = (*ignores, (len(rel), _load_ignore(os.path.join(d, IGNORE_FILE))))
     # the folder's own path needs a check only when some part is not plain ASCII
     rel_plain = all(n.isascii() and "\\" not in n for n in rel)
+    if not ignores and not patterns:
+        # The common case, in C-level loops (map over the entries): regular files
+        # (by the listing's d_type) that no rule filters. Anything else -- folders,
+        # links, other types, a file that vanished or changed type since the
+        # listing -- goes through the entry-by-entry rules below, as all would.
+        flags = list(map(_IS_FILE, listing))
+        regular = listing if all(flags) else list(itertools.compress(listing, flags))
+        try:
+            found = list(map(_SIG, map(_LSTAT, regular)))
+        except OSError:
+            regular = []
+        if regular and not all(map(statmod.S_ISREG, map(_SIG_MODE, found))):
+            regular = []
+        if regular:
+            kept = all_names if regular is listing else list(map(_NAME, regular))
+            joined = "".join(kept)
+            if not (rel_plain and joined.isascii() and "\\" not in joined):
+                for name in kept:
+                    _validated((*rel, name), ctx.root)
+            names += kept
+            sigs += found
+            # the entries left for the rules below
+            listing = list(itertools.compress(listing, map(operator.not_, flags)))
     for de in listing:
         # names are validated only for files that are kept (below): a name the
         # wildcard leaves out must not stop the add
-        r = (*rel, de.name)
+        name = de.name
+        path = os.path.join(d, name)
+        r = (*rel, name)
         try:
             is_dir = de.is_dir(follow_symlinks=False)
             if ignores and _ignored(ignores, r, is_dir):
@@ -336,37 +436,36 @@ def _list_folder(
                 # target's content: a folder of links into a raw data store is
                 # common); a link to a folder is never entered, so no cycle
                 try:
-                    lst = os.stat(de.path)
+                    lst = os.stat(path)
                 except FileNotFoundError:
-                    skipped.append((de.path, "dangling symlink"))
+                    skipped.append((path, "dangling symlink"))
                     continue
                 except OSError as e:  # a loop, or a target we may not stat
-                    skipped.append((de.path, f"broken symlink ({e.strerror})"))
+                    skipped.append((path, f"broken symlink ({e.strerror})"))
                     continue
                 if not statmod.S_ISREG(lst.st_mode):
-                    skipped.append((de.path, "symlink to a folder is not entered"))
+                    skipped.append((path, "symlink to a folder is not entered"))
                     continue
             elif is_dir:
-                if ctx.store_dirs and ctx.real_root + de.path[len(ctx.root) :] in ctx.store_dirs:
-                    skipped.append((de.path, _STORE_SKIPPED))
+                if ctx.store_dirs and ctx.real_root + path[len(ctx.root) :] in ctx.store_dirs:
+                    skipped.append((path, _STORE_SKIPPED))
                 elif ctx.recursive or patterns:
-                    subdirs.append((de.path, r, ignores))
+                    subdirs.append((path, r, ignores))
                 continue
             else:
                 lst = de.stat(follow_symlinks=False)
                 if not statmod.S_ISREG(lst.st_mode):
-                    skipped.append((de.path, "not a regular file"))
+                    skipped.append((path, "not a regular file"))
                     continue
         except FileNotFoundError:
-            skipped.append((de.path, "vanished during the scan"))
+            skipped.append((path, "vanished during the scan"))
             continue
         if patterns and not matches_wildcard(r, patterns, ctx.recursive):
             continue
-        name = de.name
         if not (rel_plain and name.isascii() and "\\" not in name):
-            r = _validated(r, ctx.root)
-        files.append(_item(de.path, r, lst))
-    return files, subdirs
+            _validated(r, ctx.root)
+        names.append(name)
+        sigs.append(_SIG(lst))
 
 
 _rel_key = operator.attrgetter("rel")
@@ -1013,8 +1112,21 @@ class _Changed(DsvcError):
 def _racy(item: ScanItem) -> bool:
     """A file modified within the filesystem's timestamp granularity of now may change
     again without its mtime changing, so it is not cached (git's "racily clean" rule)."""
-    window = 2_000_000_000 if item.mtime_ns % 1_000_000_000 == 0 else 100_000_000
-    return item.mtime_ns >= time.time_ns() - window
+    return _racy_mtime(item.mtime_ns, time.time_ns())
+
+
+#: the racy window of an mtime with whole-second resolution (the widest)
+_RACY_WIDE = 2_000_000_000
+
+
+def _racy_mtime(mtime_ns: int, now_ns: int) -> bool:
+    """:func:`_racy` for an mtime, at the time ``now_ns``."""
+    window = _RACY_WIDE if mtime_ns % 1_000_000_000 == 0 else 100_000_000
+    return mtime_ns >= now_ns - window
+
+
+def _never(mtime_ns: int, now_ns: int) -> bool:
+    return False
 
 
 def _groups(items: Iterable[ScanItem]) -> list[list[ScanItem]]:
@@ -1118,15 +1230,54 @@ class TreeResult:
 class _Folder:
     """A folder being walked: its listing, and the entries of the subfolders done."""
 
-    __slots__ = ("files", "kids", "path", "subdirs")
+    __slots__ = ("kids", "listing", "next", "path")
 
-    def __init__(
-        self, path: str, files: list[ScanItem], subdirs: list[tuple[str, RelPath, _Ignores]]
-    ) -> None:
-        self.path = path
-        self.files = files
-        self.subdirs = iter(subdirs)
+    def __init__(self, listing: _Listing) -> None:
+        self.listing = listing
+        self.path = listing.path
+        self.next = 0  # index in listing.subdirs of the next subfolder to walk
         self.kids: dict[str, tuple[Entry, int]] = {}
+
+
+#: folders the scan thread lists ahead of the walk (each held until walked: memory is
+#: bounded by this many listings of the largest folder)
+SCAN_AHEAD = 8
+#: threads listing folders ahead of the walk. ``scandir`` and ``lstat`` release the GIL,
+#: so the next folders are listed while the walk compares and writes this one.
+SCAN_THREADS = 2
+
+
+class _Scanner:
+    """Lists the folders of one walk, up to :data:`SCAN_AHEAD` of them ahead on
+    :data:`SCAN_THREADS` threads. A listing's error (an unreadable folder) is raised when
+    the walk reaches that folder, as a listing done in line would."""
+
+    def __init__(self, ctx: _ScanCtx, threads: int = SCAN_THREADS) -> None:
+        self.ctx = ctx
+        self.pool = ThreadPoolExecutor(threads, "dsvc-scan") if threads > 0 else None
+        self.ahead: dict[str, Future[_Listing]] = {}
+
+    def prefetch(self, todo: Sequence[tuple[str, RelPath, _Ignores]]) -> None:
+        """Start listing the first folders of ``todo`` (those the walk enters next)."""
+        if self.pool is None:
+            return
+        ahead = self.ahead
+        for t in todo:
+            if len(ahead) >= SCAN_AHEAD:
+                break
+            if t[0] not in ahead:
+                ahead[t[0]] = self.pool.submit(_list_folder, self.ctx, *t)
+
+    def get(self, t: tuple[str, RelPath, _Ignores]) -> _Listing:
+        f = self.ahead.pop(t[0], None)
+        return f.result() if f is not None else _list_folder(self.ctx, *t)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for f in self.ahead.values():
+                f.cancel()
+            self.pool.shutdown(wait=True)
+            self.ahead.clear()
 
 
 def ingest_tree(
@@ -1174,26 +1325,40 @@ def ingest_tree(
     _refuse_store_db(root, store)
     patterns = [wildcard] if isinstance(wildcard, str) else list(wildcard or [])
     check_wildcards(patterns)
-    ctx = _ScanCtx(root, os.path.realpath(root), _store_dirs(store), patterns, recursive, [])
-    with ing.session() as ses:
-        build = _TreeBuilder(store, ing, ses, stats)
-        stack = [_Folder(root, *_list_folder(ctx, root, (), ()))]
-        top: tuple[Entry | None, int] = (None, 0)
-        while stack:
-            fr = stack[-1]
-            nxt = next(fr.subdirs, None)
-            if nxt is not None:
-                stack.append(_Folder(nxt[0], *_list_folder(ctx, *nxt)))
-                continue
-            stack.pop()
-            done = build.close(fr)
-            if not stack:
-                top = done
-            elif done[0] is not None:
-                stack[-1].kids[os.path.basename(fr.path)] = done  # type: ignore[assignment]
+    ctx = _ScanCtx(root, os.path.realpath(root), _store_dirs(store), patterns, recursive)
+    skipped: list[tuple[str, str]] = []
+    scanner = _Scanner(ctx)
+    try:
+        with ing.session() as ses:
+            build = _TreeBuilder(store, ing, ses, stats)
+            first = _list_folder(ctx, root, (), ())
+            skipped += first.skipped
+            scanner.prefetch(first.subdirs)
+            stack = [_Folder(first)]
+            top: tuple[Entry | None, int] = (None, 0)
+            while stack:
+                fr = stack[-1]
+                subdirs = fr.listing.subdirs
+                if fr.next < len(subdirs):
+                    ls = scanner.get(subdirs[fr.next])
+                    fr.next += 1
+                    skipped += ls.skipped
+                    # the folders walked next: this one's subfolders, then its siblings
+                    scanner.prefetch(ls.subdirs)
+                    scanner.prefetch(subdirs[fr.next : fr.next + SCAN_AHEAD])
+                    stack.append(_Folder(ls))
+                    continue
+                stack.pop()
+                done = build.close(fr)
+                if not stack:
+                    top = done
+                elif done[0] is not None:
+                    stack[-1].kids[os.path.basename(fr.path)] = done  # type: ignore[assignment]
+    finally:
+        scanner.close()
     stats.new_chunks = ses.writer.new_chunks
     stats.new_bytes_stored = ses.writer.new_bytes
-    stats.skipped[:0] = ctx.skipped
+    stats.skipped[:0] = skipped
     return TreeResult(top[0], top[1], stats)
 
 
@@ -1215,29 +1380,32 @@ class _TreeBuilder:
 
     def close(self, fr: _Folder) -> tuple[Entry | None, int]:
         stats = self.stats
-        files = fr.files
-        # the listing as scanned: per file its path, size, mtime_ns, ino, mode, ctime_ns
-        # and dev (a ScanItem packs as an array), in path order, and each subfolder's tree
-        files.sort()
+        ls = fr.listing
+        names = ls.names
+        nfound = len(names)
+        # the listing as scanned: the files' names and their (size, mtime_ns, ctime_ns,
+        # ino, dev, st_mode) in the order the file system lists them (not sorted: a
+        # listing in another order only misses, and is then compared file by file),
+        # and each subfolder's tree
         kids = sorted((n, e.id) for n, (e, _) in fr.kids.items())
-        digest = xxhash.xxh3_128_digest(_packb([files, kids]))
+        digest = xxhash.xxh3_128_digest(_packb([names, ls.sigs, kids]))
         pathb = os.fsencode(fr.path)
         key = dirsum_key(pathb)
         old = self._summary(key, pathb)
-        nbytes = sum(it.size for it in files)
+        nbytes = ls.nbytes
         below = sum(n for _, n in fr.kids.values())
-        stats.files += len(files)
+        stats.files += nfound
         stats.bytes += nbytes
         if old is not None and old.digest == digest:
-            stats.cached_files += len(files)
+            stats.cached_files += nfound
             self.ing.progress(nbytes)
             if old.epoch != self.epoch:  # checked present now: no need to look again
                 value = old._replace(epoch=self.epoch).encode()
                 self.ses.writer.put([("d", key, value)], len(value))
-            return Entry(KIND_TREE, old.tree, old.size, MODE_DIR), len(files) + below
+            return Entry(KIND_TREE, old.tree, old.size, MODE_DIR), nfound + below
         entries: dict[str, Entry] = {}
-        todo = self._known(old, files, entries)
-        stats.cached_files += len(files) - len(todo)
+        todo = self._known(old, ls, entries)
+        stats.cached_files += nfound - len(todo)
         self.ing.progress(nbytes - sum(it.size for it in todo))
         if todo:
             done, skipped = self.ing.read_files(self.ses, todo)
@@ -1245,10 +1413,15 @@ class _TreeBuilder:
             stats.read_bytes += sum(it.size for it in todo)
             for rel, e in done.items():
                 entries[rel[-1]] = e
-        rows: list[list[Any]] = [
-            [n, it.size, it.mtime_ns, it.ctime_ns, it.ino, it.dev, ent.kind, ent.id]
-            for it in files
-            if (ent := entries.get(n := it.rel[-1])) is not None and not _racy(it)
+        # racily clean files get no row (see _racy); none can be when the newest mtime
+        # is older than the widest window
+        now = time.time_ns()
+        newest = max(map(_SIG_MTIME, ls.sigs), default=0)
+        racy = _racy_mtime if newest >= now - _RACY_WIDE else _never
+        rows: list[tuple[Any, ...]] = [
+            (n, s[0], s[1], s[2], s[3], s[4], ent.kind, ent.id)
+            for n, s in zip(names, ls.sigs)
+            if (ent := entries.get(n)) is not None and not racy(s[1], now)
         ]
         nfiles = len(entries) + below
         for n, (kid, _) in fr.kids.items():
@@ -1258,7 +1431,7 @@ class _TreeBuilder:
         data = encode_tree(entries)
         tid = object_id(TAG_TREE, data)
         size = sum(e.size for e in entries.values())
-        trusted = len(rows) == len(files)  # nothing racy, nothing skipped
+        trusted = len(rows) == nfound  # nothing racy, nothing skipped
         single = b"".join(r[7] for r in rows if r[6] == KIND_CHUNKFILE)
         blobs = b"".join(r[7] for r in rows if r[6] != KIND_CHUNKFILE)
         value = DirSummary(
@@ -1307,25 +1480,28 @@ class _TreeBuilder:
         return old
 
     def _known(
-        self, old: DirSummary | None, files: list[ScanItem], entries: dict[str, Entry]
+        self, old: DirSummary | None, ls: _Listing, entries: dict[str, Entry]
     ) -> list[ScanItem]:
         """Fill ``entries`` with the files whose stat is unchanged; return the others."""
         todo: list[ScanItem] = []
         if old is None:
+            items = ls.items()
             if not self.ing.use_stat_cache:
-                return list(files)
-            for it, e in zip(files, stat_cache_entries(self.store, files)):
+                return items
+            for it, e in zip(items, stat_cache_entries(self.store, items)):
                 if e is None:
                     todo.append(it)
                 else:
                     entries[it.rel[-1]] = e
             self._trimmer.trim_over(MAPPED_BUDGET)  # its content checks map the store
             return todo
-        prev = {r[0]: r for r in msgpack.unpackb(old.rows, raw=False)}
-        for it in files:
-            r = prev.get(it.rel[-1])
-            if r is not None and same_stat(r[1:6], it):
-                entries[it.rel[-1]] = Entry(r[6], r[7], it.size, it.mode)
+        # a row is (name, size, mtime_ns, ctime_ns, ino, dev, kind, id): its [1:6] is
+        # what same_stat compares, the first five of a Sig
+        prev = {r[0]: r for r in msgpack.unpackb(old.rows, raw=False, use_list=False)}
+        for n, s in zip(ls.names, ls.sigs):
+            r = prev.get(n)
+            if r is not None and r[1:6] == s[:5]:
+                entries[n] = Entry(r[6], r[7], s[0], _mode(s[5]))
             else:
-                todo.append(it)
+                todo.append(ls.item(n, s))
         return todo

@@ -15,15 +15,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from helpers_core import OLD_MTIME_NS, make_tree, read_tree, write_file
 
+from dsvc import ingest
 from dsvc.dataset import Dataset
+from dsvc.errors import InvalidPathError
 from dsvc.ids import chunk_id
-from dsvc.ingest import DirSummary, ingest_tree
+from dsvc.ingest import DirSummary, _list_entries, _Listing, _ScanCtx, ingest_tree
 from dsvc.maintenance import local_gc
 from dsvc.objects import KIND_CHUNKFILE, KIND_TREE
 from dsvc.registry import open_store
@@ -312,3 +315,86 @@ def test_sigkill_during_sync_loses_nothing_committed(tmp_path: Path, home: Path)
     ).stdout
     v2 = out.split()[-1]
     assert read_tree(Path(Dataset.get(dataset_id=v2).get_local_copy())) == changed
+
+
+# -- the bulk scan (issue 11: an unchanged folder in C-level loops) ------------------
+
+
+def _listing_then(folder: Path, change) -> _Listing:
+    """List ``folder`` as the scan does, but run ``change`` between the ``scandir`` and
+    the ``lstat`` of the entries (a file changing while the folder is scanned)."""
+    ctx = _ScanCtx(str(folder.parent), str(folder.parent), frozenset(), [], True)
+    out = _Listing(str(folder), (folder.name,))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        change()
+        _list_entries(ctx, out, entries, ())
+    finally:
+        os.close(fd)
+    return out
+
+
+def test_a_file_vanishing_between_listing_and_lstat_is_reported_not_fatal(
+    tmp_path: Path,
+) -> None:
+    files = _files(1, 10)
+    make_tree(tmp_path / "src", files)
+    folder = tmp_path / "src" / "d0"
+    out = _listing_then(folder, lambda: (folder / "f003.txt").unlink())
+    assert sorted(out.names) == sorted(k[3:] for k in files if k != "d0/f003.txt")
+    assert out.skipped == [(str(folder / "f003.txt"), "vanished during the scan")]
+    assert [s[0] for s in out.sigs] == [len(files[f"d0/{n}"]) for n in out.names]
+
+
+def test_a_file_replaced_by_a_folder_after_the_listing_is_not_added(tmp_path: Path) -> None:
+    files = _files(1, 10)
+    make_tree(tmp_path / "src", files)
+    folder = tmp_path / "src" / "d0"
+
+    def swap() -> None:
+        (folder / "f005.txt").unlink()
+        (folder / "f005.txt").mkdir()
+
+    out = _listing_then(folder, swap)
+    assert "f005.txt" not in out.names and len(out.names) == 9
+    assert out.skipped == [(str(folder / "f005.txt"), "not a regular file")]
+
+
+def test_a_listing_error_on_the_scan_thread_is_raised_by_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _files(6, 3)
+    src = tmp_path / "src"
+    make_tree(src, files)
+    real = ingest._list_folder
+
+    def failing(ctx, d, rel, ignores):
+        if d.endswith("d4"):
+            raise InvalidPathError(f"cannot read folder {d!r}: injected")
+        return real(ctx, d, rel, ignores)
+
+    monkeypatch.setattr(ingest, "_list_folder", failing)
+    with pytest.raises(InvalidPathError, match="d4.*injected"):
+        _ingest(open_store(), src)
+    # nothing left running: the scan threads ended with the walk
+    assert not [t for t in threading.enumerate() if t.name.startswith("dsvc-scan")]
+
+
+def test_many_folders_are_walked_in_order_with_the_scan_ahead(tmp_path: Path) -> None:
+    # more folders (nested too) than the scan lists ahead, so prefetched and in-line
+    # listings mix; the tree must be the same as a walk without the scan threads
+    rng = random.Random(9)
+    files = {
+        f"a{i:02d}/{'s/' * (i % 3)}f{j}.txt": rng.randbytes(rng.randrange(1, 50))
+        for i in range(3 * ingest.SCAN_AHEAD)
+        for j in range(3)
+    }
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    first = _ingest(store, src)
+    assert first.files == len(files) and _tree_files(store, first.entry.id) == files
+    again = _ingest(store, src)
+    assert again.entry == first.entry and again.stats.read_bytes == 0
