@@ -29,6 +29,7 @@ import collections
 import ctypes
 import fnmatch
 import itertools
+import math
 import operator
 import os
 import stat as statmod
@@ -545,17 +546,29 @@ _STOP = object()
 
 #: bytes of frames waiting in the writer's queue (bounds memory; producers block)
 QUEUE_BYTES = 16 << 20
-#: the writer commits once its batch holds this many bytes. Small batches bound memory
-#: (the batch, LMDB's dirty copy of it and the map pages each commit leaves mapped):
-#: 8 MiB keeps a 4 GiB ingest at ~260 MB peak RSS against ~380 MB with 32 MiB, for no
-#: measurable change in CPU time.
+#: the writer appends the chunk frames it holds to the pack file once they reach this
+#: many bytes (bounded memory). Small appends bound memory (the frames, and the pages
+#: of the pack the kernel keeps dirty): 8 MiB keeps a 4 GiB ingest at ~260 MB peak RSS
+#: against ~380 MB with 32 MiB, for no measurable change in CPU time.
 WRITE_BATCH_BYTES = 8 << 20
 #: chunk ids an ingest remembers as queued (so it frames each new chunk once)
 QUEUED_IDS = 200_000
-#: ... or once it holds this many writes: each put of a random key (chunk index, stat
-#: cache) dirties its own 4 KiB leaf page, which LMDB keeps in memory until the commit:
-#: 8 MiB of small files (16k chunks, 32k puts) held ~130 MB at 300k files
-WRITE_BATCH_OPS = 8192
+#: the writer commits its index writes (chunk locations, blobs, trees, stat cache,
+#: summaries) once it holds this many writes of random keys (chunk locations, blobs,
+#: trees, summaries; not the stat cache, whose keys are grouped by folder) or
+#: WRITE_INDEX_BYTES of them. Each commit rewrites every B-tree page it dirtied, and a
+#: random key dirties its own page: committing every 8,192 writes made the first add of
+#: 1M tiny files rewrite the whole chunk index ~250 times (44.6 GB written for 480 MB of
+#: files, docs/performance.md). Larger commits amortize the rewrites; memory is the
+#: queued writes (~0.4 KB per tiny file) plus LMDB's dirty pages until the commit.
+WRITE_BATCH_OPS = 131072
+#: ... or once its queued index writes hold this many bytes
+WRITE_INDEX_BYTES = 32 << 20
+#: ... and, once the random-key databases outgrow it, a commit dirties about this many
+#: of their pages (64 MiB held in memory by LMDB until the commit): n random writes
+#: into L leaf pages dirty L * (1 - exp(-n / L)) of them, so the writes per commit
+#: shrink as the index grows and memory stays flat from 1M to 3M files
+WRITE_DIRTY_PAGES = 16384
 #: windows (of ``Chunker.window`` bytes) in flight per streamed file
 WINDOWS_PER_FILE = 3
 
@@ -580,11 +593,12 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self.store.batch(WRITE_BATCH_BYTES) as b:
+            with self.store.batch(WRITE_INDEX_BYTES + WRITE_BATCH_BYTES) as b:
                 put_chunk = b.put_chunk_frame
                 put_stat = b.put_statcache
                 trimmer = _MapTrimmer(self.store)
-                ops = 0  # writes queued since the last commit
+                ops = 0  # writes of random keys queued since the last commit
+                most = _ops_per_commit(self.store)
                 while True:
                     with self.cv:
                         while not self.q:
@@ -596,29 +610,35 @@ class _Writer(threading.Thread):
                         break
                     before = b.pending_bytes
                     for kind, key, value in items:
-                        ops += 1
                         if kind == "c":
                             if not b.has(key):
                                 put_chunk(key, value)
                                 self.new_chunks += 1
                                 self.new_bytes += len(value)
+                                ops += 1
                         elif kind == "s":
                             put_stat(key, value)
-                        elif kind == "t":
-                            b.put_object(TAG_TREE, value)
-                        elif kind == "d":
-                            b.put_dirsum(key, value)
                         else:
-                            b.put_object(TAG_BLOB, value)
-                        if b.pending_bytes < before:  # the batch committed
+                            ops += 1
+                            if kind == "t":
+                                b.put_object(TAG_TREE, value)
+                            elif kind == "d":
+                                b.put_dirsum(key, value)
+                            else:
+                                b.put_object(TAG_BLOB, value)
+                        if b.pending_bytes < before:  # the batch committed (size limit)
                             trimmer.trim()
                             before = ops = 0
-                        elif ops >= WRITE_BATCH_OPS:
+                            most = _ops_per_commit(self.store)
+                            continue
+                        if b.frame_bytes >= WRITE_BATCH_BYTES:
+                            b.write_frames()  # the bytes to the pack; the index waits
+                        if ops >= most or b.pending_bytes >= WRITE_INDEX_BYTES:
                             b.flush()
                             trimmer.trim()
-                            before = ops = 0
-                        else:
-                            before = b.pending_bytes
+                            ops = 0
+                            most = _ops_per_commit(self.store)
+                        before = b.pending_bytes
         except BaseException as e:  # reported to the caller by finish()
             self.error = e
             with self.cv:
@@ -648,6 +668,17 @@ class _Writer(threading.Thread):
         self.join()
         if self.error is not None:
             raise self.error
+
+
+def _ops_per_commit(store: Store) -> int:
+    """How many random-key writes the ingest writer queues before it commits: as many
+    as WRITE_BATCH_OPS, fewer once the random-key databases are so large that these
+    writes would dirty more than WRITE_DIRTY_PAGES of their leaf pages."""
+    leaves = store.leaf_pages("chunkloc") + store.leaf_pages("objects")
+    budget = WRITE_DIRTY_PAGES
+    if leaves <= budget:
+        return WRITE_BATCH_OPS
+    return max(1024, min(WRITE_BATCH_OPS, int(-leaves * math.log1p(-budget / leaves))))
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -339,6 +339,7 @@ class WriteBatch:
         self._ops: list[tuple[str, bytes, bytes | None]] = []
         self._frames: list[tuple[bytes, bytes | memoryview]] = []  # for the pack file
         self._bytes = 0
+        self._frame_bytes = 0  # of _frames
         self._pending: set[bytes] = set()  # ids queued but not yet committed
         self.new_chunk_bytes = 0  # stored (framed) bytes of chunks added by this batch
         self.new_chunks = 0
@@ -366,6 +367,7 @@ class WriteBatch:
         self.new_chunk_bytes += len(frame)
         self._frames.append((cid, frame))
         self._bytes += len(cid) + len(frame)
+        self._frame_bytes += len(frame)
         if self._bytes >= self.limit:
             self.flush()
 
@@ -431,11 +433,35 @@ class WriteBatch:
     def delete_object(self, oid: bytes) -> None:
         self._add("objects", oid, None)
 
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of chunk frames queued and not yet appended to the pack file."""
+        return self._frame_bytes
+
+    @property
+    def pending_ops(self) -> int:
+        """Index writes queued and not yet committed (chunk locations included)."""
+        return len(self._ops) + len(self._frames)
+
+    def write_frames(self) -> None:
+        """Append the queued chunk frames to the pack file now (durable, ``fdatasync``)
+        and keep only their locations queued: the memory of a batch whose commit is
+        deferred is then its index writes, not its chunk bytes. Crash-safe as a flush:
+        until the commit indexes them, the appended bytes are unreferenced pack space
+        (gc reclaims it)."""
+        if self._frames:
+            frames, self._frames, self._frame_bytes = self._frames, [], 0
+            locs = self.store._append_frames(frames)
+            self._bytes -= sum(len(cid) + len(f) for cid, f in frames)
+            del frames
+            self._ops += locs  # committed with the rest: one transaction, order moot
+            self._bytes += sum(len(cid) + len(loc or b"") for _, cid, loc in locs)
+
     def flush(self) -> None:
         if not self._ops and not self._frames:
             return
         ops, frames = self._ops, self._frames
-        self._ops, self._frames, self._bytes = [], [], 0
+        self._ops, self._frames, self._bytes, self._frame_bytes = [], [], 0, 0
         self.store._apply(ops, frames)
         self._pending.clear()
 
@@ -784,19 +810,7 @@ class Store:
     ) -> None:
         dbs = self._dbs
         if frames:
-            # the bytes are durable in their pack before the transaction that indexes
-            # them (and anything referring to them) commits
-            try:
-                locs = self.packs.append(frames)
-            except OSError as e:
-                raise disk_error(self.home, e.filename or self.packs.folder, e) from None
-            if faultpoints.ENABLED:
-                faultpoints.hit("pack.append", "after", "chunks")
-            ops = [("chunkloc", cid, loc) for cid, loc in locs] + ops
-            if not self._packed:  # the first packed chunk raises the format, atomically
-                if self.get_config("format_version", INITIAL_FORMAT_VERSION) < PACK_FORMAT:
-                    ops.append(("config", b"format_version", _pack(PACK_FORMAT)))
-                self._packed = True
+            ops = self._append_frames(frames) + ops
         while True:
             try:
                 with self.errors(), self._write_lock, self._begin(write=True) as txn:
@@ -817,10 +831,34 @@ class Store:
                         faultpoints.hit("lmdb.commit", "before", _fault_label(ops))
                 if faultpoints.ENABLED:
                     faultpoints.hit("lmdb.commit", "after", _fault_label(ops))
+                if not self._packed and any(db == "chunkloc" and v for db, _, v in ops):
+                    self._packed = True
                 return
             except lmdb.MapFullError:
                 # only reachable with a small DSVC_MAP_SIZE: grow and redo the batch
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def _append_frames(
+        self, frames: list[tuple[bytes, bytes | memoryview]]
+    ) -> list[tuple[str, bytes, bytes | None]]:
+        """Append chunk frames to the pack file, durably; returns the index writes that
+        locate them (plus the format raise the first packed chunk needs), to be
+        committed after the bytes are durable, before anything that refers to them."""
+        try:
+            locs = self.packs.append(frames)
+        except OSError as e:
+            raise disk_error(self.home, e.filename or self.packs.folder, e) from None
+        if faultpoints.ENABLED:
+            faultpoints.hit("pack.append", "after", "chunks")
+        ops: list[tuple[str, bytes, bytes | None]] = [("chunkloc", cid, loc) for cid, loc in locs]
+        # the first packed chunk raises the format, in the transaction that indexes it
+        # (``_packed`` is set once such a transaction has committed, by ``_apply``)
+        if (
+            not self._packed
+            and self.get_config("format_version", INITIAL_FORMAT_VERSION) < PACK_FORMAT
+        ):
+            ops.append(("config", b"format_version", _pack(PACK_FORMAT)))
+        return ops
 
     @contextmanager
     def reader(self, *, buffers: bool = False) -> Iterator[StoreReader]:
@@ -1196,6 +1234,12 @@ class Store:
         out["file_bytes"] = (self.path / "data.mdb").stat().st_size
         out["pack_bytes"] = sum(self.packs.packs().values())
         return out
+
+    def leaf_pages(self, db: str) -> int:
+        """The leaf pages of database ``db`` now (how many pages random writes into it
+        can dirty: the ingest writer sizes its commits by it)."""
+        with self.errors(), self._begin() as txn:
+            return int(txn.stat(self._dbs[db])["leaf_pages"])
 
     def used_bytes(self) -> int:
         """Bytes the store's content occupies: LMDB pages in use (all databases, free

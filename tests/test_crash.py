@@ -182,3 +182,64 @@ def test_sigkill_repeatedly_on_one_store(tmp_path, source):
     got = {"/".join(p): b"".join(store.read_file(e)) for p, e in walk(Trees(store), head["root"])}
     assert got == files
     store.close()
+
+
+DEFERRED_CHILD = """
+import sys
+import dsvc.ingest
+# tiny limits, so this small ingest appends frames to the pack several times per index
+# commit (the 1M-file cadence of issue 11, scaled down)
+dsvc.ingest.WRITE_BATCH_BYTES = 8 << 10
+dsvc.ingest.WRITE_BATCH_OPS = 150
+""" + CHILD
+
+
+def test_kill_between_pack_appends_and_the_deferred_index_commit(tmp_path):
+    """Issue 11: the ingest writer appends chunk frames to the pack file ahead of the
+    transaction that indexes them (commits are rarer than appends). A kill at any point
+    in between (after an append, before or after a commit) leaves a sound store whose
+    stat cache and trees name only indexed chunks; the re-run completes."""
+    src = tmp_path / "src"
+    rng = random.Random(5)
+    files = {
+        f"d{i}/f{j:03d}.txt": b"%d/%d " % (i, j) + rng.randbytes(rng.randrange(100, 900))
+        for i in range(6)
+        for j in range(100)
+    }
+    make_tree(src, files)
+    log = tmp_path / "points.log"
+    env = {**os.environ, "DSVC_FAULT_POINTS": "count", "DSVC_FAULT_LOG": str(log)}
+    subprocess.run(
+        [sys.executable, "-c", DEFERRED_CHILD, str(tmp_path / "count"), str(src)],
+        cwd=REPO, env=env, capture_output=True, check=True,
+    )
+    points = [ln.split("\t") for ln in log.read_text().splitlines()]
+    kinds = [p[1] for p in points]
+    # appends run ahead of commits: some append follows another with no commit between
+    assert any(a == b == "pack.append" for a, b in zip(kinds, kinds[1:])), kinds
+    appends = [int(p[0]) for p in points if p[1] == "pack.append"]
+    commits = [int(p[0]) for p in points if p[1] == "lmdb.commit" and "chunkloc" in p[3]]
+    chosen = sorted(set(appends[1::3] + commits[::3]))
+    killed = 0
+    for n in chosen:
+        home = tmp_path / f"home{n}"
+        env = {**os.environ, "DSVC_FAULT_POINTS": f"kill:{n}"}
+        p = subprocess.run(
+            [sys.executable, "-c", DEFERRED_CHILD, str(home), str(src)],
+            cwd=REPO, env=env, capture_output=True, timeout=120,
+        )
+        killed += p.returncode == -signal.SIGKILL
+        check_store(home)  # every indexed chunk is in its pack; the stat cache names them
+        run_child(home, src, None)
+        check_store(home)
+        store = Store(home)
+        try:
+            head = store.get_record("crash/head")
+            got = {
+                "/".join(p): b"".join(store.read_file(e))
+                for p, e in walk(Trees(store), head["root"])
+            }
+            assert got == files
+        finally:
+            store.close()
+    assert killed == len(chosen) >= 4
