@@ -247,12 +247,16 @@ def fs_local(home: Path) -> Any:
 
 
 def stream_all(fs: Any, files: list[str]) -> dict[str, Any]:
+    """A find-then-open loop: list the version, read every file in that order (the
+    filesystem reads ahead across the found files once they are opened in order)."""
     before = COUNT.snapshot()
     w0 = io_written()
     total = 0
     t = time.perf_counter()
-    for rel in files:
-        with fs.open(url_of(rel), "rb") as f:
+    found = fs.find(url_of(""))
+    assert [n.split("/", 2)[2] for n in found] == sorted(files), "find lists other files"
+    for name in found:
+        with fs.open(name, "rb") as f:
             while True:
                 b = f.read(READ)
                 if not b:
@@ -285,9 +289,10 @@ def stream_all_threads(fs: Any, files: list[str], threads: int) -> dict[str, Any
     before = COUNT.snapshot()
     w0 = io_written()
     t = time.perf_counter()
+    fs.find(url_of(""))  # lists the version: its files are the order read ahead in
     # the big file first: it is read sequentially while the small ones go in parallel
     with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(read, files))
+        total = sum(pool.map(read, sorted(files)))
     wall = time.perf_counter() - t
     return {
         "wall_s": wall,

@@ -18,6 +18,13 @@ read trees only; ``open``/``cat_file``/``cat_ranges`` read only the chunks they 
 (see :mod:`dsvc.stream`). "Latest" is resolved once per filesystem instance;
 ``invalidate_cache()`` resolves it again.
 
+Read-ahead across files (:class:`dsvc.stream.ReadAhead`) when the caller's order is
+known: ``cat`` of several paths and ``iter_files(paths)`` read ahead from the first
+file; ``cat_ranges`` past half the chunk cache; and the files of the last ``find`` (or
+of ``set_read_order(paths)``) read ahead once two of them are opened one after the
+other (file ``i + 1`` after file ``i``), and stop when the caller jumps elsewhere.
+``close()`` stops read-ahead.
+
 Registered through the ``fsspec.specs`` entry point, so ``fsspec.open("dsvc://...")``,
 ``pandas.read_csv("dsvc://...")`` and friends work once dsvc is installed.
 """
@@ -25,6 +32,9 @@ Registered through the ``fsspec.specs`` entry point, so ``fsspec.open("dsvc://..
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -35,7 +45,15 @@ from dsvc.errors import UsageError
 from dsvc.ids import to_hex
 from dsvc.objects import KIND_TREE, Entry
 from dsvc.record import Record
-from dsvc.stream import DEFAULT_CACHE_BYTES, DsvcFile, Reader, Version, clean_path
+from dsvc.stream import (
+    DEFAULT_CACHE_BYTES,
+    AheadItem,
+    DsvcFile,
+    ReadAhead,
+    Reader,
+    Version,
+    clean_path,
+)
 
 __all__ = ["DsvcFileSystem", "format_url", "parse_url"]
 
@@ -46,6 +64,41 @@ def format_url(project: str, name: str, version: str | None = None, path: str = 
     if version is not None:
         root += f"@{quote(version, safe='')}"
     return f"dsvc://{root}/{path.lstrip('/')}".rstrip("/")
+
+
+#: an open of a file of the declared order within this many places of the previous open
+#: keeps its read-ahead (threads or DataLoader batches open files slightly out of order)
+ORDER_SLACK = 16
+
+
+@dataclass
+class _Order:
+    """Files in the order the caller will read them (``find``, ``set_read_order``)."""
+
+    names: dict[str, int]
+    items: list[AheadItem]
+    last: int | None = None
+    ahead: ReadAhead | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def follow(self, name: str, reader: Reader) -> tuple[ReadAhead | None, int]:
+        """The read-ahead an open of ``name`` reports to: started when the previous open
+        was the file before it, dropped when the caller jumps away."""
+        i = self.names.get(name)
+        if i is None:
+            return None, 0
+        with self.lock:
+            prev, self.last = self.last, i
+            ahead = self.ahead
+            if ahead is not None and (ahead.closed or ahead.pid != os.getpid()):
+                ahead = None  # closed, or the parent's (a forked worker starts its own)
+            if ahead is not None and prev is not None and abs(i - prev) > ORDER_SLACK:
+                ahead.close()
+                ahead = None
+            elif ahead is None and prev is not None and i == prev + 1:
+                ahead = ReadAhead(reader, self.items)
+            self.ahead = ahead
+        return ahead, i
 
 
 def parse_url(path: str) -> tuple[str, dict[str, str | None], tuple[str, ...]]:
@@ -92,6 +145,7 @@ class DsvcFileSystem(AbstractFileSystem):
         super().__init__(**kwargs)
         self.reader = Reader(home, remote, remote_options, cache_bytes=cache_bytes)
         self._versions: dict[str, Version] = {}
+        self._order: _Order | None = None
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> str:
@@ -214,9 +268,11 @@ class DsvcFileSystem(AbstractFileSystem):
         except FileNotFoundError:
             return {} if detail else []
         out: dict[str, dict[str, Any]] = {}
+        entries: dict[str, Entry] = {}
         if e.kind != KIND_TREE:
             info = self._info(root, rel, e, v)
             out[info["name"]] = info
+            entries[info["name"]] = e
         else:
             if withdirs and rel:
                 info = self._info(root, rel, e, v)
@@ -228,8 +284,96 @@ class DsvcFileSystem(AbstractFileSystem):
                     continue
                 info = self._info(root, sub, se, v)
                 out[info["name"]] = info
+                if se.kind != KIND_TREE:
+                    entries[info["name"]] = se
         names = sorted(out)
+        # the order a find-then-open loop reads in (read ahead once it does)
+        self._set_order([(n, entries[n]) for n in names if n in entries])
         return {n: out[n] for n in names} if detail else names
+
+    # -- declared order (read-ahead across files) ----------------------------------------
+
+    def _set_order(self, files: list[tuple[str, Entry]]) -> None:
+        old, self._order = self._order, None
+        if old is not None and old.ahead is not None:
+            old.ahead.close()
+        if len(files) > 1:
+            self._order = _Order(
+                {n: i for i, (n, _) in enumerate(files)}, [(e, 0, e.size) for _, e in files]
+            )
+
+    def set_read_order(self, paths: Iterable[str]) -> None:
+        """Declare the order files will be opened in (replacing the last ``find``'s):
+        once two of them are opened one after the other, the chunks of the next ones are
+        fetched ahead (a bounded window, see :class:`dsvc.stream.ReadAhead`)."""
+        known = self._order
+        files = []
+        for p in paths:
+            root, _, rel = parse_url(p)
+            name = "/".join((root, *rel))
+            if known is not None and (i := known.names.get(name)) is not None:
+                files.append((name, known.items[i][0]))  # from the last find: no lookup
+                continue
+            root, _, rel, e = self._entry(p)
+            if e.kind != KIND_TREE:
+                files.append(("/".join((root, *rel)), e))
+        self._set_order(files)
+
+    def iter_files(
+        self, paths: Iterable[str], on_error: str = "raise"
+    ) -> Iterator[tuple[str, Any]]:
+        """``(path, open file)`` for each of ``paths`` in turn, reading ahead across them
+        from the first: the next files' chunks are fetched (coalesced ranged reads per
+        pack, a bounded window ahead) while the current one is read. A path that cannot
+        be opened raises (``on_error="raise"``), is skipped (``"omit"``) or comes with
+        its exception instead of a file (``"return"``). Each file is closed when the
+        next one is requested."""
+        plan: list[tuple[str, Any]] = []
+        items: list[AheadItem] = []
+        for p in paths:
+            try:
+                root, _, rel, e = self._entry(p)
+                if e.kind == KIND_TREE:
+                    raise IsADirectoryError(f"dsvc://{'/'.join((root, *rel))} is a folder")
+            except Exception as exc:
+                if on_error == "raise":
+                    raise
+                if on_error == "return":
+                    plan.append((p, exc))
+                continue
+            plan.append((p, (len(items), e, "dsvc://" + "/".join((root, *rel)))))
+            items.append((e, 0, e.size))
+        ahead = ReadAhead(self.reader, items) if len(items) > 1 else None
+        try:
+            for p, got in plan:
+                if isinstance(got, Exception):
+                    yield p, got
+                    continue
+                i, e, name = got
+                with self.reader.open(e, name, ahead, i) as f:
+                    yield p, f
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    def cat(
+        self, path: Any, recursive: bool = False, on_error: str = "raise", **kwargs: Any
+    ) -> Any:
+        """fsspec's ``cat``; several paths are read with read-ahead across them."""
+        paths = self.expand_path(path, recursive=recursive)
+        if len(paths) > 1 or isinstance(path, list) or paths[0] != self._strip_protocol(path):
+            out: dict[str, Any] = {}
+            for p, f in self.iter_files(paths, on_error=on_error):
+                out[p] = f if isinstance(f, Exception) else f.read()
+            return out
+        return self.cat_file(paths[0], **kwargs)
+
+    def close(self) -> None:
+        """Stop read-ahead (fetches running finish; nothing more is fetched)."""
+        order = self._order
+        if order is not None and order.ahead is not None:
+            order.ahead.close()
+        self.reader.close()
 
     def ukey(self, path: str) -> str:
         """The content id of the file (equal content, equal key)."""
@@ -249,9 +393,11 @@ class DsvcFileSystem(AbstractFileSystem):
         if "r" not in mode or any(c in mode for c in "wax+"):
             raise PermissionError(f"dsvc:// is read-only: cannot open {path!r} with mode {mode!r}")
         root, v, rel, e = self._entry(path)
+        name = "/".join((root, *rel))
         if e.kind == KIND_TREE:
-            raise IsADirectoryError(f"dsvc://{'/'.join((root, *rel))} is a folder")
-        return self.reader.open(e, "dsvc://" + "/".join((root, *rel)))
+            raise IsADirectoryError(f"dsvc://{name} is a folder")
+        ahead, index = self._order.follow(name, self.reader) if self._order else (None, 0)
+        return self.reader.open(e, "dsvc://" + name, ahead, index)
 
     def cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
@@ -270,7 +416,8 @@ class DsvcFileSystem(AbstractFileSystem):
         **kwargs: Any,
     ) -> list[Any]:
         """Byte ranges of files; the chunks of all ranges are fetched in one batch (as
-        long as they fit the chunk cache), then each range is cut out of them."""
+        long as they fit half the chunk cache; else they are read one after the other,
+        with read-ahead across them), then each range is cut out of them."""
         n = len(paths)
         starts = starts if isinstance(starts, list) else [starts] * n
         ends = ends if isinstance(ends, list) else [ends] * n
@@ -292,15 +439,25 @@ class DsvcFileSystem(AbstractFileSystem):
             for cid, ln in f.chunks_between(a, b):
                 wanted.append(cid)
                 total += ln
+        ahead = None
         if total <= self.reader.cache.max_bytes // 2:
             self.reader.get_chunks(wanted)
+        else:
+            opened = [x for x in files if not isinstance(x, Exception)]
+            ahead = ReadAhead(self.reader, [(f.entry, a, b) for f, a, b in opened])
+            for k, (f, _, _) in enumerate(opened):
+                f.attach(ahead, k)
         out: list[Any] = []
-        for item in files:
-            if isinstance(item, Exception):
-                out.append(item)
-            else:
-                f, a, b = item
-                out.append(f.read_range(a, b))
+        try:
+            for item in files:
+                if isinstance(item, Exception):
+                    out.append(item)
+                else:
+                    f, a, b = item
+                    out.append(f.read_range(a, b))
+        finally:
+            if ahead is not None:
+                ahead.close()
         return out
 
     # -- read-only ---------------------------------------------------------------------

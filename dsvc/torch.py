@@ -9,7 +9,9 @@
 Item ``i`` is ``transform(bytes, path)`` of the ``i``-th file (sorted by path), or the
 bytes when there is no transform. Files are read through :mod:`dsvc.stream`: only their
 chunks are fetched, from the local store when present, else from the remote (and kept
-in the store, so the next epoch is local).
+in the store, so the next epoch is local). Items read in index order (no shuffle) read
+ahead across files: the next files' chunks are fetched as coalesced ranged reads while
+the current ones are decoded (a bounded window; shuffled reads fetch only themselves).
 
 Safe with ``DataLoader(num_workers>0)``: the version is resolved once, here, and pinned
 by id, so every worker reads the same version; each worker process opens its own LMDB
@@ -78,6 +80,8 @@ class DsvcDataset(torch.utils.data.Dataset):
             ]
         self.files: list[str] = files
         self.transform = transform
+        # items read in index order (DataLoader without shuffle) read ahead across files
+        self.fs.set_read_order(f"dsvc://{self.root}/{p}" for p in files)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -30,9 +30,16 @@ TABLE = pa.table({"i": list(range(ROWS)), "s": [f"row {i}" for i in range(ROWS)]
 CSV = b"i,s\n" + b"".join(f"{i},row {i}\n".encode() for i in range(ROWS))
 
 
-@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.servers)])
+@pytest.fixture(
+    params=[
+        "file",
+        pytest.param("s3", marks=pytest.mark.servers),
+        pytest.param("azure", marks=pytest.mark.servers),
+    ]
+)
 def tabular(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    """A version with a CSV, two parquet shards and 12 small samples, on a folder or S3."""
+    """A version with a CSV, two parquet shards and 12 small samples, on a folder, S3
+    (moto) or Azure (Azurite)."""
     from conftest import _remote_spec
 
     spec = _remote_spec(request.param, request, tmp_path)

@@ -59,6 +59,20 @@ def _run_forked(fs: Any, paths: list[str]) -> tuple[Any, ...]:
     return got
 
 
+@pytest.fixture(
+    params=[
+        "file",
+        pytest.param("s3", marks=pytest.mark.servers),
+        pytest.param("azure", marks=pytest.mark.servers),
+    ]
+)
+def fs3_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """A folder, S3 (moto) and Azure (Azurite) remote: each client must survive fork."""
+    from conftest import _remote_spec
+
+    return _remote_spec(request.param, request, tmp_path)
+
+
 def test_forked_child_reads_from_the_remote_after_the_parent_did(
     fs3_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

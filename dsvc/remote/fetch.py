@@ -213,30 +213,42 @@ class RemoteFetch(RemoteRepo):
                 out[oid] = payload
         return out
 
+    def plan_chunks(self, ids: Sequence[bytes]) -> list[tuple[bytes, list[tuple[bytes, Any]]]]:
+        """The ranged reads that fetch the chunks ``ids``: per pack, neighbours closer
+        than :data:`COALESCE_GAP` in one range (the planner ``get_local_copy`` uses), so
+        the chunks of several files stored together cost one request."""
+        return _range_jobs(self._locate(list(dict.fromkeys(ids))))
+
+    def fetch_range(
+        self, job: tuple[bytes, list[tuple[bytes, Any]]]
+    ) -> tuple[dict[bytes, bytes], int]:
+        """Read one planned range (:meth:`plan_chunks`), verify each chunk in it and keep
+        it in the local store; the payloads by chunk id, and the bytes read."""
+        values, nbytes = self._read_range(job, keep=True)
+        out: dict[bytes, bytes] = {}
+        with self.store.batch() as b:
+            for oid, _kind, frame, payload in values:
+                b.put_chunk_frame(oid, bytes(frame))
+                out[oid] = bytes(payload)
+        return out, nbytes
+
     def fetch_chunks(
         self, ids: Sequence[bytes], *, workers: int | None = None
     ) -> tuple[dict[bytes, bytes], FetchStats]:
         """Ranged reads for streaming: the verified payloads of the chunks ``ids`` (those
         adjacent in a pack coalesced into one request, requests run in parallel), each
         also kept in the local store so later reads and local copies reuse it."""
-        store = self.store
         out: dict[bytes, bytes] = {}
         stats = FetchStats()
-        want = list(dict.fromkeys(ids))
-        if not want:
+        jobs = self.plan_chunks(ids)
+        if not jobs:
             return out, stats
-        jobs = _range_jobs(self._locate(want))
-        with (
-            ThreadPoolExecutor(
-                min(len(jobs), workers or DEFAULT_WORKERS), thread_name_prefix="dsvc-range"
-            ) as pool,
-            store.batch() as b,
-        ):
-            for values, nbytes in pool.map(lambda j: self._read_range(j, keep=True), jobs):
-                for oid, _kind, frame, payload in values:
-                    b.put_chunk_frame(oid, bytes(frame))
-                    out[oid] = bytes(payload)
-                stats.objects += len(values)
+        with ThreadPoolExecutor(
+            min(len(jobs), workers or DEFAULT_WORKERS), thread_name_prefix="dsvc-range"
+        ) as pool:
+            for got, nbytes in pool.map(self.fetch_range, jobs):
+                out.update(got)
+                stats.objects += len(got)
                 stats.bytes_received += nbytes
                 stats.requests += 1
         return out, stats

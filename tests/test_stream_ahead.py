@@ -1,0 +1,187 @@
+"""Read-ahead across files (dsvc.stream.ReadAhead, issue 15): when the caller declares
+the order of its reads (``fs.cat`` of many paths, ``iter_files``, ``cat_ranges``, a
+``find``-then-open loop, the torch dataset's files), the chunks of the next files are
+planned ahead and fetched as coalesced ranged reads per pack, so streaming N small
+files of one pack costs a few requests, not N. Counted on the wire (every request of
+the remote backend), from a fresh store with only the remote (folder, S3 on moto, Azure
+on Azurite); no timing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fs_helpers import ROOT, fresh_fs, publish, wire
+
+from dsvc import registry
+
+N = 40
+FILES = {f"s/{i:03d}.bin": random.Random(i).randbytes(20_000 + i) for i in range(N)}
+PATHS = [f"dsvc://{ROOT}/{p}" for p in sorted(FILES)]
+
+
+@pytest.fixture(
+    params=[
+        "file",
+        pytest.param("s3", marks=pytest.mark.servers),
+        pytest.param("azure", marks=pytest.mark.servers),
+    ]
+)
+def spec(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """A version of N small files (one chunk each, all in one pack) on the remote."""
+    from conftest import _remote_spec
+
+    s = _remote_spec(request.param, request, tmp_path)
+    publish(monkeypatch, tmp_path / "a", s, FILES, version="1.0.0")
+    registry.close_all()
+    monkeypatch.setenv("DSVC_HOME", str(tmp_path / "unused"))
+    return s
+
+
+def _ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dsvc-ahead"]
+
+
+def test_cat_of_many_small_files_takes_a_few_requests_not_one_per_file(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    fs = fresh_fs(tmp_path / "b", spec)
+    fs.info(PATHS[0])  # the version and its trees first: the wire below sees content only
+    with wire(fs.reader.remote.backend) as w:
+        got = fs.cat(PATHS)
+    assert got == {p.removeprefix("dsvc://"): FILES[p.split(f"{ROOT}/")[1]] for p in PATHS}
+    # one request per file before read-ahead (40); now the file being read and one
+    # coalesced range for the rest (a third if the first read races the planner)
+    assert w.pack_reads() <= 3, w.requests
+    assert fs.reader.stats.ahead_chunks >= N - 2
+    fs.close()
+    assert _ahead_threads() == []
+    # every chunk was kept in the store: a new filesystem reads them with no request
+    fs2 = fresh_fs(tmp_path / "b", spec)
+    fs2.info(PATHS[0])
+    with wire(fs2.reader.remote.backend) as w2:
+        assert [f.read() for _, f in fs2.iter_files(PATHS)] == [FILES[p] for p in sorted(FILES)]
+    assert w2.requests == []
+
+
+def test_a_find_then_open_loop_reads_ahead_once_files_come_in_order(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    fs = fresh_fs(tmp_path / "b", spec)
+    names = fs.find(f"dsvc://{ROOT}/s")
+    assert len(names) == N
+    with wire(fs.reader.remote.backend) as w:
+        for name in names:
+            with fs.open(name) as f:
+                assert f.read() == FILES[name.split("/", 2)[2]]
+    # the first file alone, then the second starts read-ahead over the rest
+    assert w.pack_reads() <= 4, w.requests
+    fs.close()
+    assert _ahead_threads() == []
+
+
+def test_files_opened_out_of_order_are_not_read_ahead(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    """Random access after a find fetches only what is read: no read-ahead starts."""
+    fs = fresh_fs(tmp_path / "b", spec)
+    names = fs.find(f"dsvc://{ROOT}/s")
+    picked = [names[i] for i in (30, 3, 17, 9, 25)]
+    for name in picked:
+        assert fs.cat_file(name) == FILES[name.split("/", 2)[2]]
+    fs.close()
+    assert fs.reader.stats.ahead_chunks == 0
+    assert registry.open_store(tmp_path / "b").stats()["chunks"] == len(picked)
+
+
+def test_read_ahead_stops_at_its_window_and_close_joins_its_threads(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    """Reading 3 files of 40 with a 128 KiB window fetches at most the window past them."""
+    fs = fresh_fs(tmp_path / "b", spec, cache_bytes=256 << 10)  # window: half the cache
+    names = fs.find(f"dsvc://{ROOT}/s")
+    for name in names[:3]:
+        assert fs.cat_file(name) == FILES[name.split("/", 2)[2]]
+    fs.close()  # joins the read-ahead threads: nothing is fetched after this
+    assert _ahead_threads() == []
+    fetched = registry.open_store(tmp_path / "b").stats()["chunks"]
+    # 3 files read + 128 KiB of ~20 KB files ahead of the third (7), + one step's overshoot
+    assert 3 <= fetched <= 3 + 7 + 1, fetched
+    assert fetched < N
+
+
+def test_cat_ranges_past_half_the_cache_read_ahead(spec: dict[str, Any], tmp_path: Path) -> None:
+    fs = fresh_fs(tmp_path / "b", spec, cache_bytes=1 << 20)  # 40 x 20 KB > 512 KiB
+    fs.info(PATHS[0])
+    starts = [i % 7 for i in range(N)]
+    with wire(fs.reader.remote.backend) as w:
+        got = fs.cat_ranges(PATHS, starts, [None] * N)
+    assert got == [FILES[p][s:] for p, s in zip(sorted(FILES), starts)]
+    assert w.pack_reads() < N // 4, w.requests
+    assert fs.reader.stats.ahead_chunks > 0
+    fs.close()
+
+
+def test_torch_dataset_read_in_index_order_reads_ahead(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from dsvc.torch import DsvcDataset
+
+    ds = DsvcDataset(
+        f"dsvc://{ROOT}/s",
+        home=str(tmp_path / "b"),
+        remote=spec["url"],
+        remote_options=dict(spec["options"]),
+    )
+    assert len(ds) == N
+    with wire(ds.fs.reader.remote.backend) as w:
+        assert [ds[i] for i in range(N)] == [FILES[p] for p in sorted(FILES)]
+    assert w.pack_reads() <= 4, w.requests
+    ds.fs.close()
+
+
+def _child(fs: Any, out: Any) -> None:
+    try:
+        got = [fs.cat_file(p) for p in PATHS[2:]]  # in order: the child reads ahead too
+        ahead = fs._order.ahead
+        import os
+
+        out.send(("ok", got, ahead is not None and ahead.pid == os.getpid()))
+    except BaseException as e:
+        out.send(("error", repr(e), False))
+
+
+def test_a_fork_while_reading_ahead_reads_on_in_the_child(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    """DataLoader workers fork while the parent may be reading ahead: the child starts
+    its own read-ahead (the parent's threads and in-flight marks are not its own)."""
+    if spec["kind"] != "file":
+        pytest.skip("fork safety of each client is tested in test_stream_fork.py")
+    fs = fresh_fs(tmp_path / "b", spec, cache_bytes=256 << 10)
+    fs.find(f"dsvc://{ROOT}/s")
+    assert fs.cat_file(PATHS[0]) == FILES["s/000.bin"]
+    assert fs.cat_file(PATHS[1]) == FILES["s/001.bin"]  # read-ahead starts (threads)
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(fs, send))
+    p.start()
+    try:
+        assert recv.poll(60), "the forked child hung"
+        status, got, own = recv.recv()
+    finally:
+        if p.is_alive():
+            p.kill()
+        p.join()
+    assert status == "ok", got
+    assert got == [FILES[p] for p in sorted(FILES)[2:]]
+    assert own, "the child read ahead with the parent's read-ahead"
+    fs.close()
+    assert _ahead_threads() == []
