@@ -35,6 +35,7 @@ import bisect
 import io
 import os
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -415,20 +416,28 @@ class Reader:
 class _Pool:
     """At most ``n`` daemon threads, started when work is queued, each exiting as soon as
     the queue is empty: nothing lingers once a read-ahead is done. :meth:`close` drops
-    the queue and joins the running ones."""
+    the queue and joins the running ones.
+
+    ``fork`` waits for the running tasks (``os.register_at_fork``): a child must not
+    inherit a lock one of them held (the store's, obstore's, the fetch decode budget's),
+    and gets an empty pool; the parent's pool resumes after the fork.
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
         self._queue: deque[tuple[Callable[[], None], Callable[[], None] | None]] = deque()
         self._threads: set[threading.Thread] = set()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._running = 0
+        self._paused = False
+        _POOLS.add(self)
 
     def submit(
         self, fn: Callable[[], None], cancel: Callable[[], None] | None = None, first: bool = False
     ) -> None:
         """Run ``fn`` on a pool thread (before what is queued if ``first``); ``cancel``
         instead if the pool is closed first."""
-        with self._lock:
+        with self._cond:
             if first:
                 self._queue.appendleft((fn, cancel))
             else:
@@ -441,15 +450,23 @@ class _Pool:
     def _run(self) -> None:
         me = threading.current_thread()
         while True:
-            with self._lock:
+            with self._cond:
+                while self._paused:
+                    self._cond.wait()
                 if not self._queue:
                     self._threads.discard(me)
                     return
                 fn, _ = self._queue.popleft()
-            fn()  # tasks handle their own errors (a failed fetch is retried by the read)
+                self._running += 1
+            try:
+                fn()  # tasks handle their own errors (a failed fetch is retried by the read)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             dropped = list(self._queue)
             self._queue.clear()
             threads = list(self._threads)
@@ -460,9 +477,53 @@ class _Pool:
             if t is not threading.current_thread():
                 t.join()
 
+    def _pause(self) -> None:
+        self._cond.acquire()  # held across the fork: nothing changes the pool meanwhile
+        self._paused = True
+        while self._running and threading.current_thread() not in self._threads:
+            self._cond.wait()
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def _reset_in_child(self) -> None:
+        # the parent's threads did not come along; their tasks belong to the parent's
+        # read state, which the child's reader drops (Reader._check_pid)
+        self._cond = threading.Condition()
+        self._queue.clear()
+        self._threads = set()
+        self._running = 0
+        self._paused = False
+
     def __len__(self) -> int:
-        with self._lock:
+        with self._cond:
             return len(self._threads)
+
+
+_POOLS: weakref.WeakSet[_Pool] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for pool in list(_POOLS):
+        pool._pause()
+
+
+def _after_fork_parent() -> None:
+    for pool in list(_POOLS):
+        if pool._paused:
+            pool._resume()
+
+
+def _after_fork_child() -> None:
+    for pool in list(_POOLS):
+        pool._reset_in_child()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
+)
 
 
 class _Job:
