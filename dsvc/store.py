@@ -33,7 +33,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import resource
 import socket
 import threading
 import time
@@ -289,11 +288,13 @@ def disk_error(home: Path, where: str | os.PathLike[str] | None, err: BaseExcept
 def _over_file_size_limit(path: Path) -> bool:
     """Whether ``path`` (a file) is within reach of this process's RLIMIT_FSIZE."""
     try:
+        import resource  # ~0.6 ms, and this module loads at every CLI start
+
         soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
         if soft == resource.RLIM_INFINITY:
             return False
         return path.is_file() and path.stat().st_size + BATCH_BYTES * 2 > soft
-    except (OSError, ValueError):
+    except (ImportError, OSError, ValueError):
         return False
 
 

@@ -33,7 +33,6 @@ from dsvc.cli.core import (
 )
 from dsvc.cli.history import changes_json, diff_versions, print_changes, resolve_version
 from dsvc.errors import IntegrityError, StateError, UsageError
-from dsvc.selection import match_dataset_path
 
 # dsvc.dataset is imported inside each command (`dsvc --help` loads no library: cli/core.py)
 
@@ -72,6 +71,8 @@ def list_cmd(
       dsvc list --id 3f2a1b2c --filter '*.csv'
       dsvc list --project demo --name images --modified --json
     """
+    from dsvc.selection import match_dataset_path
+
     store = open_store(create=False)
     dataset_id = one_id(id_arg, dataset_id, "list")
     ds = get_dataset(store, dataset_id, project, name, version, "list")
