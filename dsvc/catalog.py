@@ -25,6 +25,7 @@ CLEARML_STATUS = {reg.DRAFT: "in_progress", reg.FINAL: "completed", reg.PUBLISHE
 
 def list_datasets(
     store: Store,
+    *,
     dataset_project: str | None,
     partial_name: str | None,
     tags: Sequence[str] | None,
@@ -64,6 +65,7 @@ def summary(r: Record) -> dict[str, Any]:
 
 def delete(
     store: Store,
+    *,
     dataset_id: str | None,
     dataset_project: str | None,
     dataset_name: str | None,

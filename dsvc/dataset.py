@@ -493,13 +493,13 @@ class Dataset:
         """Datasets of the local store and the default remote, newest first."""
         return catalog.list_datasets(
             _store(),
-            dataset_project,
-            partial_name,
-            tags,
-            ids,
-            only_completed,
-            recursive_project_search,
-            include_archived,
+            dataset_project=dataset_project,
+            partial_name=partial_name,
+            tags=tags,
+            ids=ids,
+            only_completed=only_completed,
+            recursive_project_search=recursive_project_search,
+            include_archived=include_archived,
         )
 
     @classmethod
@@ -529,13 +529,13 @@ class Dataset:
         """
         catalog.delete(
             _store(),
-            dataset_id,
-            dataset_project,
-            dataset_name,
-            force,
-            dataset_version,
-            entire_dataset,
-            remote,
+            dataset_id=dataset_id,
+            dataset_project=dataset_project,
+            dataset_name=dataset_name,
+            force=force,
+            dataset_version=dataset_version,
+            entire_dataset=entire_dataset,
+            remote=remote,
         )
 
     @classmethod
