@@ -41,7 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgpack
 import pathspec
@@ -60,7 +60,7 @@ from dsvc.objects import (
     MODE_FILE,
     Blob,
     Entry,
-    encode_tree,
+    encode_tree_rows,
     validate_name,
 )
 from dsvc.parallel import default_workers, group_by_bytes
@@ -321,7 +321,7 @@ class _Listing:
     subfolders to enter as ``(path, relative path, ignore rules)``; ``skipped``, what
     was left out with a reason; ``nbytes``, the files' total size."""
 
-    __slots__ = ("names", "nbytes", "path", "rel", "sigs", "skipped", "subdirs")
+    __slots__ = ("_packed", "names", "nbytes", "path", "rel", "sigs", "skipped", "subdirs")
 
     def __init__(self, path: str, rel: RelPath) -> None:
         self.path = path
@@ -331,6 +331,7 @@ class _Listing:
         self.subdirs: list[tuple[str, RelPath, _Ignores]] = []
         self.skipped: list[tuple[str, str]] = []
         self.nbytes = 0
+        self._packed: tuple[bytes, bytes] | None = None
 
     def item(self, name: str, sig: Sig) -> ScanItem:
         """The :class:`ScanItem` of the file ``name`` of this folder."""
@@ -348,6 +349,13 @@ class _Listing:
 
     def items(self) -> list[ScanItem]:
         return list(map(self.item, self.names, self.sigs))
+
+    def packed(self) -> tuple[bytes, bytes]:
+        """``names`` and ``sigs`` packed (msgpack), made once (the scan thread makes
+        them for the walk: see :class:`_Scanner`)."""
+        if self._packed is None:
+            self._packed = (_packb(self.names), _packb(self.sigs))
+        return self._packed
 
 
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -1204,18 +1212,19 @@ def ingest_path(
 #: 300k files); a budget unmaps rarely and bounds RSS all the same.
 MAPPED_BUDGET = 160 << 20
 #: layout version of a folder summary (the ``dirsum`` database, docs/format.md section 5)
-DIRSUM_VERSION = 1
+DIRSUM_VERSION = 2
 
 
 class DirSummary(NamedTuple):
     """What the last ingest of one folder found and made (the ``dirsum`` value).
 
-    ``digest`` is the xxh3-128 of the folder's listing: per selected file its path,
-    size, mtime_ns, inode, mode, ctime_ns and device, and per subfolder its name and
-    tree id; None when some file was racily clean or skipped (never a whole-folder hit).
-    ``rows`` (msgpack) holds, per file whose stat can be trusted, ``[name, size,
-    mtime_ns, ctime_ns, ino, dev, kind, id]``: a changed folder reuses the entries of its
-    unchanged files from there, as git's index does.
+    ``digest`` is the xxh3-128 of the folder's listing: the files' names and stats
+    (:data:`Sig`) in listing order, and per subfolder its name and tree id; None when
+    some file was racily clean or skipped (never a whole-folder hit). ``body`` (msgpack,
+    :class:`_Body`) holds, per file of the tree, its name, its stat (nil when racily
+    clean: never trusted), its entry kind and its id, in listing order: a changed
+    folder reuses the entries of its unchanged files from there, as git's index does.
+    It is a nested bin, so a whole-folder hit never decodes it.
     """
 
     digest: bytes | None
@@ -1223,9 +1232,7 @@ class DirSummary(NamedTuple):
     size: int
     files: int
     path: bytes
-    rows: bytes
-    chunks: bytes  # ids of the single-chunk files' chunks, concatenated
-    blobs: bytes  # ids of the other files' blobs, concatenated
+    body: bytes
     epoch: int  # the store's content epoch when this content was last seen present
 
     def encode(self) -> bytes:
@@ -1241,6 +1248,33 @@ class DirSummary(NamedTuple):
         if not isinstance(v, list) or len(v) != len(cls._fields) + 1 or v[0] != DIRSUM_VERSION:
             return None
         return cls(*v[1:])
+
+
+class _Body(NamedTuple):
+    """A summary's files, as parallel columns in listing order (tuples, as msgpack
+    decodes them with ``use_list=False``: a stat compares equal to a scanned
+    :data:`Sig`)."""
+
+    names: Sequence[str]
+    sigs: Sequence[Sig | None]
+    kinds: Sequence[int]
+    ids: Sequence[bytes]
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _Body | None:
+        try:
+            v = msgpack.unpackb(raw, raw=False, use_list=False)
+        except ValueError:
+            return None
+        if not isinstance(v, tuple) or len(v) != 4 or len({len(c) for c in v}) != 1:
+            return None
+        return cls(*v)
+
+    def content(self) -> tuple[list[bytes], list[bytes]]:
+        """The ids of the single-chunk files' chunks and of the other files' blobs."""
+        chunks = [i for k, i in zip(self.kinds, self.ids) if k == KIND_CHUNKFILE]
+        blobs = [i for k, i in zip(self.kinds, self.ids) if k != KIND_CHUNKFILE]
+        return chunks, blobs
 
 
 def dirsum_key(path: bytes) -> bytes:
@@ -1278,6 +1312,16 @@ SCAN_AHEAD = 8
 SCAN_THREADS = 2
 
 
+def _list_packed(ctx: _ScanCtx, d: str, rel: RelPath, ignores: _Ignores) -> _Listing:
+    ls = _list_folder(ctx, d, rel, ignores)
+    ls.packed()
+    return ls
+
+
+#: at most this many files to read in a folder are read by the walk's own thread
+_INLINE_FILES = 64
+
+
 class _Scanner:
     """Lists the folders of one walk, up to :data:`SCAN_AHEAD` of them ahead on
     :data:`SCAN_THREADS` threads. A listing's error (an unreadable folder) is raised when
@@ -1297,7 +1341,7 @@ class _Scanner:
             if len(ahead) >= SCAN_AHEAD:
                 break
             if t[0] not in ahead:
-                ahead[t[0]] = self.pool.submit(_list_folder, self.ctx, *t)
+                ahead[t[0]] = self.pool.submit(_list_packed, self.ctx, *t)
 
     def get(self, t: tuple[str, RelPath, _Ignores]) -> _Listing:
         f = self.ahead.pop(t[0], None)
@@ -1413,13 +1457,21 @@ class _TreeBuilder:
         stats = self.stats
         ls = fr.listing
         names = ls.names
+        sigs = ls.sigs
         nfound = len(names)
         # the listing as scanned: the files' names and their (size, mtime_ns, ctime_ns,
         # ino, dev, st_mode) in the order the file system lists them (not sorted: a
         # listing in another order only misses, and is then compared file by file),
         # and each subfolder's tree
         kids = sorted((n, e.id) for n, (e, _) in fr.kids.items())
-        digest = xxhash.xxh3_128_digest(_packb([names, ls.sigs, kids]))
+        # msgpack concatenates: an array's bytes are its header and its items' bytes,
+        # so the names and stats packed once serve the digest and the body
+        packed_names, packed_sigs = ls.packed()
+        h = xxhash.xxh3_128(b"\x93")
+        h.update(packed_names)
+        h.update(packed_sigs)
+        h.update(_packb(kids))
+        digest = h.digest()  # = xxh3_128(packb([names, sigs, kids]))
         pathb = os.fsencode(fr.path)
         key = dirsum_key(pathb)
         old = self._summary(key, pathb)
@@ -1434,47 +1486,57 @@ class _TreeBuilder:
                 value = old._replace(epoch=self.epoch).encode()
                 self.ses.writer.put([("d", key, value)], len(value))
             return Entry(KIND_TREE, old.tree, old.size, MODE_DIR), nfound + below
-        entries: dict[str, Entry] = {}
-        todo = self._known(old, ls, entries)
-        stats.cached_files += nfound - len(todo)
+        # per file (listing order) its entry's kind and id, None where it must be read
+        kinds, ids, todo_at = self._known(old, ls)
+        stats.cached_files += nfound - len(todo_at)
+        todo = [ls.item(names[i], sigs[i]) for i in todo_at]
         self.ing.progress(nbytes - sum(it.size for it in todo))
+        keep: Sequence[int] | None = None  # the files in the tree, when not all of them
         if todo:
-            done, skipped = self.ing.read_files(self.ses, todo)
+            if len(todo) <= _INLINE_FILES and max(it.size for it in todo) <= SMALL_FILE:
+                # a few small files (a folder with a few changes): read here, not handed
+                # to the pool and waited for (two thread switches per folder)
+                done, skipped = self.ing._run_small(todo, self.ses.writer)
+            else:
+                done, skipped = self.ing.read_files(self.ses, todo)
             stats.skipped += skipped
             stats.read_bytes += sum(it.size for it in todo)
-            for rel, e in done.items():
-                entries[rel[-1]] = e
-        # racily clean files get no row (see _racy); none can be when the newest mtime
-        # is older than the widest window
-        now = time.time_ns()
-        newest = max(map(_SIG_MTIME, ls.sigs), default=0)
-        racy = _racy_mtime if newest >= now - _RACY_WIDE else _never
-        rows: list[tuple[Any, ...]] = [
-            (n, s[0], s[1], s[2], s[3], s[4], ent.kind, ent.id)
-            for n, s in zip(names, ls.sigs)
-            if (ent := entries.get(n)) is not None and not racy(s[1], now)
-        ]
-        nfiles = len(entries) + below
-        for n, (kid, _) in fr.kids.items():
-            entries[n] = kid
-        if not entries:
+            for i, it in zip(todo_at, todo):
+                e = done.get(it.rel)
+                if e is not None:
+                    kinds[i] = e.kind
+                    ids[i] = e.id
+            if None in kinds:  # skipped: vanished or changed while read
+                keep = [i for i, k in enumerate(kinds) if k is not None]
+        if keep is not None:
+            names, sigs = [names[i] for i in keep], [sigs[i] for i in keep]
+            kinds, ids = [kinds[i] for i in keep], [ids[i] for i in keep]
+        sizes = list(map(_SIG_SIZE, sigs))
+        st_modes = list(map(_SIG_MODE, sigs))
+        modes = list(map({m: _mode(m) for m in set(st_modes)}.__getitem__, st_modes))
+        # every kind and id is set now (the files not read are gone with ``keep``)
+        rows: list[tuple[str, int, bytes, int, int]]
+        rows = list(zip(names, kinds, ids, sizes, modes))  # type: ignore[arg-type]
+        rows += [(n, KIND_TREE, e.id, e.size, MODE_DIR) for n, (e, _) in fr.kids.items()]
+        if not rows:
             return None, 0
-        data = encode_tree(entries)
+        data = encode_tree_rows(rows)
         tid = object_id(TAG_TREE, data)
-        size = sum(e.size for e in entries.values())
-        trusted = len(rows) == nfound  # nothing racy, nothing skipped
-        single = b"".join(r[7] for r in rows if r[6] == KIND_CHUNKFILE)
-        blobs = b"".join(r[7] for r in rows if r[6] != KIND_CHUNKFILE)
+        size = sum(sizes) + sum(e.size for e, _ in fr.kids.values())
+        nfiles = len(names) + below
+        # racily clean files keep no stat in the body (see _racy): never trusted. None
+        # can be when the newest mtime is older than the widest window
+        now = time.time_ns()
+        body_sigs: Sequence[Sig | None] = sigs
+        if max(map(_SIG_MTIME, sigs), default=0) >= now - _RACY_WIDE:
+            body_sigs = [None if _racy_mtime(s[1], now) else s for s in sigs]
+        trusted = keep is None and None not in body_sigs  # nothing racy, nothing skipped
+        if keep is None and body_sigs is sigs:
+            body = b"\x94" + packed_names + packed_sigs + _packb(kinds) + _packb(ids)
+        else:
+            body = _packb([names, body_sigs, kinds, ids])
         value = DirSummary(
-            digest if trusted else None,
-            tid,
-            size,
-            nfiles,
-            pathb,
-            _packb(rows),
-            single,
-            blobs,
-            self.epoch,
+            digest if trusted else None, tid, size, nfiles, pathb, body, self.epoch
         ).encode()
         # queued after the content of every file in it (the writer keeps queue order)
         self.ses.writer.put([("t", tid, data), ("d", key, value)], len(data) + len(value))
@@ -1500,39 +1562,53 @@ class _TreeBuilder:
                 return None
             if old.epoch == self.epoch:
                 return old
-            ids = old.chunks
-            if not all(map(r.has_chunk, [ids[i : i + 16] for i in range(0, len(ids), 16)])):
+            body = _Body.decode(old.body)
+            if body is None:
                 return None
-            ids = old.blobs
-            for i in range(0, len(ids), 16):
-                if not _content_present(KIND_FILE, ids[i : i + 16], r):
+            chunks, blobs = body.content()
+            if not all(map(r.has_chunk, chunks)):
+                return None
+            for bid in blobs:
+                if not _content_present(KIND_FILE, bid, r):
                     return None
         self._trimmer.trim_over(MAPPED_BUDGET)
         return old
 
     def _known(
-        self, old: DirSummary | None, ls: _Listing, entries: dict[str, Entry]
-    ) -> list[ScanItem]:
-        """Fill ``entries`` with the files whose stat is unchanged; return the others."""
-        todo: list[ScanItem] = []
-        if old is None:
-            items = ls.items()
+        self, old: DirSummary | None, ls: _Listing
+    ) -> tuple[list[int | None], list[bytes | None], list[int]]:
+        """Per file of ``ls`` (listing order) the kind and id of its entry when its stat
+        is unchanged, None otherwise; and the positions of the Nones (the files to read).
+        """
+        n = len(ls.names)
+        body = _Body.decode(old.body) if old is not None else None
+        if body is None:  # no summary: the stat cache answers file by file
             if not self.ing.use_stat_cache:
-                return items
-            for it, e in zip(items, stat_cache_entries(self.store, items)):
-                if e is None:
-                    todo.append(it)
-                else:
-                    entries[it.rel[-1]] = e
+                return [None] * n, [None] * n, list(range(n))
+            found = stat_cache_entries(self.store, ls.items())
             self._trimmer.trim_over(MAPPED_BUDGET)  # its content checks map the store
-            return todo
-        # a row is (name, size, mtime_ns, ctime_ns, ino, dev, kind, id): its [1:6] is
-        # what same_stat compares, the first five of a Sig
-        prev = {r[0]: r for r in msgpack.unpackb(old.rows, raw=False, use_list=False)}
-        for n, s in zip(ls.names, ls.sigs):
-            r = prev.get(n)
-            if r is not None and r[1:6] == s[:5]:
-                entries[n] = Entry(r[6], r[7], s[0], _mode(s[5]))
+            kinds = [None if e is None else e.kind for e in found]
+            ids = [None if e is None else e.id for e in found]
+            return kinds, ids, [i for i, e in enumerate(found) if e is None]
+        if tuple(ls.names) == body.names:
+            # the same files in the same order (files rewritten in place, the common
+            # change): their stats compare in one C-level pass
+            same = list(map(operator.eq, ls.sigs, body.sigs))
+            kinds_k: list[int | None] = list(body.kinds)
+            ids_k: list[bytes | None] = list(body.ids)
+            todo_at = list(itertools.compress(range(n), map(operator.not_, same)))
+            for i in todo_at:
+                kinds_k[i] = ids_k[i] = None
+            return kinds_k, ids_k, todo_at
+        at = dict(zip(body.names, range(len(body.names))))
+        kinds_k, ids_k, todo_at = [], [], []
+        for i, (name, sig) in enumerate(zip(ls.names, ls.sigs)):
+            j = at.get(name)
+            if j is not None and body.sigs[j] == sig:
+                kinds_k.append(body.kinds[j])
+                ids_k.append(body.ids[j])
             else:
-                todo.append(ls.item(n, s))
-        return todo
+                kinds_k.append(None)
+                ids_k.append(None)
+                todo_at.append(i)
+        return kinds_k, ids_k, todo_at

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 from helpers_core import OLD_MTIME_NS, make_tree, read_tree, write_file
 
@@ -28,7 +29,17 @@ from dsvc.errors import InvalidPathError
 from dsvc.ids import chunk_id
 from dsvc.ingest import DirSummary, _list_entries, _Listing, _ScanCtx, ingest_tree
 from dsvc.maintenance import local_gc
-from dsvc.objects import KIND_CHUNKFILE, KIND_TREE
+from dsvc.objects import (
+    KIND_CHUNKFILE,
+    KIND_FILE,
+    KIND_TREE,
+    MODE_DIR,
+    MODE_EXEC,
+    MODE_FILE,
+    Entry,
+    encode_tree,
+    encode_tree_rows,
+)
 from dsvc.registry import open_store
 from dsvc.store import Store
 from dsvc.treeops import Trees, walk
@@ -398,3 +409,73 @@ def test_many_folders_are_walked_in_order_with_the_scan_ahead(tmp_path: Path) ->
     assert first.files == len(files) and _tree_files(store, first.entry.id) == files
     again = _ingest(store, src)
     assert again.entry == first.entry and again.stats.read_bytes == 0
+
+
+def test_tree_rows_encode_as_the_tree_of_entries() -> None:
+    rng = random.Random(4)
+    alphabet = ["a", "B", "z", "0", "_", ".", "é", "ß", "日", "\U0001f600", "~"]
+    for n in (1, 2, 7, 300):
+        names = {"".join(rng.choices(alphabet, k=rng.randrange(1, 6))) for _ in range(n)}
+        names.discard(".")
+        names.discard("..")
+        entries = {
+            name: Entry(
+                rng.choice([KIND_CHUNKFILE, KIND_FILE, KIND_TREE]),
+                rng.randbytes(16),
+                rng.randrange(0, 1 << 40),
+                rng.choice([MODE_FILE, MODE_EXEC, MODE_DIR]),
+            )
+            for name in names
+        }
+        rows = [(k, e.kind, e.id, e.size, e.mode) for k, e in entries.items()]
+        rng.shuffle(rows)
+        assert encode_tree_rows(rows) == encode_tree(entries)
+        ascii_only = {k: e for k, e in entries.items() if k.isascii()}
+        if ascii_only:
+            rows = [(k, e.kind, e.id, e.size, e.mode) for k, e in ascii_only.items()]
+            assert encode_tree_rows(rows) == encode_tree(ascii_only)
+
+
+def test_a_folder_with_files_added_removed_and_rewritten_reads_only_those(
+    tmp_path: Path,
+) -> None:
+    files = _files(2, 30)
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    _ingest(store, src)
+    # d0: one rewritten in place (same names, same listing order); d1: one added, one
+    # removed, one rewritten (another listing: compared name by name)
+    new = dict(files)
+    new["d0/f004.txt"] = b"rewritten d0"
+    new["d1/f010.txt"] = b"rewritten d1"
+    new["d1/zz-new.txt"] = b"added"
+    del new["d1/f020.txt"]
+    for k in ("d0/f004.txt", "d1/f010.txt", "d1/zz-new.txt"):
+        write_file(src / k, new[k])
+    (src / "d1" / "f020.txt").unlink()
+    again = _ingest(store, src)
+    assert again.files == len(new)
+    assert again.stats.read_bytes == len(b"rewritten d0rewritten d1added")
+    assert _tree_files(store, again.entry.id) == new
+    # and the summaries written now answer the next run whole
+    _drop_statcache(store)
+    third = _ingest(store, src)
+    assert third.entry == again.entry and third.stats.read_bytes == 0
+
+
+def test_a_summary_of_the_first_layout_is_not_used(tmp_path: Path) -> None:
+    files = _files(1, 10)
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    first = _ingest(store, src)
+    # a layout-1 value (rows of 8 fields, no body) under the folder's key: ignored
+    key = ingest.dirsum_key(os.fsencode(str(src / "d0")))
+    v1 = msgpack.packb([1, None, b"\\0" * 16, 0, 0, b"x", msgpack.packb([]), b"", b"", 0])
+    with store.batch() as b:
+        b.put_dirsum(key, v1)
+    _drop_statcache(store)
+    again = _ingest(store, src)
+    assert again.entry == first.entry
+    assert again.stats.read_bytes == sum(map(len, files.values()))  # read again, correctly
