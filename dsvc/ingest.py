@@ -41,7 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 import pathspec
@@ -1245,9 +1245,32 @@ class DirSummary(NamedTuple):
             v = msgpack.unpackb(raw, raw=False)
         except ValueError:
             return None
+        if isinstance(v, list) and len(v) == 10 and v[0] == 1:
+            return cls._from_layout_1(v)
         if not isinstance(v, list) or len(v) != len(cls._fields) + 1 or v[0] != DIRSUM_VERSION:
             return None
         return cls(*v[1:])
+
+    @classmethod
+    def _from_layout_1(cls, v: list[Any]) -> DirSummary | None:
+        """A summary written by layout 1 (``rows`` of ``[name, size, mtime_ns, ctime_ns,
+        ino, dev, kind, id]``), as layout 2 with 5-element stats (no st_mode: compared
+        as layout 1 did) and no digest, so a store's first add or sync after the change
+        still reuses every unchanged file's entry instead of reading it."""
+        try:
+            _, _digest, tree, size, files, path, rows, _chunks, _blobs, epoch = v
+            rows = msgpack.unpackb(rows, raw=False)
+            body = _packb(
+                [
+                    [r[0] for r in rows],
+                    [r[1:6] for r in rows],
+                    [r[6] for r in rows],
+                    [r[7] for r in rows],
+                ]
+            )
+        except (ValueError, TypeError, IndexError):
+            return None
+        return cls(None, tree, size, files, path, body, epoch)
 
 
 class _Body(NamedTuple):
@@ -1540,6 +1563,9 @@ class _TreeBuilder:
         ).encode()
         # queued after the content of every file in it (the writer keeps queue order)
         self.ses.writer.put([("t", tid, data), ("d", key, value)], len(data) + len(value))
+        # the summaries and content read for changed folders map the store's pages
+        # (1% of 1M files changed: peak RSS 389 MB without this, 336 MB with it)
+        self._trimmer.trim_over(MAPPED_BUDGET)
         return Entry(KIND_TREE, tid, size, MODE_DIR), nfiles
 
     def _summary(self, key: bytes, pathb: bytes) -> DirSummary | None:
@@ -1590,7 +1616,9 @@ class _TreeBuilder:
             kinds = [None if e is None else e.kind for e in found]
             ids = [None if e is None else e.id for e in found]
             return kinds, ids, [i for i, e in enumerate(found) if e is None]
-        if tuple(ls.names) == body.names:
+        # a layout-1 summary's stats have no st_mode (5 elements): compared without it
+        partial = bool(body.sigs) and len(body.sigs[0] or ()) == 5
+        if not partial and tuple(ls.names) == body.names:
             # the same files in the same order (files rewritten in place, the common
             # change): their stats compare in one C-level pass
             same = list(map(operator.eq, ls.sigs, body.sigs))
@@ -1604,7 +1632,7 @@ class _TreeBuilder:
         kinds_k, ids_k, todo_at = [], [], []
         for i, (name, sig) in enumerate(zip(ls.names, ls.sigs)):
             j = at.get(name)
-            if j is not None and body.sigs[j] == sig:
+            if j is not None and body.sigs[j] == (sig[:5] if partial else sig):
                 kinds_k.append(body.kinds[j])
                 ids_k.append(body.ids[j])
             else:

@@ -464,17 +464,55 @@ def test_a_folder_with_files_added_removed_and_rewritten_reads_only_those(
     assert third.entry == again.entry and third.stats.read_bytes == 0
 
 
-def test_a_summary_of_the_first_layout_is_not_used(tmp_path: Path) -> None:
+def _layout_1(store: Store, folder: Path, files: dict[str, bytes], tree: bytes) -> bytes:
+    """The layout-1 summary of ``folder`` as the first layout wrote it (rows of
+    ``[name, size, mtime_ns, ctime_ns, ino, dev, kind, id]``)."""
+    rows = []
+    for name in sorted(os.listdir(folder)):
+        st = os.stat(folder / name)
+        cid = chunk_id(files[f"{folder.name}/{name}"])
+        rows.append([name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+        rows[-1] += [KIND_CHUNKFILE, cid]
+    chunks = b"".join(r[7] for r in rows)
+    size = sum(r[1] for r in rows)
+    path = os.fsencode(str(folder))
+    body = msgpack.packb(rows, use_bin_type=True)
+    return msgpack.packb([1, None, tree, size, len(rows), path, body, chunks, b"", 0])
+
+
+def test_a_summary_of_the_first_layout_is_used_file_by_file(tmp_path: Path) -> None:
     files = _files(1, 10)
     src = tmp_path / "src"
     make_tree(src, files)
     store = open_store()
     first = _ingest(store, src)
-    # a layout-1 value (rows of 8 fields, no body) under the folder's key: ignored
     key = ingest.dirsum_key(os.fsencode(str(src / "d0")))
-    v1 = msgpack.packb([1, None, b"\\0" * 16, 0, 0, b"x", msgpack.packb([]), b"", b"", 0])
+    (d0,) = [s for s in _summaries(store) if s.path.endswith(b"/d0")]
+    with store.batch() as b:  # as a store written before layout 2 holds it
+        b.put_dirsum(key, _layout_1(store, src / "d0", files, d0.tree))
+    (old,) = [s for s in _summaries(store) if s.path.endswith(b"/d0")]
+    assert old.digest is None and old.tree == d0.tree
+    _drop_statcache(store)  # only the summary can answer
+    again = _ingest(store, src)
+    assert again.entry == first.entry and again.stats.read_bytes == 0
+    # a file changed since the layout-1 summary was written: read, the others reused
     with store.batch() as b:
-        b.put_dirsum(key, v1)
+        b.put_dirsum(key, _layout_1(store, src / "d0", files, d0.tree))
+    write_file(src / "d0" / "f002.txt", b"changed since layout 1")
+    third = _ingest(store, src)
+    assert third.stats.read_bytes == len(b"changed since layout 1")
+    assert _tree_files(store, third.entry.id) == {**files, "d0/f002.txt": b"changed since layout 1"}
+
+
+def test_a_summary_of_an_unknown_layout_is_not_used(tmp_path: Path) -> None:
+    files = _files(1, 10)
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    first = _ingest(store, src)
+    key = ingest.dirsum_key(os.fsencode(str(src / "d0")))
+    with store.batch() as b:
+        b.put_dirsum(key, msgpack.packb([9, "from a newer dsvc"]))
     _drop_statcache(store)
     again = _ingest(store, src)
     assert again.entry == first.entry
