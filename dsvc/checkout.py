@@ -69,6 +69,12 @@ ResolveFn = Callable[[list[tuple[RelPath, Entry]]], list[tuple[RelPath, Entry]]]
 
 _GROUP_BYTES = 8 << 20
 _GROUP_FILES = 256
+#: :func:`build_copy` writes files smaller than this straight into the copy instead of
+#: publishing them in the content cache: on ext4 the extra hard link in a hashed cache
+#: folder cost as much as creating the file (1M files of 160-800 bytes: 20.3 s of system
+#: time per 100k files with the link, 10.5 s without; docs/performance.md). A child
+#: version's copy still shares them, by linking from its parent's copy.
+SMALL_FILE = 4096
 
 
 class CacheLayout:
@@ -917,6 +923,7 @@ def build_copy(
     resolve: ResolveFn | None = None,
     max_workers: int | None = None,
     progress: ProgressFn | None = None,
+    base: tuple[bytes, str] | None = None,
 ) -> tuple[CheckoutStats, bool]:
     """Build the shared read-only copy of tree ``root`` at ``target`` (a
     :class:`CacheLayout` copy path) unless one is there, folder by folder.
@@ -930,6 +937,13 @@ def build_copy(
     must be written local first, and ``resolve`` replaces external links by the entries
     of their downloaded content (each called with one folder's files at a time, never
     concurrently). Returns ``(stats, built_by_this_call)``.
+
+    ``base`` is ``(tree id, path)`` of a complete cached copy of another version (the
+    parent's): a file whose entry equals the one at the same path of that tree is
+    linked (or reflinked) from there, so a child's copy writes only what changed, small
+    files included (those are not in the content cache, see :data:`SMALL_FILE`). Its
+    files are checked like cache files (size, sentinel mtime) once linked, and one that
+    is gone (the copy being removed) is placed the usual way.
     """
     target = os.path.abspath(os.fspath(target))
     if os.path.isdir(target):
@@ -943,7 +957,16 @@ def build_copy(
     stats = CheckoutStats()
     try:
         parts = _fill_folders(
-            store, root, tmp, content_cache, ensure_content, resolve, max_workers, progress, stats
+            store,
+            root,
+            tmp,
+            content_cache,
+            ensure_content,
+            resolve,
+            max_workers,
+            progress,
+            stats,
+            base,
         )
         write_manifest(mtmp, parts)
         try:
@@ -979,6 +1002,7 @@ def _fill_folders(
     max_workers: int | None,
     progress: ProgressFn | None,
     stats: CheckoutStats,
+    base: tuple[bytes, str] | None = None,
 ) -> Iterator[Manifest]:
     """Fill ``top`` with tree ``root``, yielding each folder's manifest part when done.
 
@@ -989,12 +1013,24 @@ def _fill_folders(
     prog = progress or (lambda n: None)
     content_lock = threading.Lock()
 
-    def folder(rel: str, tid: bytes) -> tuple[Manifest, list[tuple[str, bytes]], int]:
+    base_top = base[1] if base is not None else ""
+
+    def folder(
+        rel: str, tid: bytes, btid: bytes | None
+    ) -> tuple[Manifest, list[tuple[str, bytes, bytes | None]], int]:
         tree = store.get_tree(tid)
+        # the same folder of the base copy's tree (unchanged: the same tree, no read)
+        btree = None if btid is None else tree if btid == tid else store.get_tree(btid)
         d = f"{top}/{rel}" if rel else top
+        bd = f"{base_top}/{rel}" if rel else base_top
         if rel:
             os.mkdir(d)
-        subs = [(f"{rel}/{n}" if rel else n, e.id) for n, e in tree.items() if e.kind == KIND_TREE]
+        subs = []
+        for n, e in tree.items():
+            if e.kind == KIND_TREE:
+                b = btree.get(n) if btree is not None else None
+                bsub = b.id if b is not None and b.kind == KIND_TREE else None
+                subs.append((f"{rel}/{n}" if rel else n, e.id, bsub))
         files = [(n, e) for n, e in tree.items() if e.kind != KIND_TREE]
         at = tuple(rel.split("/")) if rel else ()  # full paths: errors name the file
         if resolve is not None and any(e.kind == KIND_EXTERNAL for _, e in files):
@@ -1002,7 +1038,17 @@ def _fill_folders(
                 files = [(p[-1], e) for p, e in resolve([((*at, n), e) for n, e in files])]
         man = Manifest([f"{rel}/{n}" if rel else n for n, _ in files], [e for _, e in files])
         dests = [f"{d}/{n}" for n, _ in files]
-        missing = [i for i, (_, e) in enumerate(files) if not _link_cached(cache, e, dests[i])]
+        missing = []
+        for i, (n, e) in enumerate(files):
+            # resolved external links never equal the base's entries (those are links)
+            if (
+                btree is not None
+                and btree.get(n) == e
+                and _link_from(cache, f"{bd}/{n}", e, dests[i])
+            ):
+                continue
+            if e.size < SMALL_FILE or not _link_from(cache, cache.path_for(e), e, dests[i]):
+                missing.append(i)
         written: dict[int, os.stat_result] = {}
         absent = _write_missing(store, cache, files, dests, missing, written)
         if absent:  # content not in the local store: fetched first, then written
@@ -1032,9 +1078,13 @@ def _fill_folders(
         return man, subs, len(missing)
 
     workers = max(1, max_workers or default_workers())
-    todo: deque[tuple[str, bytes]] = deque([("", root)])
+    todo: deque[tuple[str, bytes, bytes | None]] = deque(
+        [("", root, base[0] if base is not None else None)]
+    )
     with ThreadPoolExecutor(workers, thread_name_prefix="dsvc-copy") as pool:
-        running: deque[Future[tuple[Manifest, list[tuple[str, bytes]], int]]] = deque()
+        running: deque[Future[tuple[Manifest, list[tuple[str, bytes, bytes | None]], int]]] = (
+            deque()
+        )
         while todo or running:
             while todo and len(running) < 2 * workers:
                 running.append(pool.submit(folder, *todo.popleft()))
@@ -1068,11 +1118,12 @@ def _write_missing(
     with store.reader(buffers=True) as txn:
         for i in todo:
             entry = files[i][1]
+            small = entry.size < SMALL_FILE
             try:
-                if cache.reflink:  # each copy its own inode: the cache file, then a clone
+                if cache.reflink and not small:  # each copy its own inode: cache, clone
                     _place(store, cache, entry, dests[i], txn)
                 else:
-                    written[i] = _write_shared(store, cache, txn, entry, dests[i])
+                    written[i] = _write_shared(store, cache, txn, entry, dests[i], not small)
             except ObjectNotFoundError:
                 if strict:
                     raise
@@ -1081,10 +1132,16 @@ def _write_missing(
 
 
 def _write_shared(
-    store: Store, cache: ContentCache, txn: StoreReader, entry: Entry, dest: str
+    store: Store,
+    cache: ContentCache,
+    txn: StoreReader,
+    entry: Entry,
+    dest: str,
+    publish: bool = True,
 ) -> os.stat_result:
-    """Write ``entry``'s content to the new read-only file ``dest`` and publish it as the
-    content-cache file too (a hard link); returns its stat.
+    """Write ``entry``'s content to the new read-only file ``dest`` and (``publish``)
+    publish it as the content-cache file too (a hard link); returns its stat. The mtime
+    carries the cache's sentinel either way: a later copy may link this file.
 
     Profiled on a 200,000-file copy, file creation and linking were most of the time:
     this writes each new content once, where the cache-first path wrote a temporary
@@ -1098,7 +1155,7 @@ def _write_shared(
         mtime = (time.time_ns() // _NS) * _NS + _sentinel_ns(entry.id)
         os.utime(fd, ns=(mtime, mtime))
         src = cache.path_for(entry)
-        for attempt in range(2):
+        for attempt in range(2 if publish else 0):
             try:
                 os.link(dest, src)
             except FileExistsError:
@@ -1125,11 +1182,10 @@ def _write_shared(
             os.close(fd)
 
 
-def _link_cached(cache: ContentCache, entry: Entry, dest: str) -> bool:
-    """Share the content-cache file of ``entry`` at ``dest`` (a reflink, else a hard
-    link); False when the cache lacks it or the filesystem cannot link (then
-    :func:`_place` writes or copies it)."""
-    src = cache.path_for(entry)
+def _link_from(cache: ContentCache, src: str, entry: Entry, dest: str) -> bool:
+    """Share ``src`` (the content-cache file of ``entry``, or the file of a complete
+    copy that holds it) at ``dest``: a reflink, else a hard link. False when ``src`` is
+    missing or the filesystem cannot link (then the file is written or copied)."""
     try:
         if cache.clone(src, dest, entry):
             return True

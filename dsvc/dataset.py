@@ -1399,6 +1399,7 @@ class Dataset:
                         resolve=lambda es: self._resolve_links(es, max_workers),
                         max_workers=max_workers,
                         progress=bar.update,
+                        base=self._materialized_parent(rec, layout),
                     )
                 return str(target)
             entries = self._resolve_links(self._selected(part, num_parts, files), max_workers)
@@ -1421,6 +1422,16 @@ class Dataset:
             if raise_on_error:
                 raise
             return ""
+
+    def _materialized_parent(self, rec: Record, layout: CacheLayout) -> tuple[bytes, str] | None:
+        """``(tree, path)`` of a parent version's complete cached copy, if one is there: a
+        child's copy links its unchanged files from it (``build_copy``'s ``base``)."""
+        for pid in rec.parents:
+            path = layout.copy_path(pid)
+            parent = reg.get(self._store, pid) if path.is_dir() else None
+            if parent is not None:
+                return parent.tree, str(path)
+        return None
 
     def _total_size(self, rec: Record) -> int:
         """The bytes of a version's files (a folder entry carries its total size)."""

@@ -28,6 +28,7 @@ from dsvc import registry as reg
 from dsvc.dataset import Dataset
 from dsvc.maintenance import fsck
 from dsvc.registry import open_store
+from dsvc.treeops import Trees, walk
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,13 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DSVC_HOME", str(h))
     monkeypatch.delenv("DSVC_REMOTE", raising=False)
     return h
+
+
+@pytest.fixture
+def cache_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small files go through the content cache too (by default a whole copy writes
+    them into the copy: ``checkout.SMALL_FILE``), for tests of the cache's own rules."""
+    monkeypatch.setattr(checkout, "SMALL_FILE", 0)
 
 
 BASE = {"shared.txt": b"shared content\n" * 10, "d/other.bin": os.urandom(5000), "e": b""}
@@ -124,6 +132,7 @@ def test_copy_without_manifest_is_verified_by_content(tmp_path: Path, home: Path
     assert (home / "cache" / "manifests" / a.id).is_file()
 
 
+@pytest.mark.usefixtures("cache_small")
 def test_fsck_reports_the_cache_and_cache_verify_repairs_it(tmp_path: Path, home: Path) -> None:
     a = version(tmp_path, BASE, "a")
     p = Path(a.get_local_copy())
@@ -178,6 +187,7 @@ def test_reflinks_are_used_where_the_filesystem_has_them(
     assert read_tree(a.get_local_copy()) == BASE
 
 
+@pytest.mark.usefixtures("cache_small")
 def test_without_reflinks_copies_fall_back_to_hard_links(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,6 +202,7 @@ def test_without_reflinks_copies_fall_back_to_hard_links(
     assert read_tree(pb) == {**BASE, "x": b"x"}
 
 
+@pytest.mark.usefixtures("cache_small")
 def test_filesystem_with_coarse_mtimes_serves_without_repairs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -269,9 +280,9 @@ def test_a_child_copy_links_its_parents_content_and_writes_only_what_changed(
     writes: list[str] = []
     real_write = checkout._write_shared
 
-    def counted(store, cache, txn, entry, dest):  # noqa: ANN001, ANN202
+    def counted(store, cache, txn, entry, dest, *a):  # noqa: ANN001, ANN002, ANN202
         writes.append(os.path.relpath(dest, os.path.dirname(dest) + "/.."))
-        return real_write(store, cache, txn, entry, dest)
+        return real_write(store, cache, txn, entry, dest, *a)
 
     monkeypatch.setattr(checkout, "_write_shared", counted)
     monkeypatch.setenv("DSVC_REFLINK", "0")  # hard links (the filesystem may reflink)
@@ -300,6 +311,57 @@ def test_a_child_copy_links_its_parents_content_and_writes_only_what_changed(
     write_in_place(pb / "d0" / "f1", b"EVIL")
     assert read_tree(b.get_local_copy())["d0/f1"] == b"0-1"
     assert read_tree(a.get_local_copy())["d0/f1"] == b"0-1"
+
+
+def cached_contents(home: Path) -> set[str]:
+    root = checkout.CacheLayout(home).content
+    return {f.name for sub in root.iterdir() for f in sub.iterdir()} if root.is_dir() else set()
+
+
+def test_a_whole_copy_writes_small_files_into_it_and_caches_large_ones(
+    tmp_path: Path, home: Path
+) -> None:
+    """Issue 11.1: a hard link per tiny file into the content cache cost as much as
+    creating the file; files under ``SMALL_FILE`` bytes are written into the copy
+    only (with the sentinel mtime, so a child's copy can link them)."""
+    big = os.urandom(checkout.SMALL_FILE)
+    a = version(tmp_path, {**BASE, "big": big}, "a")
+    p = Path(a.get_local_copy())
+    assert read_tree(p) == {**BASE, "big": big}
+    store = open_store()
+    want = {
+        e.id.hex()
+        for _, e in walk(Trees(store), reg.require(store, a.id).tree)
+        if e.size >= checkout.SMALL_FILE
+    }
+    assert len(want) == 2 and cached_contents(home) == want  # d/other.bin and big
+    assert os.stat(p / "shared.txt").st_nlink == 1
+    assert a.verify_dataset_hash() == []
+    write_in_place(p / "shared.txt", b"EVIL" * 38)  # damage to a written file is repaired
+    assert read_tree(a.get_local_copy()) == {**BASE, "big": big}
+
+
+def test_a_child_copy_checks_what_it_links_from_its_parents_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of the parent's copy that was changed in place (sentinel mtime gone) or
+    removed is not linked into the child's copy: the child gets the version's bytes."""
+    monkeypatch.setenv("DSVC_REFLINK", "0")
+    files = {f"d{i}/f{j}": f"{i}-{j}".encode() * 20 for i in range(2) for j in range(3)}
+    a = version(tmp_path, files, "a")
+    b = Dataset.create(dataset_name="a", dataset_project="proj", parent_datasets=[a])
+    b.add_files(write_tree(tmp_path / "chg", {"d1/new": b"new"}))
+    b.finalize()
+    pa = Path(a.get_local_copy())
+    write_in_place(pa / "d0" / "f1", b"EVIL" * 10)  # same size, new mtime
+    os.chmod(pa / "d1", 0o755)
+    os.unlink(pa / "d1" / "f2")  # gone from the parent's copy
+    pb = Path(b.get_local_copy())
+    assert read_tree(pb) == {**files, "d1/new": b"new"}
+    assert os.stat(pb / "d0" / "f0").st_ino == os.stat(pa / "d0" / "f0").st_ino
+    assert os.stat(pb / "d0" / "f1").st_ino != os.stat(pa / "d0" / "f1").st_ino
+    assert b.verify_dataset_hash() == []
+    assert read_tree(a.get_local_copy()) == files  # the parent's copy is repaired too
 
 
 def test_serving_an_intact_copy_writes_nothing(
