@@ -25,6 +25,7 @@ import errno
 import fcntl
 import hashlib
 import io
+import itertools
 import os
 import shutil
 import stat
@@ -66,9 +67,17 @@ ProgressFn = Callable[[int], None]
 FetchFn = Callable[[list[bytes]], Mapping[bytes, Any]]
 #: files -> the same files, external links replaced by the entries of their content
 ResolveFn = Callable[[list[tuple[RelPath, Entry]]], list[tuple[RelPath, Entry]]]
+#: a batch of files -> the files to write (links resolved, content made local) and a
+#: fetcher for chunks still remote (or None)
+PrepareFn = Callable[
+    [list[tuple[RelPath, Entry]]], tuple[list[tuple[RelPath, Entry]], FetchFn | None]
+]
 
 _GROUP_BYTES = 8 << 20
 _GROUP_FILES = 256
+#: files per batch of a copy built from a listing (``materialize``, partial copies):
+#: memory holds one batch of the listing, whatever the size of the dataset
+BATCH_FILES = 20_000
 #: :func:`build_copy` writes files smaller than this straight into the copy instead of
 #: publishing them in the content cache: on ext4 the extra hard link in a hashed cache
 #: folder cost as much as creating the file (1M files of 160-800 bytes: 20.3 s of system
@@ -823,9 +832,18 @@ def clear_cache(store: Store) -> dict[str, int]:
     return out
 
 
+def _batches(
+    files: Iterable[tuple[RelPath, Entry]], prepare: PrepareFn | None, fetch: FetchFn | None
+) -> Iterator[tuple[list[tuple[RelPath, Entry]], FetchFn | None]]:
+    """``files`` in batches of :data:`BATCH_FILES`, each passed through ``prepare``."""
+    it = iter(files)
+    while batch := list(itertools.islice(it, BATCH_FILES)):
+        yield prepare(batch) if prepare is not None else (batch, fetch)
+
+
 def materialize(
     store: Store,
-    files: Sequence[tuple[RelPath, Entry]],
+    files: Iterable[tuple[RelPath, Entry]],
     target: str | os.PathLike[str],
     *,
     content_cache: ContentCache | None = None,
@@ -833,8 +851,13 @@ def materialize(
     max_workers: int | None = None,
     progress: ProgressFn | None = None,
     fetch: FetchFn | None = None,
+    prepare: PrepareFn | None = None,
 ) -> CheckoutStats:
     """Write ``files`` into a new folder ``target``, atomically.
+
+    ``files`` may be a lazy listing: it is consumed in batches of :data:`BATCH_FILES`
+    (memory holds one batch), each first passed through ``prepare`` when given (which
+    resolves links and makes content local, returning the batch and its fetcher).
 
     ``fetch`` (ids -> verified payloads) supplies chunks the store lacks, group by
     group, so content from a remote goes straight into the files instead of through
@@ -853,9 +876,12 @@ def materialize(
     tmp = CacheLayout.temp_beside(target)
     os.mkdir(tmp)
     lock = _claim(tmp)
-    stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
+    stats = CheckoutStats()
     try:
-        _fill(store, files, tmp, content_cache, max_workers, progress, stats, fetch)
+        for batch, batch_fetch in _batches(files, prepare, fetch):
+            stats.files += len(batch)
+            stats.bytes += sum(e.size for _, e in batch)
+            _fill(store, batch, tmp, content_cache, max_workers, progress, stats, batch_fetch)
         _swap_in(tmp, target, overwrite)
     except BaseException:
         remove_tree(tmp)
@@ -867,17 +893,20 @@ def materialize(
 
 def materialize_shared(
     store: Store,
-    files: Sequence[tuple[RelPath, Entry]],
+    files: Iterable[tuple[RelPath, Entry]],
     target: str | os.PathLike[str],
     *,
     content_cache: ContentCache,
     max_workers: int | None = None,
     progress: ProgressFn | None = None,
+    prepare: PrepareFn | None = None,
 ) -> tuple[CheckoutStats, bool]:
     """Build a shared read-only copy at ``target`` unless one is already there.
 
     Safe with concurrent builders in several processes: the first rename wins and the
-    others discard their work. Returns ``(stats, built_by_this_call)``.
+    others discard their work. ``files`` is consumed in batches as in
+    :func:`materialize` (``prepare`` must return no fetcher: content is made local);
+    the manifest gets one part per batch. Returns ``(stats, built_by_this_call)``.
     """
     target = os.path.abspath(os.fspath(target))
     if os.path.isdir(target):
@@ -887,29 +916,45 @@ def materialize_shared(
     tmp = CacheLayout.temp_beside(target)
     os.mkdir(tmp)
     lock = _claim(tmp)
-    stats = CheckoutStats(files=len(files), bytes=sum(e.size for _, e in files))
+    mpath = manifest_path(content_cache, os.path.basename(target))
+    mtmp = f"{mpath}.tmp-{uuid.uuid4().hex}"
+    stats = CheckoutStats()
+
+    def parts() -> Iterator[Manifest]:
+        for batch, _ in _batches(files, prepare, None):
+            stats.files += len(batch)
+            stats.bytes += sum(e.size for _, e in batch)
+            _fill(store, batch, tmp, content_cache, max_workers, progress, stats)
+            # the manifest: each file's stat once its links exist (a later link of the
+            # same content changes a ctime with the link count, which a check accepts);
+            # a file whose cache file was changed in place is rewritten right away
+            man, bad = _stat_copy(store, content_cache, tmp, batch)
+            if bad:
+                repair_copy(store, content_cache, tmp, man, bad)
+            yield man
+
     try:
-        _fill(store, files, tmp, content_cache, max_workers, progress, stats)
-        # the manifest: each file's stat once all links exist; a file whose cache file
-        # was changed in place (sentinel gone) is rewritten from the store right away
-        man, bad = _stat_copy(store, content_cache, tmp, files)
-        if bad:
-            repair_copy(store, content_cache, tmp, man, bad)
+        write_manifest(mtmp, parts())
         try:
             os.rename(tmp, target)
         except OSError as e:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.isdir(target):
                 remove_tree(tmp)
+                os.unlink(mtmp)
                 return stats, False
             raise
     except BaseException:
         remove_tree(tmp)
+        try:
+            os.unlink(mtmp)
+        except FileNotFoundError:
+            pass
         raise
     finally:
         _release(lock)
     # after the rename: a crash in between leaves a copy without manifest, which is
     # verified by content when next served
-    write_manifest(manifest_path(content_cache, os.path.basename(target)), man)
+    os.replace(mtmp, mpath)
     return stats, True
 
 

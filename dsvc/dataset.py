@@ -78,6 +78,7 @@ from dsvc.remote.config import lookup as remote_lookup
 from dsvc.selection import (
     clean_dataset_path,
     collision_message,
+    iter_part,
     match_dataset_path,
     split_parts,
 )
@@ -1261,18 +1262,30 @@ class Dataset:
     def _selected(
         self, part: int | None, num_parts: int | None, files: str | Sequence[str] | None
     ) -> list[tuple[RelPath, Entry]]:
-        entries = list(walk(self._trees(), self._rec.tree))
-        pats = _as_list(files)
-        if pats:
-            pats = [p.replace("\\", "/").lstrip("/") for p in pats]
-            entries = [
-                (p, e)
-                for p, e in entries
-                if any(match_dataset_path("/".join(p), q, True) for q in pats)
-            ]
-        if num_parts is not None or part is not None:
-            entries = split_parts(entries, part, num_parts)
-        return entries
+        return list(self._iter_selected(part, num_parts, files)[0])
+
+    def _iter_selected(
+        self, part: int | None, num_parts: int | None, files: str | Sequence[str] | None
+    ) -> tuple[Iterator[tuple[RelPath, Entry]], int]:
+        """The selected files, lazily (folder by folder: memory holds no listing), and
+        about how many bytes they hold (for progress). A selection by pattern is walked
+        twice when it is split into parts (the split needs its total first)."""
+        trees, root = self._trees(), self._rec.tree
+        pats = [p.replace("\\", "/").lstrip("/") for p in _as_list(files)]
+
+        def listing() -> Iterator[tuple[RelPath, Entry]]:
+            for p, e in walk(trees, root):
+                if not pats or any(match_dataset_path("/".join(p), q, True) for q in pats):
+                    yield p, e
+
+        if num_parts is None and part is None:
+            return listing(), self._total_size(self._rec) if not pats else 0
+        split_parts([], part, num_parts)  # checks part and num_parts now
+        # the split needs the exact total first: one more walk, no listing kept
+        total = sum(e.size for _, e in listing())
+        count = 0 if total else sum(1 for _ in listing())  # only empty files: by count
+        assert num_parts is not None
+        return iter_part(listing(), total, count, part, num_parts), total // num_parts
 
     def _resolve_links(
         self, entries: list[tuple[RelPath, Entry]], max_workers: int | None
@@ -1402,13 +1415,17 @@ class Dataset:
                         base=self._materialized_parent(rec, layout),
                     )
                 return str(target)
-            entries = self._resolve_links(self._selected(part, num_parts, files), max_workers)
-            self._ensure_content(entries, max_workers)
-            with Progress(
-                f"copy {rec.name}",
-                sum(e.size for _, e in entries),
-                enabled=True,
-            ) as bar:
+            # a part or a selection: batch by batch from a lazy listing
+            entries, total = self._iter_selected(part, num_parts, files)
+
+            def local(
+                batch: list[tuple[RelPath, Entry]],
+            ) -> tuple[list[tuple[RelPath, Entry]], None]:
+                batch = self._resolve_links(batch, max_workers)
+                self._ensure_content(batch, max_workers)
+                return batch, None
+
+            with Progress(f"copy {rec.name}", total, enabled=True) as bar:
                 materialize_shared(
                     self._store,
                     entries,
@@ -1416,6 +1433,7 @@ class Dataset:
                     content_cache=cache,
                     max_workers=max_workers,
                     progress=bar.update,
+                    prepare=local,
                 )
             return str(target)
         except DsvcError:
@@ -1488,11 +1506,20 @@ class Dataset:
                     f"target folder {target!r} already contains files", remedy=OVERWRITE
                 )
             self._refresh()
-            entries = self._resolve_links(self._selected(part, num_parts, None), max_workers)
-            fetch = self._direct_fetch(entries)
-            if fetch is None:
-                self._ensure_content(entries, max_workers)
-            total = sum(e.size for _, e in entries)
+            # batch by batch from a lazy listing: memory holds one batch of files
+            entries, total = self._iter_selected(part, num_parts, None)
+            current: list[tuple[RelPath, Entry]] = []
+
+            def prepare(
+                batch: list[tuple[RelPath, Entry]],
+            ) -> tuple[list[tuple[RelPath, Entry]], FetchFn | None]:
+                batch = self._resolve_links(batch, max_workers)
+                current[:] = batch  # an IntegrityError names its file from these
+                fetch = self._direct_fetch(batch)
+                if fetch is None:
+                    self._ensure_content(batch, max_workers)
+                return batch, fetch
+
             with Progress(f"copy {self._rec.name}", total, enabled=True) as bar:
                 try:
                     materialize(
@@ -1502,10 +1529,10 @@ class Dataset:
                         overwrite=overwrite,
                         max_workers=max_workers,
                         progress=bar.update,
-                        fetch=fetch,
+                        prepare=prepare,
                     )
                 except IntegrityError as e:
-                    raise self._name_bad_file(e, entries) from None
+                    raise self._name_bad_file(e, current) from None
             return target
         except DsvcError:
             if raise_on_error:

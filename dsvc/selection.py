@@ -7,6 +7,7 @@ The matching rules are ClearML's and are written out with examples in docs/match
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable, Iterator
 
 from dsvc.errors import InvalidPathError, UsageError
 from dsvc.objects import Entry, split_path
@@ -64,21 +65,30 @@ def split_parts(
     Deterministic: files are in canonical order; a file goes to the part in which the
     midpoint of its byte range falls, so every file lands in exactly one part.
     """
+    total = sum(e.size for _, e in entries)
+    return list(iter_part(entries, total, len(entries), part, num_parts))
+
+
+def iter_part(
+    entries: Iterable[tuple[RelPath, Entry]],
+    total: int,
+    count: int,
+    part: int | None,
+    num_parts: int | None,
+) -> Iterator[tuple[RelPath, Entry]]:
+    """:func:`split_parts` of a lazy listing whose byte ``total`` and file ``count`` are
+    known (``count`` is used only when ``total`` is 0): memory holds no listing."""
     if num_parts is None or part is None:
         raise UsageError("part and num_parts go together (part counts from 0)")
     if num_parts < 1 or not 0 <= part < num_parts:
         raise UsageError(f"part must be in 0..{num_parts - 1}, got {part}")
-    total = sum(e.size for _, e in entries)
-    n = len(entries)
-    out = []
     acc = 0
     for i, (p, e) in enumerate(entries):
         # by byte midpoint; a dataset of only empty files is split by count
-        k = int((acc + e.size / 2) * num_parts / total) if total else i * num_parts // n
+        k = int((acc + e.size / 2) * num_parts / total) if total else i * num_parts // count
         acc += e.size
         if min(k, num_parts - 1) == part:
-            out.append((p, e))
-    return out
+            yield p, e
 
 
 def clean_dataset_path(dataset_path: str | None) -> RelPath:
