@@ -147,6 +147,7 @@ def remote_named(
 
     def local(did: str) -> bool:
         return did in skip or store.get_record(reg.key(did)) is not None
+
     try:
         ref = remote.read_ref(project, name)
     except IntegrityError as e:  # one bad object must not break lookups: list them all
@@ -161,7 +162,7 @@ def remote_named(
         ]
     groups: dict[Version | None, list[str]] = defaultdict(list)
     for did, ver in ((ref or {}).get("versions") or {}).items():
-        if (version is None or ver == version) and not local(did):
+        if did not in skip and (version is None or ver == version):
             groups[reg.parse_version(ver)].append(did)
     found: list[Record] = []
     with ThreadPoolExecutor(8, thread_name_prefix="dsvc-lookup") as pool:
@@ -169,7 +170,9 @@ def remote_named(
         for ver in sorted(groups, key=lambda v: (v is not None, v or 0), reverse=True):
             if found:
                 break
-            for rec in pool.map(remote.readable_record, groups[ver]):
+            # only the group read is checked against the local records (not the ref)
+            ids = [did for did in groups[ver] if not local(did)]
+            for rec in pool.map(remote.readable_record, ids):
                 # a renamed version stays listed under its old name: check the record
                 if rec is None or (rec.project, rec.name) != (project, name):
                     continue
