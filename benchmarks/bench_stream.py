@@ -407,7 +407,11 @@ def dvc_rows(dvc_python: str, work: Path, data: Path, files: list[str], one: str
 # -- main -----------------------------------------------------------------------------------
 
 
-def bench_remote(kind: str, work: Path, data: Path, size: int, files: list[str]) -> dict:
+def bench_remote(
+    kind: str, work: Path, data: Path, size: int, files: list[str], pairs: int = 0
+) -> dict:
+    """Every row on one remote; with ``pairs``, only ``stream_all`` then ``local_copy``
+    (fresh stores), ``pairs`` times back to back: their ratio, with less else running."""
     srv = None
     if kind == "s3":
         from bench_remote import BUCKET, start_moto
@@ -422,6 +426,19 @@ def bench_remote(kind: str, work: Path, data: Path, size: int, files: list[str])
     try:
         did, pub_s = publish(work / "home-src", url, opts, data)
         res["publish_s"] = pub_s
+        for i in range(pairs):
+            st = stream_all(fresh_fs(work / "home-fresh", url, opts), files)
+            cp = local_copy(work / "home-copy", url, opts)
+            shutil.rmtree(work / "home-copy", ignore_errors=True)
+            res[f"pair{i}"] = {"stream_all": st, "local_copy": cp, "load": os.getloadavg()[0]}
+            print(
+                f"{kind}: stream {st['MBps']:.0f} MB/s ({st['requests']} requests), "
+                f"get_local_copy {cp['MBps']:.0f} MB/s ({cp['requests']} requests): "
+                f"{st['MBps'] / cp['MBps'] * 100:.0f}% (load {os.getloadavg()[0]:.1f})",
+                file=sys.stderr,
+            )
+        if pairs:
+            return res
         one = "files/f00000.bin"
         fresh = work / "home-fresh"
         res["one_1MiB"] = read_one(fresh_fs(fresh, url, opts), one)
@@ -565,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dsvc-bench-stream"))
     ap.add_argument("--keep-data", action="store_true")
+    ap.add_argument(
+        "--pairs", type=int, default=0, help="only stream_all vs local_copy, N times each"
+    )
     a = ap.parse_args(argv)
     if a.quick:
         a.size = 64_000_000
@@ -579,8 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for kind in a.remotes.split(","):
             print(f"remote {kind} ...", file=sys.stderr)
-            results[kind] = bench_remote(kind, work, data, a.size, files)
-        if a.dvc:
+            results[kind] = bench_remote(kind, work, data, a.size, files, a.pairs)
+        if a.dvc and not a.pairs:
             print("dvc ...", file=sys.stderr)
             results["dvc"] = dvc_rows(a.dvc, work, data, files, "files/f00000.bin")
         else:
