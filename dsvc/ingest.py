@@ -577,6 +577,9 @@ WRITE_INDEX_BYTES = 32 << 20
 #: into L leaf pages dirty L * (1 - exp(-n / L)) of them, so the writes per commit
 #: shrink as the index grows and memory stays flat from 1M to 3M files
 WRITE_DIRTY_PAGES = 16384
+#: mapped store pages (RSS) above which the writer unmaps them after a pack append
+#: (1M tiny files: peak RSS 369 -> 353 MB)
+WRITER_MAPPED_BUDGET = 64 << 20
 #: windows (of ``Chunker.window`` bytes) in flight per streamed file
 WINDOWS_PER_FILE = 3
 
@@ -641,6 +644,8 @@ class _Writer(threading.Thread):
                             continue
                         if b.frame_bytes >= WRITE_BATCH_BYTES:
                             b.write_frames()  # the bytes to the pack; the index waits
+                            # lookups map index pages between the (rarer) commits
+                            trimmer.trim_over(WRITER_MAPPED_BUDGET)
                         if ops >= most or b.pending_bytes >= WRITE_INDEX_BYTES:
                             b.flush()
                             trimmer.trim()
