@@ -227,15 +227,17 @@ from dsvc import checkout
 from dsvc.dataset import Dataset
 from dsvc.errors import StateError
 
-place = checkout._place
+def stuck_after(place):
+    def stuck(*args, **kw):
+        done = place(*args, **kw)
+        print("copying", flush=True)
+        time.sleep(600)  # killed here, in the middle of the copy
+        return done
+    return stuck
 
-def stuck(*args, **kw):
-    done = place(*args, **kw)
-    print("copying", flush=True)
-    time.sleep(600)  # killed here, in the middle of the copy
-    return done
-
-checkout._place = stuck
+# the first file placed, whichever way (small files are written, not cached)
+checkout._place = stuck_after(checkout._place)
+checkout._write_shared = stuck_after(checkout._write_shared)
 Dataset.get(dataset_id=sys.argv[1]).get_local_copy()
 """
 
