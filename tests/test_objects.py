@@ -244,6 +244,8 @@ def _tree_bytes(items) -> bytes:
         [[b"a", *GOOD[1:]]],  # name as bin
         [["a", 9, b"\x01" * 16, 3, MODE_FILE]],  # unknown kind
         [["a", True, b"\x01" * 16, 3, MODE_FILE]],  # bool is not a kind
+        [["a", [1], b"\x01" * 16, 3, MODE_FILE]],  # unhashable kind (hostile remote)
+        [["a", {"k": 1}, b"\x01" * 16, 3, MODE_FILE]],
         [["a", KIND_FILE, b"\x01" * 15, 3, MODE_FILE]],
         [["a", KIND_FILE, b"\x01" * 17, 3, MODE_FILE]],
         [["a", KIND_FILE, 16, 3, MODE_FILE]],  # int is not an id
