@@ -189,7 +189,8 @@ def _decode_plain(raw: list[Any]) -> dict[str, Entry] | None:
         return None
     if not all(map(operator.lt, names, names[1:])):  # ASCII: str order is byte order
         return None
-    if not _KINDS.issuperset(kinds) or set(map(type, kinds)) != {int}:
+    # types first: a hostile kind may be unhashable (a list), which issuperset raises on
+    if set(map(type, kinds)) != {int} or not _KINDS.issuperset(kinds):
         return None
     if set(map(type, ids)) != {bytes} or set(map(len, ids)) != {ID_SIZE}:
         return None
