@@ -572,6 +572,14 @@ QUEUED_IDS = 200_000
 WRITE_BATCH_OPS = 131072
 #: ... or once its queued index writes hold this many bytes
 WRITE_INDEX_BYTES = 32 << 20
+#: ... or once the trees, blobs and folder summaries among them hold this many bytes.
+#: These are large values (~40 and ~60 KB for a folder of 1,000 files) that cost memory out of
+#: proportion to their byte count until the commit (queued, then LMDB's dirty overflow
+#: pages, in the writer thread's malloc arena): a sync that changed every folder of 1M
+#: files peaked at 554 MB with only the 32 MiB limit, 379 MB with 8 MiB for everything
+#: (whose smaller commits made the first add write 6.4x its data, not 1.6x). With this
+#: limit: 351 MB for that sync and 367 MB for the first add (1.37 GB written, was 1.14)
+WRITE_LARGE_BYTES = 8 << 20
 #: ... and, once the random-key databases outgrow it, a commit dirties about this many
 #: of their pages (64 MiB held in memory by LMDB until the commit): n random writes
 #: into L leaf pages dirty L * (1 - exp(-n / L)) of them, so the writes per commit
@@ -609,6 +617,7 @@ class _Writer(threading.Thread):
                 put_stat = b.put_statcache
                 trimmer = _MapTrimmer(self.store)
                 ops = 0  # writes of random keys queued since the last commit
+                large = 0  # bytes of trees and folder summaries queued since then
                 most = _ops_per_commit(self.store)
                 while True:
                     with self.cv:
@@ -631,6 +640,7 @@ class _Writer(threading.Thread):
                             put_stat(key, value)
                         else:
                             ops += 1
+                            large += len(value)
                             if kind == "t":
                                 b.put_object(TAG_TREE, value)
                             elif kind == "d":
@@ -639,17 +649,21 @@ class _Writer(threading.Thread):
                                 b.put_object(TAG_BLOB, value)
                         if b.pending_bytes < before:  # the batch committed (size limit)
                             trimmer.trim()
-                            before = ops = 0
+                            before = ops = large = 0
                             most = _ops_per_commit(self.store)
                             continue
                         if b.frame_bytes >= WRITE_BATCH_BYTES:
                             b.write_frames()  # the bytes to the pack; the index waits
                             # lookups map index pages between the (rarer) commits
                             trimmer.trim_over(WRITER_MAPPED_BUDGET)
-                        if ops >= most or b.pending_bytes >= WRITE_INDEX_BYTES:
+                        if (
+                            ops >= most
+                            or b.pending_bytes >= WRITE_INDEX_BYTES
+                            or large >= WRITE_LARGE_BYTES
+                        ):
                             b.flush()
                             trimmer.trim()
-                            ops = 0
+                            ops = large = 0
                             most = _ops_per_commit(self.store)
                         before = b.pending_bytes
         except BaseException as e:  # reported to the caller by finish()
