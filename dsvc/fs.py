@@ -100,6 +100,19 @@ class _Order:
             self.ahead = ahead
         return ahead, i
 
+    def start(self, index: int, reader: Reader) -> ReadAhead | None:
+        """The read-ahead of the order from item ``index`` on, started for a file that is
+        read sequentially (a big first file: the files after it are fetched while it
+        is read, not once the next one is opened); None if another file was opened
+        since."""
+        with self.lock:
+            if self.last != index:
+                return None
+            ahead = self.ahead
+            if ahead is None or ahead.closed or ahead.pid != os.getpid():
+                ahead = self.ahead = ReadAhead(reader, self.items)
+            return ahead
+
 
 def parse_url(path: str) -> tuple[str, dict[str, str | None], tuple[str, ...]]:
     """``(root, version selector, path components)`` of a ``dsvc://`` URL or path.
@@ -396,8 +409,13 @@ class DsvcFileSystem(AbstractFileSystem):
         name = "/".join((root, *rel))
         if e.kind == KIND_TREE:
             raise IsADirectoryError(f"dsvc://{name} is a folder")
-        ahead, index = self._order.follow(name, self.reader) if self._order else (None, 0)
-        return self.reader.open(e, "dsvc://" + name, ahead, index)
+        order = self._order
+        ahead, index = order.follow(name, self.reader) if order else (None, 0)
+        f = self.reader.open(e, "dsvc://" + name, ahead, index)
+        if order is not None and ahead is None and name in order.names:
+            reader = self.reader
+            f.sequel = lambda: order.start(index, reader)
+        return f
 
     def cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any

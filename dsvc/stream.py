@@ -18,9 +18,15 @@
   dataset opened one after the other). The chunks of the window that are neither in
   memory nor in the local store are planned by the remote's fetch planner (the one
   ``get_local_copy`` uses: neighbours in a pack, across files, coalesced into one ranged
-  read), fetched by at most :data:`AHEAD_WORKERS` threads, verified, kept in the local
-  store and put in the LRU; a read that reaches a chunk still in flight waits for it.
-  Nothing past the window is fetched, and the threads exit when there is nothing to do.
+  read; a step's partial last range waits for the next step, so requests are as few
+  and as large as ``get_local_copy``'s), fetched by at most :data:`AHEAD_WORKERS`
+  threads, verified and put in the LRU; a read that reaches a chunk still in flight
+  waits for it. The chunks are then written into the local store in batches of
+  :data:`KEEP_BATCH` bytes by one thread at a time, off the reader's path (until then
+  a read finds them in memory even if the LRU dropped them: at most twice that batch
+  beyond the LRU's bound). Nothing past the window is fetched, and the threads exit
+  when there is nothing to do. A file in a declared order that is read sequentially
+  starts the order's read-ahead (the files after it are fetched while it is read).
 * **Fork-safe**: LMDB environments and obstore clients must not cross ``fork``
   (DataLoader workers). A :class:`Reader` re-opens the store and the remote in a
   process other than the one that created it (pid check); ``registry`` and the remote
@@ -70,6 +76,12 @@ AHEAD_STEP = 16 << 20
 AHEAD_WORKERS = 8
 #: the blobs (chunk lists) of up to this many upcoming files are fetched in one batch
 AHEAD_BLOBS = 256
+#: read-ahead writes the chunks it fetched into the local store once this many bytes of
+#: them wait (or when no fetch is left): one pack append + fdatasync + LMDB commit per
+#: batch, from one thread at a time, off the reader's path. Storing each 16 MiB range
+#: as it arrived, from 8 threads contending for the pack and LMDB write locks, took
+#: ~1 s per range and the reader waited for it (folder remote, 500 MB: 68 MB/s).
+KEEP_BATCH = 32 << 20
 
 RelPath = tuple[str, ...]
 
@@ -168,6 +180,18 @@ class Reader:
         # chunks a read-ahead is fetching: a read that needs one waits for it
         self._inflight: dict[bytes, threading.Event] = {}
         self._pool: _Pool | None = None
+        self._reset_kept()
+
+    def _reset_kept(self) -> None:
+        # chunks read ahead, verified and in the cache, waiting to be written into the
+        # local store (:meth:`store_kept`): their frames, in order, and their payloads
+        # (a read finds one here if the cache dropped it before it was stored)
+        self._kept: list[tuple[bytes, bytes | memoryview]] = []
+        self._kept_bytes = 0
+        self._unstored: dict[bytes, bytes] = {}
+        self._jobs = 0  # read-ahead fetches queued or running
+        self._keep_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one thread writes kept chunks at a time
 
     # -- process-local handles -----------------------------------------------------
 
@@ -182,6 +206,7 @@ class Reader:
             # the parent's read-ahead threads did not come along: nothing is in flight
             self._inflight = {}
             self._pool = None
+            self._reset_kept()  # the parent writes what it fetched
 
     @property
     def pool(self) -> _Pool:
@@ -193,11 +218,59 @@ class Reader:
             return self._pool
 
     def close(self) -> None:
-        """Stop read-ahead: queued fetches are dropped, running ones finish (joined)."""
+        """Stop read-ahead: queued fetches are dropped, running ones finish (joined), and
+        what they fetched is in the local store."""
         self._check_pid()
         pool = self._pool
         if pool is not None:
             pool.close()
+        self.store_kept(wait=True)
+
+    def _keep(self, values: Sequence[tuple[bytes, bytes | memoryview, bytes]]) -> None:
+        """Queue verified chunks (``(id, stored frame, payload)``) for the local store."""
+        with self._keep_lock:
+            for cid, frame, payload in values:
+                if cid not in self._unstored:
+                    self._unstored[cid] = payload
+                    self._kept.append((cid, frame))
+                    self._kept_bytes += len(frame)
+
+    def store_kept(self, wait: bool = False) -> None:
+        """Write the chunks read ahead into the local store: when :data:`KEEP_BATCH`
+        bytes of them wait, or no read-ahead fetch is queued or running. With ``wait``:
+        every chunk queued so far, after the write another thread is doing (so that,
+        on return, every chunk read ahead and handed to a read is in the store).
+
+        One thread writes at a time; a caller that finds the write taken leaves its
+        chunks to that writer (which looks again when it is done), unless twice the
+        batch waits: then it waits its turn, so fetching cannot outrun the disk by more
+        than that."""
+        while True:
+            with self._keep_lock:
+                queued = self._kept_bytes
+                due = bool(self._kept) and (wait or queued >= KEEP_BATCH or self._jobs == 0)
+            if not due and not wait:
+                return
+            if not self._flush_lock.acquire(blocking=wait or queued >= 2 * KEEP_BATCH):
+                return  # the writer stores these after its batch
+            try:
+                with self._keep_lock:
+                    batch, self._kept, self._kept_bytes = self._kept, [], 0
+                try:
+                    if batch:
+                        with self.store.batch() as b:
+                            for cid, frame in batch:
+                                # WriteBatch writes frames (bytes or views) before the
+                                # block ends
+                                b.put_chunk_frame(cid, frame)  # type: ignore[arg-type]
+                finally:
+                    with self._keep_lock:
+                        for cid, _ in batch:
+                            self._unstored.pop(cid, None)
+            finally:
+                self._flush_lock.release()
+            if wait:
+                return
 
     @property
     def store(self) -> Store:
@@ -364,6 +437,8 @@ class Reader:
             if data is None and (ev := self._inflight.get(cid)) is not None:
                 ev.wait()  # a read-ahead is fetching it: one request, not two
                 data = self.cache.get(cid)
+            if data is None:  # read ahead, dropped from the cache, not yet stored
+                data = self._unstored.get(cid)
             if data is None:
                 need.append(cid)
             else:
@@ -539,9 +614,12 @@ class _Job:
         reader = self.ahead.reader
         try:
             if not self.ahead.closed:
-                got, nbytes = reader.remote.fetch_range(self.job)
-                for cid, data in got.items():
-                    reader.cache.put(cid, data)
+                # verified, into the cache and the waiting readers' hands first; written
+                # into the local store in batches (Reader.store_kept), off their path
+                got, nbytes = reader.remote.read_verified(self.job)
+                for cid, _frame, payload in got:
+                    reader.cache.put(cid, payload)
+                reader._keep(got)
                 with reader._lock:
                     reader.stats.remote_chunks += len(got)
                     reader.stats.ahead_chunks += len(got)
@@ -551,13 +629,20 @@ class _Job:
             pass  # the read that needs these chunks fetches them itself and reports errors
         finally:
             self.cancel()
+        try:
+            reader.store_kept()
+        except Exception:
+            pass  # not kept locally: a later read fetches the chunk again
 
     def cancel(self) -> None:
+        """Release the chunks' waiters and in-flight marks (the job ran, or was dropped)."""
         reader = self.ahead.reader
         for cid, ev in self.events.items():
             if reader._inflight.get(cid) is ev:
                 reader._inflight.pop(cid, None)
             ev.set()
+        with reader._keep_lock:
+            reader._jobs -= 1
 
 
 #: one item of a read-ahead: a file entry and the byte range ``[a, b)`` that will be read
@@ -573,8 +658,10 @@ class ReadAhead:
     in the local store are planned in steps of :data:`AHEAD_STEP` with the remote's
     fetch planner (``plan_chunks``: neighbours in a pack coalesced into one ranged read,
     across files), fetched on the reader's pool (:data:`AHEAD_WORKERS` threads),
-    verified, kept in the local store and put in the chunk cache. Nothing past the
-    window is fetched; :meth:`close` stops it. Not shared across ``fork`` (a child's
+    verified, put in the chunk cache and written into the local store in batches
+    (:meth:`Reader.store_kept`). A step is planned once a whole step fits in the window
+    (not at every read call), and its partial last range is planned with the next
+    step. Nothing past the window is fetched; :meth:`close` stops it. Not shared across ``fork`` (a child's
     read-ahead does nothing; its reads fetch what they need).
     """
 
@@ -600,6 +687,13 @@ class ReadAhead:
         self._planned = 0  # where that chunk starts in the sequence
         self._planning = False
         self._at = (0, 0)  # (item, file offset) of the reader's position
+        # the chunks of the last, partial ranged read of the latest step, held back to be
+        # planned with the next step: ``(chunk id, sequence offset)``. A step of the
+        # sequence rarely ends where a coalesced range does; sending its tail alone
+        # cost one small request per step (moto S3: 287 requests for 2 GB where
+        # get_local_copy sends 193, and every request costs the server a read of the
+        # whole pack). Held only while it stays half a window ahead of the reader.
+        self._carry: list[tuple[bytes, int]] = []
 
     def at(self, index: int, offset: int = 0) -> None:
         """The reader is at byte ``offset`` of item ``index`` (a file offset, as in
@@ -615,7 +709,7 @@ class ReadAhead:
             if pos <= self._pos:
                 return
             self._pos, self._at = pos, (index, offset)
-            if self._planning or self._planned >= min(self.total, pos + self.window):
+            if self._planning or not self._due():
                 return
             self._planning = True
         try:
@@ -625,6 +719,17 @@ class ReadAhead:
         except BaseException:
             self._unplan()
             raise
+
+    def _due(self) -> bool:
+        """Whether a step is to be planned (under ``_lock``): the reader is past the plan,
+        or a whole step fits in the window, or the window reaches the end. Planning in
+        whole steps, not each time the reader moves, makes each step's ranged reads
+        full-sized (a few large requests, not one per read call)."""
+        limit = min(self.total, self._pos + self.window)
+        if self._planned >= limit:
+            return False
+        behind = self._pos > self._planned
+        return behind or limit == self.total or limit - self._planned >= self.step
 
     def _unplan(self) -> None:
         with self._lock:
@@ -658,17 +763,19 @@ class ReadAhead:
         try:
             while not self.closed:
                 with self._lock:
-                    (i, j), planned = self._next, self._planned
-                    limit = min(self.total, self._pos + self.window)
-                    if planned >= limit:
+                    if not self._due():
                         self._planning = False
                         return
+                    (i, j), planned = self._next, self._planned
+                    limit = min(self.total, self._pos + self.window)
                     behind = self._pos > planned
                     at_index, at_offset = self._at
+                    carry, self._carry = self._carry, []
                 if behind:  # the reader is past the plan (it skipped, or read first)
                     i, j, planned = self._seek(at_index, at_offset)
+                    carry = []  # behind the reader now, or about to be
                 step_end = min(limit, planned + self.step)
-                ids: list[bytes] = []
+                ids: list[tuple[bytes, int]] = list(carry)  # (chunk id, sequence offset)
                 while i < len(self.items) and planned < step_end:
                     entry, a, b = self.items[i]
                     if b > a:
@@ -682,7 +789,7 @@ class ReadAhead:
                                 break
                             j = k + 1
                             if pos + n > a and pos < b:  # the chunk overlaps [a, b)
-                                ids.append(cid)
+                                ids.append((cid, planned))
                                 planned += min(b, pos + n) - max(a, pos)
                             pos += n
                         else:
@@ -692,7 +799,13 @@ class ReadAhead:
                         i, j = i + 1, 0
                 with self._lock:
                     self._next, self._planned = (i, j), planned
-                self._fetch(ids)
+                    pos_now = self._pos
+                held = self._fetch(
+                    ids, hold=planned < self.total, soon=planned < limit, reader_at=pos_now
+                )
+                if held:
+                    with self._lock:
+                        self._carry = held
         except Exception:
             pass  # reads fetch what read-ahead could not (and report why)
         self._unplan()
@@ -709,17 +822,42 @@ class ReadAhead:
         nxt = index + 1
         return nxt, 0, self._starts[nxt] if nxt < len(self.items) else self.total
 
-    def _fetch(self, ids: list[bytes]) -> None:
+    def _fetch(
+        self,
+        ids: list[tuple[bytes, int]],
+        hold: bool = False,
+        soon: bool = False,
+        reader_at: int = 0,
+    ) -> list[tuple[bytes, int]]:
+        """Plan the ranged reads of the chunks ``ids`` (``(chunk id, sequence offset)``)
+        not in memory, in flight or in the local store, and queue them. With ``hold``
+        (more of the sequence follows), the read holding the last of them is returned
+        instead of queued, to be planned with the next step, if that step is planned
+        right away (``soon``), or if the read starts at least half a window ahead of
+        the reader (``reader_at``) and the window is at least 4 steps (the next step,
+        planned when the reader has moved one step, still reaches it in time)."""
         reader = self.reader
-        ids = [c for c in dict.fromkeys(ids) if c not in reader._inflight]
-        ids = [c for c in ids if reader.cache.get(c) is None]
-        if not ids:
-            return
-        need = reader.store.missing("chunks", ids)
+        where: dict[bytes, int] = {}
+        for cid, pos in ids:
+            where.setdefault(cid, pos)
+        todo = [c for c in where if c not in reader._inflight]
+        todo = [c for c in todo if reader.cache.get(c) is None]
+        if not todo:
+            return []
+        need = reader.store.missing("chunks", todo)
         remote = reader.remote if need else None
         if remote is None:
-            return
-        for job in remote.plan_chunks(need):
+            return []
+        jobs = remote.plan_chunks(need)
+        held: list[tuple[bytes, int]] = []
+        if hold and jobs:
+            last = max(range(len(jobs)), key=lambda x: max(where[c] for c, _ in jobs[x][1]))
+            tail = sorted((where[c], c) for c, _ in jobs[last][1])
+            far = self.window >= 4 * self.step and tail[0][0] - reader_at >= self.window // 2
+            if soon or far:
+                held = [(c, p) for p, c in tail]
+                del jobs[last]
+        for job in jobs:
             events = {}
             for cid, _ in job[1]:
                 ev = threading.Event()
@@ -727,7 +865,10 @@ class ReadAhead:
                     events[cid] = ev
             if events:  # else every chunk of it is being fetched already
                 task = _Job(self, job, events)
+                with reader._keep_lock:
+                    reader._jobs += 1
                 reader.pool.submit(task, task.cancel)
+        return held
 
 
 def open_mode(mode: str) -> bool:
@@ -772,6 +913,10 @@ class DsvcFile(io.BufferedIOBase):
         self._ahead_of = ahead
         self._index = index
         self._own_ahead = False
+        #: when this file is read sequentially without a read-ahead, the read-ahead to
+        #: report to instead of one of its own (None: its own): the declared order this
+        #: file is item ``index`` of, so the files after it are fetched while it is read
+        self.sequel: Callable[[], ReadAhead | None] | None = None
         self._chunks = [(c, n) for c, n in reader.chunks(entry) if n > 0]
         self._starts: list[int] = []
         pos = 0
@@ -842,9 +987,12 @@ class DsvcFile(io.BufferedIOBase):
         self._seq_end = b
         ahead = self._ahead_of
         if ahead is None and sequential and b < self.size:
-            # sequential reads of one file: fetch the next window while these are read
-            ahead = self._ahead_of = ReadAhead(self._reader, [(self.entry, 0, self.size)])
-            self._index, self._own_ahead = 0, True
+            # sequential reads: fetch the next window while these are read, along the
+            # declared order if this file is in one (no stall at its end), else its own
+            ahead = self._ahead_of = self.sequel() if self.sequel is not None else None
+            if ahead is None:
+                ahead = self._ahead_of = ReadAhead(self._reader, [(self.entry, 0, self.size)])
+                self._index, self._own_ahead = 0, True
         if ahead is not None:
             ahead.at(self._index, a)
         lo = bisect.bisect_right(self._starts, a) - 1
@@ -876,6 +1024,10 @@ class DsvcFile(io.BufferedIOBase):
     def close(self) -> None:
         if self._own_ahead and self._ahead_of is not None:
             self._ahead_of.close()
+            # what this file read is in the store once it is closed (a new reader of
+            # the same store finds it); chunks read ahead of the order, whose files are
+            # still to be read, are written in batches meanwhile (Reader.store_kept)
+            self._reader.store_kept(wait=True)
         super().close()
 
     def __repr__(self) -> str:

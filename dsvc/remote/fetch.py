@@ -9,7 +9,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from dsvc import codec
 from dsvc.errors import IntegrityError, NotFoundError
@@ -24,6 +24,8 @@ from dsvc.remote.repo import DEFAULT_WORKERS, RemoteRepo
 
 #: ranges closer than this are read with one request
 COALESCE_GAP = 1 << 20
+#: ...and one request reads at most this many bytes
+RANGE_MAX = 16 << 20
 #: bound on decompressed bytes all fetch threads of the process hold at once while they
 #: verify values (the format bounds each value, codec.LIMITS; this bounds their sum)
 FETCH_DECODE_MEMORY = 256 << 20
@@ -39,7 +41,7 @@ class FetchStats:
 
 def _range_jobs(locs: dict[bytes, Any]) -> list[tuple[bytes, list[tuple[bytes, Any]]]]:
     """Group object locations into reads: per pack, by offset, merging neighbours closer
-    than COALESCE_GAP into one range of at most 16 MiB."""
+    than COALESCE_GAP into one range of at most RANGE_MAX bytes."""
     by_pack: dict[bytes, list[tuple[bytes, Any]]] = defaultdict(list)
     for oid, loc in locs.items():
         by_pack[loc.pack].append((oid, loc))
@@ -51,7 +53,7 @@ def _range_jobs(locs: dict[bytes, Any]) -> list[tuple[bytes, list[tuple[bytes, A
             if group:
                 last = group[-1][1]
                 span = it[1].offset + it[1].length - group[0][1].offset
-                if it[1].offset - (last.offset + last.length) > COALESCE_GAP or span > (16 << 20):
+                if it[1].offset - (last.offset + last.length) > COALESCE_GAP or span > RANGE_MAX:
                     jobs.append((pack, group))
                     group = []
             group.append(it)
@@ -219,17 +221,29 @@ class RemoteFetch(RemoteRepo):
         the chunks of several files stored together cost one request."""
         return _range_jobs(self._locate(list(dict.fromkeys(ids))))
 
+    def read_verified(
+        self, job: tuple[bytes, list[tuple[bytes, Any]]]
+    ) -> tuple[list[tuple[bytes, memoryview, bytes]], int]:
+        """Read one planned range (:meth:`plan_chunks`) and verify each chunk in it,
+        storing nothing: ``[(chunk id, stored frame, payload)]`` and the bytes read. The
+        frames are views into the range (no copy; they keep it alive), the payloads
+        bytes of their own (a cache holding one does not hold the whole range)."""
+        values, nbytes = self._read_range(job, keep=True)
+        return [(oid, frame, bytes(payload)) for oid, _kind, frame, payload in values], nbytes
+
     def fetch_range(
         self, job: tuple[bytes, list[tuple[bytes, Any]]]
     ) -> tuple[dict[bytes, bytes], int]:
         """Read one planned range (:meth:`plan_chunks`), verify each chunk in it and keep
         it in the local store; the payloads by chunk id, and the bytes read."""
-        values, nbytes = self._read_range(job, keep=True)
+        got, nbytes = self.read_verified(job)
         out: dict[bytes, bytes] = {}
         with self.store.batch() as b:
-            for oid, _kind, frame, payload in values:
-                b.put_chunk_frame(oid, bytes(frame))
-                out[oid] = bytes(payload)
+            for oid, frame, payload in got:
+                # the batch writes frames views and all (WriteBatch._frames) before the
+                # block ends, while the range they view is alive
+                b.put_chunk_frame(oid, cast(bytes, frame))
+                out[oid] = payload
         return out, nbytes
 
     def fetch_chunks(
