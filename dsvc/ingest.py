@@ -47,7 +47,7 @@ import msgpack
 import pathspec
 import xxhash
 
-from dsvc import codec
+from dsvc import codec, fsbatch
 from dsvc.chunker import Chunker, ReadInto
 from dsvc.errors import DsvcError, InvalidPathError, NotFoundError, WildcardError
 from dsvc.ids import TAG_BLOB, TAG_TREE, chunk_id, object_id
@@ -317,21 +317,65 @@ _SIG_MODE = operator.itemgetter(5)
 
 class _Listing:
     """One folder as a scan lists it: its selected files as two parallel lists,
-    ``names`` and ``sigs`` (in the order the file system lists them); ``subdirs``, the
-    subfolders to enter as ``(path, relative path, ignore rules)``; ``skipped``, what
-    was left out with a reason; ``nbytes``, the files' total size."""
+    ``names`` and ``sigs`` (in the order the file system lists them) and their number,
+    ``count``; ``subdirs``, the subfolders to enter as ``(path, relative path, ignore
+    rules)``; ``skipped``, what was left out with a reason; ``nbytes``, the files' total
+    size. A listing made by :func:`dsvc.fsbatch.list_regular` holds the names and stats
+    as msgpack bytes only (:meth:`packed`), decoded into the lists on first use: a
+    folder that matches its summary never makes a Python object per file."""
 
-    __slots__ = ("_packed", "names", "nbytes", "path", "rel", "sigs", "skipped", "subdirs")
+    __slots__ = (
+        "_names",
+        "_packed",
+        "_sigs",
+        "count",
+        "nbytes",
+        "path",
+        "rel",
+        "skipped",
+        "subdirs",
+    )
 
     def __init__(self, path: str, rel: RelPath) -> None:
         self.path = path
         self.rel = rel
-        self.names: list[str] = []
-        self.sigs: list[Sig] = []
+        self._names: list[str] | None = []
+        self._sigs: list[Sig] | None = []
+        self.count = 0
         self.subdirs: list[tuple[str, RelPath, _Ignores]] = []
         self.skipped: list[tuple[str, str]] = []
         self.nbytes = 0
         self._packed: tuple[bytes, bytes] | None = None
+
+    @classmethod
+    def from_packed(
+        cls, path: str, rel: RelPath, names: bytes, sigs: bytes, count: int, nbytes: int
+    ) -> _Listing:
+        ls = cls(path, rel)
+        ls._names = ls._sigs = None
+        ls._packed = (names, sigs)
+        ls.count = count
+        ls.nbytes = nbytes
+        return ls
+
+    @property
+    def names(self) -> list[str]:
+        if self._names is None:
+            self._unpack()
+        return self._names  # type: ignore[return-value]
+
+    @property
+    def sigs(self) -> list[Sig]:
+        if self._sigs is None:
+            self._unpack()
+        return self._sigs  # type: ignore[return-value]
+
+    def _unpack(self) -> None:
+        assert self._packed is not None
+        packed_names, packed_sigs = self._packed
+        self._names = msgpack.unpackb(packed_names, raw=False)
+        # tuples, as attrgetter makes them: a Sig compares equal to a summary's stat
+        self._sigs = list(msgpack.unpackb(packed_sigs, use_list=False))
 
     def item(self, name: str, sig: Sig) -> ScanItem:
         """The :class:`ScanItem` of the file ``name`` of this folder."""
@@ -361,10 +405,20 @@ class _Listing:
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def _plain(names: Iterable[str]) -> bool:
+    """Whether every name is ASCII without a backslash (taken without validation)."""
+    joined = "".join(names)
+    return joined.isascii() and "\\" not in joined
+
+
 def _list_folder(ctx: _ScanCtx, d: str, rel: RelPath, ignores: _Ignores) -> _Listing:
     """One folder of a scan (its files with their ``lstat``, see :class:`_Listing`).
 
     Safe to run on another thread than the walk's: it only reads ``ctx``."""
+    if not ignores and not ctx.patterns and fsbatch.native is not None and _plain(rel):
+        native = _list_native(ctx, d, rel)
+        if native is not None:
+            return native
     out = _Listing(d, rel)
     try:
         # listed through a descriptor: each entry's lstat is then an ``fstatat`` of
@@ -385,6 +439,57 @@ def _list_folder(ctx: _ScanCtx, d: str, rel: RelPath, ignores: _Ignores) -> _Lis
     finally:
         os.close(fd)
     out.nbytes = sum(map(_SIG_SIZE, out.sigs))
+    out.count = len(out.names)
+    return out
+
+
+def _list_native(ctx: _ScanCtx, d: str, rel: RelPath) -> _Listing | None:
+    """:func:`_list_folder` of a folder with no ignore rules or wildcards, its regular
+    files listed and lstat'ed in one C call with the GIL released (so the scan threads
+    run side by side); None when the folder needs the Python rules throughout."""
+    try:
+        got = fsbatch.list_regular(d, IGNORE_FILE)
+    except PermissionError as e:
+        raise InvalidPathError(f"cannot read folder {d!r}: {e.strerror}") from e
+    except FileNotFoundError:
+        out = _Listing(d, rel)
+        out.skipped.append((d, "folder vanished during the scan"))
+        return out
+    except OSError:
+        return None  # the Python listing raises what it raises
+    if got is None:
+        return None
+    packed_names, packed_sigs, count, nbytes, others = got
+    if IGNORE_FILE in others:  # a link or folder by that name: the Python rules
+        return None
+    out = _Listing.from_packed(d, rel, packed_names, packed_sigs, count, nbytes)
+    if others:
+        # folders, links and the rest: the entry-by-entry rules of _list_entries, on
+        # just those entries (a link to a file adds a file: then re-packed)
+        wanted = set(others)
+        extra = _Listing(d, rel)
+        try:
+            fd = os.open(d, _O_DIR)
+        except OSError:
+            return None
+        try:
+            try:
+                with os.scandir(fd) as it:
+                    listing = [de for de in it if de.name in wanted]
+            except OSError:
+                return None
+            # the entries stat through the folder's descriptor: still open here
+            _list_entries(ctx, extra, listing, ())
+        finally:
+            os.close(fd)
+        out.subdirs = extra.subdirs
+        out.skipped = extra.skipped
+        if extra.count or extra.names:
+            out.names.extend(extra.names)
+            out.sigs.extend(extra.sigs)
+            out._packed = None
+            out.count = len(out.names)
+            out.nbytes += sum(map(_SIG_SIZE, extra.sigs))
     return out
 
 
@@ -1498,9 +1603,7 @@ class _TreeBuilder:
     def close(self, fr: _Folder) -> tuple[Entry | None, int]:
         stats = self.stats
         ls = fr.listing
-        names = ls.names
-        sigs = ls.sigs
-        nfound = len(names)
+        nfound = ls.count
         # the listing as scanned: the files' names and their (size, mtime_ns, ctime_ns,
         # ino, dev, st_mode) in the order the file system lists them (not sorted: a
         # listing in another order only misses, and is then compared file by file),
@@ -1528,6 +1631,9 @@ class _TreeBuilder:
                 value = old._replace(epoch=self.epoch).encode()
                 self.ses.writer.put([("d", key, value)], len(value))
             return Entry(KIND_TREE, old.tree, old.size, MODE_DIR), nfound + below
+        # a changed folder: its files as Python objects from here on
+        names = ls.names
+        sigs = ls.sigs
         # per file (listing order) its entry's kind and id, None where it must be read
         kinds, ids, todo_at = self._known(old, ls)
         stats.cached_files += nfound - len(todo_at)

@@ -57,6 +57,8 @@ MODULES = {
     "dsvc.faultpoints": "model",
     "dsvc.progress": "model",
     "dsvc.parallel": "model",
+    "dsvc.fsbatch": "model",
+    "dsvc._fsbatch": "model",
 }
 
 

@@ -1,0 +1,98 @@
+"""File-system calls in batches: a folder's lstats, a folder's new small files.
+
+The C module ``dsvc._fsbatch`` runs each batch with the GIL released and builds its
+result once (docs/performance.md, "Native batches"): from Python, every syscall hands
+the GIL over and builds an object, so two threads doing a scan or a copy spend their
+time waiting on each other instead of in the kernel side by side. The module is built
+by ``pip install`` when a C compiler is there; without it (or with ``DSVC_NATIVE=0``)
+the functions below do the same in Python, with the same results.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+try:
+    if os.environ.get("DSVC_NATIVE", "1") == "0":
+        raise ImportError("disabled by DSVC_NATIVE=0")
+    from dsvc import _fsbatch as _native
+except ImportError:  # not built here (no compiler at install): the Python path
+    _native = None
+
+#: whether the C batches are in use (tests switch it off to cover the Python path)
+native: Any = _native
+
+
+class Written(NamedTuple):
+    """What a new file's ``fstat`` gave once it was written and dated."""
+
+    ino: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    size: int
+    mode: int
+
+
+def list_regular(folder: str, skip_name: str) -> tuple[bytes, bytes, int, int, list[str]] | None:
+    """The regular files of ``folder`` with their lstat, in listing order, or None when
+    the C module is not in use or the folder needs the Python rules (a regular file's
+    name is not ASCII without a backslash, or is ``skip_name``).
+
+    Returns ``(names, sigs, count, nbytes, others)``: ``names`` and ``sigs`` are the
+    msgpack bytes (``Packer(use_bin_type=True)``) of the list of names and of the list
+    of ``[size, mtime_ns, ctime_ns, ino, dev, st_mode]``; ``others`` are the names of
+    every other entry (folders, links, other types, and a regular file that vanished or
+    changed type between listing and lstat), in listing order. OSError when the folder
+    cannot be opened or read.
+    """
+    if native is None:
+        return None
+    return native.list_regular(folder, skip_name)  # type: ignore[no-any-return,unused-ignore]
+
+
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_files(
+    folder: str,
+    names: list[str],
+    datas: Sequence[bytes | memoryview],
+    modes: list[int],
+    mtimes_ns: list[int],
+) -> list[Written]:
+    """Create each new file ``folder/names[i]`` (never over anything there, never
+    through a link) with mode ``modes[i]``, write ``datas[i]``, set its atime and mtime
+    to ``mtimes_ns[i]`` and return its stat. The first failure removes that file and
+    raises OSError naming it; the files written before it stay (the caller owns the
+    folder and removes it on failure)."""
+    if native is not None:
+        return list(
+            map(Written._make, native.write_files(folder, names, list(datas), modes, mtimes_ns))
+        )
+    out = []
+    for name, data, mode, mtime in zip(names, datas, modes, mtimes_ns, strict=True):
+        if "/" in name:
+            raise ValueError(f"write_files: {name!r} is not a plain name")
+        path = f"{folder}/{name}"
+        fd = os.open(path, _O_CREATE, mode)
+        try:
+            view = memoryview(data)
+            n = 0
+            while n < len(view):
+                n += os.write(fd, view[n:])
+            os.utime(fd, ns=(mtime, mtime))
+            st = os.fstat(fd)
+        except BaseException as e:
+            os.close(fd)
+            os.unlink(path)
+            if isinstance(e, OSError) and e.filename is None:
+                e.filename = path
+            raise
+        os.close(fd)
+        out.append(
+            Written(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_size, st.st_mode)
+        )
+    return out

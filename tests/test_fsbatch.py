@@ -1,0 +1,226 @@
+"""dsvc.fsbatch: a folder's lstats and a folder's new files in one call.
+
+The C module must give exactly what the Python code gives (the folder summaries hash
+the msgpack bytes of the listing, so a store written with one and read with the other
+must agree byte for byte), and the Python fallback must behave as the C one does.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import shutil
+import stat
+import sysconfig
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsvc import fsbatch, ingest
+
+native_only = pytest.mark.skipif(fsbatch.native is None, reason="dsvc._fsbatch is not built")
+
+_SIG = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev", "st_mode")
+_PACK = msgpack.Packer(use_bin_type=True)
+
+
+def test_the_c_module_is_built_wherever_a_compiler_is():
+    """CI must test the C path: `pip install -e .` builds it when a compiler exists."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}) here: the Python path is the one in use")
+    if os.environ.get("DSVC_NATIVE") == "0":
+        pytest.skip("DSVC_NATIVE=0")
+    assert fsbatch.native is not None, "dsvc._fsbatch was not built: run `pip install -e .`"
+
+
+def _python_listing(folder: Path) -> tuple[list[str], list[tuple[int, ...]], list[str]]:
+    names, sigs, others = [], [], []
+    with os.scandir(folder) as it:
+        for de in it:
+            if de.is_file(follow_symlinks=False):
+                names.append(de.name)
+                sigs.append(_SIG(de.stat(follow_symlinks=False)))
+            else:
+                others.append(de.name)
+    return names, sigs, others
+
+
+#: the edges of msgpack's integer encodings (fixint, 8, 16, 32 and 64 bits)
+_SIZES = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**40]
+_MTIMES = [
+    0,
+    1,
+    127,
+    128,
+    -1,
+    -32,
+    -33,
+    -128,
+    -129,
+    -32768,
+    -32769,
+    -(2**31),
+    -(2**31) - 1,
+    2**32,
+    1_700_000_000_123_456_789,
+    -1_000_000_000_000_000_001,
+]
+_names = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters="/\\"),
+    min_size=1,
+    max_size=40,
+).filter(lambda n: n not in (".", "..", ingest.IGNORE_FILE))
+
+
+@native_only
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    files=st.dictionaries(
+        _names, st.tuples(st.sampled_from(_SIZES), st.sampled_from(_MTIMES)), max_size=20
+    ),
+    dirs=st.sets(_names, max_size=3),
+    links=st.sets(_names, max_size=2),
+)
+def test_list_regular_is_byte_for_byte_what_python_packs(tmp_path_factory, files, dirs, links):
+    folder = tmp_path_factory.mktemp("listing")
+    for name, (size, mtime) in files.items():
+        p = folder / name
+        with open(p, "wb") as f:
+            f.truncate(size)  # sparse: sizes up to 1 TiB cost nothing
+        os.utime(p, ns=(mtime, mtime))
+    for name in dirs - files.keys():
+        (folder / name).mkdir()
+    for name in links - files.keys() - dirs:
+        os.symlink("/nowhere", folder / name)
+    names, sigs, others = _python_listing(folder)
+    got = fsbatch.list_regular(str(folder), ingest.IGNORE_FILE)
+    assert got is not None
+    packed_names, packed_sigs, count, nbytes, got_others = got
+    assert packed_names == _PACK.pack(names)
+    assert packed_sigs == _PACK.pack(sigs)
+    assert count == len(names) and nbytes == sum(s[0] for s in sigs)
+    assert got_others == others
+
+
+@native_only
+@pytest.mark.parametrize("name", ["café.txt", "a\\b.txt", ingest.IGNORE_FILE])
+def test_list_regular_leaves_names_that_need_checks_to_python(tmp_path, name):
+    (tmp_path / "plain.txt").write_bytes(b"x")
+    (tmp_path / name).write_bytes(b"y")
+    assert fsbatch.list_regular(str(tmp_path), ingest.IGNORE_FILE) is None
+
+
+@native_only
+def test_list_regular_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        fsbatch.list_regular(str(tmp_path / "gone"), ingest.IGNORE_FILE)
+    assert e.value.filename == os.fsencode(tmp_path / "gone")
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        fsbatch.list_regular(str(tmp_path / "f"), ingest.IGNORE_FILE)
+
+
+def _tree(root: Path) -> None:
+    for i in range(3):
+        d = root / f"d{i}"
+        d.mkdir(parents=True)
+        for j in range(20):
+            (d / f"f{j:03d}.bin").write_bytes(os.urandom(j * 7))
+    (root / "d0" / "sub").mkdir()
+    (root / "d0" / "sub" / "deep.txt").write_bytes(b"deep")
+    os.symlink("f001.bin", root / "d1" / "link-to-file")
+    os.symlink("/nowhere", root / "d1" / "dangling")
+    os.symlink("../d0", root / "d2" / "link-to-folder")
+    os.mkfifo(root / "d2" / "pipe")
+    (root / "top.txt").write_bytes(b"top")
+
+
+def _listing_facts(ls: ingest._Listing) -> tuple:
+    return (
+        sorted(zip(ls.names, ls.sigs)),
+        ls.count,
+        ls.nbytes,
+        sorted(ls.subdirs),
+        sorted(ls.skipped),
+    )
+
+
+@native_only
+def test_a_folder_listed_in_c_is_what_python_lists(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    ctx = ingest._ScanCtx(str(tmp_path), str(tmp_path), frozenset(), [], True)
+    folders = [(str(tmp_path), ())] + [(str(tmp_path / f"d{i}"), (f"d{i}",)) for i in range(3)]
+    native = [_listing_facts(ingest._list_folder(ctx, d, rel, ())) for d, rel in folders]
+    monkeypatch.setattr(fsbatch, "native", None)
+    python = [_listing_facts(ingest._list_folder(ctx, d, rel, ())) for d, rel in folders]
+    assert native == python
+    # the link to a file is a file of d1, beside its regular files
+    assert "link-to-file" in [n for n, _ in native[2][0]]
+
+
+@pytest.fixture(params=["c", "python"])
+def either(request, monkeypatch):
+    if request.param == "c" and fsbatch.native is None:
+        pytest.skip("dsvc._fsbatch is not built")
+    if request.param == "python":
+        monkeypatch.setattr(fsbatch, "native", None)
+    return request.param
+
+
+def test_write_files_creates_dates_and_stats_each_file(tmp_path, either):
+    names = ["a.txt", "b.bin", "empty"]
+    datas = [b"hello", memoryview(os.urandom(70_000)), b""]
+    modes = [0o444, 0o555, 0o644]
+    mtimes = [1_700_000_000_000_000_123, 1_600_000_000_999_999_999, 0]
+    out = fsbatch.write_files(str(tmp_path), names, datas, modes, mtimes)
+    for name, data, mode, mtime, w in zip(names, datas, modes, mtimes, out):
+        st_ = os.lstat(tmp_path / name)
+        assert (tmp_path / name).read_bytes() == bytes(data)
+        assert stat.S_IMODE(st_.st_mode) == mode & ~_umask()
+        assert st_.st_mtime_ns == st_.st_atime_ns == mtime
+        assert w == fsbatch.Written(
+            st_.st_ino, st_.st_mtime_ns, st_.st_ctime_ns, st_.st_nlink, st_.st_size, st_.st_mode
+        )
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_write_files_never_writes_over_or_through_what_is_there(tmp_path, either):
+    (tmp_path / "target").write_bytes(b"precious")
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    (tmp_path / "taken").write_bytes(b"mine")
+    for name in ("link", "taken"):
+        with pytest.raises(FileExistsError) as e:
+            fsbatch.write_files(
+                str(tmp_path), ["new-1", name, "new-2"], [b"1", b"evil", b"2"], [0o644] * 3, [0] * 3
+            )
+        assert e.value.filename == f"{tmp_path}/{name}"
+        # the file before the failure stays, nothing after it is made
+        assert (tmp_path / "new-1").read_bytes() == b"1"
+        assert not (tmp_path / "new-2").exists()
+        (tmp_path / "new-1").unlink()
+    assert (tmp_path / "target").read_bytes() == b"precious"
+    assert (tmp_path / "taken").read_bytes() == b"mine"
+
+
+def test_write_files_refuses_a_path_for_a_name(tmp_path, either):
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError):
+        fsbatch.write_files(str(tmp_path), ["sub/x"], [b"x"], [0o644], [0])
+    assert not (tmp_path / "sub" / "x").exists()
+
+
+def test_write_files_into_a_missing_folder_names_it(tmp_path, either):
+    with pytest.raises(FileNotFoundError) as e:
+        fsbatch.write_files(str(tmp_path / "gone"), ["a"], [b"x"], [0o644], [0])
+    assert str(tmp_path / "gone") in str(e.value.filename)
