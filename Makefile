@@ -41,8 +41,9 @@ deps: $(DEPS_STAMP) $(AZURITE)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Re-run pip when pyproject.toml changes (new dependencies), not on every `make test`.
-$(DEPS_STAMP): pyproject.toml | $(PY)
+# Re-run pip when pyproject.toml changes (new dependencies) or the C module does (it is
+# built by pip install: dsvc/_fsbatch.c), not on every `make test`.
+$(DEPS_STAMP): pyproject.toml dsvc/_fsbatch.c | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
