@@ -42,6 +42,7 @@ from typing import Any
 
 import msgpack
 
+from dsvc import fsbatch
 from dsvc.errors import (
     OVERWRITE,
     InvalidPathError,
@@ -292,7 +293,7 @@ class ContentCache:
         h = entry.id.hex()
         return f"{self._prefix}{h[:2]}/{h}{'x' if entry.mode == MODE_EXEC else ''}"
 
-    def valid(self, st: os.stat_result, entry: Entry) -> bool:
+    def valid(self, st: os.stat_result | fsbatch.Written, entry: Entry) -> bool:
         """Whether a file with stat ``st`` is an unchanged cache file of ``entry`` (or a
         hard link or clone of one): regular, right size, sentinel mtime."""
         return (
@@ -438,7 +439,7 @@ class Manifest:
     def entry(self, i: int) -> Entry:
         return Entry(self.kinds[i], self.ids[16 * i : 16 * i + 16], self.sizes[i], self.modes[i])
 
-    def set_stat(self, i: int, st: os.stat_result | None) -> None:
+    def set_stat(self, i: int, st: os.stat_result | fsbatch.Written | None) -> None:
         self.inos[i] = st.st_ino if st else 0
         self.mtimes[i] = st.st_mtime_ns if st else 0
         self.ctimes[i] = st.st_ctime_ns if st else 0
@@ -1094,7 +1095,7 @@ def _fill_folders(
                 continue
             if e.size < SMALL_FILE or not _link_from(cache, cache.path_for(e), e, dests[i]):
                 missing.append(i)
-        written: dict[int, os.stat_result] = {}
+        written: dict[int, os.stat_result | fsbatch.Written] = {}
         absent = _write_missing(store, cache, files, dests, missing, written)
         if absent:  # content not in the local store: fetched first, then written
             if ensure_content is not None:
@@ -1142,13 +1143,18 @@ def _fill_folders(
             yield man
 
 
+#: a batch of small files handed to :func:`dsvc.fsbatch.write_files` at once
+_BATCH_FILES = 4096
+_BATCH_BYTES = 8 << 20
+
+
 def _write_missing(
     store: Store,
     cache: ContentCache,
     files: list[tuple[str, Entry]],
     dests: list[str],
     todo: list[int],
-    written: dict[int, os.stat_result],
+    written: dict[int, os.stat_result | fsbatch.Written],
     *,
     strict: bool = False,
 ) -> list[int]:
@@ -1156,23 +1162,82 @@ def _write_missing(
     store, in one read snapshot; the stat of each goes to ``written``. Returns those
     whose content the store lacks (nothing is left at their path), or with ``strict``
     raises for the first of them. Content absent is found while writing, so the
-    common case (everything local) costs no separate existence check."""
+    common case (everything local) costs no separate existence check.
+
+    ``files`` are one folder's: small files (never in the content cache, see
+    :data:`SMALL_FILE`) are read here and created in batches by one call each
+    (:func:`dsvc.fsbatch.write_files`, the GIL released for the batch)."""
     absent: list[int] = []
     if not todo:
         return absent
     with store.reader(buffers=True) as txn:
+        small = [i for i in todo if files[i][1].size < SMALL_FILE]
+        if small:
+            absent += _write_small(txn, files, dests, small, written, strict)
         for i in todo:
             entry = files[i][1]
-            small = entry.size < SMALL_FILE
+            if entry.size < SMALL_FILE:
+                continue
             try:
-                if cache.reflink and not small:  # each copy its own inode: cache, clone
+                if cache.reflink:  # each copy its own inode: cache, clone
                     _place(store, cache, entry, dests[i], txn)
                 else:
-                    written[i] = _write_shared(store, cache, txn, entry, dests[i], not small)
+                    written[i] = _write_shared(store, cache, txn, entry, dests[i])
             except ObjectNotFoundError:
                 if strict:
                     raise
                 absent.append(i)
+    return absent
+
+
+def _write_small(
+    txn: StoreReader,
+    files: list[tuple[str, Entry]],
+    dests: list[str],
+    todo: list[int],
+    written: dict[int, os.stat_result | fsbatch.Written],
+    strict: bool,
+) -> list[int]:
+    """:func:`_write_missing` for files under :data:`SMALL_FILE` of one folder: their
+    verified bytes gathered, then created in batches; returns the absent ones."""
+    absent: list[int] = []
+    folder = os.path.dirname(dests[todo[0]])
+    now = (time.time_ns() // _NS) * _NS
+    at: list[int] = []
+    names: list[str] = []
+    datas: list[bytes | memoryview] = []
+    modes: list[int] = []
+    mtimes: list[int] = []
+    nbytes = 0
+
+    def flush() -> None:
+        nonlocal nbytes
+        if at:
+            for i, w in zip(at, fsbatch.write_files(folder, names, datas, modes, mtimes)):
+                written[i] = w
+        for batch in (at, names, datas, modes, mtimes):
+            batch.clear()
+        nbytes = 0
+
+    for i in todo:
+        entry = files[i][1]
+        try:
+            parts = [txn.chunk(cid) for cid, _ in txn.file_chunks(entry)]
+        except ObjectNotFoundError:
+            if strict:
+                raise
+            absent.append(i)
+            continue
+        at.append(i)
+        names.append(files[i][0])
+        datas.append(parts[0] if len(parts) == 1 else b"".join(parts))
+        modes.append(0o555 if entry.mode == MODE_EXEC else 0o444)
+        # the cache's sentinel, as every file of a copy carries (see _write_shared)
+        mtimes.append(now + _sentinel_ns(entry.id))
+        nbytes += entry.size
+        if len(at) >= _BATCH_FILES or nbytes >= _BATCH_BYTES:
+            flush()
+    flush()
     return absent
 
 

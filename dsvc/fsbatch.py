@@ -26,14 +26,15 @@ native: Any = _native
 
 
 class Written(NamedTuple):
-    """What a new file's ``fstat`` gave once it was written and dated."""
+    """What a new file's ``fstat`` gave once it was written and dated (named as in
+    ``os.stat_result``, so code that reads those fields takes either)."""
 
-    ino: int
-    mtime_ns: int
-    ctime_ns: int
-    nlink: int
-    size: int
-    mode: int
+    st_ino: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_nlink: int
+    st_size: int
+    st_mode: int
 
 
 def list_regular(folder: str, skip_name: str) -> tuple[bytes, bytes, int, int, list[str]] | None:

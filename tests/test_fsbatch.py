@@ -19,7 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsvc import fsbatch, ingest
+from dsvc import checkout, fsbatch, ingest
+from dsvc.dataset import Dataset
+from dsvc.errors import ObjectNotFoundError
+from dsvc.ingest import ingest_tree
+from dsvc.objects import KIND_CHUNKFILE, Entry
+from dsvc.registry import open_store
+from dsvc.treeops import Trees, walk
 
 native_only = pytest.mark.skipif(fsbatch.native is None, reason="dsvc._fsbatch is not built")
 
@@ -224,3 +230,70 @@ def test_write_files_into_a_missing_folder_names_it(tmp_path, either):
     with pytest.raises(FileNotFoundError) as e:
         fsbatch.write_files(str(tmp_path / "gone"), ["a"], [b"x"], [0o644], [0])
     assert str(tmp_path / "gone") in str(e.value.filename)
+
+
+# -- a whole copy writes its small files in batches (checkout._write_small) ------------
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("DSVC_HOME", str(h))
+    monkeypatch.delenv("DSVC_REMOTE", raising=False)
+    return h
+
+
+def test_a_whole_copy_writes_small_files_in_batches_each_checked(
+    tmp_path, home, either, monkeypatch
+):
+    monkeypatch.setattr(checkout, "_BATCH_FILES", 3)  # several batches per folder
+    files = {f"d{i}/f{j:02d}": os.urandom(1 + i * 100 + j) for i in range(3) for j in range(10)}
+    files["d1/big"] = os.urandom(9000)  # over SMALL_FILE: the content-cache path
+    files["d2/run.sh"] = b"#!/bin/sh\n"
+    src = tmp_path / "src"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    os.chmod(src / "d2/run.sh", 0o755)
+    ds = Dataset.create(dataset_name="b", dataset_project="p")
+    ds.add_files(src)
+    ds.finalize()
+    copy = Path(ds.get_local_copy())
+    got = {str(p.relative_to(copy)): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert got == files
+    assert os.stat(copy / "d2/run.sh").st_mode & 0o111
+    assert not os.stat(copy / "d0/f00").st_mode & 0o222  # read-only, as every copy
+    # every file carries the sentinel mtime and its manifest row: a second get checks
+    # the copy (one lstat each) and finds nothing to repair
+    cache = checkout.ContentCache(home / "cache" / "content")
+    for rel, e in _entries(ds).items():
+        assert cache.valid(os.lstat(copy / rel), e), rel
+    assert Dataset.get(dataset_id=ds.id).get_local_copy() == str(copy)
+
+
+def _entries(ds: Dataset) -> dict:
+    return {"/".join(p): e for p, e in walk(Trees(open_store()), ds._refresh().tree)}
+
+
+def test_a_small_file_whose_content_is_absent_is_reported_not_written(tmp_path, home, either):
+    store = open_store()
+    src = tmp_path / "one"
+    src.mkdir()
+    (src / "here").write_bytes(b"present")
+    tree = ingest_tree(store, src).entry
+    (here,) = [e for _, e in walk_entries(store, tree.id)]
+    missing = Entry(KIND_CHUNKFILE, bytes(16), 5, here.mode)
+    out = tmp_path / "out"
+    out.mkdir()
+    files = [("here", here), ("gone", missing)]
+    dests = [str(out / "here"), str(out / "gone")]
+    written: dict = {}
+    absent = checkout._write_missing(store, None, files, dests, [0, 1], written)
+    assert absent == [1] and list(written) == [0]
+    assert (out / "here").read_bytes() == b"present" and not (out / "gone").exists()
+    with pytest.raises(ObjectNotFoundError):
+        checkout._write_missing(store, None, files, dests, [1], written, strict=True)
+
+
+def walk_entries(store, tid) -> list:
+    return list(walk(Trees(store), tid))
