@@ -414,6 +414,119 @@ fail:
     return NULL;
 }
 
+/* -- link_files -------------------------------------------------------------------- */
+
+static int no_link(int e) { return e == ENOENT || e == EXDEV || e == EMLINK || e == EPERM || e == ENOTSUP; }
+
+static PyObject *py_link_files(PyObject *self, PyObject *args) {
+    PyObject *srcobj = NULL, *dstobj = NULL, *names;
+    if (!PyArg_ParseTuple(args, "O&O&O!:link_files", PyUnicode_FSConverter, &srcobj,
+                          PyUnicode_FSConverter, &dstobj, &PyList_Type, &names))
+        goto bad_args;
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    PyObject **enc = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    struct stat *sts = PyMem_Calloc((size_t)(n ? n : 1), sizeof(struct stat));
+    char *linked = PyMem_Calloc((size_t)(n ? n : 1), 1);
+    PyObject *out = NULL;
+    if (enc == NULL || sts == NULL || linked == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_FSConverter(PyList_GET_ITEM(names, i), &enc[i])) goto done;
+        if (strchr(PyBytes_AS_STRING(enc[i]), '/') != NULL) {
+            PyErr_Format(PyExc_ValueError, "link_files: %R is not a plain name",
+                         PyList_GET_ITEM(names, i));
+            goto done;
+        }
+    }
+    int err = 0;
+    Py_ssize_t at = 0;
+    const char *src = PyBytes_AS_STRING(srcobj), *dst = PyBytes_AS_STRING(dstobj);
+    const char *failed = dst;
+    Py_BEGIN_ALLOW_THREADS
+    int sfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = sfd < 0 ? -1 : open(dst, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sfd < 0 && no_link(errno)) {
+        sfd = -2; /* the source folder is gone: nothing links, nothing fails */
+    } else if (sfd < 0) {
+        err = errno;
+        failed = src;
+    } else if (dfd < 0) {
+        err = errno;
+    }
+    for (; !err && sfd >= 0 && at < n; at++) {
+        const char *name = PyBytes_AS_STRING(enc[at]);
+        if (linkat(sfd, name, dfd, name, 0) != 0) {
+            if (no_link(errno)) continue;
+            err = errno;
+            failed = NULL;
+            break;
+        }
+        if (fstatat(dfd, name, &sts[at], AT_SYMLINK_NOFOLLOW) != 0) {
+            err = errno;
+            failed = NULL;
+            break;
+        }
+        linked[at] = 1;
+    }
+    if (sfd >= 0) close(sfd);
+    if (dfd >= 0) close(dfd);
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        PyObject *fname;
+        if (failed != NULL) {
+            fname = PyUnicode_DecodeFSDefault(failed);
+        } else {
+            PyObject *path = PyBytes_FromFormat("%s/%s", dst, PyBytes_AS_STRING(enc[at]));
+            fname = path == NULL ? NULL
+                                 : PyUnicode_DecodeFSDefaultAndSize(PyBytes_AS_STRING(path),
+                                                                    PyBytes_GET_SIZE(path));
+            Py_XDECREF(path);
+        }
+        if (fname != NULL) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, fname);
+            Py_DECREF(fname);
+        }
+        goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row;
+        if (!linked[i]) {
+            row = Py_NewRef(Py_None);
+        } else {
+            struct stat *st = &sts[i];
+            int64_t mtime = 0, ctime = 0;
+            ns_of(st->st_mtim.tv_sec, st->st_mtim.tv_nsec, &mtime);
+            ns_of(st->st_ctim.tv_sec, st->st_ctim.tv_nsec, &ctime);
+            row = Py_BuildValue("(KLLKLK)", (unsigned long long)st->st_ino, (long long)mtime,
+                                (long long)ctime, (unsigned long long)st->st_nlink,
+                                (long long)st->st_size, (unsigned long long)st->st_mode);
+            if (row == NULL) {
+                Py_CLEAR(out);
+                goto done;
+            }
+        }
+        PyList_SET_ITEM(out, i, row);
+    }
+done:
+    if (enc != NULL)
+        for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(enc[i]);
+    PyMem_Free(enc);
+    PyMem_Free(sts);
+    PyMem_Free(linked);
+    Py_DECREF(srcobj);
+    Py_DECREF(dstobj);
+    return out;
+bad_args:
+    Py_XDECREF(srcobj);
+    Py_XDECREF(dstobj);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"list_regular", py_list_regular, METH_VARARGS,
      "list_regular(folder, skip_name) -> (names, sigs, count, nbytes, others) | None\n\n"
@@ -428,6 +541,13 @@ static PyMethodDef methods[] = {
      "Create each new file ``folder/name`` (O_EXCL, O_NOFOLLOW) with its mode, write its\n"
      "bytes, set its atime and mtime, and stat it. The first failure removes that file\n"
      "and raises OSError naming it; the files before it stay."},
+    {"link_files", py_link_files, METH_VARARGS,
+     "link_files(src_folder, dst_folder, names) -> [(ino, mtime_ns, ctime_ns, nlink, size,\n"
+     "st_mode) | None]\n\n"
+     "Hard-link each ``src_folder/name`` to the new ``dst_folder/name`` and stat it. None\n"
+     "where the source is gone or the filesystem cannot link it (EXDEV, EMLINK, EPERM,\n"
+     "ENOTSUP): the caller writes that file instead. Any other failure raises OSError\n"
+     "naming the file; the links made before it stay."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1084,18 +1084,28 @@ def _fill_folders(
                 files = [(p[-1], e) for p, e in resolve([((*at, n), e) for n, e in files])]
         man = Manifest([f"{rel}/{n}" if rel else n for n, _ in files], [e for _, e in files])
         dests = [f"{d}/{n}" for n, _ in files]
+        written: dict[int, os.stat_result | fsbatch.Written] = {}
+        # resolved external links never equal the base's entries (those are links)
+        same = [] if btree is None else [i for i, (n, e) in enumerate(files) if btree.get(n) == e]
+        linked = set()
+        if same and not cache.reflink:
+            # no reflinks here: the unchanged files are hard-linked from the base copy
+            # in one call (the GIL released), their stats kept for the manifest
+            got = fsbatch.link_files(bd, d, [files[i][0] for i in same])
+            for i, w in zip(same, got):
+                if w is not None:
+                    written[i] = w
+                    linked.add(i)
+        else:
+            linked = {
+                i for i in same if _link_from(cache, f"{bd}/{files[i][0]}", files[i][1], dests[i])
+            }
         missing = []
-        for i, (n, e) in enumerate(files):
-            # resolved external links never equal the base's entries (those are links)
-            if (
-                btree is not None
-                and btree.get(n) == e
-                and _link_from(cache, f"{bd}/{n}", e, dests[i])
-            ):
+        for i, (_, e) in enumerate(files):
+            if i in linked:
                 continue
             if e.size < SMALL_FILE or not _link_from(cache, cache.path_for(e), e, dests[i]):
                 missing.append(i)
-        written: dict[int, os.stat_result | fsbatch.Written] = {}
         absent = _write_missing(store, cache, files, dests, missing, written)
         if absent:  # content not in the local store: fetched first, then written
             if ensure_content is not None:

@@ -10,6 +10,7 @@ the functions below do the same in Python, with the same results.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -93,6 +94,40 @@ def write_files(
                 e.filename = path
             raise
         os.close(fd)
+        out.append(
+            Written(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_size, st.st_mode)
+        )
+    return out
+
+
+#: link failures that mean "write this file instead": the source is gone, another
+#: filesystem, the link limit, a filesystem without hard links
+_NO_LINK = (errno.ENOENT, errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
+
+
+def link_files(src_folder: str, dst_folder: str, names: list[str]) -> list[Written | None]:
+    """Hard-link each ``src_folder/names[i]`` to the new ``dst_folder/names[i]`` and
+    return its stat; None where the source is gone (its folder too) or cannot be linked
+    there (the caller writes that file instead). Any other failure raises OSError naming
+    the file; the links made before it stay."""
+    if native is not None:
+        return [
+            None if r is None else Written._make(r)
+            for r in native.link_files(src_folder, dst_folder, names)
+        ]
+    out: list[Written | None] = []
+    for name in names:
+        if "/" in name:
+            raise ValueError(f"link_files: {name!r} is not a plain name")
+        dest = f"{dst_folder}/{name}"
+        try:
+            os.link(f"{src_folder}/{name}", dest, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in _NO_LINK:
+                out.append(None)
+                continue
+            raise OSError(e.errno, e.strerror, dest) from None  # named as the C call does
+        st = os.lstat(dest)
         out.append(
             Written(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_size, st.st_mode)
         )

@@ -297,3 +297,58 @@ def test_a_small_file_whose_content_is_absent_is_reported_not_written(tmp_path, 
 
 def walk_entries(store, tid) -> list:
     return list(walk(Trees(store), tid))
+
+
+def test_link_files_links_and_stats_what_it_can_and_leaves_the_rest(tmp_path, either):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "a").write_bytes(b"aaa")
+    (src / "b").write_bytes(b"bb")
+    got = fsbatch.link_files(str(src), str(dst), ["a", "gone", "b"])
+    assert got[1] is None and not (dst / "gone").exists()
+    for name, w in (("a", got[0]), ("b", got[2])):
+        st_ = os.lstat(dst / name)
+        assert st_.st_ino == os.lstat(src / name).st_ino and st_.st_nlink == 2
+        assert w == fsbatch.Written(
+            st_.st_ino, st_.st_mtime_ns, st_.st_ctime_ns, st_.st_nlink, st_.st_size, st_.st_mode
+        )
+    # a source folder that is gone (the parent's copy removed meanwhile): nothing links
+    assert fsbatch.link_files(str(tmp_path / "nowhere"), str(dst), ["a"]) == [None]
+
+
+def test_link_files_never_replaces_what_is_at_the_destination(tmp_path, either):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "a").write_bytes(b"new")
+    (dst / "a").write_bytes(b"mine")
+    with pytest.raises(FileExistsError) as e:
+        fsbatch.link_files(str(src), str(dst), ["a"])
+    assert e.value.filename == f"{dst}/a"
+    assert (dst / "a").read_bytes() == b"mine"
+    with pytest.raises(ValueError):
+        fsbatch.link_files(str(src), str(dst), ["../a"])
+
+
+def test_a_child_copy_links_its_unchanged_files_from_the_parents_copy(tmp_path, home, either):
+    files = {f"d{i}/f{j}": os.urandom(10 + j) for i in range(2) for j in range(6)}
+    src = tmp_path / "src"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    parent = Dataset.create(dataset_name="b", dataset_project="p")
+    parent.add_files(src)
+    parent.finalize()
+    pcopy = Path(parent.get_local_copy())
+    files["d1/f2"] = b"changed"
+    (src / "d1/f2").write_bytes(files["d1/f2"])
+    child = Dataset.create(dataset_name="b", dataset_project="p", parent_datasets=[parent.id])
+    child.sync_folder(src)
+    child.finalize()
+    ccopy = Path(child.get_local_copy())
+    got = {str(p.relative_to(ccopy)): p.read_bytes() for p in ccopy.rglob("*") if p.is_file()}
+    assert got == files
+    for rel in files:
+        shared = os.lstat(ccopy / rel).st_ino == os.lstat(pcopy / rel).st_ino
+        assert shared == (rel != "d1/f2"), rel

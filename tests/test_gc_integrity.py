@@ -223,7 +223,7 @@ def test_gc_racing_add_and_finalize_never_loses_a_version(tmp_path: Path, home: 
 
 _STUCK_COPY = """
 import sys, time
-from dsvc import checkout
+from dsvc import checkout, fsbatch
 from dsvc.dataset import Dataset
 from dsvc.errors import StateError
 
@@ -235,9 +235,10 @@ def stuck_after(place):
         return done
     return stuck
 
-# the first file placed, whichever way (small files are written, not cached)
+# the first file placed, whichever way (small files are written in batches, not cached)
 checkout._place = stuck_after(checkout._place)
 checkout._write_shared = stuck_after(checkout._write_shared)
+fsbatch.write_files = stuck_after(fsbatch.write_files)
 Dataset.get(dataset_id=sys.argv[1]).get_local_copy()
 """
 
