@@ -348,3 +348,91 @@ def test_newer_format_is_refused(tmp_path):
         s._apply([("config", b"format_version", _pack(99))])
     with pytest.raises(ConfigError, match="upgrade"):
         open_store(tmp_path)
+
+
+def _mapped_bytes(path) -> int:
+    """Bytes of ``path``'s mappings resident in this process (its pages in our RSS)."""
+    target = os.path.realpath(path)
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):  # a mapping's first line
+                inside = line.rstrip("\n").endswith(target)
+            elif inside and head == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise")
+def test_readers_keep_the_mapped_store_under_a_budget(tmp_path, monkeypatch):
+    """Issue 11 (RSS flat from 1M to 3M files): the pages of the store's map that
+    readers touch are unmapped once the process maps more than MAPPED_BUDGET, so
+    a read of every value of a large store (a full local copy reads every file's chunk
+    location) does not keep the whole store resident."""
+    import dsvc.store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAPPED_BUDGET", 1 << 20, raising=False)
+    monkeypatch.setattr(store_mod, "READ_CHECK_EVERY", 1, raising=False)
+    s = open_store(tmp_path)
+    value = 64 << 10
+    with s.batch() as b:  # 32 MiB of incompressible objects (overflow pages in the map)
+        oids = [b.put_object(TAG_BLOB, os.urandom(value)) for _ in range(512)]
+    data = s.path / "data.mdb"
+    worst = 0
+    for oid in oids:
+        assert len(s.get_object(oid, TAG_BLOB)) == value
+        worst = max(worst, _mapped_bytes(data))
+    # at most the pages one read maps, with the kernel's fault-around, stay between checks
+    assert worst <= 1 << 20, worst
+    s.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise")
+def test_unmapping_the_store_keeps_open_views_valid(tmp_path, monkeypatch):
+    """A zero-copy view of another reader (another thread) is read again from the page
+    cache after the pages are unmapped: the same bytes, never zeros."""
+    import dsvc.store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAPPED_BUDGET", 1 << 20, raising=False)
+    monkeypatch.setattr(store_mod, "READ_CHECK_EVERY", 1, raising=False)
+    s = open_store(tmp_path)
+    payload = os.urandom(256 << 10)
+    with s.batch() as b:
+        oid = b.put_object(TAG_BLOB, payload)
+        other = b.put_object(TAG_BLOB, os.urandom(256 << 10))
+    with s.reader(buffers=True) as r:
+        view = r.object_frame(oid)
+        assert isinstance(view, memoryview)
+        before = bytes(view)
+        with s.reader() as r2:  # its exit unmaps the store (budget exceeded)
+            assert r2.object(other, TAG_BLOB)
+        assert _mapped_bytes(s.path / "data.mdb") < len(before)
+        assert bytes(view) == before
+        assert r.object(oid, TAG_BLOB) == payload
+    s.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise")
+def test_a_large_commit_keeps_the_mapped_store_under_a_budget(tmp_path, monkeypatch):
+    """A write transaction maps every page it walks to: random keys into a large store
+    (the first add's chunk locations and stat cache) map much of it, a share that grows
+    with the store. They are unmapped as the transaction goes, once over the budget."""
+    import dsvc.store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAPPED_BUDGET", 1 << 20, raising=False)
+    monkeypatch.setattr(store_mod, "WRITE_CHECK_EVERY", 64, raising=False)
+    s = open_store(tmp_path)
+    keys = [os.urandom(16) for _ in range(60_000)]
+    with s.batch(limit=1 << 30) as b:  # ~20 MB of stat-cache values under random keys
+        for k in keys:
+            b.put_statcache(k, os.urandom(200))
+    data = s.path / "data.mdb"
+    assert os.path.getsize(data) > 16 << 20
+    with s.batch(limit=1 << 30) as b:  # one transaction that rewrites them all
+        for k in keys:
+            b.put_statcache(k, os.urandom(200))
+    # what is mapped when it ends: at most the budget, and 64 writes' pages since
+    assert _mapped_bytes(data) <= 6 << 20, _mapped_bytes(data)
+    assert len(s.scan_prefix("statcache", b"")) == len(keys)
+    s.close()
