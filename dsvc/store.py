@@ -34,6 +34,7 @@ import errno
 import fcntl
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -113,6 +114,22 @@ CONTENT_EPOCH_KEY = b"content_epoch"
 STATCACHE_FORMAT = 3
 #: file in ``store.lmdb/`` whose flock keeps local gc and content writers apart
 GC_LOCK = "gc.lock"
+#: pages of the store's map a process may keep mapped (RSS) before they are unmapped
+#: (:class:`_MapBudget`). Every page a read or a write transaction touches stays
+#: mapped otherwise: a read of every file's chunk location (a full ``get_local_copy``),
+#: of every folder's tree (a diff that touches every folder), or the commits of the
+#: first add (random keys: each commit walks to thousands of leaf pages, and the
+#: kernel's fault-around maps the 64 KiB around each) leave resident a share of the
+#: store that grows with it. Measured at 3M files, main e02b378: the first add's mapped
+#: store pages peaked at ~300 MB (peak RSS 533 MB, 335 MB at 1M); issue 11 asks for
+#: RSS flat from 1M to 3M files
+MAPPED_BUDGET = 128 << 20
+#: a reader's exit checks the budget once per this many readers (a check reads
+#: /proc/self/statm: ~3 syscalls, too many for the per-file readers of some paths)
+READ_CHECK_EVERY = 16
+#: a write transaction checks the budget once per this many writes (a random-key write
+#: may map 64 KiB: 512 of them at most 32 MiB between checks)
+WRITE_CHECK_EVERY = 512
 
 T = TypeVar("T")
 
@@ -467,6 +484,91 @@ class WriteBatch:
         self._pending.clear()
 
 
+class _MapBudget:
+    """Keeps the pages of a store's LMDB map that this process has mapped (Linux) under
+    a budget, by unmapping them all once they exceed it.
+
+    LMDB reads through a shared, read-only file mapping: every page a lookup touches
+    (and, through the kernel's fault-around, the 64 KiB around it) stays mapped in the
+    process and counts as its RSS until the map is closed. ``MADV_DONTNEED`` on a shared
+    file mapping only drops the page-table entries: the data stays in the page cache
+    and the next access maps it again, with the same content, so it is safe while other
+    threads read (zero-copy views included). Best effort: any failure disables it.
+
+    The map's address is read from ``/proc/self/maps`` at each trim, never kept: a
+    mapping of the file that another ``Store`` of this process opened is trimmed too
+    (harmless, for the same reason), and an address the map has left (a resize, a
+    closed store) is never advised, where it could hold other memory by then. Resizes
+    of this store's map hold :attr:`lock`, as a trim does.
+    """
+
+    def __init__(self, data_file: Path, budget: int) -> None:
+        self.target = os.path.realpath(data_file)
+        self.budget = budget
+        self.ok = sys.platform.startswith("linux")
+        self.lock = threading.Lock()
+        self.trims = 0  # times the map was unmapped (tests, diagnostics)
+        self._count = 0
+        self._madvise: Callable[..., int] | None = None
+
+    def reader_done(self) -> None:
+        """Count a finished reader; every :data:`READ_CHECK_EVERY` readers,
+        :meth:`check`."""
+        self._count += 1  # unlocked: a lost increment only delays a check
+        if self._count >= READ_CHECK_EVERY:
+            self._count = 0
+            self.check()
+
+    def check(self) -> None:
+        """:meth:`trim` when the process maps more than the budget of files
+        (``/proc/self/statm``'s shared pages: file-backed, mostly the store's map)."""
+        if not self.ok:
+            return
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                shared = int(f.read().split()[2]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            self.ok = False
+            return
+        if shared > self.budget:
+            self.trim()
+
+    def trim(self) -> None:
+        """Unmap every page of the store's map from this process."""
+        if not self.ok:
+            return
+        try:
+            with self.lock:
+                if self._madvise is None:
+                    # imported here: only a process that reads enough to trim needs it
+                    import ctypes
+
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                    self._madvise = libc.madvise
+                # only the part backed by the file holds pages, not the whole 1 TiB map
+                size = (os.stat(self.target).st_size + _PAGE - 1) & ~(_PAGE - 1)
+                for lo, hi in self._mappings():
+                    if self._madvise(lo, min(hi - lo, size), 4) != 0:  # MADV_DONTNEED
+                        self.ok = False
+                self.trims += 1
+        except Exception:
+            self.ok = False
+
+    def _mappings(self) -> list[tuple[int, int]]:
+        """The address ranges at which this process maps the store's file now."""
+        out = []
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if line.rstrip("\n").endswith(self.target):
+                    lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                    out.append((lo, hi))
+        return out
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 class StoreReader:
     """A typed read view of one snapshot of the store (``with store.reader() as r``).
 
@@ -662,6 +764,7 @@ class Store:
         self.home = Path(home).expanduser().absolute() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "store.lmdb"
+        self._map_budget = _MapBudget(self.path / "data.mdb", MAPPED_BUDGET)
         size = map_size or int(os.environ.get("DSVC_MAP_SIZE", DEFAULT_MAP_SIZE))
         # Durability (docs/architecture.md): by default every commit fsyncs its data pages
         # but not the meta page (MDB_NOMETASYNC): a system crash may undo the last commit
@@ -794,7 +897,8 @@ class Store:
         try:
             return self.env.begin(**kw)
         except lmdb.MapResizedError:
-            self.env.set_mapsize(0)  # 0 = take the size recorded in the file
+            with self._map_budget.lock:  # the map moves: not while a trim advises it
+                self.env.set_mapsize(0)  # 0 = take the size recorded in the file
             return self.env.begin(**kw)
 
     @contextmanager
@@ -816,7 +920,12 @@ class Store:
             try:
                 with self.errors(), self._write_lock, self._begin(write=True) as txn:
                     dropped = False
-                    for db, key, value in ops:
+                    check = self._map_budget.check
+                    for i, (db, key, value) in enumerate(ops):
+                        if i % WRITE_CHECK_EVERY == WRITE_CHECK_EVERY - 1:
+                            # the pages this transaction walked to are mapped, and it
+                            # may walk to thousands (see MAPPED_BUDGET)
+                            check()
                         if value is None:
                             txn.delete(key, db=dbs[db])
                             dropped = dropped or db in ("chunkloc", "chunks", "objects")
@@ -837,7 +946,8 @@ class Store:
                 return
             except lmdb.MapFullError:
                 # only reachable with a small DSVC_MAP_SIZE: grow and redo the batch
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                with self._map_budget.lock:  # the map moves: not while a trim advises it
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
     def _append_frames(
         self, frames: list[tuple[bytes, bytes | memoryview]]
@@ -867,6 +977,9 @@ class Store:
         values are zero-copy views into the map, valid only inside the block."""
         with self.errors(), self._begin(buffers=buffers) as txn:
             yield StoreReader(self, txn)
+        # after the snapshot ends (no view of it is used any more): the pages it mapped
+        # are unmapped once the process holds too many (see _MapBudget)
+        self._map_budget.reader_done()
 
     # -- content ---------------------------------------------------------------
 
@@ -1410,7 +1523,8 @@ class Store:
     def close(self) -> None:
         self.detach_all()
         self.packs.close()
-        self.env.close()
+        with self._map_budget.lock:  # the map goes: not while a trim advises it
+            self.env.close()
 
     def __enter__(self) -> Store:
         return self
