@@ -92,6 +92,7 @@ from dsvc.treeops import (
     Trees,
     apply_edits,
     diff,
+    diff_counts,
     diff_stats,
     edit_effects,
     lookup,
@@ -799,19 +800,18 @@ class Dataset:
             for p, why in res.stats.skipped:
                 warn(f"skipped {p}: {why}")
             # the folder's tree is diffed with the staged one: equal subtrees (the
-            # unchanged folders) are skipped by id, never opened
+            # unchanged folders) are skipped by id, never opened, and the changed
+            # folders the walk compared with their summaries are counted from there
+            # (1% of 1M files changed: 2,000 trees not decoded)
             trees = LeanTrees(self._store)
             folder = res.entry.id if res.entry is not None else EMPTY_TREE_ID
             sub = lookup(trees, self._refresh().tree, prefix)
-            counts = {"added": 0, "removed": 0, "modified": 0}
             if sub is not None and sub.kind != KIND_TREE:
-                counts["removed"] = 1  # a file where the folder should be: it goes
-                counts["added"] = res.files
+                # a file where the folder should be: it goes
+                removed, added, modified = 1, res.files, 0
             else:
                 old_sub = sub.id if sub is not None else EMPTY_TREE_ID
-                for c in diff(trees, old_sub, folder):
-                    counts[c.status] += 1
-            removed, added, modified = counts["removed"], counts["added"], counts["modified"]
+                removed, added, modified = diff_counts(trees, old_sub, folder, res.changes)
             if verbose:
                 print(f"{self.id}: {removed} removed, {added} added, {modified} modified")
             if removed or added or modified:

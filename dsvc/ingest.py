@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import fnmatch
+import gc
 import itertools
 import math
 import operator
@@ -46,6 +47,7 @@ from typing import Any, NamedTuple
 import msgpack
 import pathspec
 import xxhash
+import zstandard
 
 from dsvc import codec, fsbatch
 from dsvc.chunker import Chunker, ReadInto
@@ -678,7 +680,7 @@ WRITE_BATCH_OPS = 131072
 #: ... or once its queued index writes hold this many bytes
 WRITE_INDEX_BYTES = 32 << 20
 #: ... or once the trees, blobs and folder summaries among them hold this many bytes.
-#: These are large values (~40 and ~60 KB for a folder of 1,000 files) that cost memory out of
+#: These are large values (~22 and ~36 KB as stored for a folder of 1,000 files) that cost memory out of
 #: proportion to their byte count until the commit (queued, then LMDB's dirty overflow
 #: pages, in the writer thread's malloc arena): a sync that changed every folder of 1M
 #: files peaked at 554 MB with only the 32 MiB limit, 379 MB with 8 MiB for everything
@@ -745,13 +747,17 @@ class _Writer(threading.Thread):
                             put_stat(key, value)
                         else:
                             ops += 1
-                            large += len(value)
+                            # the bytes the batch holds for it: a tree or blob as
+                            # stored (compressed: a 1,000-file tree holds 22 KB, not
+                            # its 40 KB), so the limit means the same for every kind
+                            held = b.pending_bytes
                             if kind == "t":
                                 b.put_object(TAG_TREE, value)
                             elif kind == "d":
                                 b.put_dirsum(key, value)
                             else:
                                 b.put_object(TAG_BLOB, value)
+                            large += b.pending_bytes - held
                         if b.pending_bytes < before:  # the batch committed (size limit)
                             trimmer.trim()
                             before = ops = large = 0
@@ -829,10 +835,15 @@ class _MapTrimmer:
     any failure disables it.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, check_every: int = 1) -> None:
         self.target = os.path.realpath(os.path.join(store.path, "data.mdb"))
         self.ok = sys.platform.startswith("linux")
         self._madvise: Callable[..., int] | None = None
+        # trim_over reads /proc/self/statm only every this many calls: a walk calls it
+        # per changed folder, and the read (open, read, close of a proc file) cost as
+        # much as the folder's summary decode (8% of the walk's samples at 1% changed)
+        self.check_every = check_every
+        self._calls = 0
 
     def trim(self) -> None:
         if not self.ok:
@@ -847,6 +858,10 @@ class _MapTrimmer:
         (``/proc/self/statm``'s shared pages: file-backed, mostly the store's map)."""
         if not self.ok:
             return
+        self._calls += 1
+        if self._calls < self.check_every:
+            return
+        self._calls = 0
         try:
             with open("/proc/self/statm", "rb") as f:
                 shared = int(f.read().split()[2]) * _PAGE
@@ -1335,8 +1350,16 @@ def ingest_path(
 #: 2,000 files kept it at ~110 MB but cost ~6 us per file in faults again (measured at
 #: 300k files); a budget unmaps rarely and bounds RSS all the same.
 MAPPED_BUDGET = 160 << 20
-#: layout version of a folder summary (the ``dirsum`` database, docs/format.md section 5)
-DIRSUM_VERSION = 2
+#: layout version of a folder summary (the ``dirsum`` database, docs/format.md section 5).
+#: Layout 3 compresses the body's names, stats and kinds (layout 2 did not): 65 KB ->
+#: 36 KB for a folder of 1,000 files, written again whenever one of its files changes
+DIRSUM_VERSION = 3
+#: zstd level of a summary body's compressed part: level 1 makes 47 KB of names, stats
+#: and kinds 18 KB in ~170 us; level 3 saves 1% more for 45% more time
+DIRSUM_ZSTD_LEVEL = 1
+#: the largest decompressed body part a summary may declare (a damaged value is then
+#: ignored, never inflated): ~50 bytes per file, so 5 million files in one folder
+DIRSUM_MAX_HEAD = 256 << 20
 
 
 class DirSummary(NamedTuple):
@@ -1344,11 +1367,11 @@ class DirSummary(NamedTuple):
 
     ``digest`` is the xxh3-128 of the folder's listing: the files' names and stats
     (:data:`Sig`) in listing order, and per subfolder its name and tree id; None when
-    some file was racily clean or skipped (never a whole-folder hit). ``body`` (msgpack,
-    :class:`_Body`) holds, per file of the tree, its name, its stat (nil when racily
-    clean: never trusted), its entry kind and its id, in listing order: a changed
-    folder reuses the entries of its unchanged files from there, as git's index does.
-    It is a nested bin, so a whole-folder hit never decodes it.
+    some file was racily clean or skipped (never a whole-folder hit). ``body``
+    (:class:`_Body`, partly compressed) holds, per file of the tree, its name, its stat
+    (nil when racily clean: never trusted), its entry kind and its id, in listing
+    order: a changed folder reuses the entries of its unchanged files from there, as
+    git's index does. It is a nested bin, so a whole-folder hit never decodes it.
     """
 
     digest: bytes | None
@@ -1371,7 +1394,8 @@ class DirSummary(NamedTuple):
             return None
         if isinstance(v, list) and len(v) == 10 and v[0] == 1:
             return cls._from_layout_1(v)
-        if not isinstance(v, list) or len(v) != len(cls._fields) + 1 or v[0] != DIRSUM_VERSION:
+        # layouts 2 and 3 have the same fields; their bodies differ (see _Body.decode)
+        if not isinstance(v, list) or len(v) != len(cls._fields) + 1 or v[0] not in (2, 3):
             return None
         return cls(*v[1:])
 
@@ -1400,20 +1424,50 @@ class DirSummary(NamedTuple):
 class _Body(NamedTuple):
     """A summary's files, as parallel columns in listing order (tuples, as msgpack
     decodes them with ``use_list=False``: a stat compares equal to a scanned
-    :data:`Sig`)."""
+    :data:`Sig`).
+
+    Encoded (layout 3) as ``array(bin head, array(bin ids))``, ``head`` the zstd frame of
+    ``array(names, stats, kinds)``: names and stats compress 2.6x, the ids not at all
+    (so they stay out of the compressor). Layout 2 was ``array(names, stats, kinds,
+    ids)`` uncompressed; both decode."""
 
     names: Sequence[str]
     sigs: Sequence[Sig | None]
     kinds: Sequence[int]
     ids: Sequence[bytes]
 
+    @staticmethod
+    def encode(head: bytes, ids: Sequence[bytes]) -> bytes:
+        """The body of ``head`` (the msgpack ``array(names, stats, kinds)``) and
+        ``ids``."""
+        c = getattr(_tls, "zc", None)
+        if c is None:
+            c = _tls.zc = zstandard.ZstdCompressor(level=DIRSUM_ZSTD_LEVEL, write_content_size=True)
+        return b"\x92" + _packb(c.compress(head)) + _packb(ids)
+
     @classmethod
     def decode(cls, raw: bytes) -> _Body | None:
         try:
             v = msgpack.unpackb(raw, raw=False, use_list=False)
-        except ValueError:
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], bytes):
+                head = v[0]
+                if not 0 <= zstandard.frame_content_size(head) <= DIRSUM_MAX_HEAD:
+                    return None
+                d = getattr(_tls, "zd", None)
+                if d is None:
+                    d = _tls.zd = zstandard.ZstdDecompressor()
+                cols = msgpack.unpackb(d.decompress(head), raw=False, use_list=False)
+                if not isinstance(cols, tuple) or len(cols) != 3:
+                    return None
+                v = (*cols, v[1])
+        except (ValueError, zstandard.ZstdError):
             return None
-        if not isinstance(v, tuple) or len(v) != 4 or len({len(c) for c in v}) != 1:
+        if (
+            not isinstance(v, tuple)
+            or len(v) != 4
+            or not all(isinstance(c, tuple) for c in v)
+            or len({len(c) for c in v}) != 1
+        ):
             return None
         return cls(*v)
 
@@ -1437,6 +1491,16 @@ class TreeResult:
     entry: Entry | None
     files: int
     stats: IngestStats
+    #: ``(old tree id, new tree id) -> (removed, added, modified)`` file counts of the
+    #: changed folders whose difference the walk knows without reading a tree: a folder
+    #: of files only, the same names in the same order as its summary, whose summary's
+    #: tree is ``old`` (see :func:`dsvc.treeops.diff_counts`)
+    changes: dict[tuple[bytes, bytes], tuple[int, int, int]] = field(default_factory=dict)
+
+
+#: at most this many folders' counts in :attr:`TreeResult.changes` (~200 bytes each);
+#: past it the diff reads the trees of the others
+MAX_KNOWN_CHANGES = 100_000
 
 
 class _Folder:
@@ -1467,6 +1531,23 @@ def _list_packed(ctx: _ScanCtx, d: str, rel: RelPath, ignores: _Ignores) -> _Lis
 
 #: at most this many files to read in a folder are read by the walk's own thread
 _INLINE_FILES = 64
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block. Closing a changed folder decodes,
+    compares and re-encodes a thousand small tuples (summary body, listing, tree rows)
+    that cannot form cycles and die with the folder: the collections their allocation
+    triggers scan them for nothing and promote the live ones, and cost as much as the
+    work itself (summary body decode: 470 us with collections, 230 us without)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _Scanner:
@@ -1571,7 +1652,8 @@ def ingest_tree(
                     stack.append(_Folder(ls))
                     continue
                 stack.pop()
-                done = build.close(fr)
+                with _gc_paused():
+                    done = build.close(fr)
                 if not stack:
                     top = done
                 elif done[0] is not None:
@@ -1581,7 +1663,7 @@ def ingest_tree(
     stats.new_chunks = ses.writer.new_chunks
     stats.new_bytes_stored = ses.writer.new_bytes
     stats.skipped[:0] = skipped
-    return TreeResult(top[0], top[1], stats)
+    return TreeResult(top[0], top[1], stats, build.changes)
 
 
 class _TreeBuilder:
@@ -1593,12 +1675,15 @@ class _TreeBuilder:
         self.ses = ses
         self.stats = stats
         # checking that content is present maps the store's pages into this process:
-        # unmapped again every so often, so they never pile up as RSS (see _MapTrimmer)
-        self._trimmer = _MapTrimmer(store)
+        # unmapped again every so often, so they never pile up as RSS (see _MapTrimmer).
+        # A changed folder maps ~1 MB (its summary, its new files' chunk lookups), so
+        # looking every 16 calls overshoots the budget by a few MB at most
+        self._trimmer = _MapTrimmer(store, check_every=16)
         # the caller's lease keeps gc and fsck --repair (the deleters) away until the
         # walk ends, so the epoch read now holds for every summary written by it
         with store.reader() as r:
             self.epoch = r.content_epoch()
+        self.changes: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
 
     def close(self, fr: _Folder) -> tuple[Entry | None, int]:
         stats = self.stats
@@ -1635,7 +1720,7 @@ class _TreeBuilder:
         names = ls.names
         sigs = ls.sigs
         # per file (listing order) its entry's kind and id, None where it must be read
-        kinds, ids, todo_at = self._known(old, ls)
+        kinds, ids, todo_at, same = self._known(old, ls)
         stats.cached_files += nfound - len(todo_at)
         todo = [ls.item(names[i], sigs[i]) for i in todo_at]
         self.ing.progress(nbytes - sum(it.size for it in todo))
@@ -1670,6 +1755,8 @@ class _TreeBuilder:
             return None, 0
         data = encode_tree_rows(rows)
         tid = object_id(TAG_TREE, data)
+        if same is not None and old is not None and keep is None and not fr.kids:
+            self._count_changes(old, same, tid, todo_at, kinds, ids, sizes, modes)
         size = sum(sizes) + sum(e.size for e, _ in fr.kids.values())
         nfiles = len(names) + below
         # racily clean files keep no stat in the body (see _racy): never trusted. None
@@ -1680,9 +1767,10 @@ class _TreeBuilder:
             body_sigs = [None if _racy_mtime(s[1], now) else s for s in sigs]
         trusted = keep is None and None not in body_sigs  # nothing racy, nothing skipped
         if keep is None and body_sigs is sigs:
-            body = b"\x94" + packed_names + packed_sigs + _packb(kinds) + _packb(ids)
+            head = b"\x93" + packed_names + packed_sigs + _packb(kinds)
         else:
-            body = _packb([names, body_sigs, kinds, ids])
+            head = _packb([names, body_sigs, kinds])
+        body = _Body.encode(head, ids)  # type: ignore[arg-type]
         value = DirSummary(
             digest if trusted else None, tid, size, nfiles, pathb, body, self.epoch
         ).encode()
@@ -1725,22 +1813,51 @@ class _TreeBuilder:
         self._trimmer.trim_over(MAPPED_BUDGET)
         return old
 
+    def _count_changes(
+        self,
+        old: DirSummary,
+        body: _Body,
+        tid: bytes,
+        todo_at: list[int],
+        kinds: Sequence[int | None],
+        ids: Sequence[bytes | None],
+        sizes: list[int],
+        modes: list[int],
+    ) -> None:
+        """Record the files modified from ``old.tree`` to ``tid`` (a folder of files
+        only whose names, in order, are those of ``body``: only the files read can
+        differ). Nothing is recorded unless every entry of ``old.tree`` is known from
+        ``body``: no subfolder in it, and a stat (size and mode) for each file read."""
+        if old.tree == tid or old.files != len(body.names):
+            return
+        if len(self.changes) >= MAX_KNOWN_CHANGES:
+            return
+        modified = 0
+        for i in todo_at:
+            sig = body.sigs[i]
+            if sig is None:  # racily clean then: its size and mode are not in the body
+                return
+            was = (body.kinds[i], body.ids[i], sig[0], _mode(sig[5]))
+            modified += was != (kinds[i], ids[i], sizes[i], modes[i])
+        self.changes[(old.tree, tid)] = (0, 0, modified)
+
     def _known(
         self, old: DirSummary | None, ls: _Listing
-    ) -> tuple[list[int | None], list[bytes | None], list[int]]:
+    ) -> tuple[list[int | None], list[bytes | None], list[int], _Body | None]:
         """Per file of ``ls`` (listing order) the kind and id of its entry when its stat
-        is unchanged, None otherwise; and the positions of the Nones (the files to read).
+        is unchanged, None otherwise; the positions of the Nones (the files to read);
+        and the summary's body when it lists the same names in the same order.
         """
         n = len(ls.names)
         body = _Body.decode(old.body) if old is not None else None
         if body is None:  # no summary: the stat cache answers file by file
             if not self.ing.use_stat_cache:
-                return [None] * n, [None] * n, list(range(n))
+                return [None] * n, [None] * n, list(range(n)), None
             found = stat_cache_entries(self.store, ls.items())
             self._trimmer.trim_over(MAPPED_BUDGET)  # its content checks map the store
             kinds = [None if e is None else e.kind for e in found]
             ids = [None if e is None else e.id for e in found]
-            return kinds, ids, [i for i, e in enumerate(found) if e is None]
+            return kinds, ids, [i for i, e in enumerate(found) if e is None], None
         # a layout-1 summary's stats have no st_mode (5 elements): compared without it
         partial = bool(body.sigs) and len(body.sigs[0] or ()) == 5
         if not partial and tuple(ls.names) == body.names:
@@ -1752,7 +1869,7 @@ class _TreeBuilder:
             todo_at = list(itertools.compress(range(n), map(operator.not_, same)))
             for i in todo_at:
                 kinds_k[i] = ids_k[i] = None
-            return kinds_k, ids_k, todo_at
+            return kinds_k, ids_k, todo_at, body
         at = dict(zip(body.names, range(len(body.names))))
         kinds_k, ids_k, todo_at = [], [], []
         for i, (name, sig) in enumerate(zip(ls.names, ls.sigs)):
@@ -1764,4 +1881,4 @@ class _TreeBuilder:
                 kinds_k.append(None)
                 ids_k.append(None)
                 todo_at.append(i)
-        return kinds_k, ids_k, todo_at
+        return kinds_k, ids_k, todo_at, None

@@ -332,6 +332,52 @@ def diff(trees: Trees, a: bytes, b: bytes, prefix: Path = ()) -> Iterator[Change
             stack.pop()
 
 
+def diff_counts(
+    trees: Trees,
+    a: bytes,
+    b: bytes,
+    known: Mapping[tuple[bytes, bytes], tuple[int, int, int]] | None = None,
+) -> tuple[int, int, int]:
+    """``(removed, added, modified)``: the files :func:`diff` would yield, counted.
+
+    ``known`` maps pairs of folder ids ``(a, b)`` to their counts when the caller knows
+    them already (an ingest that compared each folder with its summary): those folders
+    are not read. Trees are content-addressed, so a pair's counts never change. Equal
+    ids are skipped as in :func:`diff`; only the folders that differ are read.
+    """
+    removed = added = modified = 0
+    if a == b:
+        return 0, 0, 0
+    stack = [(a, b)]
+    while stack:
+        a, b = stack.pop()
+        k = known.get((a, b)) if known else None
+        if k is not None:
+            removed, added, modified = removed + k[0], added + k[1], modified + k[2]
+            continue
+        ta, tb = _differing(trees, a, b)
+        for name in ta.keys() | tb.keys():
+            ea, eb = ta.get(name), tb.get(name)
+            a_dir = ea.id if ea is not None and ea.kind == KIND_TREE else None
+            b_dir = eb.id if eb is not None and eb.kind == KIND_TREE else None
+            if a_dir is not None and b_dir is not None:  # unequal, so different ids
+                stack.append((a_dir, b_dir))
+                continue
+            if a_dir is not None:
+                removed += count_files(trees, a_dir)
+                ea = None
+            if b_dir is not None:
+                added += count_files(trees, b_dir)
+                eb = None
+            if ea is None and eb is not None:
+                added += 1
+            elif eb is None and ea is not None:
+                removed += 1
+            elif ea is not None:
+                modified += 1
+    return removed, added, modified
+
+
 @dataclass(frozen=True)
 class DiffStats:
     """Counts and bytes of a diff (:func:`diff_stats`); ``bytes_*`` sum the new sizes of

@@ -22,8 +22,10 @@ from pathlib import Path
 import msgpack
 import pytest
 from helpers_core import OLD_MTIME_NS, make_tree, read_tree, write_file
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dsvc import ingest
+from dsvc import ingest, treeops
 from dsvc.dataset import Dataset
 from dsvc.errors import InvalidPathError
 from dsvc.ids import chunk_id
@@ -158,6 +160,47 @@ def test_renamed_and_deleted_folders_sync_correctly(tmp_path: Path) -> None:
     assert (removed, added, modified) == (20, 20, 20)
     v2.finalize()
     assert read_tree(Path(Dataset.get(dataset_id=v2.id).get_local_copy())) == read_tree(src)
+
+
+def test_sync_counts_the_changes_the_walk_compared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # folders of files whose names match their summaries: the walk knows which files
+    # changed, and sync_folder counts them without reading their trees
+    # (TreeResult.changes); a rewrite with the same bytes is not a change, a mode change is
+    files = _files(3, 10)
+    src = tmp_path / "src"
+    make_tree(src, files)
+    v1 = Dataset.create(dataset_name="d", dataset_project="p")
+    assert v1.sync_folder(src) == (0, len(files), 0)
+    v1.finalize()
+    write_file(src / "d0" / "f001.txt", b"new content")
+    write_file(src / "d0" / "f002.txt", files["d0/f002.txt"])  # same bytes, new stat
+    write_file(src / "d1" / "f003.txt", b"other content")
+    (src / "d2" / "f004.txt").chmod(0o755)
+    read: list[tuple[bytes, bytes]] = []
+    differing = treeops._differing
+
+    def counting(trees: Trees, a: bytes, b: bytes):  # type: ignore[no-untyped-def]
+        read.append((a, b))
+        return differing(trees, a, b)
+
+    monkeypatch.setattr(treeops, "_differing", counting)
+    v2 = Dataset.create(dataset_name="d", dataset_project="p", parent_datasets=[v1.id])
+    assert v2.sync_folder(src) == (0, 0, 3)
+    assert len(read) == 1  # the root only: d0, d1 and d2 were counted by the walk
+    v2.finalize()
+    assert {c.path_str for c in v2.diff()} == {"d0/f001.txt", "d1/f003.txt", "d2/f004.txt"}
+    # a folder whose names changed is diffed from its trees, with the same counts
+    (src / "d1" / "f005.txt").unlink()
+    write_file(src / "d1" / "zz.txt", b"added")
+    write_file(src / "d0" / "f006.txt", b"changed again")
+    read.clear()
+    v3 = Dataset.create(dataset_name="d", dataset_project="p", parent_datasets=[v2.id])
+    assert v3.sync_folder(src) == (1, 1, 1)
+    assert len(read) == 2  # the root and d1
+    v3.finalize()
+    assert {c.path_str for c in v3.diff()} == {"d0/f006.txt", "d1/f005.txt", "d1/zz.txt"}
 
 
 def test_content_gone_from_the_store_makes_the_folder_be_read_again(tmp_path: Path) -> None:
@@ -502,6 +545,82 @@ def test_a_summary_of_the_first_layout_is_used_file_by_file(tmp_path: Path) -> N
     third = _ingest(store, src)
     assert third.stats.read_bytes == len(b"changed since layout 1")
     assert _tree_files(store, third.entry.id) == {**files, "d0/f002.txt": b"changed since layout 1"}
+
+
+def _as_layout_2(raw: bytes) -> bytes:
+    """A layout-3 summary as layout 2 wrote it: version 2, its body uncompressed."""
+    s = DirSummary.decode(raw)
+    assert s is not None
+    body = ingest._Body.decode(s.body)
+    assert body is not None
+    flat = msgpack.packb(list(body), use_bin_type=True)
+    return msgpack.packb([2, *s._replace(body=flat)], use_bin_type=True)
+
+
+def test_a_summary_of_layout_2_is_still_used(tmp_path: Path) -> None:
+    # stores written before the bodies were compressed keep their summaries: a folder
+    # of an unchanged listing is a whole-folder hit, a changed one reuses its files
+    files = _files(2, 10)
+    src = tmp_path / "src"
+    make_tree(src, files)
+    store = open_store()
+    first = _ingest(store, src)
+    with store.reader() as r:
+        raws = list(r.dirsum_items())
+    assert raws and all(msgpack.unpackb(v)[0] == 3 for _, v in raws)
+    with store.batch() as b:
+        for k, v in raws:
+            b.put_dirsum(bytes(k), _as_layout_2(bytes(v)))
+    _drop_statcache(store)  # only the summaries can answer
+    again = _ingest(store, src)
+    assert again.entry == first.entry and again.stats.read_bytes == 0
+    with store.batch() as b:
+        for k, v in raws:
+            b.put_dirsum(bytes(k), _as_layout_2(bytes(v)))
+    _drop_statcache(store)
+    write_file(src / "d1" / "f003.txt", b"changed since layout 2")
+    third = _ingest(store, src)
+    assert third.stats.read_bytes == len(b"changed since layout 2")
+    assert _tree_files(store, third.entry.id) == {**files, "d1/f003.txt": b"changed since layout 2"}
+
+
+_SIG = st.tuples(*[st.integers(0, 2**63 - 1)] * 6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=20), st.none() | _SIG, st.sampled_from([1, 2])),
+        max_size=40,
+    ),
+)
+def test_a_summary_body_round_trips(files: list) -> None:
+    names = [n for n, _, _ in files]
+    sigs = [s for _, s, _ in files]
+    kinds = [k for _, _, k in files]
+    ids = [bytes([i % 256]) * 16 for i in range(len(files))]
+    head = msgpack.packb([names, sigs, kinds], use_bin_type=True)
+    raw = ingest._Body.encode(head, ids)
+    body = ingest._Body.decode(raw)
+    assert body is not None
+    assert list(body.names) == names and list(body.sigs) == sigs
+    assert list(body.kinds) == kinds and list(body.ids) == ids
+    # the layout-2 form of the same columns decodes to the same body
+    flat = msgpack.packb([names, sigs, kinds, ids], use_bin_type=True)
+    assert ingest._Body.decode(flat) == body
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        msgpack.packb([b"not a zstd frame", []]),
+        msgpack.packb([b"\x28\xb5\x2f\xfd" + b"\x00" * 8, []]),  # a zstd magic, then junk
+        msgpack.packb([1, 2, 3, 4]),  # columns that are not arrays
+        msgpack.packb([[1], [2], [3]]),
+    ],
+)
+def test_a_damaged_summary_body_is_ignored(raw: bytes) -> None:
+    assert ingest._Body.decode(raw) is None
 
 
 def test_a_summary_of_an_unknown_layout_is_not_used(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from dsvc.treeops import (
     apply_edits,
     count_files,
     diff,
+    diff_counts,
     diff_stats,
     flatten,
     lookup,
@@ -200,6 +201,49 @@ def test_diff_matches_model(store, base_ops, more_ops):
         # reverse diff is the mirror image, and a tree has no diff with itself
         assert {(c.path, c.new, c.old) for c in diff(trees, bb, a)} == got
         assert list(diff(trees, a, a)) == []
+
+
+@given(op_lists, op_lists, st.data())
+@SETTINGS
+def test_diff_counts_match_the_model(store, base_ops, more_ops, data):
+    with store.batch() as b:
+        trees = Trees(store, b)
+        a = build(trees, base_ops)
+        bb = build(trees, more_ops, a)
+        want = model_diff(model_of(base_ops), model_of([*base_ops, *more_ops]))
+        counts = (
+            sum(new is None for _, _, new in want),
+            sum(old is None for _, old, _ in want),
+            sum(old is not None and new is not None for _, old, new in want),
+        )
+        assert diff_counts(trees, a, bb) == counts
+        assert diff_counts(trees, bb, a) == (counts[1], counts[0], counts[2])
+        assert diff_counts(trees, a, a) == (0, 0, 0)
+        # counts the caller knows for some pairs of differing folders are taken as
+        # given (a pair's counts are a function of its ids): a known pair for the
+        # roots answers alone, and the true counts of inner pairs change nothing
+        assert diff_counts(trees, a, bb, {(a, bb): (7, 8, 9)}) == (
+            (7, 8, 9) if a != bb else (0, 0, 0)
+        )
+        pairs = _differing_pairs(trees, a, bb)
+        chosen = data.draw(st.sets(st.sampled_from(sorted(pairs))) if pairs else st.just(set()))
+        known = {p: diff_counts(trees, *p) for p in chosen}
+        assert diff_counts(trees, a, bb, known) == counts
+
+
+def _differing_pairs(trees: Trees, a: bytes, b: bytes) -> set[tuple[bytes, bytes]]:
+    """The pairs of folder ids, one per side, that diff compares from roots ``a``, ``b``."""
+    out: set[tuple[bytes, bytes]] = set()
+    todo = [(a, b)] if a != b else []
+    while todo:
+        x, y = todo.pop()
+        out.add((x, y))
+        tx, ty = trees.get(x), trees.get(y)
+        for n in tx.keys() & ty.keys():
+            ex, ey = tx[n], ty[n]
+            if ex.kind == KIND_TREE and ey.kind == KIND_TREE and ex.id != ey.id:
+                todo.append((ex.id, ey.id))
+    return out
 
 
 @given(st.lists(op_lists, min_size=1, max_size=4))
