@@ -1229,10 +1229,20 @@ def _write_small(
             batch.clear()
         nbytes = 0
 
+    # the single-chunk files' chunks in one read (a folder's small files lie in a row
+    # in a pack: one pread for many of them)
+    single = [files[i][1].id for i in todo if files[i][1].kind == KIND_CHUNKFILE]
+    payloads = iter(txn.read_chunks(single))
     for i in todo:
         entry = files[i][1]
         try:
-            parts = [txn.chunk(cid) for cid, _ in txn.file_chunks(entry)]
+            if entry.kind == KIND_CHUNKFILE:
+                data = next(payloads)
+                if data is None:  # absent: the store's own error, naming it
+                    data = txn.chunk(entry.id)
+            else:
+                parts = [txn.chunk(cid) for cid, _ in txn.file_chunks(entry)]
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
         except ObjectNotFoundError:
             if strict:
                 raise
@@ -1240,7 +1250,7 @@ def _write_small(
             continue
         at.append(i)
         names.append(files[i][0])
-        datas.append(parts[0] if len(parts) == 1 else b"".join(parts))
+        datas.append(data)
         modes.append(0o555 if entry.mode == MODE_EXEC else 0o444)
         # the cache's sentinel, as every file of a copy carries (see _write_shared)
         mtimes.append(now + _sentinel_ns(entry.id))

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Iterator, Set
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -100,7 +100,17 @@ NAME_INDEX_PREFIX = "nx/"
 #: it built on first use, :meth:`Store.name_index`)
 NAME_INDEX_READY = "name_index"
 #: the record fields a summary keeps: what lookups filter and order versions by
-SUMMARY_FIELDS = ("id", "project", "name", "version", "status", "tags", "archived", "created", "modified")
+SUMMARY_FIELDS = (
+    "id",
+    "project",
+    "name",
+    "version",
+    "status",
+    "tags",
+    "archived",
+    "created",
+    "modified",
+)
 LEASE_PREFIX = "lease/"
 #: config key naming the stat cache's key layout: absent, keyed by the path itself;
 #: 2, by the xxh3-128 of the path (issue 9.18); 3, by folder hash + name hash (issue
@@ -283,8 +293,10 @@ def disk_error(home: Path, where: str | os.PathLike[str] | None, err: BaseExcept
     if code == errno.EIO and _over_file_size_limit(probe):
         code = errno.EFBIG  # a short write against `ulimit -f`, reported as EIO by LMDB
     if code in _FULL_ERRNOS or (code == errno.EIO and free is not None and free < _NEARLY_FULL):
-        what = "the file size limit (ulimit -f) was reached" if code == errno.EFBIG else (
-            "no space left on the device"
+        what = (
+            "the file size limit (ulimit -f) was reached"
+            if code == errno.EFBIG
+            else ("no space left on the device")
         )
         in_store = place == home or home in place.parents
         room = (
@@ -323,9 +335,7 @@ def _fault_label(ops: list[tuple[str, bytes, bytes | None]]) -> str:
         kinds = dbs.setdefault(db, set())
         if db == "records":
             kinds.add(key.split(b"/", 1)[0].decode(errors="replace"))
-    return ",".join(
-        f"{db}[{','.join(sorted(k))}]" if k else db for db, k in sorted(dbs.items())
-    )
+    return ",".join(f"{db}[{','.join(sorted(k))}]" if k else db for db, k in sorted(dbs.items()))
 
 
 #: the exception type of the store's database library, for callers that turn errors
@@ -627,13 +637,35 @@ class StoreReader:
             )
         return codec.decode_frame_view(frame, TAG_CHUNK, cid)
 
+    def read_chunks(self, cids: Sequence[bytes]) -> list[bytes | memoryview | None]:
+        """:meth:`chunk` of many ids at once, None for those not stored: the packed
+        ones are read in runs (:meth:`Packs.read_many`), each verified against its id."""
+        get = self._txn.get
+        locdb, olddb = self._dbs["chunkloc"], self._dbs["chunks"]
+        frames: list[bytes | memoryview | None] = []
+        packed: list[tuple[bytes, bytes | memoryview]] = []
+        at: list[int] = []
+        for i, cid in enumerate(cids):
+            loc = get(cid, db=locdb)
+            if loc is not None:
+                packed.append((cid, loc))
+                at.append(i)
+                frames.append(None)
+            else:
+                frames.append(get(cid, db=olddb))
+        if packed:
+            for i, frame in zip(at, self.store.packs.read_many(packed)):
+                frames[i] = frame
+        return [
+            None if f is None else codec.decode_frame_view(f, TAG_CHUNK, cid)
+            for cid, f in zip(cids, frames)
+        ]
+
     def chunks(self) -> Iterator[tuple[bytes, bytes | memoryview | None]]:
         """Every ``(chunk id, frame)`` (fsck): packed chunks in pack and offset order
         (sequential reads), then those of format 1. The frame is None when the pack
         does not hold it where the index says (a damaged chunk)."""
-        for cid, _loc, loc in sorted(
-            self.chunk_locations(), key=lambda t: (t[1][0], t[1][1])
-        ):
+        for cid, _loc, loc in sorted(self.chunk_locations(), key=lambda t: (t[1][0], t[1][1])):
             try:
                 yield cid, self.store.packs.read(cid, loc)
             except IntegrityError:
@@ -1165,7 +1197,9 @@ class Store:
                     if (s := record_summary(r)) is not None
                     and (s["project"], s["name"]) == (project, name)
                 ]
-        return [_unpack(v) for _, v in self.scan_prefix("records", name_index_prefix(project, name))]
+        return [
+            _unpack(v) for _, v in self.scan_prefix("records", name_index_prefix(project, name))
+        ]
 
     def _expected_name_index(self, txn: Any) -> dict[bytes, bytes]:
         out = {}
@@ -1401,9 +1435,7 @@ class Store:
                     live[pack] += packfile.entry_bytes(length)
         hdr = len(packfile.MAGIC)
         doomed = [
-            p
-            for p, size in sizes.items()
-            if live[p] == 0 or live[p] + hdr < size * live_fraction
+            p for p, size in sizes.items() if live[p] == 0 or live[p] + hdr < size * live_fraction
         ]
         doomed = [p for p in doomed if not self.packs.locked_by_other(p)]
         if dry_run:

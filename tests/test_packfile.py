@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsvc import codec, packfile, registry
@@ -55,6 +55,54 @@ def test_appended_frames_read_back_at_their_locations(tmp_path_factory, frames) 
         assert packfile.HEADER.unpack(raw[off - packfile.HEADER.size : off]) == (cid, length)
     assert packs.path(packfile.decode_loc(locs[0][1])[0]).read_bytes()[:8] == packfile.MAGIC
     packs.close()
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    frames=st.lists(st.binary(min_size=0, max_size=3000), min_size=1, max_size=30),
+    picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=40),
+    gap=st.sampled_from([0, 100, 64 << 10]),
+    run=st.sampled_from([1, 5000, 8 << 20]),
+)
+def test_read_many_gives_what_read_gives_in_any_order(
+    tmp_path_factory, monkeypatch, frames, picks, gap, run
+) -> None:
+    """Frames read in coalesced runs are exactly those read one by one, whatever the
+    order, repeats, and run limits (one frame per run up to the whole pack)."""
+    monkeypatch.setattr(packfile, "READ_GAP", gap)
+    monkeypatch.setattr(packfile, "READ_RUN", run)
+    packs = packfile.Packs(tmp_path_factory.mktemp("packs"))
+    items = [(os.urandom(16), f) for f in frames]
+    locs = []
+    for i in range(0, len(items), 7):
+        locs += packs.append(items[i : i + 7])
+    want = [locs[p % len(locs)] for p in picks]
+    got = packs.read_many(want)
+    assert [bytes(g) for g in got] == [packs.read(cid, loc) for cid, loc in want]
+    packs.close()
+
+
+def test_read_many_reports_a_damaged_or_missing_pack_by_chunk(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "home")
+    with store.batch() as b:
+        ids = [b.put_chunk(os.urandom(300 + i), level=0) for i in range(5)]
+    with store.reader() as r:
+        assert [bytes(c) for c in r.read_chunks(ids)] == [store.get_chunk(c) for c in ids]
+        assert r.read_chunks([bytes(16)]) == [None]  # absent: None, not an error
+    path, off, _ = chunk_place(store, ids[3])
+    with open(path, "r+b") as f:  # another id in the entry's header
+        f.seek(off - packfile.HEADER.size)
+        f.write(b"\xee")
+    with store.reader() as r, pytest.raises(Exception, match=f"{ids[3].hex()}.*does not hold it"):
+        r.read_chunks(ids)
+    store.close()
+    path.unlink()
+    store = open_store(tmp_path / "home")
+    with store.reader() as r, pytest.raises(Exception, match="is missing"):
+        r.read_chunks(ids[:2])
+    store.close()
 
 
 def test_a_torn_tail_is_garbage_and_appends_go_on(tmp_path: Path) -> None:
@@ -142,9 +190,7 @@ def _versions(tmp_path: Path) -> tuple[Dataset, Dataset, dict[str, bytes]]:
     return v1, v2, keep
 
 
-def test_gc_reclaims_pack_space(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gc_reclaims_pack_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSVC_HOME", str(tmp_path / "home"))
     v1, v2, keep = _versions(tmp_path)
     store = registry.open_store()
