@@ -11,6 +11,8 @@ import operator
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -352,3 +354,51 @@ def test_a_child_copy_links_its_unchanged_files_from_the_parents_copy(tmp_path, 
     for rel in files:
         shared = os.lstat(ccopy / rel).st_ino == os.lstat(pcopy / rel).st_ino
         assert shared == (rel != "d1/f2"), rel
+
+
+# -- a folder that can be listed but not entered ------------------------------------------
+
+_ADD = """
+import sys
+from dsvc.dataset import Dataset
+from dsvc.errors import DsvcError
+ds = Dataset.create(dataset_name="d", dataset_project="p")
+try:
+    ds.add_files(sys.argv[1])
+except DsvcError as e:
+    print("DsvcError:", e)
+"""
+#: root without the capabilities that bypass file permissions (util-linux setpriv)
+_NO_DAC = ["--bounding-set", "-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run the scan without permission overrides",
+)
+@pytest.mark.parametrize("native_flag", ["1", "0"])
+def test_a_folder_that_can_be_listed_but_not_entered_is_a_clear_error(tmp_path, native_flag):
+    """Read permission without search permission (mode 0644 on a folder): its names can
+    be listed but not one of its files stat'ed. The add names the folder and says what
+    to do, instead of a raw PermissionError. (Run by root without its permission
+    overrides: root reads everything otherwise.)"""
+    data = tmp_path / "data"
+    (data / "locked").mkdir(parents=True)
+    (data / "ok.txt").write_bytes(b"fine")
+    (data / "locked" / "f.txt").write_bytes(b"hidden")
+    os.chmod(data / "locked", 0o644)
+    env = {**os.environ, "DSVC_HOME": str(tmp_path / "home"), "DSVC_NATIVE": native_flag}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    try:
+        p = subprocess.run(
+            ["setpriv", *_NO_DAC, sys.executable, "-c", _ADD, str(data)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.chmod(data / "locked", 0o755)
+    assert "PermissionError" not in p.stderr, p.stderr
+    assert p.stdout.startswith("DsvcError:"), (p.stdout, p.stderr)
+    assert str(data / "locked") in p.stdout and "permission" in p.stdout.lower()
