@@ -576,6 +576,12 @@ def _list_entries(
         except FileNotFoundError:
             skipped.append((path, "vanished during the scan"))
             continue
+        except PermissionError as e:
+            # the folder can be listed (read) but not entered (no search permission)
+            raise InvalidPathError(
+                f"cannot read {path!r}: {e.strerror}. Give the folder {d!r} search (x) "
+                "permission, or leave it out of the add (a .dsvcignore rule)"
+            ) from e
         if patterns and not matches_wildcard(r, patterns, ctx.recursive):
             continue
         if not (rel_plain and name.isascii() and "\\" not in name):
