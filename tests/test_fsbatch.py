@@ -185,7 +185,7 @@ def test_write_files_creates_dates_and_stats_each_file(tmp_path, either):
     names = ["a.txt", "b.bin", "empty"]
     datas = [b"hello", memoryview(os.urandom(70_000)), b""]
     modes = [0o444, 0o555, 0o644]
-    mtimes = [1_700_000_000_000_000_123, 1_600_000_000_999_999_999, 0]
+    mtimes = [1_700_000_000_000_000_123, -1_600_000_000_999_999_999, 0]  # before 1970 too
     out = fsbatch.write_files(str(tmp_path), names, datas, modes, mtimes)
     for name, data, mode, mtime, w in zip(names, datas, modes, mtimes, out):
         st_ = os.lstat(tmp_path / name)
