@@ -316,8 +316,14 @@ static int write_one(int dirfd, wfile_t *f) {
     }
     if (!err) {
         struct timespec ts[2];
-        ts[0].tv_sec = ts[1].tv_sec = (time_t)(f->mtime_ns / 1000000000);
-        ts[0].tv_nsec = ts[1].tv_nsec = (long)(f->mtime_ns % 1000000000);
+        /* floor division: a time before 1970 has a negative second and 0..999999999 ns */
+        int64_t sec = f->mtime_ns / 1000000000, nsec = f->mtime_ns % 1000000000;
+        if (nsec < 0) {
+            sec -= 1;
+            nsec += 1000000000;
+        }
+        ts[0].tv_sec = ts[1].tv_sec = (time_t)sec;
+        ts[0].tv_nsec = ts[1].tv_nsec = (long)nsec;
         if (futimens(fd, ts) != 0 || fstat(fd, &f->st) != 0) err = errno;
     }
     if (close(fd) != 0 && !err && errno != EINTR) err = errno;
