@@ -191,7 +191,7 @@ def _joiner(root: str) -> Callable[[RelPath], str]:
     return join
 
 
-_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_O_CREATE = fsbatch.O_CREATE_NEW
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

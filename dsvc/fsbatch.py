@@ -38,6 +38,10 @@ class Written(NamedTuple):
     st_mode: int
 
 
+def _written(st: os.stat_result) -> Written:
+    return Written(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_size, st.st_mode)
+
+
 def list_regular(folder: str, skip_name: str) -> tuple[bytes, bytes, int, int, list[str]] | None:
     """The regular files of ``folder`` with their lstat, in listing order, or None when
     the C module is not in use or the folder needs the Python rules (a regular file's
@@ -55,7 +59,8 @@ def list_regular(folder: str, skip_name: str) -> tuple[bytes, bytes, int, int, l
     return native.list_regular(folder, skip_name)  # type: ignore[no-any-return,unused-ignore]
 
 
-_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+#: create a new file only: never over anything there, never through a link
+O_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def write_files(
@@ -79,7 +84,7 @@ def write_files(
         if "/" in name:
             raise ValueError(f"write_files: {name!r} is not a plain name")
         path = f"{folder}/{name}"
-        fd = os.open(path, _O_CREATE, mode)
+        fd = os.open(path, O_CREATE_NEW, mode)
         try:
             view = memoryview(data)
             n = 0
@@ -94,9 +99,7 @@ def write_files(
                 e.filename = path
             raise
         os.close(fd)
-        out.append(
-            Written(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_size, st.st_mode)
-        )
+        out.append(_written(st))
     return out
 
 
@@ -128,7 +131,5 @@ def link_files(src_folder: str, dst_folder: str, names: list[str]) -> list[Writt
                 continue
             raise OSError(e.errno, e.strerror, dest) from None  # named as the C call does
         st = os.lstat(dest)
-        out.append(
-            Written(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_size, st.st_mode)
-        )
+        out.append(_written(st))
     return out
