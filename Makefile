@@ -42,8 +42,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Re-run pip when pyproject.toml changes (new dependencies) or the C module does (it is
-# built by pip install: dsvc/_fsbatch.c), not on every `make test`.
-$(DEPS_STAMP): pyproject.toml dsvc/_fsbatch.c | $(PY)
+# built by pip install: dsvc/_*.c), not on every `make test`.
+$(DEPS_STAMP): pyproject.toml dsvc/_fsbatch.c dsvc/_treerows.c | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -15,15 +15,10 @@ import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-try:
-    if os.environ.get("DSVC_NATIVE", "1") == "0":
-        raise ImportError("disabled by DSVC_NATIVE=0")
-    from dsvc import _fsbatch as _native
-except ImportError:  # not built here (no compiler at install): the Python path
-    _native = None
+from dsvc import native as _native_modules
 
-#: whether the C batches are in use (tests switch it off to cover the Python path)
-native: Any = _native
+#: the C batches, or None (tests switch it off to cover the Python path)
+native: Any = _native_modules.load("_fsbatch")
 
 
 class Written(NamedTuple):

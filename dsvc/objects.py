@@ -25,8 +25,12 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from dsvc import native
 from dsvc.errors import IntegrityError, InvalidPathError
 from dsvc.ids import ID_SIZE, TAG_BLOB, TAG_COMMIT, TAG_TREE, object_id, to_hex
+
+#: the C merge of two encoded trees' rows, or None (tests switch it off)
+treerows: Any = native.load("_treerows")
 
 KIND_TREE = 1
 KIND_FILE = 2  # id is a blob object (list of chunks)
@@ -235,6 +239,29 @@ def decode_tree(data: bytes, oid: bytes | None = None) -> dict[str, Entry]:
         prev = k
         out[name] = Entry(kind, eid, size, mode)
     return out
+
+
+def differing_entries(
+    a: bytes, b: bytes, a_id: bytes | None = None, b_id: bytes | None = None
+) -> tuple[dict[str, Entry], dict[str, Entry]] | None:
+    """The entries of encoded trees ``a`` and ``b`` that are not equal on the other
+    side, validated as :func:`decode_tree` validates them, without decoding the rows
+    the two share; None when the C module is not in use or cannot take these bytes
+    (the caller then decodes both trees).
+
+    A diff of two versions with 1% of 1M files changed across 1,000 folders decodes
+    20,000 rows this way instead of 2M (docs/performance.md, "Diff of changed
+    folders"). The merge compares rows by their bytes, so two encodings of one value
+    come back as a pair: equal pairs are dropped here, after decoding."""
+    if treerows is None:
+        return None
+    delta = treerows.row_delta(a, b)
+    if delta is None:
+        return None
+    ta, tb = decode_tree(delta[0], a_id), decode_tree(delta[1], b_id)
+    for name in [n for n, e in ta.items() if tb.get(n) == e]:
+        del ta[name], tb[name]
+    return ta, tb
 
 
 # -- external links ----------------------------------------------------------------

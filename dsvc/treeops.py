@@ -23,8 +23,10 @@ from typing import Any
 
 import msgpack
 
+from dsvc import objects
 from dsvc.ids import TAG_TREE, object_id
 from dsvc.objects import (
+    EMPTY_TREE_BYTES,
     EMPTY_TREE_ID,
     KIND_TREE,
     MODE_DIR,
@@ -102,6 +104,15 @@ class Trees:
         if not isinstance(rows, tuple):  # malformed: the full decode raises the right error
             return tuple((n, *e) for n, e in self.get(tid).items())
         return rows
+
+    def encoded(self, tid: bytes) -> bytes | None:
+        """A stored tree's verified bytes, or None when it is held in memory (a tree
+        put by this process: :meth:`rows` serves it without an encode)."""
+        if tid in self._mem:
+            return None
+        if tid == EMPTY_TREE_ID:
+            return EMPTY_TREE_BYTES
+        return self.store.get_object(tid, TAG_TREE)
 
     def ensure_empty(self) -> bytes:
         """Store the empty tree (a zero-file dataset's root) and return its id."""
@@ -255,7 +266,14 @@ class Change:
 
 def _differing(trees: Trees, a: bytes, b: bytes) -> tuple[dict[str, Entry], dict[str, Entry]]:
     """The entries of folders ``a`` and ``b`` that are not equal on the other side (as
-    validated ``name -> Entry`` maps): a set difference of the raw rows, in C."""
+    validated ``name -> Entry`` maps): a merge of the encoded rows in C when the C
+    module is built, else a set difference of the unpacked rows."""
+    ea = trees.encoded(a) if objects.treerows is not None else None
+    eb = trees.encoded(b) if ea is not None else None
+    if ea is not None and eb is not None:
+        found = objects.differing_entries(ea, eb, a, b)
+        if found is not None:
+            return found
     ra, rb = trees.rows(a), trees.rows(b)
     try:
         if len(ra) == len(rb):

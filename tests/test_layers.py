@@ -59,6 +59,8 @@ MODULES = {
     "dsvc.parallel": "model",
     "dsvc.fsbatch": "model",
     "dsvc._fsbatch": "model",
+    "dsvc._treerows": "model",
+    "dsvc.native": "model",
 }
 
 

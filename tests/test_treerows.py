@@ -1,0 +1,169 @@
+"""The C merge of two encoded trees (dsvc/_treerows.c) against the Python path.
+
+``objects.differing_entries`` must give exactly what decoding both trees and comparing
+them gives, for any pair of trees; on bytes that are not a tree it must return None
+(the Python path then raises the right error), never crash or misread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsvc import objects
+from dsvc.ids import ID_SIZE, TAG_TREE, object_id
+from dsvc.objects import (
+    KIND_CHUNKFILE,
+    KIND_FILE,
+    KIND_TREE,
+    MODE_DIR,
+    MODE_EXEC,
+    MODE_FILE,
+    Entry,
+    decode_tree,
+    differing_entries,
+    encode_tree,
+)
+from dsvc.treeops import Trees, diff
+from tests.helpers_core import open_store
+
+native_only = pytest.mark.skipif(objects.treerows is None, reason="dsvc._treerows is not built")
+SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def test_the_c_module_is_built_wherever_a_compiler_is():
+    """CI must test the C path: `pip install -e .` builds it when a compiler exists."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}) here: the Python path is the one in use")
+    if os.environ.get("DSVC_NATIVE") == "0":
+        pytest.skip("DSVC_NATIVE=0")
+    assert objects.treerows is not None, "dsvc._treerows was not built: run `pip install -e .`"
+
+
+# names that sort differently as str and as UTF-8 bytes, prefixes of each other, and
+# the msgpack string-header boundaries (fixstr 31 / str8 255 bytes)
+names = st.one_of(
+    st.sampled_from(["a", "ab", "b", "é", "\uffff", "\U0001f600", "a b", "x" * 31, "x" * 32]),
+    st.text(st.characters(blacklist_characters="/\\\x00"), min_size=1, max_size=8).filter(
+        lambda n: n not in (".", "..")
+    ),
+    st.just("n" * 300),
+)
+entries = st.builds(
+    Entry,
+    st.sampled_from([KIND_FILE, KIND_CHUNKFILE, KIND_TREE]),
+    st.binary(min_size=ID_SIZE, max_size=ID_SIZE),
+    st.sampled_from([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**63]),
+    st.sampled_from([MODE_FILE, MODE_EXEC, MODE_DIR]),
+)
+trees = st.dictionaries(names, entries, max_size=40)
+
+
+def _expected(a: dict[str, Entry], b: dict[str, Entry]) -> tuple[dict, dict]:
+    return (
+        {n: e for n, e in a.items() if b.get(n) != e},
+        {n: e for n, e in b.items() if a.get(n) != e},
+    )
+
+
+@native_only
+@given(trees, trees, st.data())
+@SETTINGS
+def test_differing_entries_match_the_decoded_compare(a, b, data):
+    # mostly-shared pairs (the case the merge is for) as well as unrelated ones
+    if data.draw(st.booleans()):
+        b = {**a, **b}
+        for name in data.draw(st.lists(st.sampled_from(sorted(a)), max_size=5)) if a else []:
+            b.pop(name, None)
+    got = differing_entries(encode_tree(a), encode_tree(b))
+    assert got == _expected(a, b)
+
+
+@native_only
+def test_equal_values_in_other_encodings_are_not_reported():
+    """A row whose size is a non-minimal msgpack integer has other bytes but the same
+    value: the merge returns the pair, and the equal pair is dropped after decoding."""
+    e = Entry(KIND_FILE, b"i" * ID_SIZE, 5, MODE_FILE)
+    canon = encode_tree({"a": e, "b": e})
+    row = b"\x95\xa1a\x02\xc4\x10" + b"i" * 16 + b"\xcd\x00\x05\xcd\x01\xa4"  # uint16 5, 0o644
+    other = b"\x92" + row + msgpack.packb(["b", KIND_FILE, e.id, 5, MODE_FILE])
+    assert decode_tree(other) == decode_tree(canon)
+    assert objects.treerows.row_delta(canon, other) is not None
+    assert differing_entries(canon, other) == ({}, {})
+
+
+@native_only
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"\x80",  # a map
+        b"\x91\x07",  # a row that is not an array
+        b"\x91\x90",  # an empty row
+        b"\x91\x91\x07",  # a row whose first item is not a string
+        msgpack.packb([["b", 1, b"i" * 16, 1, 1], ["a", 1, b"i" * 16, 1, 1]]),  # unsorted
+        msgpack.packb([["a", 1, b"i" * 16, 1, 1], ["a", 1, b"j" * 16, 1, 1]]),  # a name twice
+        msgpack.packb([["a", 1, b"i" * 16, 1, 1]]) + b"\x00",  # trailing bytes
+        msgpack.packb([["a", 1, b"i" * 16, 1, 1]])[:-1],  # truncated
+        b"\xdd\xff\xff\xff\xff",  # claims 4G rows
+        b"\x91\xdd\xff\xff\xff\xff\xa1a",  # a row claiming 4G items
+        b"\x91\x92\xa1a\xc1",  # the never-used byte
+    ],
+)
+def test_bytes_that_are_not_a_tree_take_the_python_path(bad):
+    good = encode_tree({"a": Entry(KIND_FILE, b"i" * ID_SIZE, 1, MODE_FILE)})
+    assert objects.treerows.row_delta(bad, good) is None
+    assert objects.treerows.row_delta(good, bad) is None
+
+
+@native_only
+@given(st.binary(max_size=200), st.binary(max_size=200))
+@settings(max_examples=2000, deadline=None)
+def test_any_bytes_give_none_or_two_msgpack_arrays(x, y):
+    """Hostile stored trees: the parser never reads past the bytes it is given, and
+    what it returns is only ever whole rows of its input."""
+    for a, b in ((x, y), (b"\x91" + x, b"\x91" + y), (b"\x92\x92\xa1a" + x, y)):
+        out = objects.treerows.row_delta(a, b)
+        if out is not None:
+            assert isinstance(msgpack.unpackb(out[0], strict_map_key=False), list)
+            assert isinstance(msgpack.unpackb(out[1], strict_map_key=False), list)
+
+
+@native_only
+def test_the_rows_returned_are_validated_like_a_full_decode():
+    from dsvc.errors import IntegrityError
+
+    good = encode_tree({"a": Entry(KIND_FILE, b"i" * ID_SIZE, 1, MODE_FILE)})
+    for rows in ([["..", 3, b"i" * 16, 1, 0o644]], [["a", 3, b"short", 1, 0o644]]):
+        bad = msgpack.packb(rows, use_bin_type=True)
+        assert objects.treerows.row_delta(good, bad) is not None  # parsed: a row shape
+        with pytest.raises(IntegrityError):
+            differing_entries(good, bad, b"g" * 16, object_id(TAG_TREE, bad))
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_diff_of_stored_folders_is_the_same_on_both_paths(tmp_path, monkeypatch, use_native):
+    if use_native and objects.treerows is None:
+        pytest.skip("dsvc._treerows is not built")
+    if not use_native:
+        monkeypatch.setattr(objects, "treerows", None)
+    s = open_store(tmp_path)
+    e = [Entry(KIND_FILE, bytes([i]) * ID_SIZE, i, MODE_FILE) for i in range(5)]
+    with s.batch() as b:
+        t = Trees(s, b)
+        one = t.put({"k": e[0], "m": e[1], "z": e[2]}).id
+        two = t.put({"a": e[3], "k": e[0], "m": e[4]}).id
+        r1 = t.put({"d": Entry(KIND_TREE, one, 3, MODE_DIR)}).id
+        r2 = t.put({"d": Entry(KIND_TREE, two, 7, MODE_DIR)}).id
+    changes = [(c.path_str, c.status) for c in diff(Trees(s), r1, r2)]  # a fresh cache
+    assert changes == [("d/a", "added"), ("d/m", "modified"), ("d/z", "removed")]
+    s.close()
