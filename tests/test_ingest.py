@@ -241,9 +241,13 @@ def test_ingest_round_trip_small_medium_and_empty(tmp_path, store):
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     n = store.stats()
+    packed = sum(p.stat().st_size for p in Path(store.packs.folder).rglob("*") if p.is_file())
     entries2, stats2 = ingest_path(store, copy)
     assert stats2.new_chunks == 0 and stats2.new_bytes_stored == 0
     assert store.stats()["chunks"] == n["chunks"]
+    # small chunks are looked up by the writer (ingest.LOOKUP_ABOVE): none is appended
+    # to a pack file a second time
+    assert sum(p.stat().st_size for p in Path(store.packs.folder).rglob("*") if p.is_file()) == packed
     assert {p: e.id for p, e in entries2.items()} == {p: e.id for p, e in entries.items()}
 
 
