@@ -533,6 +533,99 @@ bad_args:
     return NULL;
 }
 
+/* -- small files read whole --------------------------------------------------------- */
+
+typedef struct {
+    PyObject *path; /* bytes (file-system encoding) */
+    Py_ssize_t size; /* as scanned: read up to size + 1 bytes to see a grown file */
+    char *data;
+    Py_ssize_t got;
+    int err;
+    struct stat st;
+} rfile_t;
+
+/* Open, read whole (up to size + 1 bytes), fstat and close one file; 0 or an errno. */
+static int read_one(rfile_t *f) {
+    int fd = open(PyBytes_AS_STRING(f->path), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int err = 0;
+    size_t want = (size_t)f->size + 1;
+    f->data = malloc(want);
+    if (!f->data) {
+        close(fd);
+        return ENOMEM;
+    }
+    while ((size_t)f->got < want) {
+        ssize_t r = read(fd, f->data + f->got, want - (size_t)f->got);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            err = errno;
+            break;
+        }
+        if (r == 0) break;
+        f->got += r;
+    }
+    if (!err && fstat(fd, &f->st) != 0) err = errno;
+    close(fd);
+    return err;
+}
+
+static PyObject *py_read_files(PyObject *self, PyObject *args) {
+    PyObject *paths, *sizes;
+    if (!PyArg_ParseTuple(args, "O!O!:read_files", &PyList_Type, &paths, &PyList_Type, &sizes))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paths);
+    if (PyList_GET_SIZE(sizes) != n) {
+        PyErr_SetString(PyExc_ValueError, "read_files: paths and sizes differ in length");
+        return NULL;
+    }
+    rfile_t *f = PyMem_Calloc(n ? (size_t)n : 1, sizeof(rfile_t));
+    if (!f) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        if (!PyUnicode_FSConverter(PyList_GET_ITEM(paths, i), &f[i].path)) goto done;
+        f[i].size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, i));
+        if (f[i].size == -1 && PyErr_Occurred()) goto done;
+        if (f[i].size < 0) {
+            PyErr_SetString(PyExc_ValueError, "read_files: a negative size");
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (i = 0; i < n; i++) f[i].err = read_one(&f[i]);
+    Py_END_ALLOW_THREADS
+    out = PyList_New(n);
+    if (!out) goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *item;
+        int64_t mt = 0, ct = 0;
+        if (!f[i].err && (ns_of((int64_t)f[i].st.st_mtim.tv_sec, f[i].st.st_mtim.tv_nsec, &mt) ||
+                          ns_of((int64_t)f[i].st.st_ctim.tv_sec, f[i].st.st_ctim.tv_nsec, &ct)))
+            f[i].err = -1; /* a time beyond int64 ns: the caller reads it in Python */
+        if (f[i].err) {
+            item = Py_BuildValue("(Oi)", Py_None, f[i].err);
+        } else {
+            item = Py_BuildValue("(y#LLLKK)", f[i].data, f[i].got, (long long)f[i].st.st_size,
+                                 (long long)mt, (long long)ct,
+                                 (unsigned long long)f[i].st.st_ino,
+                                 (unsigned long long)f[i].st.st_dev);
+        }
+        if (!item) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+done:
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_XDECREF(f[j].path);
+        free(f[j].data);
+    }
+    PyMem_Free(f);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"list_regular", py_list_regular, METH_VARARGS,
      "list_regular(folder, skip_name) -> (names, sigs, count, nbytes, others) | None\n\n"
@@ -554,6 +647,11 @@ static PyMethodDef methods[] = {
      "where the source is gone or the filesystem cannot link it (EXDEV, EMLINK, EPERM,\n"
      "ENOTSUP): the caller writes that file instead. Any other failure raises OSError\n"
      "naming the file; the links made before it stay."},
+    {"read_files", py_read_files, METH_VARARGS,
+     "read_files(paths, sizes) -> [(data, size, mtime_ns, ctime_ns, ino, dev) | (None, errno)]\n\n"
+     "Open, read whole (at most ``sizes[i] + 1`` bytes: a grown file shows), fstat and close\n"
+     "each file, with the GIL released for the batch. A failure is that file's errno; -1\n"
+     "for a time that does not fit int64 nanoseconds (read that one in Python)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,5 @@
-"""File-system calls in batches: a folder's lstats, a folder's new small files.
+"""File-system calls in batches: a folder's lstats, a folder's new small files, a
+group of small files read whole.
 
 The C module ``dsvc._fsbatch`` runs each batch with the GIL released and builds its
 result once (docs/performance.md, "Native batches"): from Python, every syscall hands
@@ -128,3 +129,62 @@ def link_files(src_folder: str, dst_folder: str, names: list[str]) -> list[Writt
         st = os.lstat(dest)
         out.append(_written(st))
     return out
+
+
+#: open for reading, never keeping the descriptor in a child process
+O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+class Read(NamedTuple):
+    """A small file read whole, with the ``fstat`` of the open file after the read
+    (named as in ``os.stat_result``)."""
+
+    data: bytes
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_ino: int
+    st_dev: int
+
+
+def read_files(paths: list[str], sizes: list[int]) -> list[Read | OSError]:
+    """Read each file whole (at most ``sizes[i] + 1`` bytes, so a file that grew since
+    its size was taken shows it) and ``fstat`` it before closing. A file that cannot be
+    opened or read gives its OSError (with the file name) in its place; the others are
+    read all the same."""
+    if native is not None:
+        out: list[Read | OSError] = []
+        for path, size, r in zip(paths, sizes, native.read_files(paths, sizes), strict=True):
+            if r[0] is not None:
+                out.append(Read._make(r))
+            elif r[1] == -1:  # a time beyond int64 nanoseconds: os.fstat has it
+                out.append(_read_one(path, size))
+            else:
+                out.append(OSError(r[1], os.strerror(r[1]), path))
+        return out
+    return [_read_one(p, n) for p, n in zip(paths, sizes, strict=True)]
+
+
+def _read_one(path: str, size: int) -> Read | OSError:
+    try:
+        fd = os.open(path, O_READ)
+    except OSError as e:
+        return e
+    try:
+        parts = []
+        got = 0
+        while got <= size:
+            more = os.read(fd, size + 1 - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        st = os.fstat(fd)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        return e
+    finally:
+        os.close(fd)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return Read(data, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)

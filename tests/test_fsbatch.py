@@ -27,6 +27,7 @@ from dsvc.errors import ObjectNotFoundError
 from dsvc.ingest import ingest_tree
 from dsvc.objects import KIND_CHUNKFILE, Entry
 from dsvc.registry import open_store
+from dsvc.store import Store
 from dsvc.treeops import Trees, walk
 
 native_only = pytest.mark.skipif(fsbatch.native is None, reason="dsvc._fsbatch is not built")
@@ -402,3 +403,55 @@ def test_a_folder_that_can_be_listed_but_not_entered_is_a_clear_error(tmp_path, 
     assert "PermissionError" not in p.stderr, p.stderr
     assert p.stdout.startswith("DsvcError:"), (p.stdout, p.stderr)
     assert str(data / "locked") in p.stdout and "permission" in p.stdout.lower()
+
+
+def test_read_files_reads_whole_files_with_their_fstat(tmp_path, either):
+    datas = {"a.txt": b"hello", "empty": b"", "big": os.urandom(300_000)}
+    for name, data in datas.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / n) for n in datas]
+    got = fsbatch.read_files(paths, [len(d) for d in datas.values()])
+    for path, data, r in zip(paths, datas.values(), got, strict=True):
+        st = os.stat(path)
+        assert isinstance(r, fsbatch.Read)
+        assert r.data == data
+        assert r[1:] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def test_read_files_shows_a_file_that_grew_since_its_size_was_taken(tmp_path, either):
+    (tmp_path / "f").write_bytes(b"0123456789")
+    (r,) = fsbatch.read_files([str(tmp_path / "f")], [4])
+    assert r.data == b"01234"  # size + 1 bytes: the caller sees it is not 4 bytes long
+
+
+def test_read_files_gives_each_failure_in_its_place(tmp_path, either):
+    (tmp_path / "ok").write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    paths = [str(tmp_path / "gone"), str(tmp_path / "ok"), str(tmp_path / "dir")]
+    gone, ok, folder = fsbatch.read_files(paths, [1, 1, 0])
+    assert isinstance(gone, FileNotFoundError) and gone.filename == paths[0]
+    assert isinstance(ok, fsbatch.Read) and ok.data == b"x"
+    assert isinstance(folder, IsADirectoryError) and folder.filename == paths[2]
+
+
+def test_ingest_skips_a_file_rewritten_between_scan_and_read(tmp_path, either, monkeypatch):
+    """A same-size rewrite between the scan and the read has another stat: the file is
+    left out as changed, not cached with the stat of the scan."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a").write_bytes(b"one")
+    (data / "b").write_bytes(b"two")
+    real = fsbatch.read_files
+
+    def rewrite_then_read(paths, sizes):
+        target = data / "a"
+        target.write_bytes(b"new")
+        os.utime(target, ns=(1, 1))
+        return real(paths, sizes)
+
+    monkeypatch.setattr(fsbatch, "read_files", rewrite_then_read)
+    s = Store(tmp_path / "s")
+    res = ingest_tree(s, data)
+    assert [p for p, _ in res.stats.skipped] == [str(data / "a")]
+    assert set(Trees(s).get(res.entry.id)) == {"b"}
+    s.close()
