@@ -105,14 +105,16 @@ class Trees:
             return tuple((n, *e) for n, e in self.get(tid).items())
         return rows
 
-    def encoded(self, tid: bytes) -> bytes | None:
-        """A stored tree's verified bytes, or None when it is held in memory (a tree
-        put by this process: :meth:`rows` serves it without an encode)."""
-        if tid in self._mem:
+    def encoded(self, a: bytes, b: bytes) -> tuple[bytes, bytes] | None:
+        """Two stored trees' verified bytes, read in one snapshot; None when either is
+        held in memory (a tree put by this process: :meth:`rows` serves it without an
+        encode)."""
+        if a in self._mem or b in self._mem:
             return None
-        if tid == EMPTY_TREE_ID:
-            return EMPTY_TREE_BYTES
-        return self.store.get_object(tid, TAG_TREE)
+        with self.store.reader() as r:
+            return tuple(  # type: ignore[return-value]
+                EMPTY_TREE_BYTES if t == EMPTY_TREE_ID else r.object(t, TAG_TREE) for t in (a, b)
+            )
 
     def ensure_empty(self) -> bytes:
         """Store the empty tree (a zero-file dataset's root) and return its id."""
@@ -268,10 +270,9 @@ def _differing(trees: Trees, a: bytes, b: bytes) -> tuple[dict[str, Entry], dict
     """The entries of folders ``a`` and ``b`` that are not equal on the other side (as
     validated ``name -> Entry`` maps): a merge of the encoded rows in C when the C
     module is built, else a set difference of the unpacked rows."""
-    ea = trees.encoded(a) if objects.treerows is not None else None
-    eb = trees.encoded(b) if ea is not None else None
-    if ea is not None and eb is not None:
-        found = objects.differing_entries(ea, eb, a, b)
+    encoded = trees.encoded(a, b) if objects.treerows is not None else None
+    if encoded is not None:
+        found = objects.differing_entries(*encoded, a, b)
         if found is not None:
             return found
     ra, rb = trees.rows(a), trees.rows(b)

@@ -375,7 +375,7 @@ def test_stored_trees_decode_and_validate(store):
     assert path_str(("k", "é", "z")) == "k/é/z"
 
 
-def test_diff_and_merge_read_only_the_folders_that_differ(tmp_path):
+def test_diff_and_merge_read_only_the_folders_that_differ(tmp_path, monkeypatch):
     """docs/architecture.md invariant 8: tree operations descend only where subtree ids
     differ, so comparing or merging two large versions costs the changed paths."""
     s = open_store(tmp_path)
@@ -390,14 +390,16 @@ def test_diff_and_merge_read_only_the_folders_that_differ(tmp_path):
         root = apply_edits(t, EMPTY_TREE_ID, files)
         root2 = apply_edits(t, root, {("d1", "e2", "f3.bin"): content_entry(b"new")})
     read: list[bytes] = []
-    get_object = s.get_object
+    from dsvc.store import StoreReader
 
-    def counted(oid: bytes, tag: bytes):
-        if tag == TAG_TREE:  # every tree read (decoded, or as raw rows) comes here
+    reader_object = StoreReader.object
+
+    def counted(self, oid: bytes, tag: bytes):
+        if tag == TAG_TREE:  # every tree read (decoded, raw rows, or bytes) comes here
             read.append(oid)
-        return get_object(oid, tag)
+        return reader_object(self, oid, tag)
 
-    s.get_object = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(StoreReader, "object", counted)
     changes = list(diff(Trees(s), root, root2))
     assert [c.path for c in changes] == [("d1", "e2", "f3.bin")]
     assert len(read) == 6  # (), d1, d1/e2 of each side: 3 of 21 folders per version
