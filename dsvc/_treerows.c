@@ -470,7 +470,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "dsvc._treerows",
-    "The rows two encoded trees do not share (see dsvc/treerows.py).", -1, methods,
+    "Encoded trees compared and spliced on their bytes (see objects.differing_entries).", -1,
+    methods,
 };
 
 PyMODINIT_FUNC PyInit__treerows(void) { return PyModule_Create(&module); }
