@@ -213,9 +213,23 @@ def test_steps_of_the_plan_do_not_cut_ranged_reads(
     monkeypatch.setattr(fetch, "RANGE_MAX", 100_000)
     monkeypatch.setattr(stream, "AHEAD_STEP", 50_000)
     # A reader that overtakes the planner (its thread descheduled on a loaded machine:
-    # seen in 1 of 6 runs under CI) fetches the held range itself, so one run may send
-    # more; the fix shows in the best of three fresh runs (before it, every run sent
-    # a partial range per step: 15 requests for 10 ranges).
+    # 3-4 more requests in CI runs) fetches the held range itself. What is tested here
+    # is the plan, so the reader waits at each move until read-ahead has planned and
+    # fetched what it queued (before the fix, every run sent a partial range per
+    # step: 15 requests for 10 ranges).
+    real_at = stream.ReadAhead.at
+
+    def at_then_settle(self: Any, index: int, offset: int = 0) -> None:
+        real_at(self, index, offset)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self._lock:
+                planning = self._planning
+            if not planning and not self.reader._inflight:
+                return
+            time.sleep(0.001)
+
+    monkeypatch.setattr(stream.ReadAhead, "at", at_then_settle)
     counts = []
     for attempt in range(3):
         fs = fresh_fs(tmp_path / f"b{attempt}", spec)
