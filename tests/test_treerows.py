@@ -45,9 +45,7 @@ names = st.one_of(
         st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)),
         min_size=1,
         max_size=8,
-    ).filter(
-        lambda n: n not in (".", "..")
-    ),
+    ).filter(lambda n: n not in (".", "..")),
     st.just("n" * 300),
 )
 entries = st.builds(
@@ -252,4 +250,32 @@ def test_a_rewritten_file_is_read_through_the_splice(tmp_path, monkeypatch):
     assert Trees(s).get(res.entry.id) == want
     fresh.close()
     assert res.changes == {(next(iter(res.changes))[0], res.entry.id): (0, 0, 1)}
+    s.close()
+
+
+def test_a_bad_folder_compared_ahead_raises_from_the_diff(tmp_path):
+    """Folder pairs compared ahead on another thread (treeops._DiffAhead) raise their
+    errors where the walk reaches them, and the other changes come out as without it."""
+    from dsvc.errors import IntegrityError
+
+    s = open_store(tmp_path)
+    bad_rows = msgpack.packb([["..", KIND_FILE, b"i" * 16, 1, 0o644]], use_bin_type=True)
+    e = [Entry(KIND_FILE, bytes([i]) * ID_SIZE, i, MODE_FILE) for i in range(30)]
+    with s.batch() as b:
+        t = Trees(s, b)
+        bad = b.put_object(TAG_TREE, bad_rows)
+        old = {f"d{i}": Entry(KIND_TREE, t.put({"f": e[i]}).id, i, MODE_DIR) for i in range(12)}
+        new = {
+            f"d{i}": Entry(KIND_TREE, t.put({"f": e[i + 12]}).id, i, MODE_DIR) for i in range(12)
+        }
+        r1, r2 = t.put(old).id, t.put(new).id
+        new["d5"] = Entry(KIND_TREE, bad, 1, MODE_DIR)
+        r3 = t.put(new).id
+    paths = sorted(f"d{i}/f" for i in range(12))
+    assert [c.path_str for c in diff(Trees(s), r1, r2)] == paths
+    seen = []
+    with pytest.raises(IntegrityError):
+        for c in diff(Trees(s), r1, r3):
+            seen.append(c.path_str)
+    assert seen == paths[: paths.index("d5/f")]  # all before the bad folder
     s.close()
