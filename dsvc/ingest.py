@@ -1732,7 +1732,8 @@ class _Splice:
     summary's (both packed by one packer), found in C (``dsvc._treerows``), and its new
     tree is the old one with the read files' rows replaced. Nothing is decoded for the
     files not read: 1% of 1M files rewritten across 1,000 folders, each folder cost
-    ~9 ms in Python before (docs/performance.md, "Changed folders in C").
+    ~9 ms in Python before (docs/performance.md, "Changed folders and diffs on the
+    encoded bytes").
 
     Taken only when no file of the folder is racily clean (its newest mtime is older
     than the widest racy window), so the new summary holds every stat as listed."""

@@ -250,8 +250,8 @@ def differing_entries(
     (the caller then decodes both trees).
 
     A diff of two versions with 1% of 1M files changed across 1,000 folders decodes
-    20,000 rows this way instead of 2M (docs/performance.md, "Diff of changed
-    folders"). The merge compares rows by their bytes, so two encodings of one value
+    20,000 rows this way instead of 2M (docs/performance.md, "Changed folders and
+    diffs on the encoded bytes"). The merge compares rows by their bytes, so two encodings of one value
     come back as a pair: equal pairs are dropped here, after decoding."""
     if treerows is None:
         return None
