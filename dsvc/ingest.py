@@ -26,7 +26,6 @@ files and the cache) wherever it lies below the added folder, and whatever the
 from __future__ import annotations
 
 import collections
-import ctypes
 import fnmatch
 import gc
 import itertools
@@ -34,7 +33,6 @@ import math
 import operator
 import os
 import stat as statmod
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -844,26 +842,19 @@ def _ops_per_commit(store: Store) -> int:
     return max(1024, min(WRITE_BATCH_OPS, int(-leaves * math.log1p(-budget / leaves))))
 
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
 class _MapTrimmer:
-    """Drops this process's page-table entries for the store's LMDB map (Linux).
+    """Unmaps this process's pages of the store's LMDB map (``Store.unmap``) for the
+    ingest, which maps more of them between the store's own checks than a reader does.
 
     Measured here (py-lmdb 3.0, non-writemap): every commit leaves pages of the shared
     file mapping of ``data.mdb`` resident in this process, about 4x the batch size (fault
     -around of the 64 KiB around each page LMDB touches, mostly fresh chunk data). They
     are clean page cache, but they count as RSS: a 4 GiB ingest peaked at ~250 MB of
-    them. ``MADV_DONTNEED`` on a shared file mapping only unmaps them (the data stays in
-    the page cache and is faulted back in on the next access), so it is safe with
-    concurrent readers. Called after each commit of the ingest writer; best effort:
-    any failure disables it.
+    them. The ingest writer trims after each commit; the walk trims over a budget.
     """
 
     def __init__(self, store: Store, check_every: int = 1) -> None:
-        self.target = os.path.realpath(os.path.join(store.path, "data.mdb"))
-        self.ok = sys.platform.startswith("linux")
-        self._madvise: Callable[..., int] | None = None
+        self.store = store
         # trim_over reads /proc/self/statm only every this many calls: a walk calls it
         # per changed folder, and the read (open, read, close of a proc file) cost as
         # much as the folder's summary decode (8% of the walk's samples at 1% changed)
@@ -871,45 +862,16 @@ class _MapTrimmer:
         self._calls = 0
 
     def trim(self) -> None:
-        if not self.ok:
-            return
-        try:
-            self._trim()
-        except Exception:
-            self.ok = False
+        self.store.unmap()
 
     def trim_over(self, budget: int) -> None:
-        """:meth:`trim` once this process maps more than ``budget`` bytes of files
-        (``/proc/self/statm``'s shared pages: file-backed, mostly the store's map)."""
-        if not self.ok:
-            return
+        """:meth:`trim` once this process maps more than ``budget`` bytes of files,
+        looked at every ``check_every`` calls."""
         self._calls += 1
         if self._calls < self.check_every:
             return
         self._calls = 0
-        try:
-            with open("/proc/self/statm", "rb") as f:
-                shared = int(f.read().split()[2]) * _PAGE
-        except (OSError, ValueError, IndexError):
-            self.ok = False
-            return
-        if shared > budget:
-            self.trim()
-
-    def _trim(self) -> None:
-        if self._madvise is None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            self._madvise = libc.madvise
-        # the map's address, read right before use (the map moves when resized; LMDB's
-        # own map_addr is 0 without MDB_FIXEDMAP)
-        with open("/proc/self/maps") as f:
-            for line in f:
-                if line.rstrip("\n").endswith(self.target):
-                    lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
-                    # only the part backed by the file can hold pages, not the 1 TiB map
-                    used = min(hi - lo, (os.stat(self.target).st_size + 4095) & ~4095)
-                    self._madvise(lo, used, 4)  # MADV_DONTNEED
+        self.store.unmap(over=budget)
 
 
 class _BufferPool:

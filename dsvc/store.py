@@ -529,9 +529,10 @@ class _MapBudget:
             self._count = 0
             self.check()
 
-    def check(self) -> None:
-        """:meth:`trim` when the process maps more than the budget of files
-        (``/proc/self/statm``'s shared pages: file-backed, mostly the store's map)."""
+    def check(self, budget: int | None = None) -> None:
+        """:meth:`trim` when the process maps more than ``budget`` (default: the
+        store's) bytes of files (``/proc/self/statm``'s shared pages: file-backed,
+        mostly the store's map)."""
         if not self.ok:
             return
         try:
@@ -540,7 +541,7 @@ class _MapBudget:
         except (OSError, ValueError, IndexError):
             self.ok = False
             return
-        if shared > self.budget:
+        if shared > (self.budget if budget is None else budget):
             self.trim()
 
     def trim(self) -> None:
@@ -1012,6 +1013,16 @@ class Store:
         # after the snapshot ends (no view of it is used any more): the pages it mapped
         # are unmapped once the process holds too many (see _MapBudget)
         self._map_budget.reader_done()
+
+    def unmap(self, over: int | None = None) -> None:
+        """Unmap this process's pages of the store's LMDB map (see :class:`_MapBudget`:
+        they stay in the page cache): now, or with ``over`` only once the process maps
+        more than ``over`` bytes of files. For writers that map many pages between the
+        store's own checks (the ingest writer after each commit)."""
+        if over is None:
+            self._map_budget.trim()
+        else:
+            self._map_budget.check(over)
 
     # -- content ---------------------------------------------------------------
 
