@@ -133,6 +133,10 @@ def _measure_main(report: str, cmd: list[str]) -> int:
                 "oublock_bytes": ru.ru_oublock * 512,
                 "user_s": ru.ru_utime,
                 "sys_s": ru.ru_stime,
+                # pages read back from disk: on a VM whose host reclaims the guest's page
+                # cache, the same step can take 0 or 20,000 of them; a wall time means
+                # little without this count next to it
+                "majflt": ru.ru_majflt,
                 "exit": code,
             },
             f,
@@ -544,6 +548,8 @@ def note(row: str, r: dict[str, Any]) -> str:
         bits.append("cumulative s at " + ", ".join(f"{k}: {v}" for k, v in r["marks_s"].items()))
     if "get_s" in r:
         bits.append(f"get {r['get_s']:.2f} s")
+    if r.get("majflt"):
+        bits.append(f"{r['majflt']:,} major faults")
     return "; ".join(bits)
 
 

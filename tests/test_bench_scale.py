@@ -65,6 +65,7 @@ def test_bench_scale_quick_has_every_row(tmp_path: Path) -> None:
     for row, r in results.items():
         assert r["wall_s"] > 0 and r["maxrss"] > 1_000_000, row
         assert r["write_bytes"] >= 0, row
+        assert r["majflt"] >= 0, row  # reported next to each wall time
         if "call_s" in r:
             assert 0 < r["call_s"] <= r["wall_s"], row
     assert results["add"]["changed"] == QUICK_FILES
