@@ -366,7 +366,7 @@ class Bench:
         got = json.loads(out.read_text())
         out.unlink()
         loc = got["local"]
-        common = {k: r[k] for k in ("wall_s", "maxrss", "write_bytes")}
+        common = {k: r[k] for k in ("wall_s", "maxrss", "write_bytes", "majflt")}
         self.results["versions_populate"] = {
             **common,
             "call_s": loc["setup_s"],
