@@ -708,8 +708,12 @@ WRITE_DIRTY_PAGES = 16384
 #: mapped store pages (RSS) above which the writer unmaps them after a pack append
 #: (1M tiny files: peak RSS 369 -> 353 MB)
 WRITER_MAPPED_BUDGET = 64 << 20
-#: windows (of ``Chunker.window`` bytes) in flight per streamed file
-WINDOWS_PER_FILE = 3
+#: windows (of ``Chunker.window`` bytes) in flight across every file read at once,
+#: beyond one per file thread. A stream holds one window while it waits for its next,
+#: so with more windows than file threads some window is always held by a chunk job,
+#: which frees it without waiting for another: no deadlock. (Three per file, as before,
+#: let 4 large files hold 12 windows (192 MiB): a 2.5 GB ingest peaked at 414 MB RSS.)
+WINDOWS_EXTRA = 2
 
 
 class _Writer(threading.Thread):
@@ -951,7 +955,9 @@ class Ingestor:
         # chunk ids handed to the writer during the current ``ingest`` call: anything
         # queued later is applied after them, so it may refer to them
         self._queued: set[bytes] = set()
-        self._bufs = _BufferPool(self.chunker.window, 2 * self.workers + 2)
+        windows = self.workers + WINDOWS_EXTRA
+        self._bufs = _BufferPool(self.chunker.window, windows)
+        self._windows = threading.BoundedSemaphore(windows)
 
     # chunk-level work (runs in pool threads) -----------------------------------
 
@@ -1070,7 +1076,7 @@ class Ingestor:
         ``pool``, the windows' chunks are hashed and compressed there while the next
         window is read."""
         bufs = self._bufs
-        slots = threading.BoundedSemaphore(WINDOWS_PER_FILE)
+        slots = self._windows
         pending: list[Future | list[tuple[bytes, int]]] = []
         total = 0
 

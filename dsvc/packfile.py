@@ -15,7 +15,8 @@ frame (u64) | length (u32)``, big-endian. Pack ``p`` is the file
 
 Crash safety: a writer appends a batch's frames with one ``pwrite``, ``fdatasync``s the
 pack (and, for a new pack, its folder), and only then commits the LMDB transaction that
-indexes them. A kill or a system crash at any point leaves either no index entry, or
+indexes them. A batch that appends several times before one commit (the ingest writer,
+every 8 MiB) starts each append's writeback and syncs once, before that commit. A kill or a system crash at any point leaves either no index entry, or
 one whose bytes are durable; a torn tail is unreferenced garbage that gc reclaims. One
 process appends to a pack at a time (an exclusive ``flock`` on it while open).
 """
@@ -28,6 +29,7 @@ import struct
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dsvc.errors import IntegrityError
 from dsvc.ids import to_hex
@@ -39,6 +41,9 @@ HEADER = struct.Struct(">16sI")
 LOC = struct.Struct(">QQI")
 #: a pack stops taking appends at this size (compaction rewrites one pack at a time)
 PACK_MAX = 256 << 20
+#: full packs whose bytes may wait for the next sync (see Packs._retire_writer); past
+#: this, the oldest is synced at once
+MAX_RETIRED = 4
 #: gc rewrites a pack whose live bytes are below this fraction of its size
 REPACK_LIVE = 0.5
 PACK_DIR = "packs"
@@ -90,7 +95,9 @@ class Packs:
         self._wfd: int | None = None
         self._wpack = 0
         self._wsize = 0
-        self._dirty = False  # appended without fdatasync (DSVC_FSYNC=0)
+        self._dirty = False  # appended without fdatasync (deferred, or DSVC_FSYNC=0)
+        self._retired: list[int] = []  # full packs with unsynced bytes (_retire_writer)
+        self._new_name = False  # a pack was created since the folder was last synced
         #: packs never to append to (those a compaction is emptying)
         self.avoid: set[int] = set()
 
@@ -235,22 +242,30 @@ class Packs:
                 continue
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.pwrite(fd, MAGIC, 0)
-        os.fdatasync(fd)
-        _fsync_dir(self.folder)  # the new name must survive a crash before any index does
+        # the new name must survive a crash before any index does: the folder is synced
+        # with the pack's bytes (_sync_locked), before the commit that indexes them
+        self._new_name = True
         self._wfd, self._wpack, self._wsize = fd, pack, len(MAGIC)
+        self._dirty = True
 
     def append(
-        self, frames: Iterable[tuple[bytes, bytes | memoryview]]
+        self, frames: Iterable[tuple[bytes, bytes | memoryview]], *, defer_sync: bool = False
     ) -> list[tuple[bytes, bytes]]:
         """Append ``(chunk id, frame)`` pairs; returns ``(chunk id, index value)`` for
-        each, once the bytes are durable (``fdatasync``; deferred to :meth:`sync` when
-        the store is not durable)."""
+        each, once the bytes are durable (``fdatasync``).
+
+        With ``defer_sync`` (or in a store that is not durable) it returns once they are
+        written, and the caller calls :meth:`sync` before it commits an index entry that
+        points at them. A deferred append starts the writeback of its bytes at once
+        (``sync_file_range``), so the disk works while the caller goes on and the sync
+        finds little left to wait for; one sync also costs one journal commit, not one
+        per append (the file grew)."""
         items = list(frames)
         if not items:
             return []
         with self._lock:
             if self._wfd is None or self._wsize >= PACK_MAX:
-                self.close_writer()
+                self._retire_writer()
                 self._open_writer()
             assert self._wfd is not None
             parts: list[bytes | memoryview] = []
@@ -261,13 +276,33 @@ class Packs:
                 parts.append(frame)
                 out.append((cid, encode_loc(self._wpack, off + HEADER.size, len(frame))))
                 off += HEADER.size + len(frame)
-            _pwritev_all(self._wfd, parts, self._wsize)
+            start = self._wsize
+            _pwritev_all(self._wfd, parts, start)
             self._wsize = off
+            self._dirty = True
             if self.durable:
-                os.fdatasync(self._wfd)
-            else:
-                self._dirty = True
+                if defer_sync:
+                    _start_writeback(self._wfd, start, off - start)
+                else:
+                    self._sync_locked()
             return out
+
+    def _retire_writer(self) -> None:
+        """Stop appending to the current pack (full). Its unsynced bytes are synced by
+        the next :meth:`sync`, not now: the appends to the next pack go on while the
+        disk writes them (the descriptor, and with it the pack's lock, is kept until
+        then)."""
+        if self._wfd is None:
+            return
+        if self._dirty:
+            self._retired.append(self._wfd)
+            if len(self._retired) > MAX_RETIRED:  # bounded descriptors; long written back
+                fd = self._retired.pop(0)
+                os.fdatasync(fd)
+                os.close(fd)
+        else:
+            os.close(self._wfd)  # drops this process's flock (see close_writer)
+        self._wfd, self._dirty = None, False
 
     def start_new_pack(self) -> None:
         """Append to a new pack from now on (compaction, so moved chunks never land in
@@ -319,21 +354,31 @@ class Packs:
         return freed
 
     def sync(self) -> None:
-        """Make every append so far durable (the DSVC_FSYNC=0 flush points)."""
+        """Make every append so far durable: deferred appends before the commit that
+        indexes them, and the DSVC_FSYNC=0 flush points."""
         with self._lock:
-            if self._dirty and self._wfd is not None:
-                os.fdatasync(self._wfd)
-            self._dirty = False
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        while self._retired:  # a failed sync leaves the rest for the next call
+            fd = self._retired[0]
+            os.fdatasync(fd)
+            self._retired.pop(0)
+            os.close(fd)
+        if self._dirty and self._wfd is not None:
+            os.fdatasync(self._wfd)
+        self._dirty = False
+        if self._new_name:
+            _fsync_dir(self.folder)
+            self._new_name = False
 
     def writer_pack(self) -> int | None:
         """The pack this process appends to, if any (compaction leaves it alone)."""
         return self._wpack if self._wfd is not None else None
 
     def close_writer(self) -> None:
+        self._sync_locked()
         if self._wfd is not None:
-            if self._dirty:
-                os.fdatasync(self._wfd)
-                self._dirty = False
             # closing drops this process's flock; never LOCK_UN explicitly: a forked
             # child closing its inherited copy would release the parent's lock
             os.close(self._wfd)
@@ -393,6 +438,29 @@ def _punch(fd: int, offset: int, length: int) -> bool:
         return fn(fd, 0x02 | 0x01, offset, length) == 0
     except (OSError, AttributeError):
         return False
+
+
+#: ``sync_file_range(2)`` of libc (Linux), resolved on first use; False where absent
+_sync_file_range: Any = None
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range of the file to disk without waiting for it (Linux; a no-op
+    elsewhere). Durability still comes from ``fdatasync``: this only moves the disk's
+    work earlier, and an error is left for that ``fdatasync`` to report."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes  # only when a batch defers: packfile loads at every CLI start
+
+            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+            _sync_file_range = fn
+        except (OSError, AttributeError):
+            _sync_file_range = False
+    if _sync_file_range:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_dir(folder: Path) -> None:

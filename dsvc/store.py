@@ -22,8 +22,9 @@ Invariants (what crash safety rests on):
   moment leaves the old or the new state, never a torn one.
 * A write batch puts content before anything that refers to it: chunks, then blobs and
   trees, then commits, then records. Chunk bytes are appended to a pack file and made
-  durable (``fdatasync``) before the transaction that indexes them commits. A batch that commits early (size limit)
-  therefore never publishes a reference to missing content.
+  durable (``fdatasync``) before the transaction that indexes them commits (a batch's
+  appends between two commits are synced once, before the second). A batch that
+  commits early (size limit) therefore never publishes a reference to missing content.
 * Objects are immutable and content-addressed; writing one twice is a no-op.
 * One writer at a time (LMDB's lock, across processes); readers never block.
 """
@@ -479,7 +480,8 @@ class WriteBatch:
         (gc reclaims it)."""
         if self._frames:
             frames, self._frames, self._frame_bytes = self._frames, [], 0
-            locs = self.store._append_frames(frames)
+            # not waited for: the commit that indexes them syncs them first (_apply)
+            locs = self.store._append_frames(frames, defer_sync=True)
             self._bytes -= sum(len(cid) + len(f) for cid, f in frames)
             del frames
             self._ops += locs  # committed with the rest: one transaction, order moot
@@ -949,6 +951,9 @@ class Store:
         dbs = self._dbs
         if frames:
             ops = self._append_frames(frames) + ops
+        # the bytes of deferred appends (WriteBatch.write_frames) are durable before any
+        # transaction that may index them commits (invariant 25)
+        self._sync_packs()
         while True:
             try:
                 with self.errors(), self._write_lock, self._begin(write=True) as txn:
@@ -983,13 +988,14 @@ class Store:
                     self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
     def _append_frames(
-        self, frames: list[tuple[bytes, bytes | memoryview]]
+        self, frames: list[tuple[bytes, bytes | memoryview]], *, defer_sync: bool = False
     ) -> list[tuple[str, bytes, bytes | None]]:
-        """Append chunk frames to the pack file, durably; returns the index writes that
+        """Append chunk frames to the pack file, durably (``defer_sync``: made durable by
+        the next :meth:`_apply`, before its commit); returns the index writes that
         locate them (plus the format raise the first packed chunk needs), to be
         committed after the bytes are durable, before anything that refers to them."""
         try:
-            locs = self.packs.append(frames)
+            locs = self.packs.append(frames, defer_sync=defer_sync)
         except OSError as e:
             raise disk_error(self.home, e.filename or self.packs.folder, e) from None
         if faultpoints.ENABLED:
@@ -1114,6 +1120,14 @@ class Store:
             yield self.get_chunk(cid)
 
     # -- refs and records ------------------------------------------------------
+
+    def _sync_packs(self) -> None:
+        """Make every pack append of this process durable (a no-op when none waits)."""
+        if self.durable:
+            try:
+                self.packs.sync()
+            except OSError as e:
+                raise disk_error(self.home, e.filename or self.packs.folder, e) from None
 
     def _durable_point(self) -> None:
         """With DSVC_FSYNC=0, flush everything committed so far: a record or ref that

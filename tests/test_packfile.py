@@ -293,3 +293,89 @@ def test_kill_during_compaction_loses_nothing(
         store = Store(home)
         assert store.stats()["pack_bytes"] < 3 * 300_000 + 64 * 1024, (n, again)
         store.close()
+
+
+def test_a_batch_appends_without_waiting_for_the_disk_and_syncs_before_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest writer appends its frames every 8 MiB (``write_frames``) and commits
+    their index much later: waiting for the disk at each append kept that thread in
+    ``fdatasync`` for half of a 2.5 GB ingest. The appends start the bytes' writeback
+    and go on; one ``fdatasync`` makes them durable before the transaction that indexes
+    them (docs/architecture.md, invariant 25)."""
+    store = Store(tmp_path / "home")
+    assert store.durable
+    with store.batch() as b:  # the pack exists (its creation is synced on its own)
+        b.put_chunk(b"first")
+    events: list[str] = []
+    real_sync, real_begin = os.fdatasync, store._begin
+
+    def fdatasync(fd: int) -> None:
+        events.append("fdatasync")
+        real_sync(fd)
+
+    def begin(**kw: object):  # type: ignore[no-untyped-def]
+        if kw.get("write"):
+            events.append("commit")
+        return real_begin(**kw)
+
+    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(store, "_begin", begin)
+    datas = [os.urandom(50_000) for _ in range(3)]
+    with store.batch() as b:
+        for d in datas:
+            b.put_chunk(d)
+            b.write_frames()
+        assert events == []  # three appends, no wait
+    assert events == ["fdatasync", "commit"]  # one sync, before the index is committed
+    monkeypatch.undo()
+    with store.reader() as r:
+        assert [bytes(r.chunk(chunk_id(d))) for d in datas] == datas
+    store.close()
+
+
+def test_full_packs_of_a_batch_are_synced_before_its_commit_with_bounded_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends that fill packs (PACK_MAX) do not wait for the disk either: each full
+    pack keeps its descriptor until the commit syncs it, at most MAX_RETIRED of them
+    (beyond that the oldest is synced at once). Every pack is synced before the commit,
+    and a new pack's folder entry too."""
+    monkeypatch.setattr(packfile, "PACK_MAX", 50_000)
+    store = Store(tmp_path / "home")
+    events: list[str] = []
+    real_sync, real_fsync, real_begin = os.fdatasync, os.fsync, store._begin
+
+    def fdatasync(fd: int) -> None:
+        events.append("fdatasync")
+        real_sync(fd)
+
+    def fsync(fd: int) -> None:  # the packs folder (a new name)
+        events.append("fsync")
+        real_fsync(fd)
+
+    def begin(**kw: object):  # type: ignore[no-untyped-def]
+        if kw.get("write"):
+            events.append("commit")
+        return real_begin(**kw)
+
+    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(packfile.os, "fsync", fsync)
+    monkeypatch.setattr(store, "_begin", begin)
+    datas = [os.urandom(100_000) for _ in range(10)]  # one full pack per append
+    with store.batch() as b:
+        for d in datas:
+            b.put_chunk(d)
+            b.write_frames()
+            assert len(store.packs._retired) <= packfile.MAX_RETIRED
+        # the packs beyond MAX_RETIRED were synced as they retired, no more
+        assert events == ["fdatasync"] * (len(datas) - 1 - packfile.MAX_RETIRED)
+    first_commit = events.index("commit")
+    assert events.count("fdatasync") == len(datas)  # each pack once
+    assert "fsync" in events[:first_commit] and "commit" not in events[first_commit + 1 :]
+    assert not store.packs._retired
+    monkeypatch.undo()
+    assert len(store.packs.packs()) == len(datas)
+    with store.reader() as r:
+        assert [bytes(r.chunk(chunk_id(d))) for d in datas] == datas
+    store.close()
