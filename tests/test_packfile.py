@@ -295,6 +295,30 @@ def test_kill_during_compaction_loses_nothing(
         store.close()
 
 
+def record_syncs_and_commits(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pack files' ``fdatasync`` and folder ``fsync`` calls and the store's write
+    transactions, in order, as they happen from now on."""
+    events: list[str] = []
+    real = {"fdatasync": os.fdatasync, "fsync": os.fsync, "begin": store._begin}
+
+    def call(name: str):  # type: ignore[no-untyped-def]
+        def f(fd: int) -> None:
+            events.append(name)
+            real[name](fd)
+
+        return f
+
+    def begin(**kw: object):  # type: ignore[no-untyped-def]
+        if kw.get("write"):
+            events.append("commit")
+        return real["begin"](**kw)
+
+    monkeypatch.setattr(packfile.os, "fdatasync", call("fdatasync"))
+    monkeypatch.setattr(packfile.os, "fsync", call("fsync"))
+    monkeypatch.setattr(store, "_begin", begin)
+    return events
+
+
 def test_a_batch_appends_without_waiting_for_the_disk_and_syncs_before_its_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,20 +331,7 @@ def test_a_batch_appends_without_waiting_for_the_disk_and_syncs_before_its_commi
     assert store.durable
     with store.batch() as b:  # the pack exists (its creation is synced on its own)
         b.put_chunk(b"first")
-    events: list[str] = []
-    real_sync, real_begin = os.fdatasync, store._begin
-
-    def fdatasync(fd: int) -> None:
-        events.append("fdatasync")
-        real_sync(fd)
-
-    def begin(**kw: object):  # type: ignore[no-untyped-def]
-        if kw.get("write"):
-            events.append("commit")
-        return real_begin(**kw)
-
-    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync)
-    monkeypatch.setattr(store, "_begin", begin)
+    events = record_syncs_and_commits(store, monkeypatch)
     datas = [os.urandom(50_000) for _ in range(3)]
     with store.batch() as b:
         for d in datas:
@@ -343,25 +354,7 @@ def test_full_packs_of_a_batch_are_synced_before_its_commit_with_bounded_descrip
     and a new pack's folder entry too."""
     monkeypatch.setattr(packfile, "PACK_MAX", 50_000)
     store = Store(tmp_path / "home")
-    events: list[str] = []
-    real_sync, real_fsync, real_begin = os.fdatasync, os.fsync, store._begin
-
-    def fdatasync(fd: int) -> None:
-        events.append("fdatasync")
-        real_sync(fd)
-
-    def fsync(fd: int) -> None:  # the packs folder (a new name)
-        events.append("fsync")
-        real_fsync(fd)
-
-    def begin(**kw: object):  # type: ignore[no-untyped-def]
-        if kw.get("write"):
-            events.append("commit")
-        return real_begin(**kw)
-
-    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync)
-    monkeypatch.setattr(packfile.os, "fsync", fsync)
-    monkeypatch.setattr(store, "_begin", begin)
+    events = record_syncs_and_commits(store, monkeypatch)
     datas = [os.urandom(100_000) for _ in range(10)]  # one full pack per append
     with store.batch() as b:
         for d in datas:
