@@ -16,9 +16,10 @@ frame (u64) | length (u32)``, big-endian. Pack ``p`` is the file
 Crash safety: a writer appends a batch's frames with one ``pwrite``, ``fdatasync``s the
 pack (and, for a new pack, its folder), and only then commits the LMDB transaction that
 indexes them. A batch that appends several times before one commit (the ingest writer,
-every 8 MiB) starts each append's writeback and syncs once, before that commit. A kill or a system crash at any point leaves either no index entry, or
-one whose bytes are durable; a torn tail is unreferenced garbage that gc reclaims. One
-process appends to a pack at a time (an exclusive ``flock`` on it while open).
+every 8 MiB) starts each append's writeback and syncs once, before that commit. A
+kill or a system crash at any point leaves either no index entry, or one whose bytes
+are durable; a torn tail is unreferenced garbage that gc reclaims. One process appends
+to a pack at a time (an exclusive ``flock`` on it while open).
 """
 
 from __future__ import annotations
