@@ -861,3 +861,32 @@ def test_stat_cache_of_a_format_2_store_is_dropped(tmp_path):
         assert stats.cached_files == 1
     finally:
         s.close()
+
+
+def test_the_writer_checks_the_mapped_store_after_its_chunk_lookups(
+    tmp_path, store, monkeypatch
+):
+    """Issue 11 (RSS flat from 1M to 3M files): the writer looks up every small chunk
+    (LOOKUP_ABOVE) itself, one random leaf page each, which the kernel maps with the
+    64 KiB around it; those pages are unmapped over WRITER_MAPPED_BUDGET after each
+    group's lookups, not only after a commit (a 3M-file first add had 232 MB of the
+    store mapped for a 128 MiB budget)."""
+    import threading
+
+    from dsvc import ingest
+
+    calls: list[tuple[str, int | None]] = []
+    real = store.unmap
+
+    def unmap(over: int | None = None) -> None:
+        calls.append((threading.current_thread().name, over))
+        real(over=over)
+
+    monkeypatch.setattr(store, "unmap", unmap)
+    files = {f"d{i}/f{j:03d}.txt": b"%d-%d" % (i, j) for i in range(3) for j in range(40)}
+    make_tree(tmp_path / "data", files)
+    ingest_path(store, tmp_path / "data")
+    checks = [c for c in calls if c == ("dsvc-writer", ingest.WRITER_MAPPED_BUDGET)]
+    assert checks, calls  # before any commit: the lookups' pages, not the commit's
+    with store.reader() as r:
+        assert all(r.has_chunk(chunk_id(d)) for d in files.values())
