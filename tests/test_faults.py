@@ -367,8 +367,8 @@ def test_kill_at_every_point_loses_nothing(
     # remote plays a part, since local-only points do not depend on the backend
     chosen = choose(points, extra, remote_only=fs3_spec["kind"] != "file")
     # two trials at a time: each has its own store, remote prefix and processes, and a
-    # trial is mostly interpreter starts (five processes), so this halves the test's
-    # time on 2 cores (it was the slowest test by far: 190 s on a folder remote)
+    # trial is mostly interpreter starts (five processes), so on 2 cores this cut both
+    # backends' runs from 360 s to 218 s (the slowest tests by far: 190 s on a folder)
     with ThreadPoolExecutor(TRIALS_AT_ONCE) as pool:
         for f in [pool.submit(trial, f"kill{n}", n) for n in chosen]:
             f.result()  # a failing trial's assertion, raised here
