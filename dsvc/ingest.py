@@ -693,8 +693,8 @@ WRITE_BATCH_OPS = 131072
 #: ... or once its queued index writes hold this many bytes
 WRITE_INDEX_BYTES = 32 << 20
 #: ... or once the trees, blobs and folder summaries among them hold this many bytes.
-#: These are large values (~22 and ~36 KB as stored for a folder of 1,000 files) that cost memory out of
-#: proportion to their byte count until the commit (queued, then LMDB's dirty overflow
+#: These are large values (~22 and ~36 KB as stored for a folder of 1,000 files) that
+#: cost memory out of proportion to their byte count until the commit (queued, then LMDB's dirty overflow
 #: pages, in the writer thread's malloc arena): a sync that changed every folder of 1M
 #: files peaked at 554 MB with only the 32 MiB limit, 379 MB with 8 MiB for everything
 #: (whose smaller commits made the first add write 6.4x its data, not 1.6x). With this
@@ -878,8 +878,9 @@ class _MapTrimmer:
         _release_free_heap()
 
     def trim_over(self, budget: int) -> None:
-        """:meth:`trim` once this process maps more than ``budget`` bytes of files,
-        looked at every ``check_every`` calls."""
+        """Unmap the store's pages as :meth:`trim` does (without its heap release) once
+        this process maps more than ``budget`` bytes of files, looked at every
+        ``check_every`` calls."""
         self._calls += 1
         if self._calls < self.check_every:
             return

@@ -251,8 +251,9 @@ def differing_entries(
 
     A diff of two versions with 1% of 1M files changed across 1,000 folders decodes
     20,000 rows this way instead of 2M (docs/performance.md, "Changed folders and
-    diffs on the encoded bytes"). The merge compares rows by their bytes, so two encodings of one value
-    come back as a pair: equal pairs are dropped here, after decoding."""
+    diffs on the encoded bytes"). The merge compares rows by their bytes, so two
+    encodings of one value come back as a pair: equal pairs are dropped here, after
+    decoding."""
     if treerows is None:
         return None
     delta = treerows.row_delta(a, b)

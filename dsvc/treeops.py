@@ -374,10 +374,10 @@ DIFF_AHEAD = 8
 
 
 class _DiffAhead:
-    """Compares the next folder pairs of a diff on one more thread, while the walk
-    handles the current one: the read, decompression and row merge of a pair run
+    """Compares the next folder pairs of a diff on a pool of two threads, while the
+    walk handles the current one: the read, decompression and row merge of a pair run
     mostly without the GIL (zstd, the C merge). A diff of 1,000 changed folders took
-    0.54 s on one thread and 0.35 s with one more (docs/performance.md).
+    0.54 s on the walk's thread alone and 0.35 s with one more (docs/performance.md).
 
     The pairs are taken in the walk's order (depth first: a folder's subfolders come
     before its remaining siblings), so only pairs the walk will compare are read, and
