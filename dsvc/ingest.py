@@ -47,7 +47,7 @@ import pathspec
 import xxhash
 import zstandard
 
-from dsvc import codec, fsbatch, objects
+from dsvc import codec, fsbatch, libc, objects
 from dsvc.chunker import Chunker, ReadInto
 from dsvc.errors import DsvcError, InvalidPathError, NotFoundError, WildcardError
 from dsvc.ids import TAG_BLOB, TAG_TREE, chunk_id, object_id
@@ -888,10 +888,6 @@ class _MapTrimmer:
         self.store.unmap(over=budget)
 
 
-#: glibc's ``malloc_trim``, resolved on first use; False where absent (musl, macOS)
-_malloc_trim: Any = None
-
-
 def _release_free_heap() -> None:
     """Give the free pages inside this process's malloc arenas back to the system
     (glibc ``malloc_trim(0)``; a no-op elsewhere). The ingest's threads free as much as
@@ -900,17 +896,9 @@ def _release_free_heap() -> None:
     241-251 MB with it after each commit of the writer (a few ms per call: 4.9 ms at
     most in a 300k-file add; ~400 commits in the 3M add, whose call took 267 s with it
     and 278 s without)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes  # only an ingest that commits gets here
-
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-            _malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    malloc_trim = libc.function("malloc_trim", "c_size_t")  # glibc only
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 class _BufferPool:

@@ -30,8 +30,8 @@ import struct
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
+from dsvc import libc
 from dsvc.errors import IntegrityError
 from dsvc.ids import to_hex
 
@@ -430,19 +430,10 @@ def _pwritev_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:
 
 def _punch(fd: int, offset: int, length: int) -> bool:
     """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; False where unsupported."""
-    try:
-        import ctypes  # only when a pack is punched: packfile loads at every CLI start
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.fallocate
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-        return fn(fd, 0x02 | 0x01, offset, length) == 0
-    except (OSError, AttributeError):
-        return False
+    fallocate = libc.function("fallocate", "c_int", "c_int", "c_longlong", "c_longlong")
+    return fallocate is not None and fallocate(fd, 0x02 | 0x01, offset, length) == 0
 
 
-#: ``sync_file_range(2)`` of libc (Linux), resolved on first use; False where absent
-_sync_file_range: Any = None
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -450,18 +441,11 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     """Start writing a range of the file to disk without waiting for it (Linux; a no-op
     elsewhere). Durability still comes from ``fdatasync``: this only moves the disk's
     work earlier, and an error is left for that ``fdatasync`` to report."""
-    global _sync_file_range
-    if _sync_file_range is None:
-        try:
-            import ctypes  # only when a batch defers: packfile loads at every CLI start
-
-            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-            _sync_file_range = fn
-        except (OSError, AttributeError):
-            _sync_file_range = False
-    if _sync_file_range:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+    sync_file_range = libc.function(
+        "sync_file_range", "c_int", "c_longlong", "c_longlong", "c_uint"
+    )
+    if sync_file_range is not None:
+        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -49,7 +49,7 @@ import lmdb
 import msgpack
 import xxhash
 
-from dsvc import codec, faultpoints, packfile, storecheck
+from dsvc import codec, faultpoints, libc, packfile, storecheck
 from dsvc.chunker import DEFAULT_PARAMS, Chunker, ChunkerParams
 from dsvc.errors import (
     ConfigError,
@@ -521,7 +521,6 @@ class _MapBudget:
         self.lock = threading.Lock()
         self.trims = 0  # times the map was unmapped (tests, diagnostics)
         self._count = 0
-        self._madvise: Callable[..., int] | None = None
 
     def reader_done(self) -> None:
         """Count a finished reader; every :data:`READ_CHECK_EVERY` readers,
@@ -552,17 +551,14 @@ class _MapBudget:
             return
         try:
             with self.lock:
-                if self._madvise is None:
-                    # imported here: only a process that reads enough to trim needs it
-                    import ctypes
-
-                    libc = ctypes.CDLL(None, use_errno=True)
-                    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-                    self._madvise = libc.madvise
+                madvise = libc.function("madvise", "c_void_p", "c_size_t", "c_int")
+                if madvise is None:
+                    self.ok = False
+                    return
                 # only the part backed by the file holds pages, not the whole 1 TiB map
                 size = (os.stat(self.target).st_size + _PAGE - 1) & ~(_PAGE - 1)
                 for lo, hi in self._mappings():
-                    if self._madvise(lo, min(hi - lo, size), 4) != 0:  # MADV_DONTNEED
+                    if madvise(lo, min(hi - lo, size), 4) != 0:  # MADV_DONTNEED
                         self.ok = False
                 self.trims += 1
         except Exception:

@@ -61,6 +61,7 @@ MODULES = {
     "dsvc._fsbatch": "model",
     "dsvc._treerows": "model",
     "dsvc.native": "model",
+    "dsvc.libc": "model",
 }
 
 
