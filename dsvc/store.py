@@ -990,10 +990,8 @@ class Store:
         the next :meth:`_apply`, before its commit); returns the index writes that
         locate them (plus the format raise the first packed chunk needs), to be
         committed after the bytes are durable, before anything that refers to them."""
-        try:
+        with self._pack_errors():
             locs = self.packs.append(frames, defer_sync=defer_sync)
-        except OSError as e:
-            raise disk_error(self.home, e.filename or self.packs.folder, e) from None
         if faultpoints.ENABLED:
             faultpoints.hit("pack.append", "after", "chunks")
         ops: list[tuple[str, bytes, bytes | None]] = [("chunkloc", cid, loc) for cid, loc in locs]
@@ -1117,20 +1115,29 @@ class Store:
 
     # -- refs and records ------------------------------------------------------
 
+    @contextmanager
+    def _pack_errors(self) -> Iterator[None]:
+        """Turn an OS error of the pack files into the dsvc error that names the file and
+        says what to do (full disk, failing disk)."""
+        try:
+            yield
+        except OSError as e:
+            raise disk_error(self.home, e.filename or self.packs.folder, e) from None
+
     def _sync_packs(self) -> None:
         """Make every pack append of this process durable (a no-op when none waits)."""
         if self.durable:
-            try:
+            with self._pack_errors():
                 self.packs.sync()
-            except OSError as e:
-                raise disk_error(self.home, e.filename or self.packs.folder, e) from None
 
     def _durable_point(self) -> None:
         """With DSVC_FSYNC=0, flush everything committed so far: a record or ref that
         is written is durable, with all the content it refers to."""
         if not self.durable:
-            self.packs.sync()
-            self.env.sync(True)
+            with self._pack_errors():
+                self.packs.sync()
+            with self.errors():
+                self.env.sync(True)
 
     def scan_prefix(self, db: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every ``(key, value)`` of ``db`` whose key starts with ``prefix``, in key order,
@@ -1520,10 +1527,8 @@ class Store:
                 frames.append((cid, frame))
                 old[cid] = loc
                 size += len(frame)
-            try:
+            with self._pack_errors():
                 locs = self.packs.append(frames)
-            except OSError as e:
-                raise disk_error(self.home, e.filename or self.packs.folder, e) from None
             if faultpoints.ENABLED:
                 faultpoints.hit("pack.append", "after", "compact")
             with self.errors(), self._write_lock, self._begin(write=True) as txn:

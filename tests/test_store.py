@@ -436,3 +436,23 @@ def test_a_large_commit_keeps_the_mapped_store_under_a_budget(tmp_path, monkeypa
     assert _mapped_bytes(data) <= 6 << 20, _mapped_bytes(data)
     assert len(s.scan_prefix("statcache", b"")) == len(keys)
     s.close()
+
+
+def test_an_unsynced_store_reports_a_failing_flush_as_a_disk_error(tmp_path, monkeypatch):
+    """With DSVC_FSYNC=0 a record's write is where the packs are flushed, so that is where
+    a failing disk shows (``fdatasync``'s EIO: no device here can fail on demand, hence
+    the patched sync). It is the store's error that names the pack and says what to do,
+    not a bare OSError reported as an internal error."""
+    from dsvc.errors import StorageError
+
+    monkeypatch.setenv("DSVC_FSYNC", "0")
+    s = Store(str(tmp_path / "home"))
+    pack = s.packs.folder / "pack-0001"
+
+    def failing_sync() -> None:
+        raise OSError(5, "Input/output error", str(pack))
+
+    monkeypatch.setattr(s.packs, "sync", failing_sync)
+    with pytest.raises(StorageError, match=r"the disk failed while writing .*pack-0001"):
+        s.put_record("k", {"a": 1})
+    s.close()
