@@ -133,8 +133,11 @@ GC_LOCK = "gc.lock"
 #: kernel's fault-around maps the 64 KiB around each) leave resident a share of the
 #: store that grows with it. Measured at 3M files, main e02b378: the first add's mapped
 #: store pages peaked at ~300 MB (peak RSS 533 MB, 335 MB at 1M); issue 11 asks for
-#: RSS flat from 1M to 3M files
-MAPPED_BUDGET = 128 << 20
+#: RSS flat from 1M to 3M files. The count (statm's shared pages) includes ~40 MB of
+#: the interpreter's and libraries' own files. With 128 MiB the first add peaked at
+#: 354-379 MiB at 1M and 407 MiB at 3M; with 96 MiB at 329-347 and 377 MiB, for ~0.5 s
+#: more of re-mapping in a 1% sync at 1M (4.4-4.5 s, was 3.6-4.3; docs/performance.md)
+MAPPED_BUDGET = 96 << 20
 #: a reader's exit checks the budget once per this many readers (a check reads
 #: /proc/self/statm: ~3 syscalls, too many for the per-file readers of some paths)
 READ_CHECK_EVERY = 16
