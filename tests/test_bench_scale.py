@@ -79,6 +79,9 @@ def test_bench_scale_quick_has_every_row(tmp_path: Path) -> None:
     assert ing["store_bytes"] >= ing["data_bytes"] > 0
     assert ing["write_bytes"] >= ing["data_bytes"] * 0.9  # physical writes were counted
     assert results["small_dsvc"]["store_bytes"] > 0
+    # both tools of a side-by-side row start with the data read once (page cache warm)
+    assert ing["warmed_bytes"] == ing["data_bytes"]
+    assert results["small_dsvc"]["warmed_bytes"] == results["small_dsvc"]["data_bytes"]
     # outputs of the local copies are folders under the store's cache
     assert (
         Path(results["local_copy_full"]["path"]).name
