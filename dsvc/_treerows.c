@@ -5,9 +5,10 @@
  * bytes"): a diff of two versions reads only the folders whose ids differ, but in
  * each such folder it used to unpack every row of both sides into Python tuples and
  * compare them. With 1% of 1M files rewritten across 1,000 folders that is 2M tuples
- * built to find 20,000 rows, and it was 3/4 of list_modified_files. A tree is a msgpack array of rows sorted by the
- * UTF-8 bytes of their names (docs/format.md), so a merge of the two arrays on their
- * raw bytes finds the rows that differ without building any object.
+ * built to find 20,000 rows, and it was 3/4 of list_modified_files. A tree is a
+ * msgpack array of rows sorted by the UTF-8 bytes of their names (docs/format.md), so
+ * a merge of the two arrays on their raw bytes finds the rows that differ without
+ * building any object.
  *
  * The result is a superset of the rows whose values differ: two encodings of one value
  * (a non-minimal integer) compare unequal here. The caller decodes and validates the

@@ -694,11 +694,12 @@ WRITE_BATCH_OPS = 131072
 WRITE_INDEX_BYTES = 32 << 20
 #: ... or once the trees, blobs and folder summaries among them hold this many bytes.
 #: These are large values (~22 and ~36 KB as stored for a folder of 1,000 files) that
-#: cost memory out of proportion to their byte count until the commit (queued, then LMDB's dirty overflow
-#: pages, in the writer thread's malloc arena): a sync that changed every folder of 1M
-#: files peaked at 554 MB with only the 32 MiB limit, 379 MB with 8 MiB for everything
-#: (whose smaller commits made the first add write 6.4x its data, not 1.6x). With this
-#: limit: 351 MB for that sync and 367 MB for the first add (1.37 GB written, was 1.14)
+#: cost memory out of proportion to their byte count until the commit (queued, then
+#: LMDB's dirty overflow pages, in the writer thread's malloc arena): a sync that
+#: changed every folder of 1M files peaked at 554 MB with only the 32 MiB limit, 379 MB
+#: with 8 MiB for everything (whose smaller commits made the first add write 6.4x its
+#: data, not 1.6x). With this limit: 351 MB for that sync and 367 MB for the first add
+#: (1.37 GB written, was 1.14)
 WRITE_LARGE_BYTES = 8 << 20
 #: ... and, once the random-key databases outgrow it, a commit dirties about this many
 #: of their pages (64 MiB held in memory by LMDB until the commit): n random writes
