@@ -12,7 +12,7 @@ object, they are never returned.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import zstandard
@@ -126,51 +126,73 @@ def decode_frame_view(
 ) -> bytes | memoryview:
     """Like :func:`decode_frame`, but a raw payload comes back as a view into ``frame``
     (no copy): valid as long as ``frame`` is (for an LMDB buffer, its transaction)."""
-    if len(frame) < 1:
-        raise IntegrityError(f"object {to_hex(oid)}: empty frame", oid)
-    codec = frame[0]
-    body = memoryview(frame)[1:]
+    return decode_frames_view((frame,), tag, (oid,), limit)[0]  # type: ignore[return-value]
+
+
+def decode_frames_view(
+    frames: Sequence[bytes | memoryview | None],
+    tag: bytes,
+    oids: Sequence[bytes],
+    limit: int | None = None,
+) -> list[bytes | memoryview | None]:
+    """:func:`decode_frame_view` of many frames of one type, in one loop (None stays
+    None: an object the caller did not find). A copy of a million small files decodes
+    a million frames holding the GIL; one call per folder instead of per frame keeps
+    that loop short (docs/performance.md, session 8)."""
     bound = payload_limit(tag, limit)
+    decompress = _decompressor().decompress
+    content_size = zstandard.frame_content_size
+    out: list[bytes | memoryview | None] = []
+    append = out.append
     data: bytes | memoryview
-    if codec == RAW:
-        data = body
-        if len(data) > bound:
+    for frame, oid in zip(frames, oids, strict=True):
+        if frame is None:
+            append(None)
+            continue
+        if len(frame) < 1:
+            raise IntegrityError(f"object {to_hex(oid)}: empty frame", oid)
+        codec = frame[0]
+        body = memoryview(frame)[1:]
+        if codec == ZSTD:
+            try:
+                # the header may declare any size: check it before zstd allocates it;
+                # zstd then decodes into exactly that many bytes, failing on more
+                declared = content_size(body)
+            except zstandard.ZstdError as e:
+                raise IntegrityError(f"object {to_hex(oid)}: corrupt zstd frame ({e})", oid) from e
+            if declared < 0 or declared > bound:
+                raise IntegrityError(
+                    f"object {to_hex(oid)}: zstd frame declares "
+                    f"{'no' if declared < 0 else declared} content size, the format allows at "
+                    f"most {bound} bytes for its type (corrupt or hostile storage)",
+                    oid,
+                )
+            try:
+                data = decompress(body)
+            except (zstandard.ZstdError, MemoryError) as e:
+                raise IntegrityError(f"object {to_hex(oid)}: corrupt zstd frame ({e})", oid) from e
+            if len(data) != declared:
+                raise IntegrityError(
+                    f"object {to_hex(oid)}: zstd frame holds {len(data)} bytes, its header "
+                    f"declares {declared}",
+                    oid,
+                )
+        elif codec == RAW:
+            data = body
+            if len(data) > bound:
+                raise IntegrityError(
+                    f"object {to_hex(oid)}: {len(data)} bytes, more than the format allows "
+                    f"({bound}) for its type",
+                    oid,
+                )
+        else:
+            raise IntegrityError(f"object {to_hex(oid)}: unknown codec byte {codec}", oid)
+        if object_id(tag, data) != oid:
             raise IntegrityError(
-                f"object {to_hex(oid)}: {len(data)} bytes, more than the format allows "
-                f"({bound}) for its type",
-                oid,
+                f"object {to_hex(oid)}: content does not match its id (corrupted storage)", oid
             )
-    elif codec == ZSTD:
-        try:
-            # the header may declare any size: check it before zstd allocates it; zstd
-            # then decodes into exactly that many bytes and fails if the frame holds more
-            declared = zstandard.frame_content_size(body)
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"object {to_hex(oid)}: corrupt zstd frame ({e})", oid) from e
-        if declared < 0 or declared > bound:
-            raise IntegrityError(
-                f"object {to_hex(oid)}: zstd frame declares "
-                f"{'no' if declared < 0 else declared} content size, the format allows at "
-                f"most {bound} bytes for its type (corrupt or hostile storage)",
-                oid,
-            )
-        try:
-            data = _decompressor().decompress(body)
-        except (zstandard.ZstdError, MemoryError) as e:
-            raise IntegrityError(f"object {to_hex(oid)}: corrupt zstd frame ({e})", oid) from e
-        if len(data) != declared:
-            raise IntegrityError(
-                f"object {to_hex(oid)}: zstd frame holds {len(data)} bytes, its header "
-                f"declares {declared}",
-                oid,
-            )
-    else:
-        raise IntegrityError(f"object {to_hex(oid)}: unknown codec byte {codec}", oid)
-    if object_id(tag, data) != oid:
-        raise IntegrityError(
-            f"object {to_hex(oid)}: content does not match its id (corrupted storage)", oid
-        )
-    return data
+        append(data)
+    return out
 
 
 class MemoryBudget:

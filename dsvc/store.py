@@ -644,24 +644,16 @@ class StoreReader:
         ones are read in runs (:meth:`Packs.read_many`), each verified against its id."""
         get = self._txn.get
         locdb, olddb = self._dbs["chunkloc"], self._dbs["chunks"]
-        frames: list[bytes | memoryview | None] = []
-        packed: list[tuple[bytes, bytes | memoryview]] = []
-        at: list[int] = []
-        for i, cid in enumerate(cids):
-            loc = get(cid, db=locdb)
-            if loc is not None:
-                packed.append((cid, loc))
-                at.append(i)
-                frames.append(None)
-            else:
-                frames.append(get(cid, db=olddb))
-        if packed:
-            for i, frame in zip(at, self.store.packs.read_many(packed)):
-                frames[i] = frame
-        return [
-            None if f is None else codec.decode_frame_view(f, TAG_CHUNK, cid)
-            for cid, f in zip(cids, frames)
-        ]
+        locs = [get(cid, db=locdb) for cid in cids]
+        if None not in locs:  # the common case: every chunk packed
+            packed = self.store.packs.read_many(list(zip(cids, locs)))  # type: ignore[arg-type]
+            return codec.decode_frames_view(packed, TAG_CHUNK, cids)
+        at = [i for i, loc in enumerate(locs) if loc is not None]
+        frames = [None if loc is not None else get(cid, db=olddb) for cid, loc in zip(cids, locs)]
+        got = self.store.packs.read_many([(c, loc) for c, loc in zip(cids, locs) if loc is not None])
+        for i, frame in zip(at, got):
+            frames[i] = frame
+        return codec.decode_frames_view(frames, TAG_CHUNK, cids)
 
     def chunks(self) -> Iterator[tuple[bytes, bytes | memoryview | None]]:
         """Every ``(chunk id, frame)`` (fsck): packed chunks in pack and offset order

@@ -180,3 +180,58 @@ def test_truncated_zstd_frame():
     for cut in (2, 6, len(frame) // 2, len(frame) - 1):
         with pytest.raises(IntegrityError):
             decode_frame(frame[:cut], TAG_CHUNK, cid)
+
+
+# -- many frames at once (a folder of a copy) ---------------------------------------
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.tuples(any_data, st.integers(0, 5))), max_size=12),
+    st.sampled_from([TAG_CHUNK, TAG_BLOB]),
+)
+@SETTINGS
+def test_decoding_many_frames_is_decoding_each(items, tag):
+    """``decode_frames_view`` gives what ``decode_frame`` gives frame by frame, raw
+    payloads as views, and None for a frame the caller did not find."""
+    frames = [None if it is None else encode_frame(it[0], it[1]) for it in items]
+    oids = [bytes(16) if it is None else object_id(tag, it[0]) for it in items]
+    got = codec.decode_frames_view(frames, tag, oids)
+    assert [None if g is None else bytes(g) for g in got] == [
+        None if it is None else it[0] for it in items
+    ]
+    for frame, g in zip(frames, got):
+        if frame is not None and frame[0] == RAW:
+            assert isinstance(g, memoryview) and g.obj is not None  # a view, no copy
+
+
+@given(st.lists(any_data, min_size=1, max_size=8), st.data())
+@SETTINGS
+def test_a_bad_frame_among_many_raises_naming_it(datas, draw):
+    """One damaged frame in a batch raises IntegrityError naming that frame's id, never
+    returns the others' bytes as if all were well."""
+    frames = [encode_frame(d, 3) for d in datas]
+    oids = [chunk_id(d) for d in datas]
+    bad = draw.draw(st.integers(0, len(frames) - 1))
+    kind = draw.draw(st.sampled_from(["id", "codec", "cut", "empty"]))
+    if kind == "id":
+        oids[bad] = chunk_id(datas[bad] + b"!")
+    elif kind == "codec":
+        frames[bad] = b"\x07" + frames[bad][1:]
+    elif kind == "cut":
+        assume(frames[bad][0] == ZSTD)
+        frames[bad] = frames[bad][: len(frames[bad]) // 2]
+    else:
+        frames[bad] = b""
+    with pytest.raises(IntegrityError) as ei:
+        codec.decode_frames_view(frames, TAG_CHUNK, oids)
+    assert ei.value.object_id == oids[bad] and to_hex(oids[bad]) in str(ei.value)
+
+
+def test_a_frame_over_the_limit_is_refused_in_a_batch():
+    """The limit a caller knows (its chunker's maximum) holds for every frame of a batch:
+    a zstd header declaring more, or a raw payload longer, is refused before decoding."""
+    small, big = b"s" * 10, b"b" * 5000
+    for level in (0, 3):
+        frames = [encode_frame(small, level), encode_frame(big, level)]
+        with pytest.raises(IntegrityError, match="allows"):
+            codec.decode_frames_view(frames, TAG_CHUNK, [chunk_id(small), chunk_id(big)], 4096)

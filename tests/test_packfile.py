@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from dsvc import codec, packfile, registry
 from dsvc.dataset import Dataset
+from dsvc.errors import IntegrityError
 from dsvc.ids import TAG_CHUNK, chunk_id
 from dsvc.maintenance import fsck, local_gc
 from dsvc.store import PACK_FORMAT, Store
@@ -102,6 +103,45 @@ def test_read_many_reports_a_damaged_or_missing_pack_by_chunk(tmp_path: Path) ->
     store = open_store(tmp_path / "home")
     with store.reader() as r, pytest.raises(Exception, match="is missing"):
         r.read_chunks(ids[:2])
+    store.close()
+
+
+def test_read_many_reports_a_short_pack_and_a_bad_location_by_chunk(tmp_path: Path) -> None:
+    """A pack cut short under a run of frames, and an index value of the wrong size, are
+    IntegrityErrors naming the chunk, not short or wrong bytes."""
+    packs = packfile.Packs(tmp_path / "packs")
+    items = [(os.urandom(16), os.urandom(200)) for _ in range(4)]
+    want = packs.append(items)
+    packs.close()
+    with pytest.raises(IntegrityError, match=f"{items[0][0].hex()}: bad location") as ei:
+        packfile.Packs(tmp_path / "packs").read_many([(items[0][0], b"\0" * 7), *want[1:]])
+    assert ei.value.object_id == items[0][0]
+    pack, off, _ = packfile.decode_loc(want[3][1])
+    os.truncate(packs.path(pack), off + 100)  # the last frame loses its tail
+    packs = packfile.Packs(tmp_path / "packs")
+    assert [bytes(f) for f in packs.read_many(want[:3])] == [f for _, f in items[:3]]
+    with pytest.raises(IntegrityError, match=f"{items[3][0].hex()}.*short or overwritten"):
+        packs.read_many(want)
+    packs.close()
+
+
+def test_read_chunks_mixes_packed_and_format_1_chunks_in_order(tmp_path: Path) -> None:
+    """One batch read of chunks in packs, chunks in LMDB (format 1) and absent ids gives
+    each in its place."""
+    store = open_store(tmp_path / "home")
+    old = [os.urandom(500 + i) for i in range(3)]
+    with store.env.begin(write=True) as txn:  # what format 1 wrote
+        for data in old:
+            txn.put(chunk_id(data), codec.encode_frame(data, 0), db=store._dbs["chunks"])
+    with store.batch() as b:
+        new = [b.put_chunk(os.urandom(700 + i), level=0) for i in range(3)]
+    ids = [new[0], chunk_id(old[0]), bytes(16), new[1], chunk_id(old[1]), chunk_id(old[2]), new[2]]
+    with store.reader() as r:
+        got = r.read_chunks(ids)
+    assert got[2] is None
+    assert [bytes(g) for i, g in enumerate(got) if i != 2] == [
+        store.get_chunk(c) for i, c in enumerate(ids) if i != 2
+    ]
     store.close()
 
 
