@@ -1140,11 +1140,14 @@ def _fill_folders(
             if still:  # raises, naming the content
                 _write_missing(store, cache, files, dests, still[:1], written, strict=True)
         # the manifest: each file's stat once its links exist (a written file's from its
-        # descriptor); a file whose cache file was changed in place (sentinel gone) is
-        # rewritten from the store right away
+        # descriptor); a linked file whose source was changed in place (sentinel gone) is
+        # rewritten from the store right away. A file this call wrote is its own stat.
         bad = []
         for i, (_, e) in enumerate(files):
             st = written.get(i)
+            if st is not None and i not in linked:
+                man.set_stat(i, st)
+                continue
             if st is None:
                 try:
                     st = os.lstat(dests[i])
@@ -1177,6 +1180,14 @@ def _fill_folders(
             stats.linked += len(man.paths) - written
             yield man
 
+
+#: one copy thread at a time reads and decodes a folder's small chunks. That loop holds
+#: the GIL but for many tiny releases (an LMDB lookup, a zstd call per chunk); threads
+#: running it side by side hand the GIL to each other on every release, and the futex
+#: traffic cost more than they gained: 35 s against 16 s of wall for the chunks of a
+#: million files with 4 threads (docs/performance.md, session 8). The other threads go
+#: on creating files meanwhile, which runs without the GIL.
+_DECODE_GATE = threading.Lock()
 
 #: a batch of small files handed to :func:`dsvc.fsbatch.write_files` at once
 _BATCH_FILES = 4096
@@ -1257,7 +1268,8 @@ def _write_small(
     # the single-chunk files' chunks in one read (a folder's small files lie in a row
     # in a pack: one pread for many of them)
     single = [files[i][1].id for i in todo if files[i][1].kind == KIND_CHUNKFILE]
-    payloads = iter(txn.read_chunks(single))
+    with _DECODE_GATE:
+        payloads = iter(txn.read_chunks(single))
     for i in todo:
         entry = files[i][1]
         try:
