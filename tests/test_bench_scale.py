@@ -106,3 +106,34 @@ def test_bench_stream_quick_has_every_row(tmp_path: Path) -> None:
     assert folder["stream_all"]["bytes"] == folder["local_copy"]["bytes"] > 0
     assert folder["second_pass"]["requests"] == 0  # served from the local store
     assert folder["random_4KiB"]["max_chunks"] >= 1
+
+
+def test_the_file_floor_creates_what_a_copy_creates(tmp_path: Path) -> None:
+    """bench_file_floor.py's ``native`` mode (the full copy's floor) writes every file
+    through dsvc's own batch, read-only and dated, and reports the run."""
+    for mode in ("native", "0"):
+        root = tmp_path / mode
+        p = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "bench_file_floor.py"), "300", "3", "2"]
+            + [mode, str(root)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        row = json.loads(p.stdout.strip().splitlines()[-1])
+        assert row["n"] == 300 and row["mode"] == mode and row["wall_s"] >= 0
+        files = sorted((root / "copy").glob("d*/f*.bin"))
+        assert len(files) == 300
+        assert all(160 <= f.stat().st_size <= 800 and not f.stat().st_mode & 0o222 for f in files)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_file_floor.py"), "3", "1", "1"]
+        + ["2", str(tmp_path / "bad")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert bad.returncode != 0 and "MODE is 0, 1 or native" in bad.stderr
