@@ -645,9 +645,6 @@ class StoreReader:
         get = self._txn.get
         locdb, olddb = self._dbs["chunkloc"], self._dbs["chunks"]
         locs = [get(cid, db=locdb) for cid in cids]
-        if None not in locs:  # the common case: every chunk packed
-            packed = self.store.packs.read_many(list(zip(cids, locs)))  # type: ignore[arg-type]
-            return codec.decode_frames_view(packed, TAG_CHUNK, cids)
         at = [i for i, loc in enumerate(locs) if loc is not None]
         frames = [None if loc is not None else get(cid, db=olddb) for cid, loc in zip(cids, locs)]
         got = self.store.packs.read_many([(c, loc) for c, loc in zip(cids, locs) if loc is not None])
