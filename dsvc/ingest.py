@@ -703,8 +703,10 @@ WRITE_INDEX_BYTES = 32 << 20
 WRITE_LARGE_BYTES = 8 << 20
 #: ... and, once the random-key databases outgrow it, a commit dirties about this many
 #: of their pages (64 MiB held in memory by LMDB until the commit): n random writes
-#: into L leaf pages dirty L * (1 - exp(-n / L)) of them, so the writes per commit
-#: shrink as the index grows and memory stays flat from 1M to 3M files
+#: into L leaf pages dirty L * (1 - exp(-n / L)) of them. New chunk locations go to
+#: ``chunknew``, which ``store.NEW_LEVEL_MAX`` keeps under this (the large
+#: ``chunkloc`` is written by merges, in key order), so the cap now binds only when
+#: ``objects`` grows past it
 WRITE_DIRTY_PAGES = 16384
 #: mapped store pages (RSS) above which the writer unmaps them after a pack append
 #: (1M tiny files: peak RSS 369 -> 353 MB)
@@ -848,7 +850,7 @@ def _ops_per_commit(store: Store) -> int:
     """How many random-key writes the ingest writer queues before it commits: as many
     as WRITE_BATCH_OPS, fewer once the random-key databases are so large that these
     writes would dirty more than WRITE_DIRTY_PAGES of their leaf pages."""
-    leaves = store.leaf_pages("chunkloc") + store.leaf_pages("objects")
+    leaves = store.leaf_pages("chunknew") + store.leaf_pages("objects")
     budget = WRITE_DIRTY_PAGES
     if leaves <= budget:
         return WRITE_BATCH_OPS

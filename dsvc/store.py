@@ -5,6 +5,8 @@ Named databases (keys and values are documented in docs/format.md):
 ============  ==========================================================================
 ``chunkloc``  chunk id -> (pack, offset, length) of its frame in a pack file under
               ``store.lmdb/packs/`` (:mod:`dsvc.packfile`)
+``chunknew``  the same, for the newest chunks: a small level merged into ``chunkloc``
+              in key order (:meth:`Store.merge_chunk_levels`)
 ``chunks``    chunk id -> frame, chunks written before format 2 (read, never written)
 ``objects``   object id -> type tag + frame, for blobs, trees and commits
 ``records``   record key (utf-8) -> msgpack map (dataset records, drafts, remote state)
@@ -27,12 +29,16 @@ Invariants (what crash safety rests on):
   commits early (size limit) therefore never publishes a reference to missing content.
 * Objects are immutable and content-addressed; writing one twice is a no-op.
 * One writer at a time (LMDB's lock, across processes); readers never block.
+* A chunk id is in at most one of ``chunkloc`` and ``chunknew``: a location is put into
+  ``chunknew`` only when ``chunkloc`` lacks the id, and a merge moves each entry (delete
+  from one, put into the other) inside one transaction.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import heapq
 import os
 import socket
 import sys
@@ -76,7 +82,7 @@ from dsvc.objects import (
 from dsvc.retry import cas_retry
 
 #: the newest store format this dsvc reads and writes (docs/format.md §6)
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: the format a new store starts at; its first external link raises it to 2
 #: (:meth:`Store.require_format`), so stores without links stay readable by older dsvc
 INITIAL_FORMAT_VERSION = 1
@@ -84,9 +90,29 @@ INITIAL_FORMAT_VERSION = 1
 #: that indexes a store's first packed chunk raises it to 3. Chunks an older format
 #: wrote into ``chunks`` are read where they are, never rewritten.
 PACK_FORMAT = 3
+#: chunk locations in two levels (issue 11). Chunk ids are random keys: once one B-tree
+#: of every location outgrew the ingest's commits, each commit rewrote thousands of its
+#: leaf pages for a few inserts each (the first add of 3M tiny files wrote 27 GB for
+#: 1.4 GB stored). New locations go to ``chunknew``, kept small, and move to
+#: ``chunkloc`` in key order, which rewrites each of its leaf pages once per merge. The
+#: transaction that first puts into ``chunknew`` raises the store to this format, so an
+#: older dsvc refuses the store instead of missing the chunks there.
+LEVEL_FORMAT = 4
+#: ``chunknew`` is merged once it holds this many entries and at least 1/NEW_LEVEL_RATIO
+#: as many as ``chunkloc``, or NEW_LEVEL_MAX. The ratio bounds the bytes merges write
+#: (each rewrites ``chunkloc``, which grows by 1/ratio between merges: ~ratio + 1 times
+#: its final size in all); the cap bounds the pages an ingest commit dirties in
+#: ``chunknew`` (1M locations: ~12,500 leaf pages, under ingest.WRITE_DIRTY_PAGES)
+NEW_LEVEL_MIN = 1 << 16
+NEW_LEVEL_RATIO = 8
+NEW_LEVEL_MAX = 1 << 20
+#: locations one merge transaction moves: a run of ids in key order, so the
+#: ``chunkloc`` pages it dirties are neighbours, ~1 per 10 ids at the ratio above
+#: (~13 MiB of dirty pages per transaction)
+MERGE_STEP = 32768
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
-DB_NAMES = ("chunks", "chunkloc", "objects", "records", "statcache", "config", "remote", "dirsum")
+DB_NAMES = ("chunks", "chunkloc", "chunknew", "objects", "records", "statcache", "config", "remote", "dirsum")
 #: a write batch commits once it holds this many bytes (bounded memory, bounded redo)
 BATCH_BYTES = 64 << 20
 #: key prefix of dataset records in the ``records`` database
@@ -581,6 +607,11 @@ class _MapBudget:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _level_full(new: int, merged: int) -> bool:
+    """Whether ``chunknew`` (``new`` entries) is due to be merged into ``chunkloc``."""
+    return new >= NEW_LEVEL_MIN and (new * NEW_LEVEL_RATIO >= merged or new >= NEW_LEVEL_MAX)
+
+
 class StoreReader:
     """A typed read view of one snapshot of the store (``with store.reader() as r``).
 
@@ -596,19 +627,28 @@ class StoreReader:
         self.store = store
         self._txn = txn
         self._dbs = store._dbs
-        self._loc_cur: lmdb.Cursor | None = None
-        self._old_cur: lmdb.Cursor | None = None
+        self._curs: tuple[lmdb.Cursor, lmdb.Cursor, lmdb.Cursor] | None = None
 
     # -- chunks ------------------------------------------------------------------
-    # Chunks live in pack files, located through ``chunkloc``; a store of format 1 also
-    # has chunks in ``chunks`` (frames in LMDB), read as they are.
+    # Chunks live in pack files, located through ``chunkloc`` or ``chunknew`` (one of
+    # them: the module's invariants); a store of format 1 also has chunks in ``chunks``
+    # (frames in LMDB), read as they are.
 
     def has_chunk(self, cid: bytes) -> bool:
-        cur = self._loc_cur
-        if cur is None:
-            cur = self._loc_cur = self._txn.cursor(db=self._dbs["chunkloc"])
-            self._old_cur = self._txn.cursor(db=self._dbs["chunks"])
-        return cur.set_key(cid) or self._old_cur.set_key(cid)  # type: ignore[union-attr]
+        curs = self._curs
+        if curs is None:
+            cursor, dbs = self._txn.cursor, self._dbs
+            curs = self._curs = (
+                cursor(db=dbs["chunkloc"]),
+                cursor(db=dbs["chunknew"]),
+                cursor(db=dbs["chunks"]),
+            )
+        return curs[0].set_key(cid) or curs[1].set_key(cid) or curs[2].set_key(cid)
+
+    def _location(self, cid: bytes) -> bytes | memoryview | None:
+        """A packed chunk's raw index value, from whichever level holds it."""
+        get = self._txn.get
+        return get(cid, db=self._dbs["chunkloc"]) or get(cid, db=self._dbs["chunknew"])
 
     def missing_chunks(self, ids: Iterable[bytes]) -> list[bytes]:
         """The ids of ``ids`` not stored, in order."""
@@ -617,14 +657,14 @@ class StoreReader:
     def chunk_frame(self, cid: bytes) -> bytes | memoryview | None:
         """A chunk's stored frame (codec byte + payload), unverified, or None.
         IntegrityError when its pack file does not hold it where the index says."""
-        loc = self._txn.get(cid, db=self._dbs["chunkloc"])
+        loc = self._location(cid)
         if loc is not None:
             return self.store.packs.read(cid, loc)
         return self._txn.get(cid, db=self._dbs["chunks"])
 
     def chunk_size(self, cid: bytes) -> int | None:
         """Stored bytes of a chunk's frame, or None when absent (no pack read)."""
-        loc = self._txn.get(cid, db=self._dbs["chunkloc"])
+        loc = self._location(cid)
         if loc is not None:
             return packfile.decode_loc(loc)[2]
         frame = self._txn.get(cid, db=self._dbs["chunks"])
@@ -643,8 +683,9 @@ class StoreReader:
         """:meth:`chunk` of many ids at once, None for those not stored: the packed
         ones are read in runs (:meth:`Packs.read_many`), each verified against its id."""
         get = self._txn.get
-        locdb, olddb = self._dbs["chunkloc"], self._dbs["chunks"]
-        locs = [get(cid, db=locdb) for cid in cids]
+        locdb, newdb, olddb = self._dbs["chunkloc"], self._dbs["chunknew"], self._dbs["chunks"]
+        # the merged level first: after the first add, it holds nearly every id
+        locs = [get(cid, db=locdb) or get(cid, db=newdb) for cid in cids]
         at = [i for i, loc in enumerate(locs) if loc is not None]
         frames = [None if loc is not None else get(cid, db=olddb) for cid, loc in zip(cids, locs)]
         got = self.store.packs.read_many([(c, loc) for c, loc in zip(cids, locs) if loc is not None])
@@ -665,13 +706,18 @@ class StoreReader:
             yield bytes(k), v
 
     def chunk_locations(self) -> Iterator[tuple[bytes, tuple[int, int, int], bytes]]:
-        """Every packed chunk: ``(id, (pack, offset, length), raw index value)``."""
-        for k, v in self._txn.cursor(db=self._dbs["chunkloc"]):
+        """Every packed chunk: ``(id, (pack, offset, length), raw index value)``, in id
+        order across both levels."""
+        levels = [
+            ((bytes(k), v) for k, v in self._txn.cursor(db=self._dbs[db]))
+            for db in ("chunkloc", "chunknew")
+        ]
+        for k, v in heapq.merge(*levels, key=lambda kv: kv[0]):
             try:
                 loc = packfile.decode_loc(v)
             except ValueError:
                 loc = (-1, 0, 0)  # a malformed entry: reads of it raise IntegrityError
-            yield bytes(k), loc, bytes(v)
+            yield k, loc, bytes(v)
 
     def chunk_sizes(self) -> Iterator[tuple[bytes, int]]:
         """Every ``(chunk id, stored bytes)``, without reading payloads."""
@@ -838,7 +884,7 @@ class Store:
             raise
         self._write_lock = threading.Lock()
         self.packs = packfile.Packs(self.path / packfile.PACK_DIR, durable=self.durable)
-        self._packed = False  # format_version known to be >= PACK_FORMAT
+        self._leveled = False  # format_version known to be >= LEVEL_FORMAT
         self._attached: dict[Hashable, Any] = {}
         self._attached_lock = threading.Lock()
         self.chunker_params = self._init_config(chunker_params)
@@ -942,10 +988,11 @@ class Store:
         # the bytes of deferred appends (WriteBatch.write_frames) are durable before any
         # transaction that may index them commits (invariant 25)
         self._sync_packs()
+        merged, new = dbs["chunkloc"], dbs["chunknew"]
         while True:
             try:
                 with self.errors(), self._write_lock, self._begin(write=True) as txn:
-                    dropped = False
+                    dropped = located = False
                     check = self._map_budget.check
                     for i, (db, key, value) in enumerate(ops):
                         if i % WRITE_CHECK_EVERY == WRITE_CHECK_EVERY - 1:
@@ -954,8 +1001,16 @@ class Store:
                             check()
                         if value is None:
                             txn.delete(key, db=dbs[db])
+                            if db == "chunkloc":  # either level
+                                txn.delete(key, db=new)
                             dropped = dropped or db in ("chunkloc", "chunks", "objects")
-                        elif db in ("chunkloc", "chunks", "objects"):
+                        elif db == "chunkloc":
+                            # one level per id (module invariants): a merged id keeps
+                            # its location, as no-overwrite keeps the first one
+                            if txn.get(key, db=merged) is None:
+                                txn.put(key, value, db=new, overwrite=False)
+                                located = True
+                        elif db in ("chunks", "objects"):
                             txn.put(key, value, db=dbs[db], overwrite=False)
                         else:
                             txn.put(key, value, db=dbs[db])
@@ -963,17 +1018,57 @@ class Store:
                         epoch = txn.get(CONTENT_EPOCH_KEY, db=dbs["config"])
                         n = _unpack(epoch) + 1 if epoch is not None else 1
                         txn.put(CONTENT_EPOCH_KEY, _pack(n), db=dbs["config"])
+                    full = located and _level_full(
+                        txn.stat(new)["entries"], txn.stat(merged)["entries"]
+                    )
                     if faultpoints.ENABLED:
                         faultpoints.hit("lmdb.commit", "before", _fault_label(ops))
                 if faultpoints.ENABLED:
                     faultpoints.hit("lmdb.commit", "after", _fault_label(ops))
-                if not self._packed and any(db == "chunkloc" and v for db, _, v in ops):
-                    self._packed = True
+                if located:
+                    self._leveled = True
+                if full:
+                    self.merge_chunk_levels()
                 return
             except lmdb.MapFullError:
-                # only reachable with a small DSVC_MAP_SIZE: grow and redo the batch
-                with self._map_budget.lock:  # the map moves: not while a trim advises it
-                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self._grow_map()
+
+    def _grow_map(self) -> None:
+        """Double the map after MapFullError (only reachable with a small
+        DSVC_MAP_SIZE); the caller redoes its transaction."""
+        with self._map_budget.lock:  # the map moves: not while a trim advises it
+            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def merge_chunk_levels(self) -> int:
+        """Move every location of ``chunknew`` into ``chunkloc`` (see LEVEL_FORMAT), in
+        key order, MERGE_STEP per transaction; returns how many moved. Each transaction
+        moves its run whole, so every snapshot finds each id in exactly one level, and
+        a process killed between two transactions leaves a store as sound as before
+        (the next merge goes on). Called by the write that fills ``chunknew``."""
+        moved = 0
+        dbs = self._dbs
+        merged, new = dbs["chunkloc"], dbs["chunknew"]
+        while True:
+            try:
+                with self.errors(), self._write_lock, self._begin(write=True) as txn:
+                    n = min(MERGE_STEP, txn.stat(new)["entries"])
+                    cur = txn.cursor(db=new)
+                    cur.first()
+                    for i in range(n):
+                        if i % WRITE_CHECK_EVERY == WRITE_CHECK_EVERY - 1:
+                            self._map_budget.check()
+                        txn.put(cur.key(), cur.value(), db=merged, overwrite=False)
+                        cur.delete()  # and on to the next id
+                    if faultpoints.ENABLED and n:
+                        faultpoints.hit("lmdb.commit", "before", "chunkloc[merge]")
+            except lmdb.MapFullError:
+                self._grow_map()
+                continue
+            if n == 0:
+                return moved
+            if faultpoints.ENABLED:
+                faultpoints.hit("lmdb.commit", "after", "chunkloc[merge]")
+            moved += n
 
     def _append_frames(
         self, frames: list[tuple[bytes, bytes | memoryview]], *, defer_sync: bool = False
@@ -988,12 +1083,12 @@ class Store:
             faultpoints.hit("pack.append", "after", "chunks")
         ops: list[tuple[str, bytes, bytes | None]] = [("chunkloc", cid, loc) for cid, loc in locs]
         # the first packed chunk raises the format, in the transaction that indexes it
-        # (``_packed`` is set once such a transaction has committed, by ``_apply``)
+        # (``_leveled`` is set once such a transaction has committed, by ``_apply``)
         if (
-            not self._packed
-            and self.get_config("format_version", INITIAL_FORMAT_VERSION) < PACK_FORMAT
+            not self._leveled
+            and self.get_config("format_version", INITIAL_FORMAT_VERSION) < LEVEL_FORMAT
         ):
-            ops.append(("config", b"format_version", _pack(PACK_FORMAT)))
+            ops.append(("config", b"format_version", _pack(LEVEL_FORMAT)))
         return ops
 
     @contextmanager
@@ -1398,7 +1493,8 @@ class Store:
         with self.errors(), self._begin() as txn:
             for n, h in self._dbs.items():
                 out[n] = txn.stat(h)["entries"]
-        out["chunks"] += out.pop("chunkloc")  # packed and format-1 chunks alike
+        # packed (either level) and format-1 chunks alike
+        out["chunks"] += out.pop("chunkloc") + out.pop("chunknew")
         out["file_bytes"] = (self.path / "data.mdb").stat().st_size
         out["pack_bytes"] = sum(self.packs.packs().values())
         return out
@@ -1524,10 +1620,12 @@ class Store:
             if faultpoints.ENABLED:
                 faultpoints.hit("pack.append", "after", "compact")
             with self.errors(), self._write_lock, self._begin(write=True) as txn:
-                h = self._dbs["chunkloc"]
+                levels = (self._dbs["chunkloc"], self._dbs["chunknew"])
                 for cid, loc in locs:
-                    if txn.get(cid, db=h) == old[cid]:  # not dropped meanwhile
-                        txn.put(cid, loc, db=h)
+                    for h in levels:  # the level that holds it now
+                        if txn.get(cid, db=h) == old[cid]:  # not dropped meanwhile
+                            txn.put(cid, loc, db=h)
+                            break
                 if faultpoints.ENABLED:
                     faultpoints.hit("lmdb.commit", "before", "chunkloc[compact]")
             if faultpoints.ENABLED:

@@ -77,8 +77,8 @@ def chunk_place(store: Store, cid: bytes) -> tuple[Path, int, int]:
     """``(pack file, offset of the frame, frame length)`` of a packed chunk."""
     from dsvc.packfile import decode_loc
 
-    with store.env.begin() as txn:
-        loc = txn.get(cid, db=store._dbs["chunkloc"])
+    with store.env.begin() as txn:  # either level of the index
+        loc = txn.get(cid, db=store._dbs["chunkloc"]) or txn.get(cid, db=store._dbs["chunknew"])
     assert loc is not None, "chunk is not packed"
     pack, off, length = decode_loc(loc)
     return store.packs.path(pack), off, length

@@ -18,7 +18,7 @@ from dsvc.dataset import Dataset
 from dsvc.errors import IntegrityError
 from dsvc.ids import TAG_CHUNK, chunk_id
 from dsvc.maintenance import fsck, local_gc
-from dsvc.store import PACK_FORMAT, Store
+from dsvc.store import LEVEL_FORMAT, Store
 from tests.helpers_core import chunk_place, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,7 +201,7 @@ def test_first_packed_chunk_raises_the_format_and_format_1_chunks_are_read(
     with store.batch() as b:
         new = b.put_chunk(b"new" * 3000, level=0)
         b.put_chunk(old)  # already stored (format 1): not written again
-    assert store.get_config("format_version") == PACK_FORMAT
+    assert store.get_config("format_version") == LEVEL_FORMAT
     assert store.stats()["chunks"] == 2
     with store.reader() as r:
         assert dict(r.chunk_sizes()).keys() == {cid, new}

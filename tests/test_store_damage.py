@@ -59,6 +59,16 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ok(dsvc(home, "create", "--project", "p", "--name", "n"))
     ok(dsvc(home, "add", "--files", str(src)))
     ok(dsvc(home, "close"))
+    # both levels of the chunk index hold entries: these chunks merged, the next new
+    store = Store(home)
+    assert store.merge_chunk_levels() > 0
+    store.close()
+    more = base / "more"
+    more.mkdir()
+    (more / "g.bin").write_bytes(rng.randbytes(50_000))
+    ok(dsvc(home, "create", "--project", "p", "--name", "n2"))
+    ok(dsvc(home, "add", "--files", str(more)))
+    ok(dsvc(home, "close"))
     return home
 
 
@@ -127,7 +137,9 @@ def test_overwritten_meta_page_fails_cleanly(home: Path, meta: int) -> None:
         assert_clean_refusal(dsvc(home, *cmd), home, "meta page")
 
 
-@pytest.mark.parametrize("db", ["main", "free", "records", "chunkloc", "objects", "statcache"])
+@pytest.mark.parametrize(
+    "db", ["main", "free", "records", "chunkloc", "chunknew", "objects", "statcache"]
+)
 @pytest.mark.parametrize("keep_header", [False, True], ids=["whole-page", "body-only"])
 def test_overwritten_page_fails_cleanly(
     home: Path, tmp_path: Path, db: str, keep_header: bool
