@@ -689,7 +689,12 @@ QUEUED_IDS = 200_000
 #: 1M tiny files rewrite the whole chunk index ~250 times (44.6 GB written for 480 MB of
 #: files, docs/performance.md). Larger commits amortize the rewrites; memory is the
 #: queued writes (~0.4 KB per tiny file) plus LMDB's dirty pages until the commit.
-WRITE_BATCH_OPS = 131072
+#: Since new chunk locations go to the small ``chunknew`` (store.LEVEL_FORMAT), a
+#: commit rewrites at most that level, and half the commit halves that memory. First
+#: add, 131,072 -> 65,536: 1M tiny files 330 -> 286 MiB peak RSS, 1.01 -> 1.37 GB
+#: written; 3M 425-438 -> 346 MiB, 5.96-5.99 -> 6.93 GB (all-in-one-index main:
+#: 351 and 401 MiB, 0.93 and 27.5 GB; docs/performance.md, session 9)
+WRITE_BATCH_OPS = 65536
 #: ... or once its queued index writes hold this many bytes
 WRITE_INDEX_BYTES = 32 << 20
 #: ... or once the trees, blobs and folder summaries among them hold this many bytes.
