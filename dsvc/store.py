@@ -103,10 +103,10 @@ LEVEL_FORMAT = 4
 #: as many as ``chunkloc``, or NEW_LEVEL_MAX. The ratio bounds the bytes merges write
 #: (each rewrites ``chunkloc``, which grows by 1/ratio between merges: ~ratio + 1 times
 #: its final size in all); the minimum spares a store of up to 2M chunks most of those
-#: merges (1M tiny files: 1.48 GB written with 65,536, ~3,300 leaf pages of
-#: ``chunknew`` dirtied per ingest commit with 262,144); the cap bounds the pages an
-#: ingest commit dirties in ``chunknew`` (1M locations: ~12,500 leaf pages, under
-#: ingest.WRITE_DIRTY_PAGES)
+#: merges (the first add of 1M tiny files wrote 1.48 GB with a minimum of 65,536,
+#: 1.0 GB with 262,144, whose ~3,300 leaf pages an ingest commit may dirty); the cap
+#: bounds the pages an ingest commit dirties in ``chunknew`` (1M locations: ~12,500
+#: leaf pages, under ingest.WRITE_DIRTY_PAGES)
 NEW_LEVEL_MIN = 1 << 18
 NEW_LEVEL_RATIO = 8
 NEW_LEVEL_MAX = 1 << 20
@@ -122,7 +122,17 @@ MERGE_STEP = 32768
 MERGE_CHECK_EVERY = 4096
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
-DB_NAMES = ("chunks", "chunkloc", "chunknew", "objects", "records", "statcache", "config", "remote", "dirsum")
+DB_NAMES = (
+    "chunks",
+    "chunkloc",
+    "chunknew",
+    "objects",
+    "records",
+    "statcache",
+    "config",
+    "remote",
+    "dirsum",
+)
 #: a write batch commits once it holds this many bytes (bounded memory, bounded redo)
 BATCH_BYTES = 64 << 20
 #: key prefix of dataset records in the ``records`` database
