@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,9 @@ def test_sigkill_during_ingest_never_tears_the_store(tmp_path, source):
     # measure one complete run to spread the kills over it
     run_child(tmp_path / "calibrate", src, None)
     full = time.monotonic() - t0
+    # each run's store and copy hold ~0.5 GB: drop them once checked, so the test needs
+    # one run's disk space, not nine
+    shutil.rmtree(tmp_path / "calibrate")
     rng = random.Random(7)
     killed = 0
     for i in range(RUNS):
@@ -164,6 +168,8 @@ def test_sigkill_during_ingest_never_tears_the_store(tmp_path, source):
         materialize(store, list(walk(Trees(store), head["root"])), target, max_workers=2)
         assert read_tree(target) == files
         store.close()
+        shutil.rmtree(home)
+        shutil.rmtree(target)
     assert killed >= RUNS // 2, f"only {killed} of {RUNS} runs were killed mid-way"
 
 
