@@ -651,6 +651,10 @@ class StoreReader:
         self._txn = txn
         self._dbs = store._dbs
         self._curs: list[lmdb.Cursor] | None = None
+        # bound once: :meth:`_location` runs per chunk of every read (a million per
+        # full copy of 1M files)
+        self._get = txn.get
+        self._levels = (store._dbs["chunkloc"], store._dbs["chunknew"])
 
     # -- chunks ------------------------------------------------------------------
     # Chunks live in pack files, located through ``chunkloc`` or ``chunknew`` (one of
@@ -671,9 +675,10 @@ class StoreReader:
         return any(cur.set_key(cid) for cur in curs)
 
     def _location(self, cid: bytes) -> bytes | memoryview | None:
-        """A packed chunk's raw index value, from whichever level holds it."""
-        get = self._txn.get
-        return get(cid, db=self._dbs["chunkloc"]) or get(cid, db=self._dbs["chunknew"])
+        """A packed chunk's raw index value, from whichever level holds it: the merged
+        level first, which after the first add holds nearly every id."""
+        merged, new = self._levels
+        return self._get(cid, db=merged) or self._get(cid, db=new)
 
     def missing_chunks(self, ids: Iterable[bytes]) -> list[bytes]:
         """The ids of ``ids`` not stored, in order."""
@@ -707,10 +712,8 @@ class StoreReader:
     def read_chunks(self, cids: Sequence[bytes]) -> list[bytes | memoryview | None]:
         """:meth:`chunk` of many ids at once, None for those not stored: the packed
         ones are read in runs (:meth:`Packs.read_many`), each verified against its id."""
-        get = self._txn.get
-        locdb, newdb, olddb = self._dbs["chunkloc"], self._dbs["chunknew"], self._dbs["chunks"]
-        # the merged level first: after the first add, it holds nearly every id
-        locs = [get(cid, db=locdb) or get(cid, db=newdb) for cid in cids]
+        get, olddb, location = self._get, self._dbs["chunks"], self._location
+        locs = [location(cid) for cid in cids]
         at = [i for i, loc in enumerate(locs) if loc is not None]
         frames = [None if loc is not None else get(cid, db=olddb) for cid, loc in zip(cids, locs)]
         got = self.store.packs.read_many([(c, loc) for c, loc in zip(cids, locs) if loc is not None])
