@@ -674,6 +674,12 @@ _STOP = object()
 
 #: bytes of frames waiting in the writer's queue (bounds memory; producers block)
 QUEUE_BYTES = 16 << 20
+#: what one queued write costs beyond its value's bytes, counted against QUEUE_BYTES:
+#: its tuple, its key and the value's object header. A tiny file queues two writes
+#: (its chunk and its stat entry) of ~190 bytes of values in ~450 bytes of objects
+#: (tracemalloc), so counting only the values let the queue hold ~80,000 tiny files
+#: (~36 MB), and it fills whenever the writer pauses (a level merge, a large commit)
+QUEUE_ITEM_BYTES = 128
 #: the writer appends the chunk frames it holds to the pack file once they reach this
 #: many bytes (bounded memory). Small appends bound memory (the frames, and the pages
 #: of the pack the kernel keeps dirty): 8 MiB keeps a 4 GiB ingest at ~260 MB peak RSS
@@ -833,6 +839,7 @@ class _Writer(threading.Thread):
             raise self.error
         if not items:
             return
+        size += QUEUE_ITEM_BYTES * len(items)
         with self.cv:
             while self.queued and self.queued + size > self.limit and self.error is None:
                 self.cv.wait()

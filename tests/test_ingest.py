@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import msgpack
@@ -890,3 +891,33 @@ def test_the_writer_checks_the_mapped_store_after_its_chunk_lookups(
     assert checks, calls  # before any commit: the lookups' pages, not the commit's
     with store.reader() as r:
         assert all(r.has_chunk(chunk_id(d)) for d in files.values())
+
+
+def test_the_writer_queue_counts_each_write_not_only_its_bytes(store):
+    """Issue 11 (RSS flat from 1M to 3M files): a tiny file queues two writes holding
+    ~190 bytes of values in ~450 bytes of Python objects. Counted by their values alone,
+    the queue held ~80,000 tiny files whenever the writer paused (a level merge): peak
+    RSS of a 3M-file first add 364-373 MiB, 1M 276. Counted per write: 310-336 and
+    248-264 (docs/performance.md, session 10). The bound must hold for writes of empty
+    values too, which cost their objects all the same."""
+    from dsvc import ingest
+
+    writer = ingest._Writer(store, limit=64 * ingest.QUEUE_ITEM_BYTES)  # never started
+    stat = ("s", b"k" * 16, b"")
+    writer.put([stat] * 40)
+    assert writer.queued == 40 * ingest.QUEUE_ITEM_BYTES
+    blocked = threading.Event()
+
+    def put_more() -> None:
+        writer.put([stat] * 40)  # 80 writes' objects exceed the limit of 64: waits
+        blocked.set()
+
+    t = threading.Thread(target=put_more, daemon=True)
+    t.start()
+    assert not blocked.wait(0.5), "the queue took writes beyond its limit"
+    with writer.cv:  # the writer takes the first group: room for the second
+        writer.q.popleft()
+        writer.queued -= 40 * ingest.QUEUE_ITEM_BYTES
+        writer.cv.notify_all()
+    assert blocked.wait(10)
+    assert writer.queued == 40 * ingest.QUEUE_ITEM_BYTES
