@@ -110,16 +110,27 @@ LEVEL_FORMAT = 4
 NEW_LEVEL_MIN = 1 << 18
 NEW_LEVEL_RATIO = 8
 NEW_LEVEL_MAX = 1 << 20
-#: locations one merge transaction moves: a run of ids in key order, so the
-#: ``chunkloc`` pages it dirties are neighbours, ~1 per 10 ids at the ratio above
-#: (~13 MiB of dirty pages per transaction, plus the run itself, ~2 MiB)
+#: locations one merge transaction moves at most: a run of ids in key order, so the
+#: ``chunkloc`` pages it dirties are neighbours (~13 MiB of dirty pages per
+#: transaction at 1M chunks, plus the run itself, ~2 MiB)
 MERGE_STEP = 32768
+#: ... and fewer once the run would span more than this many ``chunkloc`` leaf pages
+#: (it spans the pages of its share of the key space: ``leaves * run / new ids``).
+#: LMDB keeps the dirty pages of its largest transaction allocated (``me_dpages``)
+#: for the life of the environment; at 3M chunks a run of 32,768 spanned ~3,500
+#: pages, twice the 1M store's
+MERGE_DIRTY_PAGES = 2048
 #: ids a merge puts between two checks of the mapped store (see MAPPED_BUDGET): the
 #: ``chunkloc`` pages a run walks to are neighbours in key order, not in the file, so
 #: each maps the 64 KiB around it. Checked once per run, the first add of 3M tiny
 #: files peaked at 425-474 MiB during merges (124 MiB of the store mapped), ~345
-#: between them
+#: between them ...
 MERGE_CHECK_EVERY = 4096
+#: ... and fewer once those ids would span more than this many leaf pages (~16 MiB
+#: mapped between two checks), against a budget of MERGE_MAPPED_BUDGET: the merge
+#: walks every page of ``chunkloc``, which grows with the store
+MERGE_CHECK_PAGES = 256
+MERGE_MAPPED_BUDGET = 64 << 20
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
 DB_NAMES = (
@@ -1070,25 +1081,32 @@ class Store:
 
     def merge_chunk_levels(self) -> int:
         """Move every location of ``chunknew`` into ``chunkloc`` (see LEVEL_FORMAT), in
-        key order, MERGE_STEP per transaction; returns how many moved. Each transaction
+        key order, MERGE_STEP per transaction at most; returns how many moved. Each transaction
         moves its run whole, so every snapshot finds each id in exactly one level, and
         a process killed between two transactions leaves a store as sound as before
         (the next merge goes on). Called by the write that fills ``chunknew``."""
         moved = 0
         dbs = self._dbs
         merged, new = dbs["chunkloc"], dbs["chunknew"]
+        with self.errors(), self._begin() as txn:
+            leaves = txn.stat(merged)["leaf_pages"]
+            # ids of the run per leaf page of ``chunkloc`` it spans
+            density = txn.stat(new)["entries"] / max(1, leaves)
+        step = min(MERGE_STEP, max(1, int(MERGE_DIRTY_PAGES * density)))
+        check_every = min(MERGE_CHECK_EVERY, max(1, int(MERGE_CHECK_PAGES * density)))
         while True:
             try:
                 with self.errors(), self._write_lock, self._begin(write=True) as txn:
                     cur = txn.cursor(db=new)
                     cur.first()
-                    run = list(itertools.islice(cur.iternext(), MERGE_STEP))
+                    run = list(itertools.islice(cur.iternext(), step))
                     n = len(run)
                     # in C: 1.7 s per million ids, against 2.8 s for a put per id
                     put = txn.cursor(db=merged).putmulti
-                    for i in range(0, n, MERGE_CHECK_EVERY):
-                        put(run[i : i + MERGE_CHECK_EVERY], overwrite=False)
-                        self._map_budget.check()  # the pages it walked to are mapped
+                    for i in range(0, n, check_every):
+                        put(run[i : i + check_every], overwrite=False)
+                        # the pages it walked to are mapped
+                        self._map_budget.check(MERGE_MAPPED_BUDGET)
                     del run
                     cur.first()
                     for _ in range(n):

@@ -113,6 +113,39 @@ def test_a_location_put_again_keeps_the_first_in_either_level(
     assert_reads(store, {0, 1, 2, 3, 10})
 
 
+def test_a_merge_into_a_large_level_takes_shorter_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 (RSS flat from 1M to 3M files): a merge's run spans its share of the
+    key space, so the ``chunkloc`` pages one transaction dirties (kept allocated by
+    LMDB) and the pages it maps between two checks grow with ``chunkloc``. Both are
+    bounded in pages, not ids: with bounds below one page per id, each transaction
+    moves one id and the mapped store is checked after each, against the merge's own
+    budget."""
+    monkeypatch.setattr(store_mod, "NEW_LEVEL_MIN", 6)
+    monkeypatch.setattr(store_mod, "MERGE_DIRTY_PAGES", 0)
+    monkeypatch.setattr(store_mod, "MERGE_CHECK_PAGES", 0)
+    store = open_store(tmp_path / "home")
+    put(store, range(5))
+    commits: list[str] = []
+    checks: list[int | None] = []
+    monkeypatch.setattr(store_mod.faultpoints, "ENABLED", True)
+    monkeypatch.setattr(
+        store_mod.faultpoints,
+        "hit",
+        lambda kind, phase, label="": commits.append(label) if phase == "after" else None,
+    )
+    real_check = store._map_budget.check
+    monkeypatch.setattr(
+        store._map_budget, "check", lambda budget=None: (checks.append(budget), real_check(budget))
+    )
+    put(store, [5])  # six new ids: full, merged
+    assert level_ids(store) == ({cid_of(n) for n in range(6)}, set())
+    assert commits.count("chunkloc[merge]") == 6
+    assert checks.count(store_mod.MERGE_MAPPED_BUDGET) == 6
+    assert_reads(store, set(range(6)))
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
