@@ -897,7 +897,7 @@ def test_the_writer_queue_counts_each_write_not_only_its_bytes(store):
     """Issue 11 (RSS flat from 1M to 3M files): a tiny file queues two writes holding
     ~190 bytes of values in ~450 bytes of Python objects. Counted by their values alone,
     the queue held ~80,000 tiny files whenever the writer paused (a level merge): peak
-    RSS of a 3M-file first add 364-373 MiB, 1M 276. Counted per write: 310-336 and
+    RSS of a 3M-file first add 364-373 MiB, 1M 276. Counted per write: 301-324 and
     248-264 (docs/performance.md, session 10). The bound must hold for writes of empty
     values too, which cost their objects all the same."""
     from dsvc import ingest
