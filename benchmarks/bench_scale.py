@@ -145,9 +145,37 @@ def _measure_main(report: str, cmd: list[str]) -> int:
     return code
 
 
-def run(cmd: list[str], env: dict[str, str], nice: int = 0) -> dict[str, Any]:
-    """Run ``cmd`` under the wrapper; its measurements plus the JSON it printed last."""
+def settle_disk(path: Path, most: float = 60.0) -> float:
+    """Wait until the disk holding ``path`` has been idle for a second (Linux; at most
+    ``most`` seconds); returns the seconds waited.
+
+    A file system mounted with ``discard`` (this VM's) trims the blocks of deleted files
+    for seconds after the delete returns, and the disk stays 100% busy meanwhile: a step
+    that follows the deletion of the previous step's 2.5 GB store wrote at half speed.
+    Each step starts on a quiet disk instead, whatever ran before it."""
+    try:
+        dev = os.stat(path).st_dev
+        stat = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat")
+        busy = int(stat.read_text().split()[9])  # io_ticks: ms the disk was busy
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    t = time.perf_counter()
+    while time.perf_counter() - t < most:
+        time.sleep(1.0)
+        now = int(stat.read_text().split()[9])
+        if now - busy < 20:
+            break
+        busy = now
+    return time.perf_counter() - t
+
+
+def run(
+    cmd: list[str], env: dict[str, str], nice: int = 0, settle: Path | None = None
+) -> dict[str, Any]:
+    """Run ``cmd`` under the wrapper; its measurements plus the JSON it printed last.
+    ``settle``: first wait for the disk holding this path to go quiet (settle_disk)."""
     os.sync()  # each step starts with the page cache written back
+    settled = settle_disk(settle) if settle is not None else 0.0
     fd, report = tempfile.mkstemp(prefix="scale-measure-", suffix=".json")
     os.close(fd)
     try:
@@ -174,6 +202,7 @@ def run(cmd: list[str], env: dict[str, str], nice: int = 0) -> dict[str, Any]:
     # physical writes: the child's own count (at its end) when it reported one
     if "write_bytes" not in got:
         got["write_bytes"] = got["oublock_bytes"]
+    got["settle_s"] = round(settled, 2)
     return got
 
 
@@ -268,7 +297,9 @@ class Bench:
         return e
 
     def step(self, row: str, home: Path, *args: Any) -> dict[str, Any]:
-        r = run([sys.executable, __file__, "step", *map(str, args)], self.env(home))
+        r = run(
+            [sys.executable, __file__, "step", *map(str, args)], self.env(home), settle=self.work
+        )
         self.results[row] = r
         self.save()
         print(f"  {row}: {r['wall_s']:.2f} s, {r['maxrss'] / MB:.0f} MB", file=sys.stderr)
@@ -363,7 +394,7 @@ class Bench:
         cmd += ["--json", str(out), "--workdir", str(self.work)]
         if self.a.quick:
             cmd.append("--no-s3")
-        r = run(cmd, self.env(self.work / "home-versions-unused"))
+        r = run(cmd, self.env(self.work / "home-versions-unused"), settle=self.work)
         got = json.loads(out.read_text())
         out.unlink()
         loc = got["local"]
@@ -473,7 +504,9 @@ class Bench:
             capture_output=True,
         )
         r = run(
-            [self.restic, "-r", str(repo), "backup", "--quiet", "--host", "bench", str(data)], env
+            [self.restic, "-r", str(repo), "backup", "--quiet", "--host", "bench", str(data)],
+            env,
+            settle=self.work,
         )
         shutil.rmtree(str(repo) + "-cache", ignore_errors=True)
         self.results[row] = r
