@@ -31,8 +31,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from dsvc import libc
-from dsvc.errors import IntegrityError
+from dsvc import directio, libc
+from dsvc.errors import IntegrityError, StorageError
 from dsvc.ids import to_hex
 
 MAGIC = b"DSVCPK1\n"
@@ -52,6 +52,9 @@ PACK_DIR = "packs"
 #: between them, and runs of at most ``READ_RUN`` bytes
 READ_GAP = 64 << 10
 READ_RUN = 8 << 20
+#: appends of at least this many bytes go past the page cache (dsvc.directio), in
+#: durable stores; smaller ones (a single chunk, a batch's last frames) through it
+DIRECT_MIN = 1 << 20
 _EMPTY = memoryview(b"")
 
 
@@ -100,6 +103,17 @@ class Packs:
         self._dirty = False  # appended without fdatasync (deferred, or DSVC_FSYNC=0)
         self._retired: list[int] = []  # full packs with unsynced bytes (_retire_writer)
         self._new_name = False  # a pack was created since the folder was last synced
+        #: the open stream of direct appends to the writer pack (dsvc.directio), and
+        #: whether this folder's file system takes O_DIRECT (found at the first try)
+        self._stream: directio.DirectAppender | None = None
+        self._direct_ok = True
+        #: the writer pack's bytes from the start of its last block to its end, when
+        #: known (the head of the next stream; None: read it from the file)
+        self._tail: bytes | None = None
+        #: byte ranges ``(start, end)`` per pack whose direct stream failed: appends
+        #: that returned but never reached the file. No index entry into them may
+        #: commit (:meth:`check_written`), and no writer reuses their pack.
+        self._lost: dict[int, list[tuple[int, int]]] = {}
         #: packs never to append to (those a compaction is emptying)
         self.avoid: set[int] = set()
 
@@ -228,10 +242,10 @@ class Packs:
         unreferenced), else a new one."""
         self.folder.mkdir(exist_ok=True)
         for pack, size in sorted(self.packs().items(), key=lambda kv: kv[1]) if reuse else ():
-            if size >= PACK_MAX or pack in self.avoid:
+            if size >= PACK_MAX or pack in self.avoid or pack in self._lost:
                 continue
             try:
-                fd = os.open(self.path(pack), os.O_WRONLY | os.O_CLOEXEC)
+                fd = os.open(self.path(pack), os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             try:
@@ -244,12 +258,13 @@ class Packs:
                 os.close(fd)
                 continue
             self._wfd, self._wpack, self._wsize = fd, pack, os.fstat(fd).st_size
+            self._tail = None
             return
         while True:
             pack = int.from_bytes(os.urandom(8), "big")
             try:
                 fd = os.open(
-                    self.path(pack), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+                    self.path(pack), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
                 )
                 break
             except FileExistsError:  # pragma: no cover - a 64-bit collision
@@ -260,6 +275,7 @@ class Packs:
         # with the pack's bytes (_sync_locked), before the commit that indexes them
         self._new_name = True
         self._wfd, self._wpack, self._wsize = fd, pack, len(MAGIC)
+        self._tail = MAGIC
         self._dirty = True
 
     def append(
@@ -291,15 +307,79 @@ class Packs:
                 out.append((cid, encode_loc(self._wpack, off + HEADER.size, len(frame))))
                 off += HEADER.size + len(frame)
             start = self._wsize
-            _pwritev_all(self._wfd, parts, start)
+            if self.durable and off - start >= DIRECT_MIN and self._open_stream():
+                assert self._stream is not None
+                self._stream.write(parts)
+            else:
+                self._finish_stream()
+                _pwritev_all(self._wfd, parts, start)
+                self._tail = None
             self._wsize = off
             self._dirty = True
             if self.durable:
                 if defer_sync:
-                    _start_writeback(self._wfd, start, off - start)
+                    if self._stream is None:
+                        _start_writeback(self._wfd, start, off - start)
                 else:
                     self._sync_locked()
             return out
+
+    def _open_stream(self) -> bool:
+        """Make sure a direct stream (dsvc.directio) is open at the writer's end; False
+        where the file system refuses O_DIRECT (then appends go through the cache)."""
+        if self._stream is not None:
+            return True
+        if not self._direct_ok:
+            return False
+        assert self._wfd is not None
+        start = self._wsize
+        head = self._tail
+        if head is None:
+            keep = start % directio.BLOCK
+            head = os.pread(self._wfd, keep, start - keep) if keep else b""
+        try:
+            self._stream = directio.DirectAppender(self.path(self._wpack), self._wfd, start, head)
+        except directio.DirectUnsupported:
+            self._direct_ok = False
+            return False
+        return True
+
+    def _finish_stream(self) -> None:
+        """Write out the open direct stream, if any (its bytes are in the pack once this
+        returns; durable after the next fdatasync)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        self._tail = None
+        try:
+            self._tail = stream.finish()
+        except BaseException:
+            # the pack now has a hole: never append to it again (its earlier bytes are
+            # synced with the retired packs, for the commits that index them)
+            self._lost.setdefault(self._wpack, []).append((stream.start, stream.end))
+            if self._wfd is not None:
+                if self._dirty:
+                    self._retired.append(self._wfd)
+                else:
+                    os.close(self._wfd)
+            self._wfd, self._dirty = None, False
+            raise
+
+    def check_written(self, locs: Iterable[bytes | memoryview]) -> None:
+        """Raise StorageError if any of these index values points into bytes whose
+        write failed: called before the commit that would index them. A no-op unless a
+        direct stream of this process failed."""
+        if not self._lost:
+            return
+        for loc in locs:
+            pack, off, length = decode_loc(loc)
+            for start, end in self._lost.get(pack, ()):
+                if off - HEADER.size < end and off + length > start:
+                    raise StorageError(
+                        f"pack {self.path(pack)}: the write of bytes {start}-{end} failed "
+                        "earlier, so what was appended there is not stored; run the "
+                        "step again"
+                    )
 
     def _retire_writer(self) -> None:
         """Stop appending to the current pack (full). Its unsynced bytes are synced by
@@ -308,6 +388,7 @@ class Packs:
         then)."""
         if self._wfd is None:
             return
+        self._finish_stream()
         if self._dirty:
             self._retired.append(self._wfd)
             if len(self._retired) > MAX_RETIRED:  # bounded descriptors; long written back
@@ -374,6 +455,7 @@ class Packs:
             self._sync_locked()
 
     def _sync_locked(self) -> None:
+        self._finish_stream()
         while self._retired:  # a failed sync leaves the rest for the next call
             fd = self._retired[0]
             os.fdatasync(fd)

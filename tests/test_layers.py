@@ -46,6 +46,7 @@ MODULES = {
     "dsvc.store": "store",
     "dsvc.storecheck": "store",
     "dsvc.packfile": "store",
+    "dsvc.directio": "store",
     "dsvc.ids": "model",
     "dsvc.chunker": "model",
     "dsvc.codec": "model",
