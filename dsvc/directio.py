@@ -129,8 +129,7 @@ class DirectAppender:
                 at += n
             return tail
         finally:
-            if os.getpid() == self._pid:
-                os.close(self._dfd)
+            os.close(self._dfd)
             for b in [self._buf, *self._free]:
                 b.close()
             self._free = []

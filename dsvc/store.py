@@ -126,10 +126,11 @@ MERGE_DIRTY_PAGES = 2048
 #: files peaked at 425-474 MiB during merges (124 MiB of the store mapped), ~345
 #: between them ...
 MERGE_CHECK_EVERY = 4096
-#: ... and fewer once those ids would span more than this many leaf pages (~16 MiB
+#: ... and fewer once those ids would span more than this many leaf pages (~4 MiB
 #: mapped between two checks), against a budget of MERGE_MAPPED_BUDGET: the merge
-#: walks every page of ``chunkloc``, which grows with the store
-MERGE_CHECK_PAGES = 256
+#: walks every page of ``chunkloc``, which grows with the store (256 pages, ~16 MiB,
+#: let the 3M first add map 130 MiB at its peak; see WRITE_CHECK_EVERY)
+MERGE_CHECK_PAGES = 64
 MERGE_MAPPED_BUDGET = 64 << 20
 #: Virtual size reserved for the map. LMDB files are sparse: only written pages use disk.
 DEFAULT_MAP_SIZE = 1 << 40
@@ -199,8 +200,12 @@ MAPPED_BUDGET = 96 << 20
 #: /proc/self/statm: ~3 syscalls, too many for the per-file readers of some paths)
 READ_CHECK_EVERY = 16
 #: a write transaction checks the budget once per this many writes (a random-key write
-#: may map 64 KiB: 512 of them at most 32 MiB between checks)
-WRITE_CHECK_EVERY = 512
+#: may map 64 KiB: 128 of them at most 8 MiB between checks). A check costs ~23 us (it
+#: reads /proc/self/statm), ~1 s of a 250 s first add of 3M files. With 512, the
+#: mapped store overshot the budget in proportion to the index it walked: 92-97 MiB
+#: at the peak of a 1M first add, 130 MiB at 3M (105 with 128 and MERGE_CHECK_PAGES
+#: at 64; peak RSS 306 -> 292 MiB, docs/performance.md, session 11)
+WRITE_CHECK_EVERY = 128
 
 T = TypeVar("T")
 
