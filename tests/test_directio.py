@@ -16,6 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsvc import directio, packfile
+from dsvc.errors import StorageError
+from dsvc.ids import chunk_id
+from dsvc.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = directio.BLOCK
@@ -165,3 +168,19 @@ def test_a_stream_whose_write_failed_is_never_indexed(tmp_path: Path) -> None:
     assert out["read_back"] is True
     first, second = out["packs"]
     assert first != second
+
+
+def test_the_store_refuses_to_commit_a_location_whose_write_failed(tmp_path: Path) -> None:
+    """The wiring of the check above: a batch whose appended frames fall in a lost
+    range (as a failed stream records it) does not commit, and nothing is indexed."""
+    store = Store(tmp_path / "home")
+    data = os.urandom(2 << 20)
+    with pytest.raises(StorageError, match="run the step again"), store.batch() as b:
+        b.put_chunk(data)
+        b.write_frames()  # appended (deferred); the commit comes at the batch's end
+        pack = store.packs.writer_pack()
+        assert pack is not None
+        store.packs._lost[pack] = [(0, 1 << 40)]
+    with store.reader() as r:
+        assert not r.has_chunk(chunk_id(data))
+    store.close()
