@@ -42,3 +42,15 @@ def _resolve(name: str, argtypes: tuple[str, ...]) -> Callable[..., int] | None:
         return fn
     except (OSError, AttributeError):
         return None
+
+
+#: glibc's ``mallopt`` parameter for the most malloc arenas (malloc.h: M_ARENA_MAX)
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(most: int) -> bool:
+    """Let glibc's malloc create at most ``most`` arenas from now on (``mallopt``);
+    False where the C library has no such setting. Process-wide: only a program that
+    owns its process may call it (the ``dsvc`` command does, ``dsvc.cli.main``)."""
+    mallopt = function("mallopt", "c_int", "c_int")
+    return mallopt is not None and mallopt(_M_ARENA_MAX, most) == 1
