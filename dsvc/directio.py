@@ -46,7 +46,8 @@ _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
 class DirectUnsupported(Exception):
-    """The file system refuses ``O_DIRECT`` (some FUSE file systems, older tmpfs)."""
+    """The file system refuses ``O_DIRECT`` (some FUSE file systems, older tmpfs).
+    Internal: the pack writer catches it and appends through the page cache."""
 
 
 class DirectAppender:

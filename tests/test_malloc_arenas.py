@@ -57,15 +57,29 @@ def _arenas(setup: str, env: dict[str, str]) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_the_command_caps_malloc_arenas_and_a_library_import_does_not() -> None:
+def test_capped_arenas_hold_under_contention() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    most = max(2, os.cpu_count() or 2)
-    # the test has teeth: without the cap, contended threads take more arenas than that
-    assert _arenas("import dsvc, dsvc.cli", env) > most
-    assert _arenas("from dsvc.cli import limit_process_memory; limit_process_memory()", env) <= most
-    # a cap the user chose is theirs
-    chosen = _arenas(
-        "from dsvc.cli import limit_process_memory; limit_process_memory()",
-        {**env, "MALLOC_ARENA_MAX": "6"},
-    )
-    assert most < chosen <= 6
+    # the test has teeth: without the cap, contended threads take more than two arenas
+    # (glibc's default allows 8 per core)
+    assert _arenas("import dsvc, dsvc.cli", env) > 2
+    capped = _arenas("from dsvc import libc; assert libc.limit_malloc_arenas(2)", env)
+    assert capped <= 2
+
+
+def test_the_command_sets_the_cap_unless_the_user_chose_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dsvc`` (main) caps the arenas at one per core, at least 2; a user's
+    ``MALLOC_ARENA_MAX`` wins; importing the library changes nothing (above)."""
+    import dsvc.cli
+
+    calls: list[int] = []
+    monkeypatch.setattr(dsvc.cli.libc, "limit_malloc_arenas", calls.append)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    with pytest.raises(SystemExit) as done:
+        dsvc.cli.main(["--version"])
+    assert done.value.code == 0
+    assert calls == [max(2, os.cpu_count() or 2)]
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "6")
+    dsvc.cli.limit_process_memory()
+    assert calls == [max(2, os.cpu_count() or 2)]  # not called again
