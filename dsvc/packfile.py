@@ -337,6 +337,8 @@ class Packs:
         if head is None:
             keep = start % directio.BLOCK
             head = os.pread(self._wfd, keep, start - keep) if keep else b""
+            if len(head) != keep:  # shorter than this writer believes: no stream
+                return False
         try:
             self._stream = directio.DirectAppender(self.path(self._wpack), self._wfd, start, head)
         except directio.DirectUnsupported:
