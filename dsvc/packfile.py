@@ -101,7 +101,10 @@ class Packs:
         self._wpack = 0
         self._wsize = 0
         self._dirty = False  # appended without fdatasync (deferred, or DSVC_FSYNC=0)
-        self._retired: list[int] = []  # full packs with unsynced bytes (_retire_writer)
+        #: full packs with unsynced bytes (_retire_writer): descriptor, pack id, and the
+        #: byte range ``(start, end)`` that waits for their sync
+        self._retired: list[tuple[int, int, int, int]] = []
+        self._wsynced = 0  # the writer pack's bytes below this offset are durable
         self._new_name = False  # a pack was created since the folder was last synced
         #: the open stream of direct appends to the writer pack (dsvc.directio), and
         #: whether this folder's file system takes O_DIRECT (found at the first try)
@@ -110,9 +113,10 @@ class Packs:
         #: the writer pack's bytes from the start of its last block to its end, when
         #: known (the head of the next stream; None: read it from the file)
         self._tail: bytes | None = None
-        #: byte ranges ``(start, end)`` per pack whose direct stream failed: appends
-        #: that returned but never reached the file. No index entry into them may
-        #: commit (:meth:`check_written`), and no writer reuses their pack.
+        #: byte ranges ``(start, end)`` per pack whose write or sync failed: appends that
+        #: returned but may never reach the disk. No index entry into them may commit
+        #: (:meth:`check_written`), whatever later syncs report (Linux reports a failed
+        #: writeback once), and no writer reuses their pack.
         self._lost: dict[int, list[tuple[int, int]]] = {}
         #: packs never to append to (those a compaction is emptying)
         self.avoid: set[int] = set()
@@ -254,27 +258,42 @@ class Packs:
                 # to the inode locked here was deleted in between
                 if os.stat(self.path(pack)).st_ino != os.fstat(fd).st_ino:
                     raise FileNotFoundError
+                # not a pack to append to: a file without MAGIC (a foreign or torn one;
+                # packs of this version appear under their name only with it)
+                if os.pread(fd, len(MAGIC), 0) != MAGIC:
+                    raise FileNotFoundError
             except (BlockingIOError, FileNotFoundError):
                 os.close(fd)
                 continue
             self._wfd, self._wpack, self._wsize = fd, pack, os.fstat(fd).st_size
+            self._wsynced = self._wsize
             self._tail = None
             return
-        while True:
-            pack = int.from_bytes(os.urandom(8), "big")
-            try:
-                fd = os.open(
-                    self.path(pack), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-                )
-                break
-            except FileExistsError:  # pragma: no cover - a 64-bit collision
-                continue
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.pwrite(fd, MAGIC, 0)
+        # created under a temporary name, locked and given MAGIC, then linked to its
+        # pack name: another writer that saw the name took it between the creation and
+        # the lock, and both appended at the same offsets
+        tmp = self.folder / f".new-{os.urandom(8).hex()}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.pwrite(fd, MAGIC, 0)
+            while True:
+                pack = int.from_bytes(os.urandom(8), "big")
+                try:
+                    os.link(tmp, self.path(pack))
+                    break
+                except FileExistsError:  # pragma: no cover - a 64-bit collision
+                    continue
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            os.unlink(tmp)
         # the new name must survive a crash before any index does: the folder is synced
         # with the pack's bytes (_sync_locked), before the commit that indexes them
         self._new_name = True
         self._wfd, self._wpack, self._wsize = fd, pack, len(MAGIC)
+        self._wsynced = len(MAGIC)
         self._tail = MAGIC
         self._dirty = True
 
@@ -361,7 +380,7 @@ class Packs:
             self._lost.setdefault(self._wpack, []).append((stream.start, stream.end))
             if self._wfd is not None:
                 if self._dirty:
-                    self._retired.append(self._wfd)
+                    self._retired.append((self._wfd, self._wpack, self._wsynced, stream.start))
                 else:
                     os.close(self._wfd)
             self._wfd, self._dirty = None, False
@@ -378,9 +397,9 @@ class Packs:
             for start, end in self._lost.get(pack, ()):
                 if off - HEADER.size < end and off + length > start:
                     raise StorageError(
-                        f"pack {self.path(pack)}: the write of bytes {start}-{end} failed "
-                        "earlier, so what was appended there is not stored; run the "
-                        "step again"
+                        f"pack {self.path(pack)}: the write or sync of bytes {start}-{end} "
+                        "failed earlier, so what was appended there is not stored; run "
+                        "the step again"
                     )
 
     def _retire_writer(self) -> None:
@@ -392,11 +411,9 @@ class Packs:
             return
         self._finish_stream()
         if self._dirty:
-            self._retired.append(self._wfd)
+            self._retired.append((self._wfd, self._wpack, self._wsynced, self._wsize))
             if len(self._retired) > MAX_RETIRED:  # bounded descriptors; long written back
-                fd = self._retired.pop(0)
-                os.fdatasync(fd)
-                os.close(fd)
+                self._sync_retired()
         else:
             os.close(self._wfd)  # drops this process's flock (see close_writer)
         self._wfd, self._dirty = None, False
@@ -459,16 +476,33 @@ class Packs:
     def _sync_locked(self) -> None:
         self._finish_stream()
         while self._retired:  # a failed sync leaves the rest for the next call
-            fd = self._retired[0]
-            os.fdatasync(fd)
-            self._retired.pop(0)
-            os.close(fd)
+            self._sync_retired()
         if self._dirty and self._wfd is not None:
-            os.fdatasync(self._wfd)
+            try:
+                os.fdatasync(self._wfd)
+            except OSError:
+                # its unsynced bytes may be lost, and the next fdatasync would not say
+                self._lost.setdefault(self._wpack, []).append((self._wsynced, self._wsize))
+                os.close(self._wfd)
+                self._wfd, self._dirty = None, False
+                raise
+            self._wsynced = self._wsize
         self._dirty = False
         if self._new_name:
             _fsync_dir(self.folder)
             self._new_name = False
+
+    def _sync_retired(self) -> None:
+        """Sync and close the oldest retired pack; if its sync fails, its unsynced range
+        is lost (:attr:`_lost`) and the error raised."""
+        fd, pack, start, end = self._retired.pop(0)
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            self._lost.setdefault(pack, []).append((start, end))
+            raise
+        finally:
+            os.close(fd)
 
     def writer_pack(self) -> int | None:
         """The pack this process appends to, if any (compaction leaves it alone)."""

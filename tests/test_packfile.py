@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -412,3 +413,96 @@ def test_full_packs_of_a_batch_are_synced_before_its_commit_with_bounded_descrip
     with store.reader() as r:
         assert [bytes(r.chunk(chunk_id(d))) for d in datas] == datas
     store.close()
+
+
+def test_bytes_whose_sync_failed_are_never_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reports a failed writeback once: the ``fdatasync`` after it succeeds, though
+    the bytes are lost. Two batches appending to one pack (the first fails its sync,
+    the second syncs after it) must not let the second commit locations into the bytes
+    that were never made durable. A failing disk cannot exist here, so ``fdatasync``
+    fails by hand, once, with EIO."""
+    from dsvc.errors import StorageError
+
+    packs = packfile.Packs(tmp_path)
+    packs.append([(os.urandom(16), b"durable")])  # synced: the pack exists
+    first = packs.append([(os.urandom(16), os.urandom(5000))], defer_sync=True)
+    second = packs.append([(os.urandom(16), os.urandom(5000))], defer_sync=True)
+    real = os.fdatasync
+    failed = []
+
+    def fdatasync_fails_once(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync_fails_once)
+    with pytest.raises(OSError):
+        packs.sync()  # the first batch's commit fails here
+    packs.sync()  # the second batch's sync "succeeds"
+    for locs in (first, second):
+        with pytest.raises(StorageError, match="run the step again"):
+            packs.check_written(loc for _, loc in locs)
+    # later appends go to another pack, and commit
+    later = packs.append([(os.urandom(16), b"later")], defer_sync=True)
+    packs.sync()
+    packs.check_written(loc for _, loc in later)
+    assert packfile.decode_loc(later[0][1])[0] != packfile.decode_loc(first[0][1])[0]
+    packs.close()
+
+
+def test_a_full_pack_whose_sync_failed_is_never_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the packs a batch filled (synced at its commit, or once more than
+    MAX_RETIRED wait): the failed one's range is refused, the others commit."""
+    from dsvc.errors import StorageError
+
+    monkeypatch.setattr(packfile, "PACK_MAX", 4000)
+    packs = packfile.Packs(tmp_path)
+    frames = [(os.urandom(16), os.urandom(5000)) for _ in range(3)]
+    locs = [packs.append([f], defer_sync=True) for f in frames]
+    assert len(packs._retired) == 2  # the first two packs are full, the third is open
+    real = os.fdatasync
+    failed = []
+
+    def fdatasync_fails_once(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync_fails_once)
+    with pytest.raises(OSError):
+        packs.sync()
+    packs.sync()
+    with pytest.raises(StorageError):
+        packs.check_written(loc for _, loc in locs[0])
+    for (cid, frame), ok in zip(frames[1:], locs[1:]):
+        packs.check_written(loc for _, loc in ok)
+        assert packs.read(cid, ok[0][1]) == frame
+    packs.close()
+
+
+def test_a_pack_another_process_is_creating_is_never_appended_to(tmp_path: Path) -> None:
+    """A pack file that exists but holds no MAGIC yet is one another process just
+    created and has not locked: a writer that took it appended at offset 0, and the
+    creator, once it got the lock, wrote MAGIC and its own entries over those bytes
+    (IntegrityError on read; test_store's two concurrent writers hit it 1 run in 24).
+    New packs appear under their name only once locked and holding MAGIC, and a writer
+    never takes a pack without MAGIC."""
+    tmp_path.mkdir(exist_ok=True)
+    creating = tmp_path / packfile.pack_name(12345)
+    creating.write_bytes(b"")  # just created by another process, not locked yet
+    packs = packfile.Packs(tmp_path)
+    locs = packs.append([(os.urandom(16), b"mine")])
+    assert packfile.decode_loc(locs[0][1])[0] != 12345
+    assert creating.read_bytes() == b""
+    # every pack this writer made carries MAGIC under its final name
+    for pack in packs.packs():
+        if pack != 12345:
+            assert packs.path(pack).read_bytes()[:8] == packfile.MAGIC
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".pack")) == []
+    packs.close()
