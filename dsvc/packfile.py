@@ -24,6 +24,7 @@ to a pack at a time (an exclusive ``flock`` on it while open).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -270,25 +271,19 @@ class Packs:
             self._tail = None
             return
         # created under a temporary name, locked and given MAGIC, then linked to its
-        # pack name: another writer that saw the name took it between the creation and
-        # the lock, and both appended at the same offsets
+        # pack name: a pack created under its own name could be taken by another
+        # writer between the creation and the lock, and both appended at one offset
         tmp = self.folder / f".new-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.pwrite(fd, MAGIC, 0)
-            while True:
-                pack = int.from_bytes(os.urandom(8), "big")
-                try:
-                    os.link(tmp, self.path(pack))
-                    break
-                except FileExistsError:  # pragma: no cover - a 64-bit collision
-                    continue
+            pack = _publish(tmp, self.folder)
         except BaseException:
             os.close(fd)
+            if tmp.exists():
+                os.unlink(tmp)
             raise
-        finally:
-            os.unlink(tmp)
         # the new name must survive a crash before any index does: the folder is synced
         # with the pack's bytes (_sync_locked), before the commit that indexes them
         self._new_name = True
@@ -539,6 +534,30 @@ class Packs:
         fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
+
+
+def _publish(tmp: Path, folder: Path) -> int:
+    """Give the new pack file ``tmp`` a free pack name in ``folder``; its id. A hard
+    link never replaces an existing pack; where the file system has no hard links
+    (``EPERM``, ``ENOTSUP``: FAT, some network mounts), a rename does, after a check
+    that the name is free (a 64-bit random name: a collision is not a practical
+    concern, the check only rules out a replaced pack)."""
+    while True:
+        pack = int.from_bytes(os.urandom(8), "big")
+        final = folder / pack_name(pack)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:  # pragma: no cover - a 64-bit collision
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if final.exists():  # pragma: no cover - a 64-bit collision
+                continue
+            os.rename(tmp, final)
+            return pack
+        os.unlink(tmp)
+        return pack
 
 
 def _pwritev_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:

@@ -506,3 +506,23 @@ def test_a_pack_another_process_is_creating_is_never_appended_to(tmp_path: Path)
             assert packs.path(pack).read_bytes()[:8] == packfile.MAGIC
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".pack")) == []
     packs.close()
+
+
+def test_packs_are_created_where_the_file_system_has_no_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAT and some network mounts refuse ``link`` (EPERM): the new pack is renamed to
+    its name instead. No such file system can be mounted here, so ``link`` refuses by
+    hand."""
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(packfile.os, "link", no_links)
+    packs = packfile.Packs(tmp_path)
+    locs = packs.append([(os.urandom(16), b"frame")])
+    pack = packfile.decode_loc(locs[0][1])[0]
+    assert packs.path(pack).read_bytes()[:8] == packfile.MAGIC
+    assert [p.name for p in tmp_path.iterdir()] == [packfile.pack_name(pack)]
+    assert packs.read(locs[0][0], locs[0][1]) == b"frame"
+    packs.close()
