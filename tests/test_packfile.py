@@ -415,6 +415,21 @@ def test_full_packs_of_a_batch_are_synced_before_its_commit_with_bounded_descrip
     store.close()
 
 
+def fail_next_fdatasync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next ``fdatasync`` of the pack writer fails with EIO, the later ones work (a
+    failing disk cannot exist here)."""
+    real = os.fdatasync
+    failed: list[int] = []
+
+    def fdatasync_fails_once(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync_fails_once)
+
+
 def test_bytes_whose_sync_failed_are_never_indexed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -429,16 +444,7 @@ def test_bytes_whose_sync_failed_are_never_indexed(
     packs.append([(os.urandom(16), b"durable")])  # synced: the pack exists
     first = packs.append([(os.urandom(16), os.urandom(5000))], defer_sync=True)
     second = packs.append([(os.urandom(16), os.urandom(5000))], defer_sync=True)
-    real = os.fdatasync
-    failed = []
-
-    def fdatasync_fails_once(fd: int) -> None:
-        if not failed:
-            failed.append(fd)
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync_fails_once)
+    fail_next_fdatasync(monkeypatch)
     with pytest.raises(OSError):
         packs.sync()  # the first batch's commit fails here
     packs.sync()  # the second batch's sync "succeeds"
@@ -465,16 +471,7 @@ def test_a_full_pack_whose_sync_failed_is_never_indexed(
     frames = [(os.urandom(16), os.urandom(5000)) for _ in range(3)]
     locs = [packs.append([f], defer_sync=True) for f in frames]
     assert len(packs._retired) == 2  # the first two packs are full, the third is open
-    real = os.fdatasync
-    failed = []
-
-    def fdatasync_fails_once(fd: int) -> None:
-        if not failed:
-            failed.append(fd)
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(packfile.os, "fdatasync", fdatasync_fails_once)
+    fail_next_fdatasync(monkeypatch)
     with pytest.raises(OSError):
         packs.sync()
     packs.sync()
