@@ -1035,7 +1035,7 @@ class Store:
         # the bytes of deferred appends (WriteBatch.write_frames) are durable before any
         # transaction that may index them commits (invariant 25)
         self._sync_packs()
-        # and none that points into bytes whose (direct) write failed
+        # and none that points into bytes whose write or sync failed (Packs._lost)
         self.packs.check_written(v for db, _, v in ops if db == "chunkloc" and v is not None)
         merged, new = dbs["chunkloc"], dbs["chunknew"]
         while True:
