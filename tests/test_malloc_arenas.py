@@ -67,19 +67,29 @@ def test_capped_arenas_hold_under_contention() -> None:
 
 
 def test_the_command_sets_the_cap_unless_the_user_chose_one(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``dsvc`` (main) caps the arenas at one per core, at least 2; a user's
+    """``dsvc`` (main) caps the arenas at one per core, at least 2, once a command runs:
+    not for ``--help``, ``--version`` or completion, which stay as fast as before
+    (issue 12), and not for ``run`` called in another program's process; a user's
     ``MALLOC_ARENA_MAX`` wins; importing the library changes nothing (above)."""
     import dsvc.cli
 
     calls: list[int] = []
-    monkeypatch.setattr(dsvc.cli.libc, "limit_malloc_arenas", calls.append)
+    monkeypatch.setattr(dsvc.cli.core.libc, "limit_malloc_arenas", calls.append)
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    with pytest.raises(SystemExit) as done:
-        dsvc.cli.main(["--version"])
-    assert done.value.code == 0
+    monkeypatch.setenv("DSVC_HOME", str(tmp_path / "home"))
+    for argv in (["--version"], ["--help"]):
+        with pytest.raises(SystemExit) as done:
+            dsvc.cli.main(argv)
+        assert done.value.code == 0
+    assert calls == []
+    dsvc.cli.run(["list"])  # another program's process
+    assert calls == []
+    with pytest.raises(SystemExit):
+        dsvc.cli.main(["list"])
     assert calls == [max(2, os.cpu_count() or 2)]
     monkeypatch.setenv("MALLOC_ARENA_MAX", "6")
-    dsvc.cli.limit_process_memory()
+    with pytest.raises(SystemExit):
+        dsvc.cli.main(["list"])
     assert calls == [max(2, os.cpu_count() or 2)]  # not called again

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dsvc import __version__, registry
+from dsvc import __version__, libc, registry
 from dsvc.cli.complete import install_callback
 from dsvc.cli.render import printable, short  # noqa: F401  (short: re-exported)
 from dsvc.errors import DsvcError, NotFoundError, UsageError
@@ -72,7 +72,7 @@ EXIT_CODES: list[tuple[int, str, str]] = [
     (EXIT_INTERRUPTED, "-", "interrupted (Ctrl-C)"),
 ]
 
-_state: dict[str, bool] = {"debug": False, "quiet": False}
+_state: dict[str, bool] = {"debug": False, "quiet": False, "own_process": False}
 
 
 # -- the root group ------------------------------------------------------------------
@@ -223,6 +223,22 @@ def cli(home: str | None, quiet: bool, debug: bool) -> None:
         _state["quiet"] = True
     if debug:
         _state["debug"] = True
+    if _state["own_process"]:
+        # here, not at start-up: `--help`, `--version` and completion never get here,
+        # and they need not load ctypes for it (~6 ms)
+        limit_process_memory()
+
+
+def limit_process_memory() -> None:
+    """Cap glibc's malloc arenas at one per core (at least 2), unless the user set
+    ``MALLOC_ARENA_MAX``. glibc gives a thread that meets a locked arena one of its own,
+    up to 8 per core, and each keeps the free memory of its peaks: the first add of 3M
+    tiny files peaked at 292 MiB with the default and 266 MiB with two arenas (1M: 250-260
+    and 252; docs/performance.md, session 11). The command owns its process (``main``),
+    so it may choose; the library, and ``run`` called by another program, leave that
+    program's allocator alone. Before any command's worker threads exist."""
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.limit_malloc_arenas(max(2, os.cpu_count() or 2))
 
 
 def _install_completion(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -244,8 +260,10 @@ def error_line(msg: str) -> None:
     click.echo(f"dsvc: error: {printable(one_line(msg))}", err=True)
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (``main`` exits with it)."""
+def run(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """Run the CLI; returns the exit code (``main`` exits with it). ``own_process``: the
+    caller owns this process (``main``), so a command may tune it (limit_process_memory)."""
+    _state["own_process"] = own_process
     args = list(sys.argv[1:] if argv is None else argv)
     # --debug is global, but people add it where the error showed: accept it anywhere
     # before a `--` (git's -c style flags must come first; ours need not)
