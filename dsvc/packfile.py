@@ -370,21 +370,26 @@ class Packs:
         try:
             self._tail = stream.finish()
         except BaseException:
-            # the pack now has a hole: never append to it again (its earlier bytes are
-            # synced with the retired packs, for the commits that index them)
-            self._lost.setdefault(self._wpack, []).append((stream.start, stream.end))
-            if self._wfd is not None:
-                if self._dirty:
-                    self._retired.append((self._wfd, self._wpack, self._wsynced, stream.start))
-                else:
-                    os.close(self._wfd)
-            self._wfd, self._dirty = None, False
+            self._abandon_writer(stream.start, stream.end)  # the pack now has a hole
             raise
+
+    def _abandon_writer(self, start: int, end: int) -> None:
+        """The writer pack's bytes from ``start`` to ``end`` may never reach the disk:
+        record them lost and append to this pack no more. Its bytes before ``start``
+        that still wait for a sync are synced with the retired packs, for the commits
+        that index them."""
+        self._lost.setdefault(self._wpack, []).append((start, end))
+        if self._wfd is not None:
+            if self._dirty and self._wsynced < start:
+                self._retired.append((self._wfd, self._wpack, self._wsynced, start))
+            else:
+                os.close(self._wfd)
+        self._wfd, self._dirty = None, False
 
     def check_written(self, locs: Iterable[bytes | memoryview]) -> None:
         """Raise StorageError if any of these index values points into bytes whose
-        write failed: called before the commit that would index them. A no-op unless a
-        direct stream of this process failed."""
+        write or sync failed: called before the commit that would index them. A no-op
+        unless a write or sync of this process failed."""
         if not self._lost:
             return
         for loc in locs:
@@ -477,9 +482,7 @@ class Packs:
                 os.fdatasync(self._wfd)
             except OSError:
                 # its unsynced bytes may be lost, and the next fdatasync would not say
-                self._lost.setdefault(self._wpack, []).append((self._wsynced, self._wsize))
-                os.close(self._wfd)
-                self._wfd, self._dirty = None, False
+                self._abandon_writer(self._wsynced, self._wsize)
                 raise
             self._wsynced = self._wsize
         self._dirty = False
